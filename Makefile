@@ -1,0 +1,21 @@
+# Quick start: `make train` (MNIST; needs the network once) or `make train ARGS="data=digits"` (offline), `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[test,sweeps,optuna,export]"
+	touch $@
+
+.PHONY: venv train test bench
+venv: $(VENV)/.installed
+
+train: venv
+	$(PY) -m birnn.train $(ARGS)
+
+test: venv
+	$(PY) -m pytest tests
+
+bench: venv
+	$(PY) -m birnn.bench $(ARGS)

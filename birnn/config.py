@@ -1,0 +1,174 @@
+"""Structured-config schemas (registered in Hydra's ConfigStore) and the range checks Hydra cannot do.
+
+Each YAML under ``conf/<group>/`` names its schema in its own defaults list
+(``/schema/<group>/<name>@_here_``), so a wrong type or an unknown key is rejected at composition,
+before any data loads. ``validate`` then checks ranges and choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from birnn.errors import BirnnError
+
+READOUTS = ("last", "final", "mean")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("32", "bf16", "16")
+SCHEDULERS = ("none", "cosine", "onecycle")
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 128
+    num_layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.0
+    readout: str = "last"
+    # readout=last: run the last layer's backward direction over the final step only (exact, faster).
+    backward_shortcut: bool = True
+
+
+@dataclass
+class DataConfig:
+    _target_: str = MISSING  # loader: (root, download, **kwargs) -> birnn.data.Splits
+    root: str = "data"
+    download: bool = True
+    batch_size: int = 100
+    eval_batch_size: int = 1000
+    val_size: int = 0
+    split_seed: int = 0
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    lr: float = 0.003
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamWConfig:
+    _target_: str = "torch.optim.AdamW"
+    lr: float = 0.003
+    weight_decay: float = 0.01
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"
+    warmup_steps: int = 0  # linear warm-up from ~0 to optimizer.lr (cosine)
+    min_lr_ratio: float = 0.0  # cosine ends at optimizer.lr * min_lr_ratio
+    pct_start: float = 0.3  # onecycle: fraction of steps spent rising to optimizer.lr
+
+
+@dataclass
+class DeviceConfig:
+    type: str = "auto"
+    num_threads: Optional[int] = None  # CPU threads; null = torch's default
+    cudnn_benchmark: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 2
+    log_every_n_steps: int = 100
+    max_steps: Optional[int] = None
+    grad_clip: Optional[float] = None
+    precision: str = "32"
+    checkpoint_every_n_steps: int = 500
+    early_stopping_patience: Optional[int] = None
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: Any = MISSING
+    data: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    device: Any = MISSING
+    trainer: Any = MISSING
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="schema/model", name="bilstm", node=ModelConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
+    cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
+    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
+    cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
+    cs.store(group="schema/device", name="device", node=DeviceConfig)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+
+
+register_schemas()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check ranges and choices right after composition; raise one BirnnError listing every problem."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.trainer
+    checks = [
+        (m.hidden_size > 0, f"model.hidden_size must be > 0, got {m.hidden_size}"),
+        (m.num_layers > 0, f"model.num_layers must be > 0, got {m.num_layers}"),
+        (0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}"),
+        (m.readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}; got {m.readout!r}"),
+        (d.batch_size > 0, f"data.batch_size must be > 0, got {d.batch_size}"),
+        (d.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {d.eval_batch_size}"),
+        (d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}"),
+        (o.lr > 0, f"optimizer.lr must be > 0, got {o.lr}"),
+        (cfg.scheduler.name in SCHEDULERS,
+         f"scheduler.name must be one of {', '.join(SCHEDULERS)}; got {cfg.scheduler.name!r}"),
+        (cfg.scheduler.warmup_steps >= 0, f"scheduler.warmup_steps must be >= 0, got {cfg.scheduler.warmup_steps}"),
+        (0 <= cfg.scheduler.min_lr_ratio <= 1,
+         f"scheduler.min_lr_ratio must be in [0, 1], got {cfg.scheduler.min_lr_ratio}"),
+        (0 < cfg.scheduler.pct_start < 1, f"scheduler.pct_start must be in (0, 1), got {cfg.scheduler.pct_start}"),
+        (cfg.device.type in DEVICES, f"device.type must be one of {', '.join(DEVICES)}; got {cfg.device.type!r}"),
+        (cfg.device.num_threads is None or cfg.device.num_threads > 0,
+         f"device.num_threads must be > 0 or null, got {cfg.device.num_threads}"),
+        (t.epochs > 0, f"trainer.epochs must be > 0, got {t.epochs}"),
+        (t.log_every_n_steps > 0, f"trainer.log_every_n_steps must be > 0, got {t.log_every_n_steps}"),
+        (t.max_steps is None or t.max_steps > 0, f"trainer.max_steps must be > 0 or null, got {t.max_steps}"),
+        (t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0 or null, got {t.grad_clip}"),
+        (t.precision in PRECISIONS, f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}"),
+        (t.checkpoint_every_n_steps >= 0,
+         f"trainer.checkpoint_every_n_steps must be >= 0 (0 = epoch ends only), got {t.checkpoint_every_n_steps}"),
+        (t.early_stopping_patience is None or t.early_stopping_patience > 0,
+         f"trainer.early_stopping_patience must be > 0 or null, got {t.early_stopping_patience}"),
+        (t.early_stopping_patience is None or d.val_size > 0,
+         "trainer.early_stopping_patience needs a validation split: set data.val_size > 0"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers (storable with ``torch.save`` / ``weights_only`` loads)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as values."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,170 @@
+"""Data: a source loader -> split tensors on the training device -> shuffled batches.
+
+A loader is any callable ``(root, download, **kwargs) -> Splits`` named by ``data._target_``. Images
+become sequences: one row per time step, one pixel per feature, scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from birnn.errors import BirnnError
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+OFFLINE_HINT = (
+    "Offline alternatives: data=fashion_mnist (apt-get install dataset-fashion-mnist) "
+    "or data=digits (ships with scikit-learn)."
+)
+# Keys of a data config that configure batching, not the loader.
+BATCHING_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed")
+
+
+@dataclass
+class Splits:
+    """Float inputs (N, steps, features) in [0, 1] and int64 labels, for train, test and (optional) val."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    classes: list[str]
+    val_x: Tensor | None = None
+    val_y: Tensor | None = None
+
+    @property
+    def input_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _from_torchvision(cls: type, root: str, download: bool, classes: list[str] | None = None) -> Splits:
+    """Load both splits of a torchvision IDX dataset once as uint8 tensors, scaled like ``ToTensor``."""
+    raw = Path(root).resolve() / cls.__name__ / "raw"
+    missing = [f for f in IDX_FILES if not (raw / f).is_file()]
+    if missing and download:
+        try:
+            cls(root, train=True, download=True)
+        except Exception as e:  # torchvision raises RuntimeError/URLError listing every mirror
+            lines = str(e).strip().splitlines()
+            reason = lines[-1] if lines else type(e).__name__  # torchvision ends with the last mirror's error
+            raise BirnnError(
+                f"{cls.__name__} is not in {raw} and could not be downloaded ({reason}). "
+                f"Put the four IDX files there ({', '.join(IDX_FILES)}). {OFFLINE_HINT}"
+            ) from None
+    elif missing:
+        raise BirnnError(
+            f"{cls.__name__} is not in {raw}: missing {', '.join(missing)} "
+            f"(data.download=false). Put the four IDX files there, or set data.download=true. {OFFLINE_HINT}"
+        )
+    try:
+        train, test = cls(root, train=True), cls(root, train=False)
+    except Exception as e:
+        raise BirnnError(f"Could not read the {cls.__name__} IDX files in {raw}: {e}") from None
+    return Splits(
+        train_x=train.data.float().div_(255), train_y=train.targets.long(),
+        test_x=test.data.float().div_(255), test_y=test.targets.long(),
+        classes=classes or [str(c).split(" - ")[-1] for c in train.classes],
+    )
+
+
+def load_mnist(root: str = "data", download: bool = True) -> Splits:
+    """MNIST from ``<root>/MNIST/raw/`` (torchvision layout), downloaded there when allowed."""
+    from torchvision.datasets import MNIST
+
+    return _from_torchvision(MNIST, root, download, classes=[str(i) for i in range(10)])
+
+
+def load_fashion_mnist(root: str = "data", download: bool = True, system_dir: str = FASHION_SYSTEM_DIR) -> Splits:
+    """Fashion-MNIST; the Debian package's ``.gz`` files are unpacked into ``<root>`` when present."""
+    from torchvision.datasets import FashionMNIST
+
+    raw = Path(root).resolve() / "FashionMNIST" / "raw"
+    system = Path(system_dir)
+    if not all((raw / f).is_file() for f in IDX_FILES) and all((system / f"{f}.gz").is_file() for f in IDX_FILES):
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in IDX_FILES:
+            tmp = raw / f".{name}.part"
+            with gzip.open(system / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp.replace(raw / name)
+    return _from_torchvision(FashionMNIST, root, download, classes=FASHION_CLASSES)
+
+
+def load_digits(root: str = "data", download: bool = False) -> Splits:
+    """scikit-learn's bundled 8x8 digits (values 0-16): a fixed 80/20 split, 8 steps of 8 pixels.
+
+    ``root`` and ``download`` are accepted for a uniform loader signature and unused.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).div_(16)
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1797))
+    n_test = len(y) // 5
+    test, train = order[:n_test], order[n_test:]
+    return Splits(x[train], y[train], x[test], y[test], classes=[str(i) for i in range(10)])
+
+
+def load_data(cfg: DictConfig, device: torch.device) -> Splits:
+    """Run the configured loader, hold out ``val_size`` training samples, and move every split to ``device``."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+              if k not in BATCHING_KEYS and k != "_target_"}
+    try:
+        loader = get_method(cfg._target_)
+    except Exception as e:
+        raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
+    splits: Splits = loader(**kwargs)
+    if splits.train_x.ndim != 3 or splits.test_x.ndim != 3:
+        raise BirnnError(f"{cfg._target_} must return inputs shaped (N, steps, features); "
+                         f"got {tuple(splits.train_x.shape)}")
+    if cfg.val_size >= len(splits.train_y):
+        raise BirnnError(f"data.val_size={cfg.val_size} leaves no training data ({len(splits.train_y)} samples)")
+    if cfg.val_size:
+        order = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
+        val, train = order[: cfg.val_size], order[cfg.val_size:].sort().values
+        splits = replace(splits, train_x=splits.train_x[train], train_y=splits.train_y[train],
+                         val_x=splits.train_x[val], val_y=splits.train_y[val])
+    return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, Tensor)})
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator,
+                     start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of shuffled batches (the last may be smaller), as ``DataLoader(shuffle=True)`` gives.
+
+    The permutation is drawn from ``generator`` (CPU) once per epoch; ``start`` skips batches already
+    trained on, so a resumed epoch sees exactly the batches the interrupted one had left.
+    """
+    order = torch.randperm(len(y), generator=generator).to(x.device)
+    for i in range(start * batch_size, len(y), batch_size):
+        idx = order[i: i + batch_size]
+        yield x[idx], y[idx]
+
+
+def sequential_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    for i in range(0, len(y), batch_size):
+        yield x[i: i + batch_size], y[i: i + batch_size]

@@ -1,0 +1,81 @@
+"""One training step and one evaluation pass. Neither syncs with the host: results stay on the device."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from birnn.data import sequential_batches
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Mixed-precision context for ``trainer.precision`` (``32`` runs plain fp32)."""
+    if precision == "32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class Stepper:
+    """Everything one optimizer step needs besides the batch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    precision: str = "32"
+    grad_clip: float | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward, backward, update. Returns the batch's summed loss and number correct (device tensors)."""
+        self.model.train()
+        with autocast(self.device, self.precision):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        n = len(y)
+        return loss.detach() * n, (logits.detach().argmax(1) == y).sum()
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    predictions: Tensor  # predicted class per sample, on the device
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
+             precision: str = "32") -> EvalResult:
+    """Mean cross-entropy, accuracy and predictions over ``(x, y)``, in batches of ``batch_size``."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    predictions = []
+    for xb, yb in sequential_batches(x, y, batch_size):
+        with autocast(device, precision):
+            logits = model(xb)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        predictions.append(logits.argmax(1))
+    pred = torch.cat(predictions)
+    n = len(y)
+    return EvalResult(loss=loss_sum.item() / n, accuracy=(pred == y).sum().item() / n, predictions=pred)

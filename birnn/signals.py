@@ -1,0 +1,54 @@
+"""Stop at a step boundary on SIGINT/SIGTERM/SIGUSR2 so the training loop can checkpoint first."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+
+class GracefulStop:
+    """Records the first stop signal; the loop polls ``requested`` after each step.
+
+    A signal whose handler someone else already set is left alone, except SIGUSR2: submitit sends it
+    on pre-emption or timeout (while ignoring SIGTERM by design), so after our checkpoint
+    ``hand_over`` calls submitit's own handler, which requeues the job.
+    """
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", None)):
+            if sig is None:
+                continue
+            current = signal.getsignal(sig)
+            if sig != getattr(signal, "SIGUSR2", None) and current not in (signal.SIG_DFL, signal.default_int_handler):
+                continue
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals to whoever runs us
+                return self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is None:
+            self.requested = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.requested).name if self.requested else ""
+
+    def hand_over(self) -> None:
+        """After the checkpoint: let a chained handler (submitit's) act, else exit with 128 + signal."""
+        signum = self.requested
+        previous = self._previous.get(signum)
+        self.__exit__()
+        if callable(previous):
+            previous(signum, None)
+        raise SystemExit(128 + signum)

@@ -1,0 +1,56 @@
+"""Run records: TensorBoard scalars and ``metrics.json``, with the provenance of the code that made them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+import birnn
+from birnn.checkpoint import atomic_write
+from birnn.loop import EvalResult
+
+
+def provenance() -> dict:
+    """birnn and torch versions, and the git commit of the birnn checkout when there is one."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(birnn.__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"birnn_version": birnn.__version__, "torch_version": torch.__version__, "git_commit": commit}
+
+
+class Tracker:
+    """TensorBoard event files written straight into the run dir (``tensorboard --logdir outputs``).
+
+    ``purge_step`` (on resume) hides events a killed run logged after its last checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str]) -> None:
+        """Record one evaluation pass over ``(x, y)``."""
+        self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
+
+    def finish(self, config: dict, metrics: dict) -> None:
+        """Record the end of the run."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> Path:
+    path = run_dir / "metrics.json"
+    atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
+    return path
