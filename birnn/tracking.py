@@ -22,7 +22,7 @@ def provenance() -> dict:
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"birnn_version": birnn.__version__, "torch_version": torch.__version__, "git_commit": commit}
+    return {"birnn_version": birnn.__version__, "torch_version": str(torch.__version__), "git_commit": commit}
 
 
 class Tracker:

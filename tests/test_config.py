@@ -1,0 +1,90 @@
+"""Composition, the tutorial defaults, and every config rejection (in-process, before any data loads)."""
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from birnn.config import validate
+from birnn.device import setup_device
+from birnn.errors import BirnnError
+from conftest import make_cfg
+
+
+def test_defaults_reproduce_the_tutorial():
+    cfg = make_cfg()
+    assert cfg.model.hidden_size == 128 and cfg.model.num_layers == 2 and cfg.model.bidirectional
+    assert cfg.model.readout == "last" and cfg.model.dropout == 0.0
+    assert cfg.data._target_ == "birnn.data.load_mnist" and cfg.data.batch_size == 100
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.003
+    assert cfg.trainer.epochs == 2 and cfg.trainer.grad_clip is None and cfg.trainer.precision == "32"
+    assert cfg.scheduler.name == "none" and cfg.device.type == "auto" and cfg.seed == 0
+    validate(cfg)
+
+
+def test_data_option_carries_trainer_settings_and_the_command_line_wins():
+    assert make_cfg("data=digits").trainer.epochs == 15
+    assert make_cfg("data=digits", "trainer.epochs=3").trainer.epochs == 3
+    assert make_cfg("data=fashion_mnist").trainer.epochs == 2
+
+
+@pytest.mark.parametrize("group,option,key,value", [
+    ("optimizer", "adamw", "weight_decay", 0.01),
+    ("optimizer", "sgd", "momentum", 0.9),
+    ("scheduler", "cosine", "name", "cosine"),
+    ("scheduler", "onecycle", "name", "onecycle"),
+    ("device", "cpu", "type", "cpu"),
+])
+def test_group_options_compose(group, option, key, value):
+    assert make_cfg(f"{group}={option}")[group][key] == value
+
+
+@pytest.mark.parametrize("override,error", [
+    ("model.hidden_size=abc", ValidationError),
+    ("model.hiden_size=3", ConfigCompositionException),
+    ("optimizer.lrr=0.1", ConfigCompositionException),
+    ("data=nope", ConfigCompositionException),
+    ("trainer.epochs=1.5", ValidationError),
+])
+def test_composition_rejects(override, error):
+    with pytest.raises((error, ConfigKeyError, ConfigCompositionException)) as info:
+        make_cfg(override)
+    assert override.split("=")[0].split(".")[-1] in str(info.value) or "nope" in str(info.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.hidden_size=-1", "model.hidden_size must be > 0"),
+    ("model.num_layers=0", "model.num_layers must be > 0"),
+    ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
+    ("model.readout=first", "model.readout must be one of"),
+    ("optimizer.lr=0", "optimizer.lr must be > 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
+    ("data.batch_size=0", "data.batch_size must be > 0"),
+    ("trainer.epochs=0", "trainer.epochs must be > 0"),
+    ("trainer.epochs=-2", "trainer.epochs must be > 0"),
+    ("trainer.precision=8", "trainer.precision must be one of"),
+    ("trainer.early_stopping_patience=2", "needs a validation split"),
+    ("device.type=tpu", "device.type must be one of"),
+])
+def test_range_checks(override, message):
+    cfg = make_cfg(override)
+    with pytest.raises(BirnnError) as info:
+        validate(cfg)
+    assert message in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(BirnnError) as info:
+        validate(make_cfg("model.hidden_size=0", "optimizer.lr=0"))
+    assert "model.hidden_size" in str(info.value) and "optimizer.lr" in str(info.value)
+
+
+def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BirnnError, match="device=cuda was requested but CUDA is not available"):
+        setup_device(make_cfg("device=cuda").device)
+
+
+def test_fp16_needs_cuda():
+    with pytest.raises(BirnnError, match="precision=16 needs CUDA"):
+        setup_device(make_cfg("device=cpu").device, "16")

@@ -1,0 +1,71 @@
+"""Model shapes for every readout, and the exact last-step shortcut against plain nn.LSTM."""
+
+import pytest
+import torch
+
+from birnn.model import BiLSTMClassifier
+
+
+@pytest.mark.parametrize("readout", ["last", "final", "mean"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_output_shape(readout, bidirectional):
+    model = BiLSTMClassifier(input_size=8, num_classes=5, hidden_size=6, num_layers=2,
+                             bidirectional=bidirectional, readout=readout)
+    assert model(torch.rand(3, 7, 8)).shape == (3, 5)
+    assert model.fc.in_features == 6 * (2 if bidirectional else 1)
+
+
+def test_readouts_differ_and_last_is_the_tutorials():
+    torch.manual_seed(0)
+    x = torch.rand(4, 7, 8)
+    model = BiLSTMClassifier(8, 5, hidden_size=6, readout="last", backward_shortcut=False)
+    out, (h_n, _) = model.lstm(x)
+    torch.testing.assert_close(model(x), model.fc(out[:, -1, :]))
+    model.readout = "final"
+    torch.testing.assert_close(model(x), model.fc(torch.cat([h_n[-2], h_n[-1]], 1)))
+    model.readout = "mean"
+    torch.testing.assert_close(model(x), model.fc(out.mean(1)))
+
+
+def test_state_dict_matches_the_tutorial_model():
+    model = BiLSTMClassifier(28, 10)
+    tutorial_lstm = torch.nn.LSTM(28, 128, 2, batch_first=True, bidirectional=True)
+    assert set(model.state_dict()) == {f"lstm.{k}" for k in tutorial_lstm.state_dict()} | {"fc.weight", "fc.bias"}
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_last_step_shortcut_equals_nn_lstm(num_layers):
+    torch.manual_seed(num_layers)
+    plain = BiLSTMClassifier(8, 5, hidden_size=12, num_layers=num_layers, backward_shortcut=False)
+    fast = BiLSTMClassifier(8, 5, hidden_size=12, num_layers=num_layers, backward_shortcut=True)
+    fast.load_state_dict(plain.state_dict())
+    assert fast._last_step is not None and plain._last_step is None
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    x = torch.rand(9, 11, 8)
+    y = torch.randint(0, 5, (9,))
+    logits = {}
+    for name, model in (("plain", plain), ("fast", fast)):
+        logits[name] = model(x)
+        torch.nn.functional.cross_entropy(logits[name], y).backward()
+    assert (logits["plain"] - logits["fast"]).abs().max() <= 1e-5
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-5, name
+
+
+def test_shortcut_follows_parameter_updates_and_device_moves():
+    torch.manual_seed(0)
+    plain = BiLSTMClassifier(8, 5, hidden_size=12, backward_shortcut=False)
+    fast = BiLSTMClassifier(8, 5, hidden_size=12)
+    fast.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for p, q in zip(plain.parameters(), fast.parameters()):
+            p.add_(0.1)
+            q.add_(0.1)
+    fast = fast.to(torch.float64).to(torch.float32)
+    x = torch.rand(4, 6, 8)
+    assert (plain(x) - fast(x)).abs().max() <= 1e-5
+
+
+def test_shortcut_only_applies_where_exact():
+    assert BiLSTMClassifier(8, 5, readout="mean")._last_step is None
+    assert BiLSTMClassifier(8, 5, bidirectional=False)._last_step is None

@@ -1,0 +1,97 @@
+"""End to end through the real CLI: run dir artifacts, a multirun, reload, and clean error exits."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from birnn import checkpoint
+from birnn.data import load_data
+from birnn.loop import evaluate
+from birnn.model import build_model
+from birnn.train import train
+from conftest import FAST, make_cfg, run_cli
+from omegaconf import OmegaConf
+
+RUN = [*FAST, "trainer.epochs=3"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> Path:
+    """One real ``python -m birnn.train`` run, in the default outputs/<date>/<time>/ layout."""
+    cwd = tmp_path_factory.mktemp("cli")
+    proc = run_cli(*RUN, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (cwd / "outputs").glob("*/*")
+    return run_dir
+
+
+def test_run_dir_holds_every_artifact(cli_run):
+    assert (cli_run / ".hydra" / "config.yaml").is_file() and (cli_run / ".hydra" / "overrides.yaml").is_file()
+    log = (cli_run / "train.log").read_text()
+    assert "Epoch [1/3], Step [5/15], Loss: " in log
+    metrics = json.loads((cli_run / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "epochs", "steps", "train_seconds", "train_samples_per_second",
+                "birnn_version", "torch_version", "git_commit"):
+        assert key in metrics
+    assert metrics["epochs"] == 3 and metrics["steps"] == 45 and 0 < metrics["test_accuracy"] <= 1
+    state = torch.load(cli_run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["finished"] and state["progress"]["epoch"] == 3 and state["progress"]["global_step"] == 45
+    assert state["config"]["model"]["hidden_size"] == 16 and isinstance(state["config"], dict)
+    assert state["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    assert {"model", "optimizer", "provenance"} <= state.keys()
+    events = EventAccumulator(str(cli_run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/accuracy", "test/loss", "test/accuracy"} <= tags
+    assert [e.step for e in events.Scalars("test/accuracy")] == [15, 30, 45]
+    assert events.Scalars("test/accuracy")[-1].value == pytest.approx(metrics["test_accuracy"])
+
+
+def test_checkpoint_reload_reproduces_test_accuracy(cli_run):
+    state = checkpoint.load(cli_run / "checkpoints" / "last.pt")
+    cfg = OmegaConf.create(state["config"])
+    data = load_data(cfg.data, torch.device("cpu"))
+    model = build_model(cfg.model, data.input_size, data.num_classes)
+    checkpoint.load_model_state(model, state["model"], "last.pt")
+    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
+    assert result.accuracy == json.loads((cli_run / "metrics.json").read_text())["test_accuracy"]
+
+
+def test_two_job_multirun_and_relaunch_skips_finished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer.lr=0.001,0.003", *FAST, "trainer.epochs=2", f"hydra.sweep.dir={sweep}"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lrs = []
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["steps"] == 30 and (sweep / job / "checkpoints" / "last.pt").is_file()
+        lrs.append(OmegaConf.load(sweep / job / ".hydra" / "config.yaml").optimizer.lr)
+    assert lrs == [0.001, 0.003]
+    before = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("already holds a finished run") == 2
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == before
+    assert (sweep / "0" / ".hydra" / "resume-1" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model.hidden_size=-1"], "model.hidden_size must be > 0"),
+    (["data=mnist", "data.download=false", "data.root=empty"], "MNIST is not in"),
+])
+def test_bad_input_exits_nonzero_without_traceback(tmp_path, args, message):
+    proc = run_cli(*args, "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_in_process_run_is_deterministic(tmp_path):
+    cfg = make_cfg(*FAST, "trainer.max_steps=12", "seed=3")
+    a, b = train(cfg, tmp_path / "a"), train(cfg, tmp_path / "b")
+    assert a["steps"] == 12 and a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
+    c = train(make_cfg(*FAST, "trainer.max_steps=12", "seed=4"), tmp_path / "c")
+    assert c["test_loss"] != a["test_loss"]
