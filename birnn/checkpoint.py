@@ -88,7 +88,7 @@ def load_latest(folder: Path) -> tuple[dict, Path] | None:
             errors.append(str(e))
             continue
         if errors:
-            log.warning("%s Falling back to %s (step %d).", errors[0], path, state["global_step"])
+            log.warning("%s Falling back to %s (step %d).", errors[0], path, state["progress"]["global_step"])
         return state, path
     if errors:
         raise BirnnError(" ".join(errors) + f" No valid checkpoint is left in {folder}: "

@@ -49,6 +49,6 @@ class GracefulStop:
         signum = self.requested
         previous = self._previous.get(signum)
         self.__exit__()
-        if callable(previous):
+        if signum == getattr(signal, "SIGUSR2", None) and callable(previous):
             previous(signum, None)
         raise SystemExit(128 + signum)

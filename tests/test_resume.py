@@ -1,0 +1,200 @@
+"""Fault tolerance: exact resume after kill -9, signals, refused config changes, and the bad-input catalogue."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from birnn import checkpoint
+from birnn.errors import BirnnError
+from birnn.loop import Stepper
+from birnn.model import BiLSTMClassifier
+from birnn.train import train
+from conftest import FAST, ROOT, make_cfg, run_cli
+
+WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
+RUN = [*FAST, "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=4"]
+
+
+def state_of(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+def interrupt_at(monkeypatch, step: int, action) -> None:
+    """Call ``action(stepper)`` just before optimizer step number ``step`` (1-based)."""
+    original, calls = Stepper.step, []
+
+    def step_and_maybe_act(self, x, y):
+        calls.append(None)
+        if len(calls) == step:
+            action(self)
+        return original(self, x, y)
+
+    monkeypatch.setattr(Stepper, "step", step_and_maybe_act)
+
+
+def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    reference = train(make_cfg(*RUN, "trainer.epochs=6"), tmp_path / "reference")
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "birnn.train", *RUN, "trainer.epochs=1000",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = state_of(run_dir)["progress"]
+    assert killed_at["step_in_epoch"] > 0 and killed_at["global_step"] < 90, killed_at  # mid-epoch, unfinished
+    assert not (run_dir / "metrics.json").exists()
+
+    # trainer.epochs may change on resume (no scheduler): finish the same 6 epochs as the reference.
+    proc = run_cli(*RUN, "trainer.epochs=6", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Resuming from" in proc.stdout
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert {k: v for k, v in resumed.items() if k not in WALL_CLOCK} == \
+        {k: v for k, v in json.loads(json.dumps(reference)).items() if k not in WALL_CLOCK}
+    ref_weights = state_of(tmp_path / "reference")["model"]
+    for name, tensor in state_of(run_dir)["model"].items():
+        assert torch.equal(tensor, ref_weights[name]), name
+    assert (run_dir / ".hydra" / "resume-1" / "config.yaml").is_file()
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == list(range(4, 91, 4))  # each logged step exactly once
+    assert [e.step for e in events.Scalars("test/accuracy")] == [15, 30, 45, 60, 75, 90]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_at_the_next_step_and_exits(tmp_path, monkeypatch, caplog, sig):
+    interrupt_at(monkeypatch, 10, lambda _: os.kill(os.getpid(), sig))
+    with pytest.raises(SystemExit) as exit_info:
+        train(make_cfg(*RUN, "trainer.epochs=3"), tmp_path)
+    assert exit_info.value.code == 128 + sig
+    state = state_of(tmp_path)
+    assert state["progress"]["global_step"] == 10 and not state["finished"]
+    assert f"Stopped by {signal.Signals(sig).name} at step 10" in caplog.text
+    assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
+
+
+def test_sigusr2_saves_then_hands_over_to_submitit(tmp_path, monkeypatch):
+    handed_over = []
+
+    def submitit_handler(signum, frame):  # stands in for submitit's checkpoint-and-requeue handler
+        handed_over.append((signum, state_of(tmp_path)["progress"]["global_step"]))
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        interrupt_at(monkeypatch, 12, lambda _: os.kill(os.getpid(), signal.SIGUSR2))
+        with pytest.raises(SystemExit):
+            train(make_cfg(*RUN, "trainer.epochs=3"), tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert handed_over == [(signal.SIGUSR2, 12)]
+
+
+def test_changed_model_key_is_refused_before_touching_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*FAST, "trainer.max_steps=3", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    original = {p: p.read_bytes() for p in (run_dir / ".hydra").glob("*.yaml")}
+    files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    proc = run_cli(*FAST, "trainer.max_steps=3", "model.hidden_size=32", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "Cannot resume" in proc.stderr and "model.hidden_size (16 -> 32)" in proc.stderr
+    assert {p: p.read_bytes() for p in original} == original
+    assert all(p.stat().st_mtime_ns == m for p, m in files.items() if p.name != "train.log")
+
+
+def test_scheduler_pins_the_step_count_on_resume(tmp_path):
+    train(make_cfg(*RUN, "trainer.max_steps=20", "scheduler=cosine"), tmp_path)
+    with pytest.raises(BirnnError, match="trainer.max_steps"):
+        train(make_cfg(*RUN, "trainer.max_steps=30", "scheduler=cosine"), tmp_path)
+
+
+def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path, caplog):
+    cfg = make_cfg(*RUN, "trainer.epochs=2")
+    metrics = train(cfg, tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    state, path = checkpoint.load_latest(tmp_path / "checkpoints")
+    assert path.name == "previous.pt" and "Falling back to" in caplog.text
+    # resuming from the previous (epoch-end) checkpoint completes the run with the same results
+    again = train(cfg, tmp_path)
+    assert again["test_accuracy"] == metrics["test_accuracy"] and again["steps"] == metrics["steps"]
+    for name in ("last.pt", "previous.pt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"garbage")
+    with pytest.raises(BirnnError, match="No valid checkpoint is left"):
+        train(cfg, tmp_path)
+
+
+def test_not_a_checkpoint_and_other_architectures_are_named(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(BirnnError, match="is not a birnn checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(BirnnError, match="not a readable checkpoint"):
+        checkpoint.load(tmp_path / "notes.pt")
+    small = BiLSTMClassifier(8, 10, hidden_size=16).state_dict()
+    with pytest.raises(BirnnError) as info:
+        checkpoint.load_model_state(BiLSTMClassifier(8, 10, hidden_size=32), small, "small.pt")
+    assert "lstm.weight_hh_l0: checkpoint (64, 16) vs model (128, 32)" in str(info.value)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    def poison(stepper):
+        with torch.no_grad():
+            stepper.model.fc.weight.fill_(float("nan"))
+
+    interrupt_at(monkeypatch, 9, poison)
+    with pytest.raises(BirnnError, match="Loss became NaN/inf at step 9") as info:
+        train(make_cfg(*RUN, "trainer.epochs=2"), tmp_path)
+    assert "step 7) is kept" in str(info.value)
+    state = state_of(tmp_path)
+    assert state["progress"]["global_step"] == 7
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    cfg = make_cfg(*RUN, "trainer.epochs=1")
+    real_save, saves = torch.save, []
+
+    def save_until_disk_is_full(obj, f, *args, **kwargs):
+        saves.append(None)
+        if len(saves) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_disk_is_full)
+    with pytest.raises(BirnnError, match="No space left on device") as info:
+        train(cfg, tmp_path)
+    assert "intact" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
+    assert checkpoint.load(tmp_path / "checkpoints" / "last.pt")["progress"]["global_step"] == 7
+
+
+def test_validation_split_best_checkpoint_and_early_stopping(tmp_path):
+    cfg = make_cfg(*RUN, "data.val_size=200", "trainer.epochs=30", "trainer.early_stopping_patience=1",
+                   "optimizer.lr=0.03")
+    metrics = train(cfg, tmp_path)
+    assert "val_accuracy" in metrics and "best_val_accuracy" in metrics
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["progress"]["best_val_accuracy"] == metrics["best_val_accuracy"]
+    assert metrics["epochs"] < 30  # stopped early: validation accuracy stopped improving
+    vals = [h["val_accuracy"] for h in metrics["history"]]
+    assert vals[-1] <= max(vals[:-1]) and max(vals) == metrics["best_val_accuracy"]
+    no_val = train(make_cfg(*RUN, "trainer.max_steps=5"), tmp_path / "no_val")
+    assert "val_accuracy" not in no_val and not (tmp_path / "no_val" / "checkpoints" / "best.pt").exists()
