@@ -38,7 +38,7 @@ class DataConfig:
     root: str = "data"
     download: bool = True
     batch_size: int = 100
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 500
     val_size: int = 0
     split_seed: int = 0
 

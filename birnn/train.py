@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from birnn import checkpoint
 from birnn.config import flatten, to_plain, validate
-from birnn.data import load_data, num_batches, shuffled_batches
+from birnn.data import Splits, load_data, num_batches, shuffled_batches
 from birnn.device import setup_device, synchronize
 from birnn.errors import BirnnError
 from birnn.loop import Stepper, evaluate
@@ -65,6 +65,35 @@ def check_resumable(cfg: DictConfig, stored: dict) -> None:
                          "original overrides, or start a new run (a fresh hydra.run.dir).")
 
 
+@dataclass
+class Setup:
+    """Everything a run trains with, built from the config."""
+
+    data: Splits
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None
+    stepper: Stepper
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build(cfg: DictConfig, device: torch.device) -> Setup:
+    """Seed, load the data onto ``device``, and build model, optimizer, schedule and step function."""
+    tcfg = cfg.trainer
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, device)
+    model = build_model(cfg.model, data.input_size, data.num_classes).to(device)
+    optimizer = instantiate(cfg.optimizer, model.parameters())
+    steps_per_epoch = num_batches(len(data.train_y), cfg.data.batch_size)
+    total_steps = int(min(tcfg.epochs * steps_per_epoch, tcfg.max_steps or math.inf))
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps)
+    scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "16" else None
+    stepper = Stepper(model, optimizer, device, tcfg.precision, tcfg.grad_clip, scheduler, scaler)
+    return Setup(data, model, optimizer, scheduler, scaler, stepper, steps_per_epoch, total_steps)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train (or resume) the configured model in ``run_dir``; return the final metrics."""
     ckpt_dir = run_dir / "checkpoints"
@@ -74,15 +103,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if resumed:
         check_resumable(cfg, resumed[0]["config"])
 
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, device)
-    model = build_model(cfg.model, data.input_size, data.num_classes).to(device)
-    optimizer = instantiate(cfg.optimizer, model.parameters())
-    steps_per_epoch = num_batches(len(data.train_y), cfg.data.batch_size)
-    total_steps = min(tcfg.epochs * steps_per_epoch, tcfg.max_steps or math.inf)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps)
-    scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "16" else None
-    stepper = Stepper(model, optimizer, device, tcfg.precision, tcfg.grad_clip, scheduler, scaler)
+    run = build(cfg, device)
+    data, model, optimizer, scheduler, scaler, stepper = (run.data, run.model, run.optimizer, run.scheduler,
+                                                          run.scaler, run.stepper)
+    steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
     shuffle = torch.Generator().manual_seed(cfg.seed)
     progress = Progress()
     if resumed:

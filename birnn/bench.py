@@ -1,0 +1,320 @@
+"""Side-by-side benchmark of the tutorial's training loop (reference) and birnn's, in one process.
+
+    python -m birnn.bench [--quick] [--rounds N] [--out bench.json] [overrides ...]
+
+``reference`` is the tutorial's loop exactly: a torchvision dataset with ``ToTensor``, ``DataLoader(batch
+100, shuffle)``, ``h0``/``c0`` allocated in every forward, fp32, ``reshape(-1, rows, pixels)``, Adam 0.003,
+evaluation through a ``DataLoader`` of batch 100 under ``no_grad``. ``birnn`` is the training step and the
+evaluation pass exactly as ``birnn.train`` runs them for the config given by the overrides (default config
+on Fashion-MNIST). Throughput is measured in alternating A/B rounds after a warm-up (median of rounds);
+time to accuracy is training wall time (evaluation excluded) until test accuracy first reaches the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from birnn.config import to_plain, validate
+from birnn.data import Splits, shuffled_batches
+from birnn.device import setup_device, synchronize
+from birnn.errors import BirnnError
+from birnn.loop import evaluate
+from birnn.train import build
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class TutorialBiRNN(nn.Module):
+    """The tutorial's model, unchanged: zero initial states allocated on every forward."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, num_classes: int, device: torch.device):
+        super().__init__()
+        self.hidden_size, self.num_layers, self.device = hidden_size, num_layers, device
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(hidden_size * 2, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h0 = torch.zeros(self.num_layers * 2, x.size(0), self.hidden_size).to(self.device)
+        c0 = torch.zeros(self.num_layers * 2, x.size(0), self.hidden_size).to(self.device)
+        out, _ = self.lstm(x, (h0, c0))
+        return self.fc(out[:, -1, :])
+
+
+class PilImages(Dataset):
+    """Any split as the tutorial sees a torchvision dataset: a PIL image per sample, through ``ToTensor``."""
+
+    def __init__(self, x: Tensor, y: Tensor):
+        from torchvision import transforms
+
+        self.images = (x.cpu() * 255).round().to(torch.uint8).numpy()
+        self.labels = y.cpu().tolist()
+        self.to_tensor = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        return self.to_tensor(Image.fromarray(self.images[i], mode="L")), self.labels[i]
+
+
+def reference_datasets(cfg: DictConfig, splits: Splits) -> tuple[Dataset, Dataset]:
+    """torchvision's own dataset classes for the IDX data (as in the tutorial), else PIL images of the splits."""
+    from torchvision import datasets, transforms
+
+    classes = {"birnn.data.load_mnist": datasets.MNIST, "birnn.data.load_fashion_mnist": datasets.FashionMNIST}
+    if cfg.data._target_ in classes and not cfg.data.val_size:
+        cls = classes[cfg.data._target_]
+        return (cls(cfg.data.root, train=True, transform=transforms.ToTensor()),
+                cls(cfg.data.root, train=False, transform=transforms.ToTensor()))
+    return PilImages(splits.train_x, splits.train_y), PilImages(splits.test_x, splits.test_y)
+
+
+@dataclass
+class Contender:
+    """One side of the benchmark: how to train N steps and how to run one evaluation pass."""
+
+    name: str
+    train_steps: Callable[[int], None]
+    eval_pass: Callable[[], float]  # returns test accuracy
+    batch_size: int
+    n_test: int
+    device: torch.device
+    seconds: dict[str, list[float]] = field(default_factory=lambda: {"train": [], "eval": []})
+
+    def timed(self, kind: str, fn: Callable[[], object]) -> object:
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        out = fn()
+        synchronize(self.device)
+        self.seconds[kind].append(time.perf_counter() - t0)
+        return out
+
+
+def cycle(make: Callable[[], Iterator]) -> Iterator:
+    """Batches forever, one epoch after another."""
+    while True:
+        yield from make()
+
+
+def reference(cfg: DictConfig, splits: Splits, device: torch.device) -> Contender:
+    """The tutorial's loop on the same data and device."""
+    torch.manual_seed(cfg.seed)
+    train_set, test_set = reference_datasets(cfg, splits)
+    rows, pixels = splits.train_x.shape[1:]
+    model = TutorialBiRNN(pixels, 128, 2, splits.num_classes, device).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    train_loader = DataLoader(train_set, batch_size=100, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=100, shuffle=False)
+    batches = cycle(lambda: iter(train_loader))
+    step = 0
+
+    def train_steps(n: int) -> None:
+        nonlocal step
+        for _ in range(n):
+            images, labels = next(batches)
+            images = images.reshape(-1, rows, pixels).to(device)
+            labels = labels.to(device)
+            outputs = model(images)
+            loss = criterion(outputs, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % 100 == 0:
+                loss.item()  # the tutorial prints the loss every 100 steps
+
+    def eval_pass() -> float:
+        with torch.no_grad():
+            correct = total = 0
+            for images, labels in test_loader:
+                images = images.reshape(-1, rows, pixels).to(device)
+                labels = labels.to(device)
+                predicted = model(images).argmax(1)
+                total += labels.size(0)
+                correct += (predicted == labels).sum().item()
+        return correct / total
+
+    return Contender("reference", train_steps, eval_pass, 100, len(test_set), device)
+
+
+def birnn(cfg: DictConfig, device: torch.device) -> tuple[Contender, int, Splits]:
+    """birnn's step and evaluation pass for ``cfg``, as ``birnn.train`` builds them."""
+    run = build(cfg, device)
+    data = run.data
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batches = cycle(lambda: shuffled_batches(data.train_x, data.train_y, cfg.data.batch_size, generator))
+
+    def train_steps(n: int) -> None:
+        for _ in range(n):
+            run.stepper.step(*next(batches))
+
+    def eval_pass() -> float:
+        return evaluate(run.model, data.test_x, data.test_y, cfg.data.eval_batch_size, device,
+                        cfg.trainer.precision).accuracy
+
+    contender = Contender("birnn", train_steps, eval_pass, cfg.data.batch_size, len(data.test_y), device)
+    return contender, run.total_steps, data
+
+
+def throughput(a: Contender, b: Contender, rounds: int, steps: int) -> dict:
+    """Median train and eval samples/s of each, from alternating rounds after a warm-up."""
+    for c in (a, b):
+        c.train_steps(3)
+        c.eval_pass()
+    for r in range(rounds):
+        order = (a, b) if r % 2 == 0 else (b, a)
+        for c in order:
+            c.timed("train", lambda: c.train_steps(steps))
+        for c in order:
+            c.timed("eval", c.eval_pass)
+    return {c.name: {
+        "train_samples_per_second": statistics.median(steps * c.batch_size / s for s in c.seconds["train"]),
+        "eval_samples_per_second": statistics.median(c.n_test / s for s in c.seconds["eval"]),
+        "train_seconds_per_round": c.seconds["train"], "eval_seconds_per_round": c.seconds["eval"],
+    } for c in (a, b)}
+
+
+def time_to_accuracy(c: Contender, max_steps: int, every: int, target: float | None) -> dict:
+    """Train from scratch, evaluating every ``every`` steps (off the clock), until ``target`` or ``max_steps``."""
+    curve, clock, done = [], 0.0, 0
+    while done < max_steps:
+        n = min(every, max_steps - done)
+        synchronize(c.device)
+        t0 = time.perf_counter()
+        c.train_steps(n)
+        synchronize(c.device)
+        clock += time.perf_counter() - t0
+        done += n
+        curve.append({"step": done, "train_seconds": clock, "test_accuracy": c.eval_pass()})
+        if target is not None and curve[-1]["test_accuracy"] >= target:
+            break
+    return {"curve": curve, "final_accuracy": curve[-1]["test_accuracy"]}
+
+
+def first_reaching(curve: list[dict], target: float) -> float | None:
+    return next((p["train_seconds"] for p in curve if p["test_accuracy"] >= target), None)
+
+
+def ratio(x: float | None, y: float | None) -> float | None:
+    return x / y if x and y else None
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    overrides = list(args.overrides)
+    if not any(o.startswith("data=") or o.startswith("experiment=") for o in overrides):
+        overrides.insert(0, "data=fashion_mnist")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    device = setup_device(cfg.device, cfg.trainer.precision)
+
+    def fresh() -> tuple[Contender, Contender, int, Splits]:
+        ours, total_steps, data = birnn(cfg, device)
+        return reference(cfg, data, device), ours, total_steps, data
+
+    ref, ours, total_steps, data = fresh()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    speed = throughput(ref, ours, args.rounds, args.steps)
+    if device.type == "cuda":
+        speed["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+
+    # Time to accuracy, both from scratch. The reference runs the tutorial's 2 epochs unless a target is given.
+    ref, ours, total_steps, data = fresh()
+    ref_steps = 2 * -(-len(data.train_y) // 100)
+    ref_run = time_to_accuracy(ref, ref_steps, args.eval_every, args.target)
+    target = args.target if args.target is not None else ref_run["final_accuracy"]
+    our_run = time_to_accuracy(ours, total_steps, args.eval_every, target)
+    ref_tta, our_tta = first_reaching(ref_run["curve"], target), first_reaching(our_run["curve"], target)
+
+    r, o = speed["reference"], speed["birnn"]
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_threads": torch.get_num_threads(), "device": str(device),
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "torch": str(torch.__version__)},
+        "command": " ".join(["python -m birnn.bench", *sys.argv[1:]]) if args.from_cli else None,
+        "overrides": overrides, "config": to_plain(cfg),
+        "rounds": args.rounds, "steps_per_round": args.steps, "eval_every": args.eval_every,
+        "throughput": speed,
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "time_to_accuracy": {
+            "target": target,
+            "target_source": "given" if args.target is not None else "reference accuracy after its 2 epochs",
+            "reference_seconds": ref_tta, "birnn_seconds": our_tta,
+            "reference": ref_run, "birnn": our_run,
+        },
+        "ratios": {
+            "train": ratio(o["train_samples_per_second"], r["train_samples_per_second"]),
+            "eval": ratio(o["eval_samples_per_second"], r["eval_samples_per_second"]),
+            "time_to_acc": ratio(ref_tta, our_tta),
+        },
+    }
+
+
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m birnn.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="birnn config overrides (default: data=fashion_mnist)")
+    parser.add_argument("--quick", action="store_true",
+                        help="under 2 minutes on a CPU: 3 short rounds and time to 0.75 test accuracy")
+    parser.add_argument("--rounds", type=int, help="A/B throughput rounds (default 5; --quick 3)")
+    parser.add_argument("--steps", type=int, help="training steps per round (default 100; --quick 40)")
+    parser.add_argument("--eval-every", type=int, help="steps between accuracy checks (default 100; --quick 50)")
+    parser.add_argument("--target", type=float,
+                        help="test accuracy to reach (default: the reference's after 2 epochs; --quick 0.75)")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = parser.parse_args(argv)
+    args.from_cli = argv is None
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.steps = args.steps or (40 if args.quick else 100)
+    args.eval_every = args.eval_every or (50 if args.quick else 100)
+    if args.quick and args.target is None:
+        args.target = 0.75
+    try:
+        result = run_benchmark(args)
+    except BirnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    r, o = result["throughput"]["reference"], result["throughput"]["birnn"]
+    tta = result["time_to_accuracy"]
+    print(f"device {result['machine']['device']}, {result['machine']['cpu_threads']} threads, "
+          f"overrides {' '.join(result['overrides'])}")
+    print(f"{'':10} {'train samples/s':>16} {'eval samples/s':>15} {'time to ' + fmt(tta['target']):>14}")
+    print(f"{'reference':10} {r['train_samples_per_second']:16.0f} {r['eval_samples_per_second']:15.0f} "
+          f"{fmt(tta['reference_seconds']):>13}s")
+    print(f"{'birnn':10} {o['train_samples_per_second']:16.0f} {o['eval_samples_per_second']:15.0f} "
+          f"{fmt(tta['birnn_seconds']):>13}s")
+    print(f"wrote {args.out}")
+    ratios = result["ratios"]
+    print(f"speedup train={fmt(ratios['train'])} eval={fmt(ratios['eval'])} time_to_acc={fmt(ratios['time_to_acc'])}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Precision, schedules and experiment presets do what they say (correctness, not speed)."""
+
+import math
+
+import pytest
+import torch
+
+from birnn.schedule import build_scheduler, cosine_factor
+from birnn.train import train
+from conftest import FAST, make_cfg
+
+
+def test_bf16_trains_digits_to_a_sane_accuracy(tmp_path):
+    metrics = train(make_cfg(*FAST, "trainer.precision=bf16", "model.hidden_size=32"), tmp_path)
+    assert metrics["test_accuracy"] >= 0.8
+
+
+def lrs(cfg_overrides, total_steps, lr=0.01):
+    cfg = make_cfg(*cfg_overrides)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps)
+    seen = []
+    for _ in range(total_steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_cosine_warms_up_then_decays_to_min():
+    seen = lrs(["scheduler=cosine", "scheduler.warmup_steps=10", "scheduler.min_lr_ratio=0.1"], 110)
+    assert seen[0] == pytest.approx(0.001) and seen[9] == pytest.approx(0.01)  # linear warm-up
+    assert seen[10] == pytest.approx(0.01) and seen[60] == pytest.approx(0.01 * (0.1 + 0.9 * 0.5), rel=1e-3)
+    assert all(a >= b for a, b in zip(seen[10:], seen[11:])) and seen[-1] == pytest.approx(0.001, rel=0.01)
+    assert cosine_factor(200, 110, 10, 0.1) == pytest.approx(0.1)  # stays at the floor past the end
+
+
+def test_onecycle_rises_to_lr_at_pct_start_then_anneals():
+    seen = lrs(["scheduler=onecycle", "scheduler.pct_start=0.25"], 100)
+    peak = max(range(100), key=seen.__getitem__)
+    assert 20 <= peak <= 26 and seen[peak] == pytest.approx(0.01, rel=1e-3)
+    assert seen[0] < 0.001 and seen[-1] < 1e-5
+
+
+def test_no_scheduler_keeps_the_tutorials_constant_lr(tmp_path):
+    assert build_scheduler(make_cfg().scheduler, torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]), 10) is None
+
+
+def test_scheduler_state_resumes(tmp_path):
+    metrics = train(make_cfg(*FAST, "scheduler=onecycle", "trainer.max_steps=20"), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 20 and metrics["steps"] == 20
+
+
+@pytest.mark.parametrize("preset", ["tutorial", "fast"])
+def test_presets_compose(preset):
+    from birnn.config import validate
+
+    cfg = make_cfg(f"experiment={preset}")
+    validate(cfg)
+    if preset == "tutorial":
+        assert cfg == make_cfg()
+    else:
+        assert cfg.trainer.precision == "bf16" and cfg.scheduler.name != "none"
+        assert make_cfg(f"experiment={preset}", "data=digits").data._target_ == "birnn.data.load_digits"
