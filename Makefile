@@ -4,8 +4,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test,sweeps,optuna,export]"
+	$(PY) -m pip install -e ".[test,optuna,export]"
 	touch $@
 
 .PHONY: venv train test bench

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from birnn.checkpoint import atomic_write
 from birnn.loop import EvalResult
 
 
+@functools.lru_cache(maxsize=1)
 def provenance() -> dict:
     """birnn and torch versions, and the git commit of the birnn checkout when there is one."""
     try:
