@@ -8,12 +8,17 @@ import subprocess
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 import birnn
 from birnn.checkpoint import atomic_write
+from birnn.figures import confusion_figure, misclassified_figure
 from birnn.loop import EvalResult
+from birnn.scores import confusion_matrix
+
+MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,19 +35,36 @@ def provenance() -> dict:
 class Tracker:
     """TensorBoard event files written straight into the run dir (``tensorboard --logdir outputs``).
 
-    ``purge_step`` (on resume) hides events a killed run logged after its last checkpoint.
+    ``purge_step`` (on resume) hides events a killed run logged after its last checkpoint; ``config`` (the
+    resolved config) is recorded as text at the step the run starts (or resumes) from.
     """
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, purge_step: int | None = None, config: dict | None = None):
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        if config is not None:
+            self.writer.add_text("config", f"```yaml\n{OmegaConf.to_yaml(config)}```", purge_step or 0)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
     def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str]) -> None:
-        """Record one evaluation pass over ``(x, y)``."""
+        """Record one evaluation pass over ``(x, y)``; a test pass also as pictures.
+
+        Pictures: the confusion matrix and the first ``MAX_MISCLASSIFIED`` misclassified images.
+        """
         self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
+        if split != "test":
+            return
+        pred = result.predictions
+        matrix = confusion_matrix(y, pred, len(classes)).numpy()
+        self.writer.add_figure(f"{split}/confusion_matrix", confusion_figure(matrix, classes), step)
+        wrong = (pred != y).nonzero().squeeze(1)
+        if len(wrong):
+            shown = wrong[:MAX_MISCLASSIFIED]
+            figure = misclassified_figure(x[shown].float().cpu().numpy(), [classes[i] for i in y[shown].tolist()],
+                                          [classes[i] for i in pred[shown].tolist()], total=len(wrong))
+            self.writer.add_figure(f"{split}/misclassified", figure, step)
 
     def finish(self, config: dict, metrics: dict) -> None:
         """Record the end of the run."""

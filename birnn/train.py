@@ -136,6 +136,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "rng": {"torch": torch.get_rng_state(), "shuffle": epoch_shuffle_state,
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
             "progress": asdict(progress), "config": to_plain(cfg), "metrics": metrics,
+            "data": {"input_shape": list(data.test_x.shape[1:]), "classes": data.classes},
             "finished": metrics is not None, "provenance": provenance(),
         }, ckpt_dir, name)
 
@@ -157,7 +158,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             raise BirnnError(f"Loss became NaN/inf at step {first_step + int(bad[0, 0])}; training stopped and "
                              f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0.")
 
-    tracker = Tracker(run_dir, purge_step=progress.global_step + 1 if resumed else None)
+    tracker = Tracker(run_dir, purge_step=progress.global_step + 1 if resumed else None, config=to_plain(cfg))
     log.info("Training %s on %s: %d train / %d test samples, %d steps per epoch, %d parameters.",
              cfg.data._target_.rsplit(".", 1)[-1], device, len(data.train_y), len(data.test_y),
              steps_per_epoch, sum(p.numel() for p in model.parameters()))

@@ -1,0 +1,87 @@
+"""``python -m birnn.evaluate CKPT [key=value ...] [--out FILE]``: re-test a checkpoint's model.
+
+The model and the test split are rebuilt from the config stored in the checkpoint (overrides such as
+``data.root=/x`` or ``device=cpu`` are merged in) and evaluated with the training run's eval batch size and
+precision, so a run's ``last.pt`` reproduces its ``metrics.json`` ``test_accuracy`` on the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+from birnn.checkpoint import atomic_write
+from birnn.data import load_data
+from birnn.device import setup_device
+from birnn.errors import BirnnError
+from birnn.loop import evaluate
+from birnn.restore import restore, user_errors
+from birnn.scores import confusion_matrix, per_class
+
+
+def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict:
+    """Test loss, accuracy, per-class precision/recall and the confusion matrix of the model in ``path``."""
+    restored = restore(path, overrides)
+    cfg = restored.cfg
+    device = setup_device(cfg.device, cfg.trainer.precision)
+    data = load_data(cfg.data, device)
+    if data.classes != restored.classes:
+        raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
+                         f"{restored.classes}.")
+    model = restored.model.to(device)
+    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, cfg.trainer.precision)
+    matrix = confusion_matrix(data.test_y, result.predictions, data.num_classes)
+    return {
+        "checkpoint": str(path), "step": restored.state["progress"]["global_step"], "device": str(device),
+        "test_loss": result.loss, "test_accuracy": result.accuracy, "test_samples": len(data.test_y),
+        "classes": data.classes, "per_class": per_class(matrix, data.classes), "confusion_matrix": matrix.tolist(),
+    }
+
+
+def report(scores: dict) -> str:
+    """The scores as text: totals, a per-class table and the confusion matrix."""
+    def score(value: float | None) -> str:
+        return f"{value:9.4f}" if value is not None else f"{'-':>9}"
+
+    classes = scores["classes"]
+    width = max(5, *(len(c) for c in classes))
+    lines = [f"Checkpoint {scores['checkpoint']} (step {scores['step']}) on {scores['device']}",
+             f"Test loss     {scores['test_loss']:.4f}",
+             f"Test accuracy {scores['test_accuracy']:.4f} ({100 * scores['test_accuracy']:.2f}%) "
+             f"on {scores['test_samples']} images", "",
+             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'support':>8}"]
+    lines += [f"{c['class']:<{width}} {score(c['precision'])} {score(c['recall'])} {c['support']:>8}"
+              for c in scores["per_class"]]
+    cells = max(5, len(str(max(max(row) for row in scores["confusion_matrix"]))) + 1)
+    rows = [c if c == str(i) else f"{i} {c}" for i, c in enumerate(classes)]
+    width = max(len(r) for r in rows)
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted class index)",
+              " " * width + "".join(f"{i:>{cells}}" for i in range(len(classes)))]
+    lines += [f"{r:<{width}}" + "".join(f"{n:>{cells}}" for n in counts)
+              for r, counts in zip(rows, scores["confusion_matrix"])]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m birnn.evaluate",
+                                     description="Re-test a checkpoint's model on its test split.")
+    parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="changes to the checkpoint's config, e.g. data.root=/data device=cpu")
+    parser.add_argument("--out", type=Path, help="JSON file to write (default: evaluation.json beside CHECKPOINT)")
+    args = parser.parse_args(argv)
+    with user_errors():
+        scores = evaluate_checkpoint(args.checkpoint, args.overrides)
+        print(report(scores))
+        out = args.out or args.checkpoint.parent / "evaluation.json"
+        try:
+            atomic_write(out, lambda f: f.write(json.dumps(scores, indent=2).encode() + b"\n"))
+        except OSError as e:
+            raise BirnnError(f"Could not write {out}: {e.strerror or e}") from None
+        print(f"\nWrote {out}")
+
+
+if __name__ == "__main__":
+    main()

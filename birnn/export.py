@@ -1,0 +1,86 @@
+"""``python -m birnn.export CKPT [--format onnx|pt2] [--out FILE]``: ship a trained model as one file.
+
+Input ``images``: float32 (N, steps, features) scaled to [0, 1] exactly as in training, any N; output
+``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
+self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
+Both formats are checked against the PyTorch model before the command reports success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from birnn.errors import BirnnError
+from birnn.restore import Restored, restore, user_errors
+
+FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
+TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check
+# Tracing messages from torch internals that a user cannot act on.
+QUIET = ("_check_is_size will be removed", "The tensor attributes self.lstm._flat_weights")
+
+
+def _onnx(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> Callable[[Tensor], Tensor]:
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as e:
+        raise BirnnError(f"ONNX export needs the export extra ({e.name} is missing): "
+                         "pip install 'birnn[export]' (onnx, onnxscript, onnxruntime).") from None
+    torch.onnx.export(model, (example,), str(out), dynamo=True, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=dynamic, external_data=False, verbose=False)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def _pt2(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> Callable[[Tensor], Tensor]:
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=dynamic), str(out))
+    return torch.export.load(str(out)).module()
+
+
+def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, float]:
+    """Write ``restored``'s model as ``fmt``; return the file and the max logit difference to PyTorch."""
+    out = out or restored.path.parent / FORMATS[fmt]
+    model = restored.model.cpu().eval()
+    inputs = torch.rand(7, *restored.input_shape, generator=torch.Generator().manual_seed(0))
+    dynamic = {"x": {0: torch.export.Dim("batch")}}
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            run = (_onnx if fmt == "onnx" else _pt2)(model, inputs[:2], dynamic, out)
+        except BirnnError:
+            raise
+        except Exception as e:  # the exporters raise many types; the first line says what failed
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {reason}") from None
+    with torch.inference_mode():
+        difference = (run(inputs) - model(inputs)).abs().max().item()
+    if not difference <= TOLERANCE:
+        raise BirnnError(f"{out} gives logits {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
+    return out, difference
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m birnn.export",
+                                     description="Export a checkpoint's model as one ONNX or torch.export (pt2) file.")
+    parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or pt2 (torch.export)")
+    parser.add_argument("--out", type=Path, help="file to write (default: model.onnx / model.pt2 beside CHECKPOINT)")
+    args = parser.parse_args(argv)
+    with user_errors():
+        restored = restore(args.checkpoint)
+        out, difference = export(restored, args.format, args.out)
+    steps, features = restored.input_shape
+    print(f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) in [0, 1], "
+          f"output logits (N, {len(restored.classes)}); classes {', '.join(restored.classes)}.")
+    print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image files with a trained model.
+
+Each image (PNG or JPEG, any size; a folder stands for the images in it) becomes one input the way the
+training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
+light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image, ImageOps
+
+from birnn.config import DEVICES, DeviceConfig
+from birnn.device import setup_device
+from birnn.errors import BirnnError
+from birnn.restore import restore, user_errors
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_files(paths: Sequence[Path]) -> list[tuple[Path, str | None]]:
+    """Each PATH as ``(file, None)``; a folder expands to its image files, sorted, or to ``(folder, error)``."""
+    files: list[tuple[Path, str | None]] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append((path, None))
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files += [(p, None) for p in found] or [(path, f"no {'/'.join(IMAGE_SUFFIXES)} files in this folder")]
+    return files
+
+
+def load_image(path: Path, shape: tuple[int, int], invert: str = "auto") -> torch.Tensor:
+    """One image as a (steps, features) float tensor in [0, 1], light on dark like the training data.
+
+    Transparent pixels count as white paper. ``invert``: ``yes``, ``no``, or ``auto`` (invert when the
+    one-pixel border is brighter than mid-gray on average, i.e. a dark-on-light scan).
+    """
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if "A" in image.getbands() or "transparency" in image.info:
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        gray = image.convert("L")
+    steps, features = shape
+    pixels = np.asarray(gray.convert("F").resize((features, steps), Image.Resampling.BOX)) / 255
+    full = np.asarray(gray)
+    border = np.concatenate([full[0], full[-1], full[:, 0], full[:, -1]]).mean() / 255
+    if invert == "yes" or (invert == "auto" and border > 0.5):
+        pixels = 1 - pixels
+    return torch.from_numpy(pixels.astype(np.float32)).clamp_(0, 1)
+
+
+def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu") -> list[dict]:
+    """Per file ``{file, prediction, label, probability}``, or ``{file, error}`` when it cannot be read."""
+    restored = restore(checkpoint)
+    target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
+    results, inputs = [], []
+    for path, error in image_files(paths):
+        if error is None:
+            try:
+                inputs.append(load_image(path, restored.input_shape, invert))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                error = getattr(e, "strerror", None) or f"not a readable image ({e or type(e).__name__})"
+        results.append({"file": str(path), "error": error} if error else {"file": str(path)})
+    if inputs:
+        with torch.inference_mode():
+            logits = restored.model.to(target)(torch.stack(inputs).to(target)).float()
+        probability, prediction = logits.softmax(1).max(1)
+        ok = (r for r in results if "error" not in r)
+        for r, p, q in zip(ok, prediction.tolist(), probability.tolist()):
+            r.update(prediction=p, label=restored.classes[p], probability=q)
+    return results
+
+
+def show(results: list[dict], as_json: bool) -> None:
+    """One JSON array on stdout, or a table on stdout and one ``error:`` line per unreadable file on stderr."""
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    classified = [r for r in results if "error" not in r]
+    width = max((len(r["file"]) for r in classified), default=4)
+    if classified:
+        print(f"{'file':<{width}}  prediction  {'label':<12}  probability")
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
+        else:
+            print(f"{r['file']:<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m birnn.predict",
+                                     description="Classify image files (PNG/JPEG) with a trained model.")
+    parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
+    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                        help="make dark-on-light images light-on-dark like the data (default: auto, from the border)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
+    args = parser.parse_args(argv)
+    with user_errors():
+        results = predict(args.checkpoint, args.paths, args.invert, args.device)
+        show(results, args.json)
+        if all("error" in r for r in results):
+            raise BirnnError("no image could be classified")
+
+
+if __name__ == "__main__":
+    main()

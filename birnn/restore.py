@@ -1,0 +1,92 @@
+"""Rebuild a trained model from a checkpoint: the shared start of ``evaluate``, ``predict`` and ``export``.
+
+The config stored in the checkpoint is typed again with the schemas of ``birnn.config`` and merged with
+``key=value`` overrides (``OmegaConf.from_dotlist``), so a typo or a wrong type is one clear error.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from birnn import checkpoint
+from birnn.config import (AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelConfig, SchedulerConfig,
+                          SGDConfig, TrainerConfig, validate)
+from birnn.data import load_data
+from birnn.errors import BirnnError
+from birnn.model import BiLSTMClassifier, build_model
+
+OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
+
+
+@dataclass
+class Restored:
+    """A checkpoint's model (weights loaded, eval mode, on the CPU) and what it was trained on."""
+
+    path: Path
+    state: dict  # the checkpoint as loaded
+    cfg: DictConfig  # its config with the overrides merged
+    model: BiLSTMClassifier
+    input_shape: tuple[int, int]  # (steps, features) of one input
+    classes: list[str]
+
+
+def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
+    """The stored config, typed by its schemas, with ``key=value`` overrides; ``device=X`` means ``device.type=X``."""
+    items = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BirnnError(f"Override {item!r} is not key=value (e.g. data.root=/data or device=cpu).")
+        items.append(f"device.type={value}" if key == "device" else item)
+    optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
+    schema = OmegaConf.structured(Config(model=ModelConfig(), data=DataConfig(), scheduler=SchedulerConfig(),
+                                         device=DeviceConfig(), trainer=TrainerConfig(),
+                                         optimizer=optimizer() if optimizer else {}))
+    try:
+        cfg = OmegaConf.merge(schema, stored)
+    except OmegaConfBaseException as e:
+        raise BirnnError(f"The checkpoint's config does not fit this birnn version: {_reason(e)}") from None
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
+    except OmegaConfBaseException as e:
+        raise BirnnError(f"Bad override: {_reason(e)}") from None
+    validate(cfg)
+    return cfg
+
+
+def _reason(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    return f"{key}: {str(e).splitlines()[0]}" if key else str(e).splitlines()[0]
+
+
+def restore(path: Path, overrides: Sequence[str] = ()) -> Restored:
+    """Load ``path``, merge ``overrides`` into its config and rebuild its model in eval mode."""
+    state = checkpoint.load(path)
+    cfg = merge_overrides(state["config"], overrides)
+    spec = state.get("data")
+    if spec is None:  # checkpoints written before the data spec was stored: ask the loader
+        data = load_data(cfg.data, torch.device("cpu"))
+        spec = {"input_shape": list(data.test_x.shape[1:]), "classes": data.classes}
+    steps, features = spec["input_shape"]
+    model = build_model(cfg.model, features, len(spec["classes"]))
+    checkpoint.load_model_state(model, state["model"], path)
+    return Restored(path, state, cfg, model.eval(), (steps, features), list(spec["classes"]))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Report a BirnnError as ``error: <message>`` on stderr and exit 2 (no traceback)."""
+    try:
+        yield
+    except BirnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
