@@ -77,7 +77,7 @@ class SchedulerConfig:
 @dataclass
 class DeviceConfig:
     type: str = "auto"
-    num_threads: Optional[int] = None  # CPU threads; null = torch's default
+    num_threads: Optional[int] = None  # CPU threads; null = torch's default (joblib launcher: cores / n_jobs)
     cudnn_benchmark: bool = True
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from birnn.errors import BirnnError
+
+log = logging.getLogger(__name__)
 
 
 def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
@@ -17,11 +22,28 @@ def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
                          f"(torch {torch.__version__}). Use device=auto or device=cpu.")
     if precision == "16" and kind != "cuda":
         raise BirnnError(f"trainer.precision=16 needs CUDA (running on {kind}); use trainer.precision=bf16 or 32.")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    threads = cfg.num_threads or threads_per_job()
+    if threads:
+        torch.set_num_threads(threads)
     if kind == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     return torch.device(kind)
+
+
+def threads_per_job() -> int | None:
+    """Under the joblib launcher, the CPU cores shared evenly by its parallel jobs (n_jobs=-1: one per core)."""
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().launcher
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return None
+    import joblib
+
+    cores, n_jobs = joblib.cpu_count(), launcher.n_jobs
+    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib's rule: -1 = all cores, -2 = all but one
+    threads = max(1, cores // jobs)
+    log.info("joblib launcher with n_jobs=%d on %d cores: %d torch threads per job", n_jobs, cores, threads)
+    return threads
 
 
 def synchronize(device: torch.device) -> None:

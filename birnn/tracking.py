@@ -14,11 +14,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 import birnn
 from birnn.checkpoint import atomic_write
+from birnn.config import flatten
 from birnn.figures import confusion_figure, misclassified_figure
 from birnn.loop import EvalResult
 from birnn.scores import confusion_matrix
 
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
+HPARAM_SECTIONS = ("seed", "model", "data", "optimizer", "scheduler", "trainer")
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,6 +32,12 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"birnn_version": birnn.__version__, "torch_version": str(torch.__version__), "git_commit": commit}
+
+
+def hparams(config: dict) -> dict[str, bool | int | float | str]:
+    """The resolved hyper-parameters, flattened to ``section.key`` scalars (None and lists as strings)."""
+    flat = flatten({k: config[k] for k in HPARAM_SECTIONS if k in config})
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
 class Tracker:
@@ -67,7 +75,13 @@ class Tracker:
             self.writer.add_figure(f"{split}/misclassified", figure, step)
 
     def finish(self, config: dict, metrics: dict) -> None:
-        """Record the end of the run."""
+        """Record the end of the run: its hyper-parameters with its final metrics (TensorBoard's HParams tab).
+
+        ``run_name="."`` writes them into the run dir itself, not into a timestamped sub-run.
+        """
+        final = {f"hparams/{k}": v for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.writer.add_hparams(hparams(config), final, run_name=".", global_step=metrics.get("steps"))
         self.writer.flush()
 
     def close(self) -> None:

@@ -1,0 +1,71 @@
+"""Hydra callback: each job records how it ended, and a multirun keeps its summary up to date.
+
+Hydra's basic sweeper re-raises a failed job's error before ``on_multirun_end`` runs, so the summary is
+rebuilt at the end of every job (from the records of all jobs finished so far) as well as at the end of
+the multirun. Parallel jobs (joblib, submitit) take turns through a lock on the sweep dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from birnn import report
+
+log = logging.getLogger(__name__)
+
+
+class SweepSummary(Callback):
+    """``status.json`` in every run dir; ``summary.{csv,md,png}`` in every sweep dir.
+
+    ``metric``: the summary's sort key, best first (null: val_accuracy when the runs have it, else test_accuracy).
+    """
+
+    def __init__(self, metric: str | None = None):
+        self.metric = metric
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.runtime.output_dir)
+        failed = job_return.status == JobStatus.FAILED
+        report.write_status(run_dir, "failed" if failed else "completed",
+                            report.one_line(job_return._return_value) if failed else "")
+        if config.hydra.mode == RunMode.MULTIRUN:
+            # output_dir is <sweep dir>/<subdir>, both resolved by the job itself
+            self.summarize(run_dir.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            self.summarize(sweep_dir)
+
+    def summarize(self, sweep_dir: Path) -> None:
+        """A broken summary is logged, never allowed to fail the job that triggered it."""
+        try:
+            with locked(sweep_dir):
+                report.summarize(report.find_runs([sweep_dir]), sweep_dir, self.metric)
+        except Exception as e:  # noqa: BLE001
+            log.warning("Could not write the sweep summary in %s: %s", sweep_dir, report.one_line(e))
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (POSIX; elsewhere a no-op)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

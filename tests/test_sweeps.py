@@ -1,0 +1,218 @@
+"""Sweeps: summaries (with failures and seeds), the report CLI, HParams events, launchers and the Optuna search.
+
+Each sweep starts Python processes (~5 s of imports each), so the two main sweeps also serve as the launcher
+tests: the card's learning-rate preset runs on submitit_local, the seed sweep with failures on joblib.
+"""
+
+import csv
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import joblib
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from birnn import report
+from birnn.device import threads_per_job
+from conftest import CONF, FAST, run_cli
+
+TINY = [*FAST, "trainer.epochs=1"]
+CORES = joblib.cpu_count()
+
+
+def compose_with_hydra(*overrides: str):
+    """The composed config with its ``hydra`` node (launcher, sweeper), as a job sees it."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory) -> Path:
+    """The card's learning-rate sweep preset (three jobs, no -m) on digits, each job a submitit_local process."""
+    tmp = tmp_path_factory.mktemp("lr")
+    proc = run_cli("experiment=sweep_lr", "hydra/launcher=submitit_local", *TINY, f"hydra.sweep.dir={tmp / 'sweep'}",
+                   cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "sweep"
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(tmp_path_factory) -> tuple[Path, object]:
+    """Two seeds x two learning rates, one of which is invalid (two jobs fail), two jobs at a time with joblib.
+
+    ``device.num_threads`` is left null, so each job takes its share of the cores.
+    """
+    tmp = tmp_path_factory.mktemp("seeds")
+    no_threads = [a for a in FAST if not a.startswith("device.num_threads")]
+    proc = run_cli("-m", "optimizer.lr=0.01,-1", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   *no_threads, "trainer.max_steps=4", f"hydra.sweep.dir={tmp / 'sweep'}", cwd=tmp)
+    return tmp / "sweep", proc
+
+
+def test_sweep_summary_csv_matches_every_job(lr_sweep):
+    rows = read_csv(lr_sweep / "summary.csv")
+    assert list(rows[0]) == ["job", "status", "error", "optimizer.lr", "test_accuracy", "test_loss", "train_seconds"]
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
+    accuracies = [float(r["test_accuracy"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)  # best first
+    lrs = {}
+    for row in rows:
+        m = metrics(lr_sweep / row["job"])
+        assert row["status"] == "completed" and row["error"] == ""
+        for key in ("test_accuracy", "test_loss", "train_seconds"):
+            assert float(row[key]) == m[key]
+        lrs[row["job"]] = float(row["optimizer.lr"])
+    assert lrs == {"0": 1e-3, "1": 3e-3, "2": 1e-2}
+    md = (lr_sweep / "summary.md").read_text()
+    assert "| job | status | error | optimizer.lr | test_accuracy | test_loss | train_seconds |" in md
+    best = rows[0]
+    assert f"| {best['job']} | completed |  | {best['optimizer.lr']} | {float(best['test_accuracy']):.4f} |" in md
+    assert "Mean ± std over seeds" not in md
+    with Image.open(lr_sweep / "summary.png") as image:
+        assert image.format == "PNG" and image.size[0] > 200 and image.size[1] > 200
+
+
+def test_event_files_hold_hparams_with_final_metrics(lr_sweep):
+    for job, lr in (("0", 1e-3), ("2", 1e-2)):
+        run_dir = lr_sweep / job
+        assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]  # no sub-runs
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        assert hparams["optimizer.lr"].number_value == pytest.approx(lr)
+        assert hparams["model.hidden_size"].number_value == 16
+        assert hparams["data._target_"].string_value == "birnn.data.load_digits"
+        final = events.Scalars("hparams/test_accuracy")
+        assert [(e.step, e.value) for e in final] == [(metrics(run_dir)["steps"], pytest.approx(metrics(run_dir)[
+            "test_accuracy"]))]
+
+
+def test_report_cli_rebuilds_the_summary_without_creating_run_dirs(lr_sweep, tmp_path, monkeypatch, capsys):
+    sweep = shutil.copytree(lr_sweep, tmp_path / "copy")
+    for name in ("summary.csv", "summary.md", "summary.png"):
+        (sweep / name).unlink()
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(sweep), "--metric", "test_loss"]) == 0
+    out = capsys.readouterr().out
+    rows = read_csv(sweep / "summary.csv")
+    losses = [float(r["test_loss"]) for r in rows]
+    assert losses == sorted(losses)  # lower is better
+    assert "best first by test_loss" in out and f"| {rows[0]['job']} | completed |" in out
+    assert (sweep / "summary.md").is_file() and (sweep / "summary.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no outputs/ from a Hydra app
+
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert report.main([str(sweep), "--metric", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "missing is not a directory" in err and "error: metric 'nope' is in no run's metrics.json" in err
+
+
+def test_failed_jobs_are_marked_and_the_others_summarized(seed_sweep):
+    sweep, proc = seed_sweep
+    assert proc.returncode == 1  # Hydra reports the failure at the end
+    rows = read_csv(sweep / "summary.csv")
+    by_job = {r["job"]: r for r in rows}
+    assert [r["status"] for r in rows] == ["completed", "completed", "failed", "failed"]
+    for job in ("0", "1"):  # optimizer.lr=0.01, seeds 0 and 1
+        assert by_job[job]["optimizer.lr"] == "0.01"
+        assert float(by_job[job]["test_accuracy"]) == metrics(sweep / job)["test_accuracy"]
+    for job in ("2", "3"):
+        assert by_job[job]["optimizer.lr"] == "-1" and by_job[job]["test_accuracy"] == ""
+        assert by_job[job]["error"] == "BirnnError: Invalid config: optimizer.lr must be > 0, got -1.0"
+        assert not (sweep / job / "metrics.json").exists()
+    assert json.loads((sweep / "2" / "status.json").read_text())["status"] == "failed"
+    assert "| 2 | failed | BirnnError: Invalid config: optimizer.lr must be > 0, got -1.0 | -1 | 0 |" in \
+        (sweep / "summary.md").read_text()
+
+
+def test_seed_sweep_gets_mean_and_std_over_seeds(seed_sweep):
+    sweep, _ = seed_sweep
+    accuracies = [metrics(sweep / job)["test_accuracy"] for job in ("0", "1")]
+    losses = [metrics(sweep / job)["test_loss"] for job in ("0", "1")]
+    md = (sweep / "summary.md").read_text()
+    means = md.split("Mean ± std over seeds:")[1]
+    assert "| optimizer.lr | seeds | test_accuracy | test_loss | train_seconds |" in means
+    assert (f"| 0.01 | 2 | {statistics.fmean(accuracies):.4f} ± {statistics.stdev(accuracies):.4f} | "
+            f"{statistics.fmean(losses):.4f} ± {statistics.stdev(losses):.4f} |") in means
+    assert "| -1 |" not in means  # no completed seed to average
+
+
+def test_joblib_launcher_shares_the_cores_between_parallel_jobs(seed_sweep):
+    sweep, _ = seed_sweep
+    for job in ("0", "1"):
+        log = (sweep / job / "train.log").read_text()
+        assert f"joblib launcher with n_jobs=2 on {CORES} cores: {max(1, CORES // 2)} torch threads per job" in log
+
+
+def test_threads_per_job_follows_the_joblib_launcher():
+    try:
+        for n_jobs, expected in ((-1, 1), (1, CORES), (10**6, 1)):
+            HydraConfig.instance().set_config(compose_with_hydra("hydra/launcher=joblib",
+                                                                  f"hydra.launcher.n_jobs={n_jobs}"))
+            assert threads_per_job() == expected
+        HydraConfig.instance().set_config(compose_with_hydra())
+        assert threads_per_job() is None  # the basic launcher runs one job at a time
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_submitit_local_ran_each_job_as_its_own_process(lr_sweep):
+    logs = sorted((lr_sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 3  # one submitit job per sweep job
+    assert all(metrics(lr_sweep / job)["steps"] == 15 for job in ("0", "1", "2"))
+
+
+def test_slurm_launcher_config_documents_the_cluster_keys():
+    launcher = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.cpus_per_task) == \
+        ("gpu", 240, 1, 8)
+    assert launcher.max_num_timeout > 0  # a timed-out job is requeued (and resumes in place)
+
+
+def test_sweep_lr_preset_is_a_multirun_over_the_cards_rates():
+    cfg = compose_with_hydra("experiment=sweep_lr")
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.params == {"optimizer.lr": "1e-3,3e-3,1e-2"}
+
+
+def test_optuna_search_runs_seeded_trials_on_validation_accuracy(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    searched = [a for a in TINY if not a.startswith("model.hidden_size")]
+    proc = run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "data.val_size=300", *searched,
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    trials = [metrics(sweep / job) for job in ("0", "1", "2")]
+    assert all(t["val_accuracy"] > 0 for t in trials) and not (sweep / "3").exists()
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == max(t["val_accuracy"] for t in trials)  # ranked on val, not test
+    assert set(result["best_params"]) == {"optimizer.lr", "model.hidden_size", "data.batch_size"}
+    rows = read_csv(sweep / "summary.csv")
+    assert "val_accuracy" in rows[0] and float(rows[0]["val_accuracy"]) == result["best_value"]
+    for row in rows:
+        assert 1e-4 <= float(row["optimizer.lr"]) <= 3e-2 and row["model.hidden_size"] in ("32", "64", "128", "256")
+
+
+def test_a_failed_attempt_keeps_a_completed_record(tmp_path):
+    report.write_status(tmp_path, "failed", "RuntimeError: out of memory")
+    report.write_status(tmp_path, "completed")  # a retry that succeeded
+    report.write_status(tmp_path, "failed", "BirnnError: Cannot resume ...")  # then a refused relaunch
+    assert json.loads((tmp_path / "status.json").read_text()) == {"status": "completed", "error": ""}
