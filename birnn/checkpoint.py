@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "birnn-checkpoint-v1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -26,6 +28,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
