@@ -61,5 +61,5 @@ def test_presets_compose(preset):
     if preset == "tutorial":
         assert cfg == make_cfg()
     else:
-        assert cfg.trainer.precision == "bf16" and cfg.scheduler.name != "none"
+        assert cfg.trainer.precision == "bf16" and cfg.scheduler.name == "onecycle" and cfg.model.readout == "final"
         assert make_cfg(f"experiment={preset}", "data=digits").data._target_ == "birnn.data.load_digits"
