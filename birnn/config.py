@@ -90,6 +90,7 @@ class TrainerConfig:
     precision: str = "32"
     checkpoint_every_n_steps: int = 500
     early_stopping_patience: Optional[int] = None
+    log_images: bool = True  # confusion matrix + misclassified grid in TensorBoard after each test pass
 
 
 @dataclass

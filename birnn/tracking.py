@@ -47,8 +47,10 @@ class Tracker:
     resolved config) is recorded as text at the step the run starts (or resumes) from.
     """
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None, config: dict | None = None):
+    def __init__(self, run_dir: Path, purge_step: int | None = None, config: dict | None = None,
+                 images: bool = True):
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.images = images
         if config is not None:
             self.writer.add_text("config", f"```yaml\n{OmegaConf.to_yaml(config)}```", purge_step or 0)
 
@@ -62,7 +64,7 @@ class Tracker:
         Pictures: the confusion matrix and the first ``MAX_MISCLASSIFIED`` misclassified images.
         """
         self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
-        if split != "test":
+        if split != "test" or not self.images:
             return
         pred = result.predictions
         matrix = confusion_matrix(y, pred, len(classes)).numpy()

@@ -35,7 +35,8 @@ from birnn.tracking import Tracker, provenance, write_metrics
 log = logging.getLogger("birnn.train")
 
 # Keys that may change when a run is resumed; everything else must match the checkpoint's config.
-RESUMABLE = ("data.root", "data.download", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps")
+RESUMABLE = ("data.root", "data.download", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+             "trainer.log_images")
 STEP_COUNT_KEYS = ("trainer.epochs", "trainer.max_steps")  # resumable unless a scheduler depends on them
 
 
@@ -158,7 +159,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             raise BirnnError(f"Loss became NaN/inf at step {first_step + int(bad[0, 0])}; training stopped and "
                              f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0.")
 
-    tracker = Tracker(run_dir, purge_step=progress.global_step + 1 if resumed else None, config=to_plain(cfg))
+    tracker = Tracker(run_dir, purge_step=progress.global_step + 1 if resumed else None, config=to_plain(cfg),
+                      images=tcfg.log_images)
     log.info("Training %s on %s: %d train / %d test samples, %d steps per epoch, %d parameters.",
              cfg.data._target_.rsplit(".", 1)[-1], device, len(data.train_y), len(data.test_y),
              steps_per_epoch, sum(p.numel() for p in model.parameters()))

@@ -19,7 +19,7 @@ import birnn.config  # noqa: F401  (registers the structured-config schemas)
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # Small, fast and single-threaded: the suite shares 2 cores.
-FAST = ["data=digits", "device=cpu", "device.num_threads=1", "model.hidden_size=16"]
+FAST = ["data=digits", "device=cpu", "device.num_threads=1", "model.hidden_size=16", "trainer.log_images=false"]
 
 
 def make_cfg(*overrides: str) -> DictConfig:

@@ -95,3 +95,6 @@ def test_in_process_run_is_deterministic(tmp_path):
     assert a["steps"] == 12 and a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
     c = train(make_cfg(*FAST, "trainer.max_steps=12", "seed=4"), tmp_path / "c")
     assert c["test_loss"] != a["test_loss"]
+    events = EventAccumulator(str(tmp_path / "a"))
+    events.Reload()
+    assert events.Tags()["images"] == [] and "test/accuracy" in events.Tags()["scalars"]  # log_images=false
