@@ -105,6 +105,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         check_resumable(cfg, resumed[0]["config"])
 
     run = build(cfg, device)
+    plain_cfg = to_plain(cfg)  # the resolved config as stored in checkpoints and TensorBoard
     data, model, optimizer, scheduler, scaler, stepper = (run.data, run.model, run.optimizer, run.scheduler,
                                                           run.scaler, run.stepper)
     steps_per_epoch, total_steps = run.steps_per_epoch, run.total_steps
@@ -136,7 +137,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "scaler": scaler.state_dict() if scaler else None,
             "rng": {"torch": torch.get_rng_state(), "shuffle": epoch_shuffle_state,
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-            "progress": asdict(progress), "config": to_plain(cfg), "metrics": metrics,
+            "progress": asdict(progress), "config": plain_cfg, "metrics": metrics,
             "data": {"input_shape": list(data.test_x.shape[1:]), "classes": data.classes},
             "finished": metrics is not None, "provenance": provenance(),
         }, ckpt_dir, name)
@@ -159,7 +160,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             raise BirnnError(f"Loss became NaN/inf at step {first_step + int(bad[0, 0])}; training stopped and "
                              f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0.")
 
-    tracker = Tracker(run_dir, purge_step=progress.global_step + 1 if resumed else None, config=to_plain(cfg),
+    tracker = Tracker(run_dir, purge_step=progress.global_step + 1 if resumed else None, config=plain_cfg,
                       images=tcfg.log_images)
     log.info("Training %s on %s: %d train / %d test samples, %d steps per epoch, %d parameters.",
              cfg.data._target_.rsplit(".", 1)[-1], device, len(data.train_y), len(data.test_y),
@@ -255,7 +256,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         }
         save(metrics=metrics)
         write_metrics(run_dir, metrics)
-        tracker.finish(to_plain(cfg), metrics)
+        tracker.finish(plain_cfg, metrics)
     finally:
         tracker.close()
     log.info("Test accuracy %.4f (%.2f%%); run dir %s", metrics["test_accuracy"], 100 * metrics["test_accuracy"],
