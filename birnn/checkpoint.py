@@ -11,7 +11,7 @@ from typing import Any, Callable, IO
 import torch
 from torch import nn
 
-from birnn.errors import BirnnError
+from birnn.errors import BirnnError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ def load(path: Path) -> dict:
     except FileNotFoundError:
         raise BirnnError(f"No checkpoint at {path}") from None
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BirnnError(f"{path} is not a readable checkpoint (corrupt or truncated?): {reason}") from None
+        raise BirnnError(f"{path} is not a readable checkpoint (corrupt or truncated?): {first_line(e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BirnnError(f"{path} is not a birnn checkpoint (expected format {FORMAT!r}).")
     return state

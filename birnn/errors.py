@@ -1,6 +1,12 @@
-"""The one exception type for expected user errors."""
+"""The one exception type for expected user errors, and how to quote a library's error in one line."""
 
 from hydra.errors import CompactHydraException
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class BirnnError(CompactHydraException):

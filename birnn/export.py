@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from birnn.errors import BirnnError
+from birnn.errors import BirnnError, first_line
 from birnn.restore import Restored, restore, user_errors
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
@@ -57,8 +57,7 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         except BirnnError:
             raise
         except Exception as e:  # the exporters raise many types; the first line says what failed
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {reason}") from None
+            raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
     with torch.inference_mode():
         difference = (run(inputs) - model(inputs)).abs().max().item()
     if not difference <= TOLERANCE:
