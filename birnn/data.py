@@ -38,7 +38,13 @@ BATCHING_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed")
 
 @dataclass
 class Splits:
-    """Float inputs (N, steps, features) in [0, 1] and int64 labels, for train, test and (optional) val."""
+    """Float inputs (N, steps, features) and int64 labels, for train, test and (optional) val.
+
+    Fields added after the first release come last with defaults (users build ``Splits`` positionally).
+    ``*_lengths``: int64 valid steps per sample for variable-length data (inputs zero-padded to the
+    longest), None when every sample has all steps. ``normalization``: per-feature ``{"mean": [...],
+    "std": [...]}`` already applied to the inputs (set by ``load_data``), None when not standardized.
+    """
 
     train_x: Tensor
     train_y: Tensor
@@ -47,6 +53,10 @@ class Splits:
     classes: list[str]
     val_x: Tensor | None = None
     val_y: Tensor | None = None
+    train_lengths: Tensor | None = None
+    test_lengths: Tensor | None = None
+    val_lengths: Tensor | None = None
+    normalization: dict | None = None
 
     @property
     def input_size(self) -> int:
@@ -146,6 +156,20 @@ def load_data(cfg: DictConfig, device: torch.device) -> Splits:
         splits = replace(splits, train_x=splits.train_x[train], train_y=splits.train_y[train],
                          val_x=splits.train_x[val], val_y=splits.train_y[val])
     return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, Tensor)})
+
+
+def spec(splits: Splits) -> dict:
+    """What a checkpoint records about its data, enough to feed the model without the dataset.
+
+    ``features`` per step; ``max_length``: the fixed number of steps, or None for variable-length data;
+    ``input_shape`` ``[steps, features]`` (the longest for variable length; older checkpoints hold only
+    this and ``classes``); ``normalization`` as in ``Splits``.
+    """
+    steps, features = splits.test_x.shape[1:]
+    variable = splits.train_lengths is not None or splits.test_lengths is not None
+    return {"input_shape": [int(steps), int(features)], "features": int(features),
+            "max_length": None if variable else int(steps), "classes": list(splits.classes),
+            "normalization": splits.normalization}
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -21,13 +21,10 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 
 
 def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str) -> Tensor:
-    """fp32 logits. Under mixed precision only the recurrent features run in low precision: the linear head
-    runs in fp32, since low-precision logits blur the loss gradient and cost accuracy."""
-    if precision == "32":
-        return model(x)
+    """fp32 logits through ``model``'s own ``__call__`` (so a DDP wrapper sees every path), under autocast for
+    mixed precision; the classifier keeps its head in fp32 itself."""
     with autocast(device, precision):
-        features = model.features(x)
-    return model.fc(features.float())
+        return model(x)
 
 
 @dataclass

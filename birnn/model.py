@@ -77,7 +77,13 @@ class BiLSTMClassifier(nn.Module):
         return torch.cat([h_n[-2], h_n[-1]], dim=1) if self.lstm.bidirectional else h_n[-1]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x))
+        """Logits in fp32. Under autocast only the recurrent features run in low precision: the linear head
+        runs in fp32 (low-precision logits blur the loss gradient and cost accuracy)."""
+        features = self.features(x)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.fc(features.float())
+        return self.fc(features)
 
 
 def build_model(cfg: DictConfig, input_size: int, num_classes: int) -> BiLSTMClassifier:

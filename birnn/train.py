@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from birnn import checkpoint
 from birnn.config import flatten, to_plain, validate
-from birnn.data import Splits, load_data, num_batches, shuffled_batches
+from birnn.data import Splits, load_data, num_batches, shuffled_batches, spec as data_spec
 from birnn.device import setup_device, synchronize
 from birnn.errors import BirnnError
 from birnn.loop import Stepper, evaluate
@@ -138,7 +138,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "rng": {"torch": torch.get_rng_state(), "shuffle": epoch_shuffle_state,
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
             "progress": asdict(progress), "config": plain_cfg, "metrics": metrics,
-            "data": {"input_shape": list(data.test_x.shape[1:]), "classes": data.classes},
+            "data": data_spec(data),
             "finished": metrics is not None, "provenance": provenance(),
         }, ckpt_dir, name)
 
