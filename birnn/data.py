@@ -44,6 +44,8 @@ class Splits:
     ``*_lengths``: int64 valid steps per sample for variable-length data (inputs zero-padded to the
     longest), None when every sample has all steps. ``normalization``: per-feature ``{"mean": [...],
     "std": [...]}`` already applied to the inputs (set by ``load_data``), None when not standardized.
+    ``kind``: ``image`` (rows of an image, values in [0, 1]; pictures show images) or ``series`` (any
+    sequences; pictures show line plots).
     """
 
     train_x: Tensor
@@ -57,6 +59,7 @@ class Splits:
     test_lengths: Tensor | None = None
     val_lengths: Tensor | None = None
     normalization: dict | None = None
+    kind: str = "image"
 
     @property
     def input_size(self) -> int:
@@ -169,7 +172,7 @@ def spec(splits: Splits) -> dict:
     variable = splits.train_lengths is not None or splits.test_lengths is not None
     return {"input_shape": [int(steps), int(features)], "features": int(features),
             "max_length": None if variable else int(steps), "classes": list(splits.classes),
-            "normalization": splits.normalization}
+            "normalization": splits.normalization, "kind": splits.kind}
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -98,7 +98,8 @@ def test_device_override_means_device_type(ckpt):
 def test_restore_without_a_stored_data_spec_asks_the_loader(ckpt, tmp_path):
     state = torch.load(ckpt, weights_only=True)
     assert state.pop("data") == {"input_shape": [8, 8], "features": 8, "max_length": 8,
-                                 "classes": [str(i) for i in range(10)], "normalization": None}
+                                 "classes": [str(i) for i in range(10)], "normalization": None,
+                                 "kind": "image"}
     torch.save(state, tmp_path / "old.pt")
     restored = restore(tmp_path / "old.pt")
     assert restored.input_shape == (8, 8) and restored.classes == [str(i) for i in range(10)]
