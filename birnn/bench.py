@@ -34,7 +34,7 @@ from birnn.data import Splits, shuffled_batches
 from birnn.device import setup_device, synchronize
 from birnn.errors import BirnnError
 from birnn.loop import evaluate
-from birnn.train import build
+from birnn.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -166,7 +166,8 @@ def birnn(cfg: DictConfig, device: torch.device) -> tuple[Contender, int, Splits
 
     def train_steps(n: int) -> None:
         for _ in range(n):
-            run.stepper.step(*next(batches))
+            batch = next(batches)
+            run.stepper.step(batch.x, batch.y)
 
     def eval_pass() -> float:
         return evaluate(run.model, data.test_x, data.test_y, cfg.data.eval_batch_size, device,

@@ -79,6 +79,8 @@ class DeviceConfig:
     type: str = "auto"
     num_threads: Optional[int] = None  # CPU threads; null = torch's default (joblib launcher: cores / n_jobs)
     cudnn_benchmark: bool = True
+    # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
+    dist_timeout_s: float = 300.0
 
 
 @dataclass
@@ -141,6 +143,7 @@ def validate(cfg: DictConfig) -> None:
         (cfg.device.type in DEVICES, f"device.type must be one of {', '.join(DEVICES)}; got {cfg.device.type!r}"),
         (cfg.device.num_threads is None or cfg.device.num_threads > 0,
          f"device.num_threads must be > 0 or null, got {cfg.device.num_threads}"),
+        (cfg.device.dist_timeout_s > 0, f"device.dist_timeout_s must be > 0, got {cfg.device.dist_timeout_s}"),
         (t.epochs > 0, f"trainer.epochs must be > 0, got {t.epochs}"),
         (t.log_every_n_steps > 0, f"trainer.log_every_n_steps must be > 0, got {t.log_every_n_steps}"),
         (t.max_steps is None or t.max_steps > 0, f"trainer.max_steps must be > 0 or null, got {t.max_steps}"),

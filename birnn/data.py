@@ -17,6 +17,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from birnn.distributed import Dist
 from birnn.errors import BirnnError
 
 IDX_FILES = (
@@ -166,7 +167,7 @@ def spec(splits: Splits) -> dict:
 
     ``features`` per step; ``max_length``: the fixed number of steps, or None for variable-length data;
     ``input_shape`` ``[steps, features]`` (the longest for variable length; older checkpoints hold only
-    this and ``classes``); ``normalization`` as in ``Splits``.
+    this and ``classes``); ``normalization`` and ``kind`` as in ``Splits``.
     """
     steps, features = splits.test_x.shape[1:]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
@@ -179,19 +180,32 @@ def num_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator,
-                     start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+@dataclass
+class Batch:
+    """This process's share of one global batch; ``size`` is the global batch's number of samples."""
+
+    x: Tensor
+    y: Tensor
+    lengths: Tensor | None  # valid steps per sample; None: every step is valid
+    size: int
+
+
+def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, start: int = 0,
+                     lengths: Tensor | None = None, dist: Dist = Dist()) -> Iterator[Batch]:
     """One epoch of shuffled batches (the last may be smaller), as ``DataLoader(shuffle=True)`` gives.
 
-    The permutation is drawn from ``generator`` (CPU) once per epoch; ``start`` skips batches already
+    The permutation is drawn from ``generator`` (CPU) once per epoch, the same on every process; each
+    process takes its share (``dist.shard``) of every global batch. ``start`` skips batches already
     trained on, so a resumed epoch sees exactly the batches the interrupted one had left.
     """
     order = torch.randperm(len(y), generator=generator).to(x.device)
     for i in range(start * batch_size, len(y), batch_size):
-        idx = order[i: i + batch_size]
-        yield x[idx], y[idx]
+        batch = order[i: i + batch_size]
+        idx = batch[dist.shard(len(batch))]
+        yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch))
 
 
-def sequential_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+def sequential_batches(x: Tensor, y: Tensor, batch_size: int,
+                       lengths: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
     for i in range(0, len(y), batch_size):
-        yield x[i: i + batch_size], y[i: i + batch_size]
+        yield x[i: i + batch_size], y[i: i + batch_size], lengths[i: i + batch_size] if lengths is not None else None

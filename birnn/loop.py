@@ -20,16 +20,22 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
-def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str) -> Tensor:
+def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str,
+            lengths: Tensor | None = None) -> Tensor:
     """fp32 logits through ``model``'s own ``__call__`` (so a DDP wrapper sees every path), under autocast for
     mixed precision; the classifier keeps its head in fp32 itself."""
     with autocast(device, precision):
-        return model(x)
+        return model(x) if lengths is None else model(x, lengths=lengths)
 
 
 @dataclass
 class Stepper:
-    """Everything one optimizer step needs besides the batch."""
+    """Everything one optimizer step needs besides the batch.
+
+    ``world_size`` processes each hold a share of every global batch; each weights its summed loss by
+    ``world_size / global batch size``, so DDP's gradient average is the mean over the whole global batch
+    (the single-process math, the last partial batch included).
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -38,12 +44,21 @@ class Stepper:
     grad_clip: float | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
+    world_size: int = 1
 
-    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Forward, backward, update. Returns the batch's summed loss and number correct (device tensors)."""
+    def step(self, x: Tensor, y: Tensor, lengths: Tensor | None = None,
+             batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+        """Forward, backward, update on this process's share ``(x, y)`` of a global batch of ``batch_size``
+        (default: ``len(y)``). Returns the share's summed loss and number correct (device tensors)."""
         self.model.train()
-        logits = forward(self.model, x, self.device, self.precision)
-        loss = F.cross_entropy(logits, y)
+        logits = forward(self.model, x, self.device, self.precision, lengths)
+        if self.world_size == 1 and batch_size in (None, len(y)):
+            loss = F.cross_entropy(logits, y)
+            loss_sum = loss.detach() * len(y)
+        else:
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            loss = loss_sum * (self.world_size / batch_size)
+            loss_sum = loss_sum.detach()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -59,8 +74,7 @@ class Stepper:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        n = len(y)
-        return loss.detach() * n, (logits.detach().argmax(1) == y).sum()
+        return loss_sum, (logits.detach().argmax(1) == y).sum()
 
 
 @dataclass
@@ -71,16 +85,22 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
-             precision: str = "32") -> EvalResult:
-    """Mean cross-entropy, accuracy and predictions over ``(x, y)``, in batches of ``batch_size``."""
+def loss_and_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
+                         precision: str = "32", lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy and the predicted classes over ``(x, y)``, in batches; both stay on the device."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
-    predictions = []
-    for xb, yb in sequential_batches(x, y, batch_size):
-        logits = forward(model, xb, device, precision)
+    predictions = [torch.zeros(0, dtype=torch.int64, device=x.device)]
+    for xb, yb, lb in sequential_batches(x, y, batch_size, lengths):
+        logits = forward(model, xb, device, precision, lb)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
         predictions.append(logits.argmax(1))
-    pred = torch.cat(predictions)
+    return loss_sum, torch.cat(predictions)
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
+             precision: str = "32", lengths: Tensor | None = None) -> EvalResult:
+    """Mean cross-entropy, accuracy and predictions over ``(x, y)``, in batches of ``batch_size``."""
+    loss_sum, pred = loss_and_predictions(model, x, y, batch_size, device, precision, lengths)
     n = len(y)
     return EvalResult(loss=loss_sum.item() / n, accuracy=(pred == y).sum().item() / n, predictions=pred)

@@ -65,8 +65,8 @@ def test_shuffled_batches_cover_every_sample_once_and_resume_mid_epoch():
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
     batches = list(shuffled_batches(x, y, 10, gen))
-    assert [len(b[1]) for b in batches] == [10, 10, 5]
-    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == list(range(25))
+    assert [len(b.y) for b in batches] == [10, 10, 5] and [b.size for b in batches] == [10, 10, 5]
+    assert sorted(torch.cat([b.y for b in batches]).tolist()) == list(range(25))
     gen.set_state(state)
     rest = list(shuffled_batches(x, y, 10, gen, start=1))
-    assert [torch.equal(a[1], b[1]) for a, b in zip(batches[1:], rest)] == [True, True]
+    assert [torch.equal(a.y, b.y) for a, b in zip(batches[1:], rest)] == [True, True]

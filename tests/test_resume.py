@@ -32,11 +32,11 @@ def interrupt_at(monkeypatch, step: int, action) -> None:
     """Call ``action(stepper)`` just before optimizer step number ``step`` (1-based)."""
     original, calls = Stepper.step, []
 
-    def step_and_maybe_act(self, x, y):
+    def step_and_maybe_act(self, *args, **kwargs):
         calls.append(None)
         if len(calls) == step:
             action(self)
-        return original(self, x, y)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Stepper, "step", step_and_maybe_act)
 

@@ -1,0 +1,335 @@
+"""The state of one training run and what can be done with it: build, resume, step, evaluate, save, finish.
+
+``birnn.train.train`` drives a ``Run`` through its epochs; a ``Run`` holds what trains (model, optimizer,
+schedule, data), where it stands (``Progress``) and how it is recorded (checkpoints, TensorBoard,
+``metrics.json``). Ranks are the business of ``birnn.distributed.Dist``: every process holds a ``Run``,
+the main one writes the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from birnn import checkpoint
+from birnn.config import flatten, to_plain
+from birnn.data import Batch, Splits, load_data, num_batches, shuffled_batches, spec as data_spec
+from birnn.device import setup_device, synchronize
+from birnn.distributed import Dist
+from birnn.errors import BirnnError
+from birnn.loop import EvalResult, Stepper, loss_and_predictions
+from birnn.model import build_model
+from birnn.schedule import build_scheduler
+from birnn.tracking import Tracker, provenance, write_metrics
+
+log = logging.getLogger("birnn.train")
+
+# Keys that may change when a run is resumed; everything else must match the checkpoint's config.
+RESUMABLE = ("data.root", "data.download", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+             "trainer.log_images")
+STEP_COUNT_KEYS = ("trainer.epochs", "trainer.max_steps")  # resumable unless a scheduler depends on them
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # optimizer steps done in the epoch under way
+    global_step: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0  # wall time of training steps and checkpoint writes, evaluation excluded
+    best_val_accuracy: float | None = None
+    epochs_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+
+
+def check_resumable(cfg: DictConfig, stored: dict) -> None:
+    """Refuse (before touching the run dir) a resume whose config differs in a key that changes the run."""
+    allowed = RESUMABLE + (STEP_COUNT_KEYS if cfg.scheduler.name == "none" else ())
+    now, then = flatten(to_plain(cfg)), flatten(stored)
+    changed = sorted(k for k in now.keys() | then.keys()
+                     if now.get(k) != then.get(k) and k not in allowed and not k.startswith("device."))
+    if changed:
+        diffs = ", ".join(f"{k} ({then.get(k)!r} -> {now.get(k)!r})" for k in changed)
+        raise BirnnError(f"Cannot resume: the config differs from the checkpoint's in {diffs}. Use the "
+                         "original overrides, or start a new run (a fresh hydra.run.dir).")
+
+
+@dataclass
+class Setup:
+    """Everything a run trains with, built from the config."""
+
+    data: Splits
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None
+    stepper: Stepper
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
+    """Seed, load the data onto ``device``, and build model, optimizer, schedule and step function.
+
+    Every rank builds the same initial model from ``seed``; its own dropout stream is ``seed + rank``.
+    """
+    tcfg = cfg.trainer
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data, device)
+    model = build_model(cfg.model, data.input_size, data.num_classes).to(device)
+    if dist.rank:
+        torch.manual_seed(cfg.seed + dist.rank)
+    optimizer = instantiate(cfg.optimizer, model.parameters())
+    steps_per_epoch = num_batches(len(data.train_y), cfg.data.batch_size)
+    total_steps = int(min(tcfg.epochs * steps_per_epoch, tcfg.max_steps or math.inf))
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps)
+    scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "16" else None
+    stepper = Stepper(dist.wrap(model, device), optimizer, device, tcfg.precision, tcfg.grad_clip, scheduler,
+                      scaler, dist.world_size)
+    return Setup(data, model, optimizer, scheduler, scaler, stepper, steps_per_epoch, total_steps)
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's random state (the torch CPU generator and, on CUDA, its device's)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+
+
+@dataclass
+class Window:
+    """Training losses and correct counts since the last log line, kept on the device."""
+
+    first_step: int
+    losses: list[torch.Tensor] = field(default_factory=list)
+    corrects: list[torch.Tensor] = field(default_factory=list)
+    samples: int = 0
+
+
+class Run:
+    """One training run in ``run_dir`` on this process: built from ``cfg``, resumed from its checkpoint."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, dist: Dist):
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.device = dist.place(setup_device(cfg.device, cfg.trainer.precision))
+        dist.check_batch(cfg.data.batch_size)
+        resumed = dist.broadcast(checkpoint.load_latest(self.ckpt_dir) if dist.is_main else None)
+        if resumed:
+            check_resumable(cfg, resumed[0]["config"])
+        setup = build(cfg, self.device, dist)
+        self.data, self.model, self.optimizer = setup.data, setup.model, setup.optimizer
+        self.scheduler, self.scaler, self.stepper = setup.scheduler, setup.scaler, setup.stepper
+        self.steps_per_epoch, self.total_steps = setup.steps_per_epoch, setup.total_steps
+        self.config = to_plain(cfg)  # the resolved config as stored in checkpoints and TensorBoard
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.progress = Progress()
+        self.finished: dict | None = None  # the metrics of a run that had already finished
+        if resumed:
+            self._resume(*resumed)
+        self.epoch_shuffle_state = self.shuffle.get_state()  # the running epoch's permutation is drawn from here
+        self.tracker = Tracker(run_dir, purge_step=self.progress.global_step + 1 if resumed else None,
+                               config=self.config, images=cfg.trainer.log_images) if dist.is_main else None
+        last_eval = self.progress.history[-1] if self.progress.history else {}
+        self.metrics = {k: v for k, v in last_eval.items() if k not in ("epoch", "step")}
+        self.window = Window(self.progress.global_step + 1)
+        self.clock = time.perf_counter()
+
+    def _resume(self, state: dict, path: Path) -> None:
+        checkpoint.load_model_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        for part, key in ((self.scheduler, "scheduler"), (self.scaler, "scaler")):
+            if part is not None:
+                part.load_state_dict(state[key])
+        rng = state["rng"]
+        ranks = rng.get("ranks") or [{"torch": rng["torch"], "cuda": rng["cuda"]}]  # before per-rank states
+        if len(ranks) != self.dist.world_size and self.dist.is_main:
+            log.warning("Resuming a %d-process run with %d processes: the global batch and the data order are "
+                        "unchanged; dropout draws differ from an uninterrupted run.", len(ranks),
+                        self.dist.world_size)
+        if self.dist.rank < len(ranks):
+            mine = ranks[self.dist.rank]
+            torch.set_rng_state(mine["torch"])
+            if self.device.type == "cuda" and mine["cuda"]:
+                torch.cuda.set_rng_state(mine["cuda"][0], self.device)
+        self.shuffle.set_state(rng["shuffle"])
+        self.progress = Progress(**state["progress"])
+        patience = self.cfg.trainer.early_stopping_patience
+        done = (self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
+                or (patience and self.progress.epochs_without_improvement >= patience))
+        if state["finished"] and done:
+            log.info("%s already holds a finished run; nothing to do.", self.run_dir)
+            self.finished = state["metrics"]
+            return
+        log.info("Resuming from %s: epoch %d, step %d.", path, self.progress.epoch + 1, self.progress.global_step)
+
+    def describe(self) -> str:
+        d = self.data
+        world = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
+        return (f"Training {self.cfg.data._target_.rsplit('.', 1)[-1]} on {self.device}{world}: {len(d.train_y)} "
+                f"train / {len(d.test_y)} test samples, {self.steps_per_epoch} steps per epoch, "
+                f"{sum(p.numel() for p in self.model.parameters())} parameters.")
+
+    @property
+    def done(self) -> bool:
+        return self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
+
+    def epoch_batches(self) -> Iterator[Batch]:
+        """This rank's share of the running epoch's batches, from the first one not yet trained on."""
+        self.epoch_shuffle_state = self.shuffle.get_state()
+        d = self.data
+        return shuffled_batches(d.train_x, d.train_y, self.cfg.data.batch_size, self.shuffle,
+                                start=self.progress.step_in_epoch, lengths=d.train_lengths, dist=self.dist)
+
+    def step(self, batch: Batch) -> None:
+        """One optimizer step on ``batch`` (gradients averaged over ranks as over one global batch)."""
+        loss_sum, correct = self.stepper.step(batch.x, batch.y, batch.lengths, batch.size)
+        self.window.losses.append(loss_sum)
+        self.window.corrects.append(correct)
+        self.window.samples += batch.size
+        self.progress.step_in_epoch += 1
+        self.progress.global_step += 1
+        self.progress.samples += batch.size
+
+    def window_totals(self) -> tuple[torch.Tensor, float]:
+        """Per-step loss sums over all ranks since the last log line, and their correct count.
+
+        Stops the run (before any save) if a loss is NaN/inf: every rank sees the same sums, so all stop.
+        """
+        w = self.window
+        if not w.losses:
+            return torch.zeros(0), 0.0
+        totals = self.dist.sum(torch.stack([torch.stack(w.losses), torch.stack(w.corrects).to(w.losses[0])]))
+        losses = totals[0]
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            last = checkpoint.load_latest(self.ckpt_dir) if self.dist.is_main else None
+            kept = f"the last good checkpoint ({last[1]}, step {last[0]['progress']['global_step']}) is kept" \
+                if last else "no checkpoint had been written yet" if self.dist.is_main else "rank 0 keeps the last"
+            raise BirnnError(f"Loss became NaN/inf at step {w.first_step + int(bad[0, 0])}; training stopped and "
+                             f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0.")
+        return losses, totals[1].sum().item()
+
+    def log_window(self) -> dict[str, float]:
+        """Log the mean training loss and accuracy since the last log line, then start a new window."""
+        losses, correct = self.window_totals()
+        w, p = self.window, self.progress
+        values = {"train/loss": losses.sum().item() / w.samples, "train/accuracy": correct / w.samples,
+                  "train/lr": self.optimizer.param_groups[0]["lr"]}
+        log.info("Epoch [%d/%d], Step [%d/%d], Loss: %.4f", p.epoch + 1, self.cfg.trainer.epochs, p.step_in_epoch,
+                 self.steps_per_epoch, values["train/loss"])
+        if self.tracker:
+            self.tracker.scalars(p.global_step, values)
+        self.window = Window(p.global_step + 1)
+        return values
+
+    def checkpoint_due(self) -> bool:
+        """A mid-epoch checkpoint every ``trainer.checkpoint_every_n_steps`` (epoch ends save anyway)."""
+        every, p = self.cfg.trainer.checkpoint_every_n_steps, self.progress
+        end_of_epoch = p.step_in_epoch == self.steps_per_epoch or p.global_step >= self.total_steps
+        return bool(every) and p.global_step % every == 0 and not end_of_epoch
+
+    def _clock(self) -> None:
+        """Add the wall time since the last call to the training time."""
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.progress.train_seconds += now - self.clock
+        self.clock = now
+
+    def save(self, *names: str, metrics: dict | None = None) -> Path | None:
+        """Checkpoint as ``names`` (default ``last.pt``); every rank gives its RNG state, the main rank writes."""
+        self.window_totals()  # never save a model that a NaN/inf loss has reached
+        ranks = self.dist.gather(rng_state(self.device))
+        self._clock()
+        path = None
+        if self.dist.is_main:
+            state = {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": {"shuffle": self.epoch_shuffle_state, "ranks": ranks},
+                "progress": asdict(self.progress), "config": self.config, "metrics": metrics,
+                "data": data_spec(self.data), "world_size": self.dist.world_size,
+                "finished": metrics is not None, "provenance": provenance(),
+            }
+            for name in names or (checkpoint.LAST,):
+                path = checkpoint.save(state, self.ckpt_dir, name)
+        self._clock()
+        return path
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split)."""
+        d = self.data
+        x, y, lengths = (d.test_x, d.test_y, d.test_lengths) if split == "test" else (d.val_x, d.val_y, d.val_lengths)
+        part = self.dist.shard(len(y))
+        loss_sum, predictions = loss_and_predictions(self.model, x[part], y[part], self.cfg.data.eval_batch_size,
+                                                     self.device, self.cfg.trainer.precision,
+                                                     lengths[part] if lengths is not None else None)
+        loss_sum, correct = self.dist.sum(torch.stack([loss_sum, (predictions == y[part]).sum().to(loss_sum)]))
+        predictions = self.dist.cat(predictions)
+        result = EvalResult(loss_sum.item() / len(y), correct.item() / len(y), predictions)
+        if self.tracker:
+            self.tracker.evaluation(self.progress.global_step, split, result, x, y, d.classes)
+        return {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
+
+    def end_epoch(self) -> bool:
+        """Close the epoch (or the step budget): evaluate, record, checkpoint. True when early stopping."""
+        self.window_totals()
+        self._clock()
+        p = self.progress
+        if p.step_in_epoch == self.steps_per_epoch:
+            p.epoch += 1
+            p.step_in_epoch = 0
+        self.epoch_shuffle_state = self.shuffle.get_state()
+        has_val = self.data.val_x is not None
+        self.metrics = self.evaluate("test")
+        if has_val:
+            self.metrics.update(self.evaluate("val"))
+        p.history.append({"epoch": p.epoch, "step": p.global_step, **self.metrics})
+        log.info("Epoch %d: %s", p.epoch, ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))
+        improved = has_val and (p.best_val_accuracy is None or self.metrics["val_accuracy"] > p.best_val_accuracy)
+        if improved:
+            p.best_val_accuracy = self.metrics["val_accuracy"]
+            p.epochs_without_improvement = 0
+        elif has_val:
+            p.epochs_without_improvement += 1
+        self.clock = time.perf_counter()  # evaluation is not training time
+        self.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
+        patience = self.cfg.trainer.early_stopping_patience
+        if patience and p.epochs_without_improvement >= patience:
+            log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
+            return True
+        return False
+
+    def finish(self) -> dict:
+        """The final metrics: saved in the last checkpoint, ``metrics.json`` and TensorBoard's HParams."""
+        p = self.progress
+        self.metrics = {
+            **self.metrics,
+            **({"best_val_accuracy": p.best_val_accuracy} if self.data.val_x is not None else {}),
+            "epochs": p.epoch, "steps": p.global_step, "world_size": self.dist.world_size,
+            "train_seconds": p.train_seconds,
+            "train_samples_per_second": p.samples / p.train_seconds if p.train_seconds else 0.0,
+            "history": p.history,
+            **provenance(),
+        }
+        self.save(metrics=self.metrics)
+        if self.dist.is_main:
+            write_metrics(self.run_dir, self.metrics)
+            self.tracker.finish(self.config, self.metrics)
+        log.info("Test accuracy %.4f (%.2f%%); run dir %s", self.metrics["test_accuracy"],
+                 100 * self.metrics["test_accuracy"], self.run_dir)
+        return self.metrics
+
+    def close(self) -> None:
+        if self.tracker:
+            self.tracker.close()
