@@ -50,9 +50,22 @@ def world_env() -> dict[str, int] | None:
 
 
 def init_default_group(timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> None:
-    """Join the default (gloo) process group from the world variables, once per process."""
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    """Join the default (gloo) process group from the world variables, once per process.
+
+    Like ``env://``, but every torchrun restart gets keys of its own in the rendezvous store: a restarted
+    group otherwise reads the dead workers' addresses that torchrun's store still holds (torch 2.14).
+    """
+    if torch_dist.is_initialized():
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = datetime.timedelta(seconds=timeout_s)
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                is_master=rank == 0 and not agent_hosts_store, timeout=timeout,
+                                multi_tenant=not agent_hosts_store)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    torch_dist.init_process_group("gloo", store=torch_dist.PrefixStore(f"birnn/attempt-{attempt}", store),
+                                  rank=rank, world_size=world, timeout=timeout)
 
 
 def broadcast_from_main(value: Any) -> Any:

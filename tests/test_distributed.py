@@ -1,0 +1,182 @@
+"""One run on several processes: torchrun (gloo, 2 CPU processes) and submitit_local, on tiny data.
+
+Every launch costs ~5-10 s of process start-up, so each run serves several assertions: the uninterrupted
+2-process run is the reference for the single-process math, the one-run-dir rule and the kill -9 restart.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from birnn.data import shuffled_batches
+from birnn.distributed import Dist
+from birnn.errors import BirnnError
+from birnn.train import train
+from conftest import FAST, ROOT, make_cfg, run_cli
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+# 1437 training digits in global batches of 100: the last batch (37) splits 19/18 between two processes.
+RUN = [*FAST, "trainer.epochs=4", "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=5"]
+WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2, restarts: int = 0, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", f"--max-restarts={restarts}",
+                             "-m", "birnn.train", *args], cwd=cwd, env=env, text=True, **popen)
+
+
+def finished(proc: subprocess.Popen, timeout: int = 180) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out or "", err or ""
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    """Every run dir under ``cwd/outputs`` (a folder holding a ``.hydra`` record or checkpoints)."""
+    found = {p.parent for p in (cwd / "outputs").rglob("*") if p.name in (".hydra", "checkpoints")}
+    return sorted(found)
+
+
+def metrics_of(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in WALL_CLOCK}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    """The reference: an uninterrupted 2-process run started without hydra.run.dir."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    rc, out, err = finished(torchrun(*RUN, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    assert rc == 0, err
+    (run_dir,) = run_dirs(cwd)
+    return run_dir
+
+
+def test_two_processes_do_the_single_process_math(two_process_run, tmp_path):
+    single = train(make_cfg(*RUN), tmp_path)
+    ddp = torch.load(two_process_run / "checkpoints" / "last.pt", weights_only=True)
+    one = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ddp["world_size"] == 2 and len(ddp["rng"]["ranks"]) == 2
+    for name, weight in one["model"].items():
+        torch.testing.assert_close(ddp["model"][name], weight, atol=1e-5, rtol=0, msg=name)
+    metrics = metrics_of(two_process_run)
+    assert metrics["world_size"] == 2 and metrics["steps"] == single["steps"] == 60
+    assert metrics["test_accuracy"] == single["test_accuracy"]  # sharded evaluation: exactly
+    assert metrics["test_loss"] == pytest.approx(single["test_loss"], abs=1e-5)
+
+
+def test_a_distributed_run_has_one_run_dir_written_by_rank_0(two_process_run):
+    cwd = two_process_run.parents[2]
+    assert run_dirs(cwd) == [two_process_run]
+    assert sorted(p.name for p in (two_process_run / ".hydra").iterdir()) == [
+        "config.yaml", "hydra.yaml", "overrides.yaml"]
+    log = (two_process_run / "train.log").read_text()
+    assert log.count("Epoch 4: test_loss") == 1 and "x 2 processes" in log
+    events = list(two_process_run.glob("events.out.tfevents.*"))
+    assert events and len({p.name.split(".")[4] for p in events}) == 1  # one writer process (the pid)
+    assert {p.name for p in (two_process_run / "checkpoints").iterdir()} == {"last.pt", "previous.pt"}
+
+
+def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_run, tmp_path):
+    proc = torchrun(*RUN, cwd=tmp_path, restarts=1, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "outputs").rglob("last.pt")) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    rc, _, err = finished(proc)
+    assert rc == 0, err
+    (run_dir,) = run_dirs(tmp_path)
+    assert "Resuming from" in (run_dir / "train.log").read_text()
+    assert metrics_of(run_dir) == metrics_of(two_process_run)
+
+
+def test_a_two_process_run_resumes_on_one_process(tmp_path):
+    run_dir = tmp_path / "run"
+    rc, _, err = finished(torchrun(*RUN, "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    assert rc == 0, err
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 5
+    proc = run_cli(*RUN, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Resuming a 2-process run with 1 processes" in (run_dir / "train.log").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 1 and metrics["steps"] == 15
+    assert run_dirs(tmp_path) == [] and (run_dir / ".hydra" / "resume-1").is_dir()
+
+
+def test_multirun_under_torchrun_is_refused(tmp_path):
+    rc, _, err = finished(torchrun("-m", "optimizer.lr=0.001,0.003", *FAST, cwd=tmp_path, stderr=subprocess.PIPE))
+    assert rc != 0
+    assert "a multirun (-m) cannot run under torchrun" in err and "tasks_per_node" in err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_global_batch_must_divide_among_processes():
+    with pytest.raises(BirnnError, match="data.batch_size=99 is the global batch and must be divisible by the "
+                                         "number of processes \\(2\\)"):
+        Dist(rank=1, world_size=2).check_batch(99)
+    Dist(rank=1, world_size=2).check_batch(100)
+
+
+def test_more_local_ranks_than_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(BirnnError, match="Local rank 1 has no GPU: this machine has 1"):
+        Dist(rank=1, world_size=2, local_rank=1).place(torch.device("cuda"))
+
+
+def test_shares_of_every_global_batch_cover_it_once():
+    x, y = torch.arange(25.0).view(25, 1, 1), torch.arange(25)
+    whole = [b.y for b in shuffled_batches(x, y, 10, torch.Generator().manual_seed(0))]
+    shares = [list(shuffled_batches(x, y, 10, torch.Generator().manual_seed(0), dist=Dist(r, 3))) for r in range(3)]
+    for i, batch in enumerate(whole):
+        assert torch.equal(torch.cat([s[i].y for s in shares]), batch)
+        assert {s[i].size for s in shares} == {len(batch)}
+    assert [len(s[-1].y) for s in shares] == [2, 2, 1]
+
+
+def _silent_peer(rank: int, port: int, result) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist = Dist.start("cpu", timeout_s=2)
+    if rank == 1:
+        time.sleep(30)  # alive but never answers
+        return
+    start = time.monotonic()
+    try:
+        dist.agree(1)
+    except Exception as e:  # noqa: BLE001
+        result.put((type(e).__name__, time.monotonic() - start))
+
+
+def test_a_silent_peer_stops_the_others_after_the_timeout():
+    ctx = mp.get_context("spawn")
+    result = ctx.Queue()
+    port = 29500 + os.getpid() % 1000
+    procs = [ctx.Process(target=_silent_peer, args=(r, port, result), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    error, waited = result.get(timeout=60)
+    assert waited < 20, (error, waited)
+    for p in procs:
+        p.kill()
+
+
+def test_submitit_local_runs_each_job_as_one_two_task_ddp_run(tmp_path):
+    proc = run_cli("-m", "optimizer.lr=0.003,0.01", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                   *FAST, "trainer.max_steps=6", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for job in ("0", "1"):
+        run_dir = tmp_path / "sweep" / job
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["steps"] == 6
+        assert (run_dir / "train.log").read_text().count("Test accuracy") == 1
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == [".submitit", "0", "1"]
