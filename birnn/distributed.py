@@ -192,6 +192,18 @@ class Dist:
         torch_dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
+    def lost_peer(self, error: BaseException) -> BirnnError | None:
+        """A clear error when ``error`` is a collective that failed because another process died or fell
+        silent (for longer than ``device.dist_timeout_s``); None for any other error."""
+        text = str(error)
+        if not self.enabled or not (isinstance(error, torch_dist.DistError) or isinstance(error, RuntimeError) and any(
+                mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "imed out"))):
+            return None
+        reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        return BirnnError(f"Rank {self.rank} lost contact with another process of this run, which died or stopped "
+                          f"answering ({reason[:200]}). The run's checkpoints are intact: run the same command "
+                          "with hydra.run.dir=<run dir> to resume.")
+
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()

@@ -62,6 +62,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 if run.end_epoch():
                     break
         return run.finish()
+    except RuntimeError as e:
+        lost = dist.lost_peer(e)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if run is not None:
             run.close()

@@ -154,7 +154,7 @@ def _silent_peer(rank: int, port: int, result) -> None:
     try:
         dist.agree(1)
     except Exception as e:  # noqa: BLE001
-        result.put((type(e).__name__, time.monotonic() - start))
+        result.put((str(dist.lost_peer(e)), time.monotonic() - start))
 
 
 def test_a_silent_peer_stops_the_others_after_the_timeout():
@@ -166,6 +166,7 @@ def test_a_silent_peer_stops_the_others_after_the_timeout():
         p.start()
     error, waited = result.get(timeout=60)
     assert waited < 20, (error, waited)
+    assert error.startswith("Rank 0 lost contact with another process of this run"), error
     for p in procs:
         p.kill()
 
