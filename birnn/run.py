@@ -123,7 +123,7 @@ class Run:
         self.ckpt_dir = run_dir / "checkpoints"
         self.device = dist.place(setup_device(cfg.device, cfg.trainer.precision))
         dist.check_batch(cfg.data.batch_size)
-        resumed = dist.broadcast(checkpoint.load_latest(self.ckpt_dir) if dist.is_main else None)
+        resumed = self._resume_point()
         if resumed:
             check_resumable(cfg, resumed[0]["config"])
         setup = build(cfg, self.device, dist)
@@ -143,6 +143,19 @@ class Run:
         self.metrics = {k: v for k, v in last_eval.items() if k not in ("epoch", "step")}
         self.window = Window(self.progress.global_step + 1)
         self.clock = time.perf_counter()
+
+    def _resume_point(self) -> tuple[dict, Path] | None:
+        """The newest valid checkpoint in the run dir, read by the main rank and sent to the others."""
+        found, error = None, None
+        if self.dist.is_main:
+            try:
+                found = checkpoint.load_latest(self.ckpt_dir)
+            except BirnnError as e:
+                error = str(e)
+        found, error = self.dist.broadcast((found, error))
+        if error:
+            raise BirnnError(error)
+        return found
 
     def _resume(self, state: dict, path: Path) -> None:
         checkpoint.load_model_state(self.model, state["model"], path)
