@@ -100,18 +100,27 @@ def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_r
     assert metrics_of(run_dir) == metrics_of(two_process_run)
 
 
-def test_a_two_process_run_resumes_on_one_process(tmp_path):
+def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_one_process(tmp_path):
     run_dir = tmp_path / "run"
-    rc, _, err = finished(torchrun(*RUN, "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    assert rc == 0, err
-    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 5
-    proc = run_cli(*RUN, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = torchrun(*RUN, "trainer.epochs=1000", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
+    rc, _, err = finished(proc, timeout=60)
+    assert rc != 0
+    log = (run_dir / "train.log").read_text()
+    assert "Stopped by SIGTERM" in log, err
+    stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["progress"]["global_step"]
+    assert f"Stopped by SIGTERM at step {stopped};" in log
+
+    proc = run_cli(*RUN, f"trainer.max_steps={stopped + 5}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Resuming a 2-process run with 1 processes" in (run_dir / "train.log").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["world_size"] == 1 and metrics["steps"] == 15
-    assert run_dirs(tmp_path) == [] and (run_dir / ".hydra" / "resume-1").is_dir()
+    assert metrics["world_size"] == 1 and metrics["steps"] == stopped + 5
+    assert not (tmp_path / "outputs").exists() and (run_dir / ".hydra" / "resume-1").is_dir()
 
 
 def test_multirun_under_torchrun_is_refused(tmp_path):
