@@ -20,11 +20,12 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
-def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str) -> Tensor:
+def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str,
+            lengths: Tensor | None = None) -> Tensor:
     """fp32 logits through ``model``'s own ``__call__`` (so a DDP wrapper sees every path), under autocast for
-    mixed precision; the classifier keeps its head in fp32 itself."""
+    mixed precision; the classifier keeps its head in fp32 itself. ``lengths``: valid steps per sample."""
     with autocast(device, precision):
-        return model(x)
+        return model(x) if lengths is None else model(x, lengths)
 
 
 @dataclass
@@ -39,10 +40,11 @@ class Stepper:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
 
-    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Forward, backward, update. Returns the batch's summed loss and number correct (device tensors)."""
+    def step(self, x: Tensor, y: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Forward, backward, update (``lengths``: valid steps per sample of a padded batch, or None).
+        Returns the batch's summed loss and number correct (device tensors)."""
         self.model.train()
-        logits = forward(self.model, x, self.device, self.precision)
+        logits = forward(self.model, x, self.device, self.precision, lengths)
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -72,13 +74,15 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
-             precision: str = "32") -> EvalResult:
-    """Mean cross-entropy, accuracy and predictions over ``(x, y)``, in batches of ``batch_size``."""
+             precision: str = "32", lengths: Tensor | None = None) -> EvalResult:
+    """Mean cross-entropy, accuracy and predictions over ``(x, y)`` (``lengths``: valid steps per sample, or
+    None), in batches of ``batch_size``."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     predictions = []
-    for xb, yb in sequential_batches(x, y, batch_size):
-        logits = forward(model, xb, device, precision)
+    for i, (xb, yb) in enumerate(sequential_batches(x, y, batch_size)):
+        lb = None if lengths is None else lengths[i * batch_size: (i + 1) * batch_size]
+        logits = forward(model, xb, device, precision, lb)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
         predictions.append(logits.argmax(1))
     pred = torch.cat(predictions)

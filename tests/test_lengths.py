@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import birnn.model
+from birnn.loop import Stepper, evaluate
 from birnn.model import RNNClassifier
 
 LENGTHS = [7, 1, 4, 7, 2, 5]  # the longest, a single step, and everything between, unsorted
@@ -70,6 +71,30 @@ def test_no_packing_without_lengths(monkeypatch):
     monkeypatch.setattr(birnn.model, "pack_padded_sequence", refuse)
     for model, logits in zip(models, packed):
         assert (model(x) - logits).abs().max() <= 1e-5
+
+
+def test_training_step_and_evaluation_pass_lengths():
+    """A step on a padded batch ignores the junk (two junk fillings give the same update) and reports the
+    per-sample loss; evaluation slices lengths with its batches (4 does not divide the 6 samples)."""
+    torch.manual_seed(0)
+    x, lengths, y = _padded_batch(3)
+    other = x.clone()
+    junk = torch.arange(max(LENGTHS))[None, :] >= lengths[:, None]
+    other[junk] = -7.0
+    models = [RNNClassifier(FEATURES, CLASSES, hidden_size=5, cell="gru") for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    alone = torch.cat([models[0](x[i: i + 1, :n]) for i, n in enumerate(LENGTHS)]).detach()
+    cpu = torch.device("cpu")
+
+    result = evaluate(models[0], x, y, 4, cpu, lengths=lengths)
+    assert result.predictions.tolist() == alone.argmax(1).tolist()
+    assert result.loss == pytest.approx(F.cross_entropy(alone, y).item(), abs=1e-5)
+    losses = [Stepper(m, torch.optim.SGD(m.parameters(), lr=0.5), cpu).step(batch, y, lengths)[0]
+              for m, batch in zip(models, (x, other))]
+    assert losses[0].item() == pytest.approx(F.cross_entropy(alone, y, reduction="sum").item(), abs=1e-5)
+    for p, q in zip(*(m.parameters() for m in models)):
+        assert (p - q).abs().max() <= 1e-6
+    assert (models[0](x, lengths) - alone).abs().max() > 1e-3  # the step did change the model
 
 
 @pytest.mark.cuda
