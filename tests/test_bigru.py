@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from birnn import export
 from birnn.config import validate
-from birnn.data import load_digits
+from birnn.data import Splits, load_digits
 from birnn.errors import BirnnError
 from birnn.evaluate import evaluate_checkpoint
 from birnn.model import RNNClassifier
@@ -78,3 +78,27 @@ def test_export_refuses_a_variable_length_model(gru_ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert "variable-length" in err
+
+
+def ragged_digits(root: str = "data", download: bool = False) -> Splits:
+    """Digits whose test rows are cut to lengths 1-8, the rest filled with junk (a loader for the test below)."""
+    splits = load_digits()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 9, (len(splits.test_y),), generator=g)
+    x = splits.test_x.clone()
+    junk = torch.arange(8)[None, :] >= lengths[:, None]
+    x[junk] = 3.0
+    return replace(splits, test_x=x, test_lengths=lengths)
+
+
+def test_evaluate_passes_the_test_lengths(gru_ckpt, tmp_path):
+    restored = restore(gru_ckpt[0])
+    config = OmegaConf.to_container(restored.cfg)
+    config["data"]["_target_"] = "test_bigru.ragged_digits"
+    ckpt = tmp_path / "ragged.pt"
+    torch.save({**restored.state, "config": config}, ckpt)
+    data = ragged_digits()
+    with torch.inference_mode():
+        alone = torch.cat([restored.model(data.test_x[i: i + 1, :n]) for i, n in enumerate(data.test_lengths)])
+    expected = (alone.argmax(1) == data.test_y).sum().item() / len(data.test_y)
+    assert evaluate_checkpoint(ckpt, ["device=cpu"])["test_accuracy"] == expected

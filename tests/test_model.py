@@ -72,18 +72,20 @@ def test_last_step_shortcut_equals_the_plain_module(num_layers, cell):
         assert (p.grad - q.grad).abs().max() <= 1e-5, name
 
 
-def test_shortcut_follows_parameter_updates_and_device_moves():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_shortcut_follows_parameter_updates_and_device_moves(cell):
     torch.manual_seed(0)
-    plain = BiLSTMClassifier(8, 5, hidden_size=12, backward_shortcut=False)
-    fast = BiLSTMClassifier(8, 5, hidden_size=12)
+    plain = RNNClassifier(8, 5, hidden_size=12, backward_shortcut=False, cell=cell)
+    fast = RNNClassifier(8, 5, hidden_size=12, cell=cell)
     fast.load_state_dict(plain.state_dict())
     with torch.no_grad():
         for p, q in zip(plain.parameters(), fast.parameters()):
             p.add_(0.1)
             q.add_(0.1)
     fast = fast.to(torch.float64).to(torch.float32)
-    x = torch.rand(4, 6, 8)
+    x, lengths = torch.rand(4, 6, 8), torch.tensor([6, 2, 5, 1])
     assert (plain(x) - fast(x)).abs().max() <= 1e-5
+    assert (plain(x, lengths) - fast(x, lengths)).abs().max() <= 1e-5
 
 
 def test_shortcut_only_applies_where_exact():
