@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from birnn.errors import BirnnError
 
 READOUTS = ("last", "final", "mean")
+CELLS = ("lstm", "gru")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 SCHEDULERS = ("none", "cosine", "onecycle")
@@ -30,6 +31,7 @@ class ModelConfig:
     readout: str = "last"
     # readout=last: run the last layer's backward direction over the final step only (exact, faster).
     backward_shortcut: bool = True
+    cell: str = "lstm"  # lstm | gru (model=bigru)
 
 
 @dataclass
@@ -130,6 +132,7 @@ def validate(cfg: DictConfig) -> None:
         (m.num_layers > 0, f"model.num_layers must be > 0, got {m.num_layers}"),
         (0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}"),
         (m.readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}; got {m.readout!r}"),
+        (m.cell in CELLS, f"model.cell must be one of {', '.join(CELLS)}; got {m.cell!r}"),
         (d.batch_size > 0, f"data.batch_size must be > 0, got {d.batch_size}"),
         (d.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {d.eval_batch_size}"),
         (d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}"),

@@ -31,7 +31,8 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict:
         raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
                          f"{restored.classes}.")
     model = restored.model.to(device)
-    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, cfg.trainer.precision)
+    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, cfg.trainer.precision,
+                      lengths=data.test_lengths)
     matrix = confusion_matrix(data.test_y, result.predictions, data.num_classes)
     return {
         "checkpoint": str(path), "step": restored.state["progress"]["global_step"], "device": str(device),

@@ -3,7 +3,8 @@
 Input ``images``: float32 (N, steps, features) scaled to [0, 1] exactly as in training, any N; output
 ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
-Both formats are checked against the PyTorch model before the command reports success.
+Both formats are checked against the PyTorch model before the command reports success. A model trained on
+variable-length sequences is refused (see ``check_fixed_length``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from birnn.restore import Restored, restore, user_errors
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check
 # Tracing messages from torch internals that a user cannot act on.
-QUIET = ("_check_is_size will be removed", "The tensor attributes self.lstm._flat_weights")
+QUIET = ("_check_is_size will be removed", r"The tensor attributes self\.(lstm|gru)\._flat_weights")
 
 
 def _onnx(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> Callable[[Tensor], Tensor]:
@@ -43,8 +44,23 @@ def _pt2(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> C
     return torch.export.load(str(out)).module()
 
 
+def check_fixed_length(restored: Restored) -> None:
+    """Refuse a model trained on variable-length data (checkpoint data spec ``max_length: None``).
+
+    Such a model needs each sample's length to pack its batch (``pack_padded_sequence``), and packing has
+    data-dependent shapes that neither ``torch.export`` nor the ONNX exporter can trace.
+    """
+    spec = restored.state.get("data") or {}
+    if "max_length" in spec and spec["max_length"] is None:
+        raise BirnnError(f"{restored.path} was trained on variable-length sequences (data max_length: none) and "
+                         "cannot be exported: its model packs each batch by the samples' lengths "
+                         "(pack_padded_sequence), which torch.export and ONNX cannot trace; "
+                         "use it from PyTorch (python -m birnn.evaluate / birnn.predict) instead.")
+
+
 def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, float]:
     """Write ``restored``'s model as ``fmt``; return the file and the max logit difference to PyTorch."""
+    check_fixed_length(restored)
     out = out or restored.path.parent / FORMATS[fmt]
     model = restored.model.cpu().eval()
     inputs = torch.rand(7, *restored.input_shape, generator=torch.Generator().manual_seed(0))

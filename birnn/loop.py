@@ -23,7 +23,7 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str,
             lengths: Tensor | None = None) -> Tensor:
     """fp32 logits through ``model``'s own ``__call__`` (so a DDP wrapper sees every path), under autocast for
-    mixed precision; the classifier keeps its head in fp32 itself."""
+    mixed precision; the classifier keeps its head in fp32 itself. ``lengths``: valid steps per sample."""
     with autocast(device, precision):
         return model(x) if lengths is None else model(x, lengths=lengths)
 

@@ -1,4 +1,9 @@
-"""The (Bi)LSTM sequence classifier and its readouts."""
+"""The (Bi)LSTM / (Bi)GRU sequence classifier, its readouts and the last-step shortcut.
+
+``model(x)`` runs a fixed-length batch as it is; ``model(x, lengths)`` packs it
+(``pack_padded_sequence``) so the zero padding after each sample's ``lengths[i]`` valid steps never enters
+the recurrence, and every readout reads each sample at its own length.
+"""
 
 from __future__ import annotations
 
@@ -6,87 +11,143 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 _GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# model.cell -> (multi-layer cuDNN-capable module, one-step cell with the same gate layout)
+CELLS: dict[str, tuple[type[nn.RNNBase], type[nn.RNNCellBase]]] = {
+    "lstm": (nn.LSTM, nn.LSTMCell),
+    "gru": (nn.GRU, nn.GRUCell),
+}
+
+
+def _pack(x: Tensor, lengths: Tensor) -> PackedSequence:
+    return pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+
+
+def _at_last_step(x: Tensor, lengths: Tensor) -> Tensor:
+    """``x[i, lengths[i] - 1]`` for every sample ``i`` of a batch-first ``x``."""
+    steps = (lengths - 1).to(x.device)
+    return x[torch.arange(len(x), device=x.device), steps]
+
+
+def _final_hidden(hidden: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """``h_n`` of an LSTM's ``(h_n, c_n)`` or of a GRU's ``h_n``."""
+    return hidden[0] if isinstance(hidden, tuple) else hidden
 
 
 class _LastStepPath:
-    """Computes ``lstm(x)[0][:, -1]`` of a bidirectional ``nn.LSTM`` without the work the readout never sees.
+    """Computes ``rnn(x)[0][:, -1]`` of a bidirectional ``nn.LSTM``/``nn.GRU`` without the work the readout never sees.
 
-    At the last time step the top layer's backward direction has read only the final input row, so it
-    runs for one step (an ``LSTMCell``) instead of all of them; the lower layers and the top forward
-    direction run in full. The helper modules alias the parameters of ``lstm`` (same ``Parameter``
-    objects), so the model's ``state_dict`` stays exactly ``nn.LSTM``'s and the optimizer sees one set.
+    At the last time step the top layer's backward direction has read only the final input, so it runs for
+    one step (an ``LSTMCell``/``GRUCell``) instead of all of them; the lower layers and the top forward
+    direction run in full (packed when lengths are given; the backward cell then reads each sample's own
+    last valid input). The helper modules alias the parameters of ``rnn`` (same ``Parameter`` objects),
+    so the model's ``state_dict`` stays exactly ``rnn``'s and the optimizer sees one set.
     """
 
-    def __init__(self, lstm: nn.LSTM):
-        layers, hidden = lstm.num_layers, lstm.hidden_size
+    def __init__(self, rnn: nn.LSTM | nn.GRU):
+        module, cell = CELLS[rnn.mode.lower()]
+        layers, hidden = rnn.num_layers, rnn.hidden_size
         top = layers - 1
-        top_in = lstm.input_size if top == 0 else 2 * hidden
-        self.dropout = lstm.dropout
-        # Built on the meta device (no memory, no RNG draws), then pointed at lstm's parameters.
-        self.lower = (nn.LSTM(lstm.input_size, hidden, top, batch_first=True, bidirectional=True,
-                              dropout=lstm.dropout, device="meta") if top else None)
-        self.top_forward = nn.LSTM(top_in, hidden, 1, batch_first=True, device="meta")
-        self.top_backward = nn.LSTMCell(top_in, hidden, device="meta")
+        top_in = rnn.input_size if top == 0 else 2 * hidden
+        self.dropout = rnn.dropout
+        # Built on the meta device (no memory, no RNG draws), then pointed at rnn's parameters.
+        self.lower = (module(rnn.input_size, hidden, top, batch_first=True, bidirectional=True,
+                             dropout=rnn.dropout, device="meta") if top else None)
+        self.top_forward = module(top_in, hidden, 1, batch_first=True, device="meta")
+        self.top_backward = cell(top_in, hidden, device="meta")
         if self.lower is not None:
             for name in self.lower._flat_weights_names:
-                setattr(self.lower, name, getattr(lstm, name))
+                setattr(self.lower, name, getattr(rnn, name))
         for gate in _GATES:
-            setattr(self.top_forward, f"{gate}_l0", getattr(lstm, f"{gate}_l{top}"))
-            setattr(self.top_backward, gate, getattr(lstm, f"{gate}_l{top}_reverse"))
+            setattr(self.top_forward, f"{gate}_l0", getattr(rnn, f"{gate}_l{top}"))
+            setattr(self.top_backward, gate, getattr(rnn, f"{gate}_l{top}_reverse"))
 
-    def __call__(self, x: Tensor, training: bool) -> Tensor:
+    def __call__(self, x: Tensor, training: bool, lengths: Tensor | None = None) -> Tensor:
+        if lengths is not None:
+            return self._packed(x, training, lengths)
         if self.lower is not None:
             self.lower.train(training)
             x, _ = self.lower(x)
             x = F.dropout(x, self.dropout, training)
         forward, _ = self.top_forward(x)
-        backward, _ = self.top_backward(x[:, -1])
+        backward = _final_hidden(self.top_backward(x[:, -1]))
         return torch.cat([forward[:, -1], backward], dim=1)
 
+    def _packed(self, x: Tensor, training: bool, lengths: Tensor) -> Tensor:
+        packed = _pack(x, lengths)
+        if self.lower is not None:
+            self.lower.train(training)
+            packed, _ = self.lower(packed)
+            packed = packed._replace(data=F.dropout(packed.data, self.dropout, training))
+            x, _ = pad_packed_sequence(packed, batch_first=True)
+        _, hidden = self.top_forward(packed)  # the forward output at the last valid step is its final state
+        backward = _final_hidden(self.top_backward(_at_last_step(x, lengths)))
+        return torch.cat([_final_hidden(hidden)[-1], backward], dim=1)
 
-class BiLSTMClassifier(nn.Module):
-    """LSTM over the rows of an input (batch, steps, features) and a linear classifier on a readout.
+
+class RNNClassifier(nn.Module):
+    """LSTM or GRU over the steps of an input (batch, steps, features) and a linear classifier on a readout.
 
     Readouts: ``last`` (output at the last step, the tutorial's), ``final`` (final hidden states of the
-    top layer, both directions concatenated) and ``mean`` (output averaged over time). Parameter names
-    match the tutorial's model (``lstm.*``, ``fc.*``).
+    top layer, both directions concatenated) and ``mean`` (output averaged over time); with ``lengths``,
+    "last step" and "over time" mean each sample's own valid steps. Parameter names match the tutorial's
+    model (``lstm.*``, ``fc.*``); a GRU's are ``gru.*``.
     """
 
     def __init__(self, input_size: int, num_classes: int, hidden_size: int = 128, num_layers: int = 2,
                  bidirectional: bool = True, dropout: float = 0.0, readout: str = "last",
-                 backward_shortcut: bool = True):
+                 backward_shortcut: bool = True, cell: str = "lstm"):
         super().__init__()
-        self.readout = readout
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True,
-                            bidirectional=bidirectional, dropout=dropout)
+        self.readout, self.cell = readout, cell
+        self.add_module(cell, CELLS[cell][0](input_size, hidden_size, num_layers, batch_first=True,
+                                             bidirectional=bidirectional, dropout=dropout))
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
         shortcut = backward_shortcut and readout == "last" and bidirectional
-        # Not a submodule: it only borrows self.lstm's parameters.
-        self._last_step = _LastStepPath(self.lstm) if shortcut else None
+        # Not a submodule: it only borrows the recurrent module's parameters.
+        self._last_step = _LastStepPath(self.rnn) if shortcut else None
 
-    def features(self, x: Tensor) -> Tensor:
+    @property
+    def rnn(self) -> nn.LSTM | nn.GRU:
+        """The recurrent module (registered as ``lstm`` or ``gru``)."""
+        return getattr(self, self.cell)
+
+    def features(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if lengths is not None and not len(lengths):
+            lengths = None  # an empty batch (a process's share of DDP's last batch) has nothing to pack
         if self._last_step is not None:
-            return self._last_step(x, self.training)
-        out, (h_n, _) = self.lstm(x)
+            return self._last_step(x, self.training, lengths)
+        if lengths is None:
+            out, hidden = self.rnn(x)
+        else:
+            packed, hidden = self.rnn(_pack(x, lengths))
+            out = None if self.readout == "final" else pad_packed_sequence(packed, batch_first=True)[0]
+        h_n = _final_hidden(hidden)
+        if self.readout == "final":
+            return torch.cat([h_n[-2], h_n[-1]], dim=1) if self.rnn.bidirectional else h_n[-1]
+        if lengths is None:
+            return out[:, -1, :] if self.readout == "last" else out.mean(dim=1)
         if self.readout == "last":
-            return out[:, -1, :]
-        if self.readout == "mean":
-            return out.mean(dim=1)
-        return torch.cat([h_n[-2], h_n[-1]], dim=1) if self.lstm.bidirectional else h_n[-1]
+            return _at_last_step(out, lengths)
+        return out.sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1)  # padded outputs are zeros
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits in fp32. Under autocast only the recurrent features run in low precision: the linear head
-        runs in fp32 (low-precision logits blur the loss gradient and cost accuracy)."""
-        features = self.features(x)
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Logits in fp32 for ``x`` (batch, steps, features), each sample's first ``lengths[i]`` steps if given.
+
+        Under autocast only the recurrent features run in low precision: the linear head runs in fp32
+        (low-precision logits blur the loss gradient and cost accuracy)."""
+        features = self.features(x, lengths)
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return self.fc(features.float())
         return self.fc(features)
 
 
-def build_model(cfg: DictConfig, input_size: int, num_classes: int) -> BiLSTMClassifier:
-    return BiLSTMClassifier(input_size, num_classes, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                            bidirectional=cfg.bidirectional, dropout=cfg.dropout, readout=cfg.readout,
-                            backward_shortcut=cfg.backward_shortcut)
+BiLSTMClassifier = RNNClassifier  # the name before model.cell (cell="lstm" is the default)
+
+
+def build_model(cfg: DictConfig, input_size: int, num_classes: int) -> RNNClassifier:
+    return RNNClassifier(input_size, num_classes, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                         bidirectional=cfg.bidirectional, dropout=cfg.dropout, readout=cfg.readout,
+                         backward_shortcut=cfg.backward_shortcut, cell=cfg.cell)

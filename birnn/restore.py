@@ -21,7 +21,7 @@ from birnn.config import (AdamConfig, AdamWConfig, Config, DataConfig, DeviceCon
                           SGDConfig, TrainerConfig, validate)
 from birnn.data import load_data
 from birnn.errors import BirnnError
-from birnn.model import BiLSTMClassifier, build_model
+from birnn.model import RNNClassifier, build_model
 
 OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
 
@@ -33,7 +33,7 @@ class Restored:
     path: Path
     state: dict  # the checkpoint as loaded
     cfg: DictConfig  # its config with the overrides merged
-    model: BiLSTMClassifier
+    model: RNNClassifier  # cell and every other model key as stored in cfg.model
     input_shape: tuple[int, int]  # (steps, features) of one input
     classes: list[str]
 

@@ -1,16 +1,20 @@
-"""Model shapes for every readout, and the exact last-step shortcut against plain nn.LSTM."""
+"""Model shapes for every readout and cell, checkpoint names, and the exact last-step shortcut against plain
+nn.LSTM / nn.GRU."""
 
 import pytest
 import torch
 
-from birnn.model import BiLSTMClassifier
+from birnn.checkpoint import load_model_state
+from birnn.model import BiLSTMClassifier, RNNClassifier
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("readout", ["last", "final", "mean"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_output_shape(readout, bidirectional):
-    model = BiLSTMClassifier(input_size=8, num_classes=5, hidden_size=6, num_layers=2,
-                             bidirectional=bidirectional, readout=readout)
+def test_output_shape(readout, bidirectional, cell):
+    model = RNNClassifier(input_size=8, num_classes=5, hidden_size=6, num_layers=2,
+                          bidirectional=bidirectional, readout=readout, cell=cell)
+    assert isinstance(model.rnn, torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)
     assert model(torch.rand(3, 7, 8)).shape == (3, 5)
     assert model.fc.in_features == 6 * (2 if bidirectional else 1)
 
@@ -33,11 +37,27 @@ def test_state_dict_matches_the_tutorial_model():
     assert set(model.state_dict()) == {f"lstm.{k}" for k in tutorial_lstm.state_dict()} | {"fc.weight", "fc.bias"}
 
 
+def test_a_checkpoint_of_the_lstm_only_model_loads():
+    """Checkpoints written before model.cell hold nn.LSTM's names under lstm.* and fc.*: they load strictly
+    into the default (cell=lstm) model and compute what those weights compute."""
+    torch.manual_seed(0)
+    lstm, fc = torch.nn.LSTM(8, 6, 2, batch_first=True, bidirectional=True), torch.nn.Linear(12, 5)
+    saved = {**{f"lstm.{k}": v for k, v in lstm.state_dict().items()},
+             **{f"fc.{k}": v for k, v in fc.state_dict().items()}}
+    model = RNNClassifier(8, 5, hidden_size=6)
+    load_model_state(model, saved, "old.pt")
+    x = torch.rand(3, 7, 8)
+    torch.testing.assert_close(model(x), fc(lstm(x)[0][:, -1]))
+    assert set(RNNClassifier(8, 5, hidden_size=6, cell="gru").state_dict()) == (
+        {f"gru.{k}" for k in torch.nn.GRU(8, 6, 2, bidirectional=True).state_dict()} | {"fc.weight", "fc.bias"})
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
-def test_last_step_shortcut_equals_nn_lstm(num_layers):
+def test_last_step_shortcut_equals_the_plain_module(num_layers, cell):
     torch.manual_seed(num_layers)
-    plain = BiLSTMClassifier(8, 5, hidden_size=12, num_layers=num_layers, backward_shortcut=False)
-    fast = BiLSTMClassifier(8, 5, hidden_size=12, num_layers=num_layers, backward_shortcut=True)
+    plain = RNNClassifier(8, 5, hidden_size=12, num_layers=num_layers, backward_shortcut=False, cell=cell)
+    fast = RNNClassifier(8, 5, hidden_size=12, num_layers=num_layers, backward_shortcut=True, cell=cell)
     fast.load_state_dict(plain.state_dict())
     assert fast._last_step is not None and plain._last_step is None
     assert list(fast.state_dict()) == list(plain.state_dict())
@@ -52,18 +72,20 @@ def test_last_step_shortcut_equals_nn_lstm(num_layers):
         assert (p.grad - q.grad).abs().max() <= 1e-5, name
 
 
-def test_shortcut_follows_parameter_updates_and_device_moves():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_shortcut_follows_parameter_updates_and_device_moves(cell):
     torch.manual_seed(0)
-    plain = BiLSTMClassifier(8, 5, hidden_size=12, backward_shortcut=False)
-    fast = BiLSTMClassifier(8, 5, hidden_size=12)
+    plain = RNNClassifier(8, 5, hidden_size=12, backward_shortcut=False, cell=cell)
+    fast = RNNClassifier(8, 5, hidden_size=12, cell=cell)
     fast.load_state_dict(plain.state_dict())
     with torch.no_grad():
         for p, q in zip(plain.parameters(), fast.parameters()):
             p.add_(0.1)
             q.add_(0.1)
     fast = fast.to(torch.float64).to(torch.float32)
-    x = torch.rand(4, 6, 8)
+    x, lengths = torch.rand(4, 6, 8), torch.tensor([6, 2, 5, 1])
     assert (plain(x) - fast(x)).abs().max() <= 1e-5
+    assert (plain(x, lengths) - fast(x, lengths)).abs().max() <= 1e-5
 
 
 def test_shortcut_only_applies_where_exact():
