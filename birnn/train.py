@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from birnn import checkpoint
-from birnn.config import flatten, to_plain, validate
+from birnn.config import CONFIG_DIR, flatten, import_from_cwd, to_plain, validate
 from birnn.data import Splits, load_data, num_batches, shuffled_batches, spec as data_spec
 from birnn.device import setup_device, synchronize
 from birnn.errors import BirnnError
@@ -280,7 +280,7 @@ def keep_hydra_record(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.output_subdir=.hydra/resume-{n}"]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def run(cfg: DictConfig) -> float:
     """One Hydra job. Returns the sweep objective: validation accuracy when there is a val split, else test."""
     validate(cfg)
@@ -289,6 +289,7 @@ def run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    import_from_cwd()
     sys.argv = keep_hydra_record(sys.argv)
     run()
 
