@@ -81,7 +81,8 @@ def load_arrays(root: str = "data", download: bool = False, path: str | None = N
     if "classes" in arrays:
         names = arrays["classes"]
         if names.ndim != 1 or names.dtype.kind not in "USiu":
-            raise BirnnError(f"classes in {source} must be a list of names; got dtype {names.dtype} shape {names.shape}")
+            raise BirnnError(f"classes in {source} must be a list of names; "
+                             f"got dtype {names.dtype} shape {names.shape}")
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
     else:
         classes = [str(i) for i in range(top + 1)]

@@ -185,9 +185,9 @@ def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None 
     if normalization is None and cfg.get("normalize", False):
         normalization = normalize.fit(splits.train_x, splits.train_lengths)
     if normalization is not None:
-        splits = replace(splits, normalization=normalization, **{
-            f"{split}_x": normalize.apply(getattr(splits, f"{split}_x"), normalization, getattr(splits, f"{split}_lengths"))
-            for split in ("train", "test", "val") if getattr(splits, f"{split}_x") is not None})
+        standardized = {f"{s}_x": normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
+                        for s in ("train", "test", "val") if (x := getattr(splits, f"{s}_x")) is not None}
+        splits = replace(splits, normalization=normalization, **standardized)
     return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, Tensor)})
 
 

@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m birnn.predict",
                                      description="Classify image files (PNG/JPEG) or .npy arrays with a trained model.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
-    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, .npy files (one sample each) or folders of them")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                        help="image files, .npy files (one sample each) or folders of them")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="make dark-on-light images light-on-dark like the data (default: auto, from the border)")
