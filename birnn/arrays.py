@@ -32,8 +32,9 @@ def read(path: Path) -> dict:
                 return {k: f[k] for k in f.files}
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # numpy, zipfile and torch raise many types; a refused pickle says "Weights only"
-        if "Weights only load failed" in str(e):
-            raise BirnnError(f"{path}: torch.load(weights_only=True) refused it ({first_line(e)}); save only "
+        if "Weights only load failed" in str(e):  # the reason is on torch's "WeightsUnpickler error:" line
+            reason = str(e).partition("WeightsUnpickler error: ")[2].split(". ")[0] or first_line(e)
+            raise BirnnError(f"{path}: torch.load(weights_only=True) refused it ({reason}); save only "
                              "tensors, lists and strings, e.g. torch.save({'x_train': x, ...}, path)") from None
         raise BirnnError(f"{path} is not a readable {path.suffix} file: {first_line(e)}") from None
     if not isinstance(content, dict):
