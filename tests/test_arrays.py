@@ -82,7 +82,7 @@ def test_bad_arrays_get_one_clear_line(tmp_path, suffix, changes, message):
 
 
 def test_unreadable_files_get_one_clear_line(tmp_path):
-    torch.save({**arrays(), "extra": Path("any object weights_only refuses")}, tmp_path / "pickled.pt")
+    torch.save({"x_train": Path("any object weights_only refuses")}, tmp_path / "pickled.pt")
     np.savez(tmp_path / "objects.npz", **{**arrays(), "classes": np.array([{"a": 1}, None], dtype=object)})
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
     cases = {
