@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,7 +36,7 @@ class Restored:
     model: BiLSTMClassifier
     input_shape: tuple[int, int]  # (steps, features) of one input
     classes: list[str]
-    spec: dict  # what the checkpoint records about its data (``birnn.data.spec``; less in old checkpoints)
+    spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.spec`` (less in old checkpoints)
 
     @property
     def normalization(self) -> dict | None:
@@ -61,6 +61,7 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
     except OmegaConfBaseException as e:
         raise BirnnError(f"The checkpoint's config does not fit this birnn version: {_reason(e)}") from None
     OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.data, True)  # the stored config has every loader key: a new data key is a typo
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
     except OmegaConfBaseException as e:
