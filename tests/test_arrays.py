@@ -135,6 +135,12 @@ def test_normalize_counts_valid_steps_only_and_keeps_padding_zero():
     assert splits.normalization["std"] == pytest.approx([valid.std(correction=0).item()])
     assert splits.train_x[0, 2, 0] == 0 and (splits.train_x[2, 1:] == 0).all() and (splits.test_x[0, 2] == 0).all()
     assert splits.train_x[0, 0, 0] == pytest.approx((1 - valid.mean().item()) / valid.std(correction=0).item())
+    cfg.data.val_size = 1  # the held-out sample takes its length along; the statistics skip it
+    held = load_data(cfg.data, torch.device("cpu"))
+    assert sorted(held.train_lengths.tolist() + held.val_lengths.tolist()) == [1, 2, 3]
+    kept = torch.cat([padded_series().train_x[i, :n, 0] for i, n in enumerate([2, 3, 1]) if n != held.val_lengths[0]])
+    assert held.normalization["mean"] == pytest.approx([kept.mean().item()])
+    assert (held.val_x[0, int(held.val_lengths[0]):] == 0).all()
 
 
 def test_constant_features_are_only_centred():
