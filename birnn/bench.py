@@ -29,14 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from birnn.config import to_plain, validate
+from birnn.config import CONFIG_DIR as CONF, to_plain, validate
 from birnn.data import Splits, shuffled_batches
 from birnn.device import setup_device, synchronize
 from birnn.errors import BirnnError
 from birnn.loop import evaluate
 from birnn.run import build
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class TutorialBiRNN(nn.Module):

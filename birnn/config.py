@@ -7,7 +7,10 @@ before any data loads. ``validate`` then checks ranges and choices.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -20,6 +23,21 @@ CELLS = ("lstm", "gru")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 SCHEDULERS = ("none", "cosine", "onecycle")
+
+_PACKAGE = Path(__file__).resolve().parent
+# The config tree: ``birnn/conf/`` in an installed wheel (package data built from the repository's
+# ``conf/``), else the ``conf/`` beside this package (a checkout, editable or on PYTHONPATH). Found from this
+# file, not by importing ``birnn.conf``, so it never depends on which editable install's finder wins.
+CONFIG_DIR = next((d for d in (_PACKAGE / "conf", _PACKAGE.parent / "conf") if (d / "config.yaml").is_file()),
+                  _PACKAGE / "conf")
+
+
+def import_from_cwd() -> None:
+    """Let ``_target_`` name modules in the working directory, as under ``python -m``: a console script
+    starts with its bin folder on ``sys.path`` instead. Appended, so installed packages still come first."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
 
 
 @dataclass
@@ -36,6 +54,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """The keys every data option has. The node is open (see ``data_schema``): a loader's own keys go beside
+    these and reach the loader as keyword arguments, while these stay typed."""
+
     _target_: str = MISSING  # loader: (root, download, **kwargs) -> birnn.data.Splits
     root: str = "data"
     download: bool = True
@@ -43,6 +64,14 @@ class DataConfig:
     eval_batch_size: int = 500
     val_size: int = 0
     split_seed: int = 0
+    normalize: bool = False  # per-feature standardization with the training split's mean and std
+
+
+def data_schema() -> DictConfig:
+    """``DataConfig`` as a node that accepts extra (loader) keys: struct mode off on this node only."""
+    node = OmegaConf.structured(DataConfig)
+    OmegaConf.set_struct(node, False)
+    return node
 
 
 @dataclass
@@ -112,7 +141,7 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="bilstm", node=ModelConfig)
-    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/data", name="data", node=data_schema())
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)

@@ -7,6 +7,7 @@ become sequences: one row per time step, one pixel per feature, scaled to [0, 1]
 from __future__ import annotations
 
 import gzip
+import inspect
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from birnn import normalize
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 
@@ -33,8 +35,8 @@ OFFLINE_HINT = (
     "Offline alternatives: data=fashion_mnist (apt-get install dataset-fashion-mnist) "
     "or data=digits (ships with scikit-learn)."
 )
-# Keys of a data config that configure batching, not the loader.
-BATCHING_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed")
+# Keys of a data config that birnn itself handles (batching, hold-out, standardization), not the loader.
+COMMON_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed", "normalize")
 
 
 @dataclass
@@ -140,14 +142,34 @@ def load_digits(root: str = "data", download: bool = False) -> Splits:
     return Splits(x[train], y[train], x[test], y[test], classes=[str(i) for i in range(10)])
 
 
-def load_data(cfg: DictConfig, device: torch.device) -> Splits:
-    """Run the configured loader, hold out ``val_size`` training samples, and move every split to ``device``."""
+def _check_keys(loader: object, target: str, kwargs: dict) -> None:
+    """A data key the loader does not take (a typo: the data node accepts any key) is one clear error."""
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # no signature to check against
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise BirnnError(f"data.{unknown[0]} is not a key of {target} (it takes {', '.join(params)}; "
+                         f"every data option also has {', '.join(COMMON_KEYS)})")
+
+
+def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None = None) -> Splits:
+    """Run the configured loader, hold out ``val_size`` training samples, standardize, and move every split
+    to ``device``.
+
+    With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
+    ``normalization`` given (a checkpoint's) is applied instead of fitting.
+    """
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-              if k not in BATCHING_KEYS and k != "_target_"}
+              if k not in COMMON_KEYS and k != "_target_"}
     try:
         loader = get_method(cfg._target_)
     except Exception as e:
         raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
+    _check_keys(loader, cfg._target_, kwargs)
     splits: Splits = loader(**kwargs)
     if splits.train_x.ndim != 3 or splits.test_x.ndim != 3:
         raise BirnnError(f"{cfg._target_} must return inputs shaped (N, steps, features); "
@@ -157,8 +179,16 @@ def load_data(cfg: DictConfig, device: torch.device) -> Splits:
     if cfg.val_size:
         order = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
         val, train = order[: cfg.val_size], order[cfg.val_size:].sort().values
+        lengths = splits.train_lengths
         splits = replace(splits, train_x=splits.train_x[train], train_y=splits.train_y[train],
-                         val_x=splits.train_x[val], val_y=splits.train_y[val])
+                         val_x=splits.train_x[val], val_y=splits.train_y[val],
+                         **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}))
+    if normalization is None and cfg.get("normalize", False):
+        normalization = normalize.fit(splits.train_x, splits.train_lengths)
+    if normalization is not None:
+        standardized = {f"{s}_x": normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
+                        for s in ("train", "test", "val") if (x := getattr(splits, f"{s}_x")) is not None}
+        splits = replace(splits, normalization=normalization, **standardized)
     return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, Tensor)})
 
 

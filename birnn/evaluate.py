@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from birnn.checkpoint import atomic_write
+from birnn.config import import_from_cwd
 from birnn.data import load_data
 from birnn.device import setup_device
 from birnn.errors import BirnnError
@@ -26,7 +27,7 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict:
     restored = restore(path, overrides)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
-    data = load_data(cfg.data, device)
+    data = load_data(cfg.data, device, normalization=restored.normalization)  # the stored statistics, not refitted
     if data.classes != restored.classes:
         raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
                          f"{restored.classes}.")
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="changes to the checkpoint's config, e.g. data.root=/data device=cpu")
     parser.add_argument("--out", type=Path, help="JSON file to write (default: evaluation.json beside CHECKPOINT)")
     args = parser.parse_args(argv)
+    import_from_cwd()  # a loader named by the checkpoint's data._target_ may live in the working directory
     with user_errors():
         scores = evaluate_checkpoint(args.checkpoint, args.overrides)
         print(report(scores))

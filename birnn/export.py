@@ -1,7 +1,8 @@
 """``python -m birnn.export CKPT [--format onnx|pt2] [--out FILE]``: ship a trained model as one file.
 
-Input ``images``: float32 (N, steps, features) scaled to [0, 1] exactly as in training, any N; output
-``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
+Input ``images``: float32 (N, steps, features) scaled as the loader gives them (images: [0, 1]), any N;
+a model trained with ``data.normalize`` carries its standardization inside the graph, so it takes these raw
+inputs too. Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
 Both formats are checked against the PyTorch model before the command reports success. A model trained on
 variable-length sequences is refused (see ``check_fixed_length``).
@@ -17,7 +18,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from birnn.config import import_from_cwd
 from birnn.errors import BirnnError, first_line
+from birnn.normalize import Standardized
 from birnn.restore import Restored, restore, user_errors
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
@@ -63,6 +66,8 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
     check_fixed_length(restored)
     out = out or restored.path.parent / FORMATS[fmt]
     model = restored.model.cpu().eval()
+    if restored.normalization:
+        model = Standardized(model, restored.normalization).eval()
     inputs = torch.rand(7, *restored.input_shape, generator=torch.Generator().manual_seed(0))
     dynamic = {"x": {0: torch.export.Dim("batch")}}
     with warnings.catch_warnings():
@@ -88,11 +93,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or pt2 (torch.export)")
     parser.add_argument("--out", type=Path, help="file to write (default: model.onnx / model.pt2 beside CHECKPOINT)")
     args = parser.parse_args(argv)
+    import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
         restored = restore(args.checkpoint)
         out, difference = export(restored, args.format, args.out)
     steps, features = restored.input_shape
-    print(f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) in [0, 1], "
+    scale = ("as raw values (the training split's per-feature standardization is built into the model)"
+             if restored.normalization else "in [0, 1]" if restored.spec.get("kind", "image") == "image"
+             else "scaled as in training")
+    print(f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) {scale}, "
           f"output logits (N, {len(restored.classes)}); classes {', '.join(restored.classes)}.")
     print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")
 

@@ -1,8 +1,10 @@
-"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image files with a trained model.
+"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image or array files with a trained model.
 
-Each image (PNG or JPEG, any size; a folder stands for the images in it) becomes one input the way the
+Each image (PNG or JPEG, any size; a folder stands for the files in it) becomes one input the way the
 training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
-light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border).
+light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border). A
+``.npy`` file is one sample ``(steps, features)`` as the data gives it. Inputs are standardized with the
+checkpoint's statistics when it was trained with ``data.normalize``.
 """
 
 from __future__ import annotations
@@ -18,23 +20,30 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
-from birnn.config import DEVICES, DeviceConfig
+from birnn.config import DEVICES, DeviceConfig, import_from_cwd
 from birnn.device import setup_device
 from birnn.errors import BirnnError
-from birnn.restore import restore, user_errors
+from birnn.normalize import apply as standardize
+from birnn.restore import Restored, restore, user_errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIXES = (".npy",)
+INPUT_SUFFIXES = IMAGE_SUFFIXES + ARRAY_SUFFIXES
+
+
+class UnreadableInput(ValueError):
+    """A file that cannot become an input; its message is the whole explanation."""
 
 
 def image_files(paths: Sequence[Path]) -> list[tuple[Path, str | None]]:
-    """Each PATH as ``(file, None)``; a folder expands to its image files, sorted, or to ``(folder, error)``."""
+    """Each PATH as ``(file, None)``; a folder expands to its input files, sorted, or to ``(folder, error)``."""
     files: list[tuple[Path, str | None]] = []
     for path in paths:
         if not path.is_dir():
             files.append((path, None))
             continue
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        files += [(p, None) for p in found] or [(path, f"no {'/'.join(IMAGE_SUFFIXES)} files in this folder")]
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        files += [(p, None) for p in found] or [(path, f"no {'/'.join(INPUT_SUFFIXES)} files in this folder")]
     return files
 
 
@@ -58,6 +67,33 @@ def load_image(path: Path, shape: tuple[int, int], invert: str = "auto") -> torc
     return torch.from_numpy(pixels.astype(np.float32)).clamp_(0, 1)
 
 
+def load_array(path: Path, features: int, steps: int | None) -> torch.Tensor:
+    """One sample from a ``.npy`` file: numbers shaped (steps, features); ``steps`` None allows any length."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError as e:
+        raise UnreadableInput(e.strerror) from None
+    except (OSError, ValueError, EOFError) as e:
+        raise UnreadableInput(f"not a readable .npy array ({e or type(e).__name__})") from None
+    expected = f"({steps if steps is not None else 'steps'}, {features})"
+    if array.dtype.kind not in "fiu":
+        raise UnreadableInput(f"dtype {array.dtype}: expected numbers shaped {expected}")
+    if array.ndim != 2 or array.shape[1] != features or (steps is not None and array.shape[0] != steps):
+        raise UnreadableInput(f"shape {array.shape}: the model takes one sample shaped {expected}")
+    x = torch.from_numpy(array.astype(np.float32))
+    if not torch.isfinite(x).all():
+        raise UnreadableInput("holds NaN or inf values")
+    return x
+
+
+def load_input(path: Path, restored: Restored, invert: str) -> torch.Tensor:
+    """One raw input (steps, features) from a file, by its suffix: ``.npy`` arrays, else images."""
+    steps, features = restored.input_shape
+    if path.suffix.lower() in ARRAY_SUFFIXES:
+        return load_array(path, features, restored.spec.get("max_length", steps))
+    return load_image(path, restored.input_shape, invert)
+
+
 def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu") -> list[dict]:
     """Per file ``{file, prediction, label, probability}``, or ``{file, error}`` when it cannot be read."""
     restored = restore(checkpoint)
@@ -66,13 +102,21 @@ def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", devic
     for path, error in image_files(paths):
         if error is None:
             try:
-                inputs.append(load_image(path, restored.input_shape, invert))
+                inputs.append(load_input(path, restored, invert))
+            except UnreadableInput as e:
+                error = str(e)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 error = getattr(e, "strerror", None) or f"not a readable image ({e or type(e).__name__})"
         results.append({"file": str(path), "error": error} if error else {"file": str(path)})
     if inputs:
+        if restored.normalization:
+            inputs = [standardize(x, restored.normalization) for x in inputs]
+        logits = torch.empty(len(inputs), len(restored.classes))
         with torch.inference_mode():
-            logits = restored.model.to(target)(torch.stack(inputs).to(target)).float()
+            for shape in {x.shape for x in inputs}:  # one batch per length (variable-length data)
+                index = [i for i, x in enumerate(inputs) if x.shape == shape]
+                batch = torch.stack([inputs[i] for i in index]).to(target)
+                logits[index] = restored.model.to(target)(batch).float().cpu()
         probability, prediction = logits.softmax(1).max(1)
         ok = (r for r in results if "error" not in r)
         for r, p, q in zip(ok, prediction.tolist(), probability.tolist()):
@@ -98,14 +142,16 @@ def show(results: list[dict], as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m birnn.predict",
-                                     description="Classify image files (PNG/JPEG) with a trained model.")
+                                     description="Classify image files (PNG/JPEG) or .npy arrays with a trained model.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
-    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                        help="image files, .npy files (one sample each) or folders of them")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="make dark-on-light images light-on-dark like the data (default: auto, from the border)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
     args = parser.parse_args(argv)
+    import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
         results = predict(args.checkpoint, args.paths, args.invert, args.device)
         show(results, args.json)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn import checkpoint
-from birnn.config import (AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelConfig, SchedulerConfig,
-                          SGDConfig, TrainerConfig, validate)
+from birnn.config import (AdamConfig, AdamWConfig, Config, DeviceConfig, ModelConfig, SchedulerConfig, SGDConfig,
+                          TrainerConfig, data_schema, validate)
 from birnn.data import load_data
 from birnn.errors import BirnnError
 from birnn.model import RNNClassifier, build_model
@@ -36,6 +36,12 @@ class Restored:
     model: RNNClassifier  # cell and every other model key as stored in cfg.model
     input_shape: tuple[int, int]  # (steps, features) of one input
     classes: list[str]
+    spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.spec`` (less in old checkpoints)
+
+    @property
+    def normalization(self) -> dict | None:
+        """The training split's per-feature statistics the model expects its inputs standardized with."""
+        return self.spec.get("normalization")
 
 
 def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
@@ -47,7 +53,7 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
             raise BirnnError(f"Override {item!r} is not key=value (e.g. data.root=/data or device=cpu).")
         items.append(f"device.type={value}" if key == "device" else item)
     optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
-    schema = OmegaConf.structured(Config(model=ModelConfig(), data=DataConfig(), scheduler=SchedulerConfig(),
+    schema = OmegaConf.structured(Config(model=ModelConfig(), data=data_schema(), scheduler=SchedulerConfig(),
                                          device=DeviceConfig(), trainer=TrainerConfig(),
                                          optimizer=optimizer() if optimizer else {}))
     try:
@@ -55,6 +61,7 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
     except OmegaConfBaseException as e:
         raise BirnnError(f"The checkpoint's config does not fit this birnn version: {_reason(e)}") from None
     OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.data, True)  # the stored config has every loader key: a new data key is a typo
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
     except OmegaConfBaseException as e:
@@ -79,7 +86,7 @@ def restore(path: Path, overrides: Sequence[str] = ()) -> Restored:
     steps, features = spec["input_shape"]
     model = build_model(cfg.model, features, len(spec["classes"]))
     checkpoint.load_model_state(model, state["model"], path)
-    return Restored(path, state, cfg, model.eval(), (steps, features), list(spec["classes"]))
+    return Restored(path, state, cfg, model.eval(), (steps, features), list(spec["classes"]), spec)
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from birnn import distributed
-from birnn.config import validate
+from birnn.config import CONFIG_DIR, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 from birnn.run import Run
@@ -93,7 +93,7 @@ def keep_hydra_record(argv: list[str]) -> list[str]:
 _publish_run_dir: Callable[[Path], None] | None = None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def run(cfg: DictConfig) -> float:
     """One Hydra job. Returns the sweep objective: validation accuracy when there is a val split, else test."""
     validate(cfg)
@@ -105,6 +105,7 @@ def run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    import_from_cwd()
     env = distributed.world_env()
     if env is None:
         sys.argv = keep_hydra_record(sys.argv)

@@ -1,0 +1,95 @@
+"""``data=arrays``: train on arrays that already sit in a ``.npz`` or ``.pt`` file, no code needed.
+
+The file holds ``x_train``, ``y_train``, ``x_test`` and ``y_test``: inputs ``(N, steps, features)`` of any
+float (or integer) dtype and integer labels ``(N,)``, plus optionally ``classes``, one name per label
+(else the names are ``0 .. max label``). ``.npz`` files are read without pickle (``allow_pickle=False``),
+``.pt`` files with ``torch.load(weights_only=True)``. Every problem with the file is one clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from birnn.data import Splits
+from birnn.errors import BirnnError, first_line
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+SUFFIXES = (".npz", ".pt")
+
+
+def read(path: Path) -> dict:
+    """The file's named arrays as numpy arrays (tensors and lists converted)."""
+    if path.suffix not in SUFFIXES:
+        raise BirnnError(f"data.path={path}: expected a {' or '.join(SUFFIXES)} file")
+    if not path.is_file():
+        raise BirnnError(f"data.path={path}: no such file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # numpy, zipfile and torch raise many types; a refused pickle says "Weights only"
+        if "Weights only load failed" in str(e):  # the reason is on torch's "WeightsUnpickler error:" line
+            reason = str(e).partition("WeightsUnpickler error: ")[2].split(". ")[0] or first_line(e)
+            raise BirnnError(f"{path}: torch.load(weights_only=True) refused it ({reason}); save only "
+                             "tensors, lists and strings, e.g. torch.save({'x_train': x, ...}, path)") from None
+        raise BirnnError(f"{path} is not a readable {path.suffix} file: {first_line(e)}") from None
+    if not isinstance(content, dict):
+        raise BirnnError(f"{path} holds a {type(content).__name__}; expected a dict with keys {', '.join(KEYS)}")
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in content.items()}
+
+
+def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
+    x = arrays[key]
+    if x.dtype.kind not in "fiu":
+        raise BirnnError(f"{key} in {source} has dtype {x.dtype}; expected numbers (float)")
+    if x.ndim != 3 or len(x) == 0:
+        hint = " (one feature per step? add an axis: x[..., None])" if x.ndim == 2 else ""
+        raise BirnnError(f"{key} in {source} has shape {x.shape}; expected (N, steps, features) with N > 0{hint}")
+    x = torch.from_numpy(x.astype(np.float32))
+    bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()
+    if len(bad):
+        raise BirnnError(f"{key} in {source} holds NaN or inf values (first in sample {int(bad[0])})")
+    return x
+
+
+def _labels(arrays: dict, key: str, n: int, source: Path) -> torch.Tensor:
+    y = arrays[key]
+    if y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != n:
+        raise BirnnError(f"{key} in {source} has dtype {y.dtype} and shape {y.shape}; expected integer labels "
+                         f"of shape ({n},), one per sample")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def load_arrays(root: str = "data", download: bool = False, path: str | None = None) -> Splits:
+    """The splits in the file ``path`` (relative to the working directory); ``root``/``download`` are unused."""
+    if not path:
+        raise BirnnError("data=arrays needs the file: data.path=FILE.npz (or .pt)")
+    source = Path(path)
+    arrays = read(source)
+    missing = [k for k in KEYS if k not in arrays]
+    if missing:
+        raise BirnnError(f"{source} has no {', '.join(missing)} (it needs {', '.join(KEYS)}; optional: classes)")
+    train_x, test_x = _inputs(arrays, "x_train", source), _inputs(arrays, "x_test", source)
+    if train_x.shape[2] != test_x.shape[2]:
+        raise BirnnError(f"{source}: x_train has {train_x.shape[2]} features per step but x_test has "
+                         f"{test_x.shape[2]}")
+    train_y, test_y = _labels(arrays, "y_train", len(train_x), source), _labels(arrays, "y_test", len(test_x), source)
+    top = int(max(train_y.max(), test_y.max()))
+    if "classes" in arrays:
+        names = arrays["classes"]
+        if names.ndim != 1 or names.dtype.kind not in "USiu":
+            raise BirnnError(f"classes in {source} must be a list of names; "
+                             f"got dtype {names.dtype} shape {names.shape}")
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
+    else:
+        classes = [str(i) for i in range(top + 1)]
+    for key, y in (("y_train", train_y), ("y_test", test_y)):
+        outside = y[(y < 0) | (y >= len(classes))]
+        if len(outside):
+            raise BirnnError(f"{key} in {source} holds label {int(outside[0])}, outside classes "
+                             f"(labels must be 0..{len(classes) - 1}, one per name in classes)")
+    return Splits(train_x, train_y, test_x, test_y, classes=classes, kind="series")

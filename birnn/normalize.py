@@ -1,0 +1,55 @@
+"""Per-feature standardization (``data.normalize``): statistics from the training split, applied anywhere.
+
+Statistics are ``{"mean": [...], "std": [...]}``, one float per feature. ``load_data`` fits them on the
+training split after the validation hold-out and records them in ``Splits.normalization``; checkpoints
+store them, and ``evaluate``, ``predict`` and ``export`` apply the stored ones to raw inputs. For
+variable-length data (zero-padded, with per-sample lengths) only the valid steps count, and padded steps
+stay exactly 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# A feature whose training std is below this floor (constant, e.g. an always-black pixel) keeps scale 1
+# and is only centred, as scikit-learn's StandardScaler does: dividing by ~0 would blow up any other value.
+MIN_STD = 1e-6
+
+
+def _valid(x: Tensor, lengths: Tensor | None) -> Tensor | None:
+    """(N, steps, 1) mask of the steps within each sample's length, or None for fixed-length data."""
+    if lengths is None:
+        return None
+    return (torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]).unsqueeze(-1)
+
+
+def fit(x: Tensor, lengths: Tensor | None = None) -> dict:
+    """Per-feature mean and (population) std of ``x`` (N, steps, features) over its valid steps."""
+    mask = _valid(x, lengths)
+    values = (x.reshape(-1, x.shape[-1]) if mask is None else x[mask.squeeze(-1)]).double()
+    mean, std = values.mean(0), values.std(0, correction=0)
+    std = torch.where(std < MIN_STD, torch.ones_like(std), std)
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def apply(x: Tensor, stats: dict, lengths: Tensor | None = None) -> Tensor:
+    """``(x - mean) / std`` per feature; steps beyond ``lengths`` (padding) are set to exactly 0."""
+    mean = torch.tensor(stats["mean"], dtype=x.dtype, device=x.device)
+    std = torch.tensor(stats["std"], dtype=x.dtype, device=x.device)
+    out = (x - mean) / std
+    mask = _valid(x, lengths)
+    return out if mask is None else out.masked_fill(~mask, 0)
+
+
+class Standardized(nn.Module):
+    """``model`` behind the standardization it was trained with, so the whole takes raw inputs (export)."""
+
+    def __init__(self, model: nn.Module, stats: dict):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(stats["mean"], dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(stats["std"], dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std)

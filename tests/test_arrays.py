@@ -1,0 +1,218 @@
+"""data=arrays (.npz and .pt files), data.normalize (fit, padding, stored statistics) and predict on .npy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from birnn import evaluate, export, normalize, predict
+from birnn.arrays import load_arrays
+from birnn.data import Splits, load_data, spec
+from birnn.errors import BirnnError
+from birnn.restore import restore
+from birnn.train import train
+from conftest import make_cfg
+
+FAST = ["data=arrays", "device=cpu", "device.num_threads=1", "model.hidden_size=16", "model.num_layers=1",
+        "trainer.log_images=false", "optimizer.lr=0.01"]
+
+
+def waves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Series (n, 10 steps, 2 features) far from [0, 1] (mean ~50, std ~10); label: is feature 0 rising?"""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    slope = np.where(y == 1, 1.0, -1.0)[:, None] * np.linspace(-1, 1, 10)
+    x = np.stack([50 + 10 * slope + rng.normal(0, 2, (n, 10)), rng.normal(-20, 5, (n, 10))], axis=-1)
+    return x.astype(np.float64), y
+
+
+def arrays(**changes) -> dict:
+    (xa, ya), (xb, yb) = waves(120, 0), waves(40, 1)
+    return {"x_train": xa, "y_train": ya, "x_test": xb, "y_test": yb, "classes": np.array(["falling", "rising"]),
+            **changes}
+
+
+def save(path: Path, content: dict) -> Path:
+    """``.npz`` as numpy saves it; ``.pt`` as tensors, with the class names as a list of strings."""
+    content = {k: v for k, v in content.items() if v is not None}
+    if path.suffix == ".npz":
+        np.savez(path, **content)
+    else:
+        torch.save({k: v.tolist() if v.dtype.kind == "U" else torch.as_tensor(v) for k, v in content.items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_arrays_load_npz_and_pt(tmp_path, suffix):
+    content = arrays()
+    splits = load_arrays(path=str(save(tmp_path / f"d{suffix}", content)))
+    assert splits.train_x.shape == (120, 10, 2) and splits.train_x.dtype == torch.float32
+    assert splits.test_y.dtype == torch.int64 and splits.test_y.tolist() == content["y_test"].tolist()
+    torch.testing.assert_close(splits.train_x, torch.tensor(content["x_train"], dtype=torch.float32))
+    assert splits.classes == ["falling", "rising"] and splits.kind == "series" and splits.normalization is None
+
+
+def test_classes_default_to_label_numbers(tmp_path):
+    content = arrays(classes=None, y_test=np.full(40, 2))
+    assert load_arrays(path=str(save(tmp_path / "d.npz", content))).classes == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"y_test": None}, "has no y_test"),
+    ({"x_train": np.zeros((120, 10))}, "x_train in {file} has shape (120, 10); expected (N, steps, features)"),
+    ({"y_train": np.zeros(120)}, "y_train in {file} has dtype float64"),
+    ({"y_train": np.zeros(7, dtype=int)}, "expected integer labels of shape (120,)"),
+    ({"y_test": np.full(40, 2)}, "y_test in {file} holds label 2, outside classes"),
+    ({"y_train": np.full(120, -1)}, "y_train in {file} holds label -1, outside classes"),
+    ({"x_test": np.zeros((40, 10, 3))}, "x_train has 2 features per step but x_test has 3"),
+    ({"x_test": np.where(np.arange(10)[None, :, None] == 3, np.nan, waves(40, 1)[0])},
+     "x_test in {file} holds NaN or inf values (first in sample 0)"),
+    ({"x_train": np.full((120, 10, 2), np.inf)}, "x_train in {file} holds NaN or inf values"),
+])
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_bad_arrays_get_one_clear_line(tmp_path, suffix, changes, message):
+    path = save(tmp_path / f"d{suffix}", arrays(**changes))
+    with pytest.raises(BirnnError) as info:
+        load_arrays(path=str(path))
+    assert message.format(file=path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreadable_files_get_one_clear_line(tmp_path):
+    torch.save({"x_train": Path("any object weights_only refuses")}, tmp_path / "pickled.pt")
+    np.savez(tmp_path / "objects.npz", **{**arrays(), "classes": np.array([{"a": 1}, None], dtype=object)})
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    cases = {
+        "pickled.pt": "torch.load(weights_only=True) refused it (Unsupported global: GLOBAL pathlib.PosixPath",
+        "objects.npz": "is not a readable .npz file: Object arrays cannot be loaded",
+        "broken.npz": "is not a readable .npz file",
+        "missing.npz": "no such file",
+        "data.csv": "expected a .npz or .pt file",
+    }
+    for name, message in cases.items():
+        with pytest.raises(BirnnError) as info:
+            load_arrays(path=str(tmp_path / name))
+        assert message in str(info.value) and "\n" not in str(info.value), (name, str(info.value))
+    with pytest.raises(BirnnError, match="data=arrays needs the file: data.path=FILE.npz"):
+        load_arrays()
+
+
+def test_normalize_fits_the_training_split_after_the_holdout(tmp_path):
+    path = save(tmp_path / "d.npz", arrays())
+    raw = load_data(make_cfg(*FAST, f"data.path={path}", "data.val_size=20").data, torch.device("cpu"))
+    cfg = make_cfg(*FAST, f"data.path={path}", "data.val_size=20", "data.normalize=true")
+    splits = load_data(cfg.data, torch.device("cpu"))
+    stats = splits.normalization
+    flat = raw.train_x.reshape(-1, 2).double()  # the training split only: the held-out samples excluded
+    assert stats["mean"] == pytest.approx(flat.mean(0).tolist()) and stats["std"] == pytest.approx(flat.std(0, correction=0).tolist())
+    assert abs(stats["mean"][0] - 50) < 2 and abs(stats["mean"][1] + 20) < 1
+    standardized = splits.train_x.reshape(-1, 2)
+    assert standardized.mean(0).abs().max() < 1e-4 and (standardized.std(0, correction=0) - 1).abs().max() < 1e-4
+    for split in ("test", "val"):  # the training statistics, not each split's own
+        expected = (getattr(raw, f"{split}_x") - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])
+        torch.testing.assert_close(getattr(splits, f"{split}_x"), expected.float())
+    assert spec(splits)["normalization"] == stats and spec(splits)["kind"] == "series"
+    assert load_data(make_cfg(*FAST, f"data.path={path}").data, torch.device("cpu")).normalization is None
+
+
+def padded_series(root: str = "data", download: bool = False) -> Splits:
+    """Variable-length data as a loader gives it: zero padding beyond each sample's length."""
+    x = torch.tensor([[[1.0], [3.0], [0.0]], [[5.0], [7.0], [9.0]], [[2.0], [0.0], [0.0]]])
+    lengths = torch.tensor([2, 3, 1])
+    return Splits(x, torch.tensor([0, 1, 0]), x[:2].clone(), torch.tensor([0, 1]), ["a", "b"],
+                  train_lengths=lengths, test_lengths=lengths[:2].clone(), kind="series")
+
+
+def test_normalize_counts_valid_steps_only_and_keeps_padding_zero():
+    cfg = make_cfg(*FAST, "data.normalize=true", "data._target_=test_arrays.padded_series")
+    del cfg.data["path"]
+    splits = load_data(cfg.data, torch.device("cpu"))
+    valid = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0, 2.0])
+    assert splits.normalization["mean"] == pytest.approx([valid.mean().item()])
+    assert splits.normalization["std"] == pytest.approx([valid.std(correction=0).item()])
+    assert splits.train_x[0, 2, 0] == 0 and (splits.train_x[2, 1:] == 0).all() and (splits.test_x[0, 2] == 0).all()
+    assert splits.train_x[0, 0, 0] == pytest.approx((1 - valid.mean().item()) / valid.std(correction=0).item())
+    cfg.data.val_size = 1  # the held-out sample takes its length along; the statistics skip it
+    held = load_data(cfg.data, torch.device("cpu"))
+    assert sorted(held.train_lengths.tolist() + held.val_lengths.tolist()) == [1, 2, 3]
+    kept = torch.cat([padded_series().train_x[i, :n, 0] for i, n in enumerate([2, 3, 1]) if n != held.val_lengths[0]])
+    assert held.normalization["mean"] == pytest.approx([kept.mean().item()])
+    assert (held.val_x[0, int(held.val_lengths[0]):] == 0).all()
+
+
+def test_constant_features_are_only_centred():
+    stats = normalize.fit(torch.tensor([[[3.0, 1.0]], [[3.0, 2.0]]]))
+    assert stats["std"][0] == 1.0 and stats["mean"][0] == 3.0
+    assert normalize.apply(torch.tensor([[[4.0, 1.5]]]), stats)[0, 0, 0] == 1.0
+
+
+def test_unknown_data_key_is_one_clear_error(tmp_path):
+    cfg = make_cfg(*FAST, f"data.path={tmp_path / 'd.npz'}", "data.pth=x")
+    with pytest.raises(BirnnError, match=r"data.pth is not a key of birnn.arrays.load_arrays \(it takes root, "):
+        load_data(cfg.data, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def normalized_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A model trained on raw series with data.normalize=true (a .pt file), and the file."""
+    folder = tmp_path_factory.mktemp("normalized")
+    path = save(folder / "waves.pt", arrays())
+    cfg = make_cfg(*FAST, f"data.path={path}", "data.normalize=true", "trainer.epochs=20", "data.batch_size=20")
+    metrics = train(cfg, folder / "run")
+    assert metrics["test_accuracy"] >= 0.9
+    return folder / "run", path
+
+
+def test_evaluate_applies_the_stored_statistics(normalized_run, tmp_path):
+    run, path = normalized_run
+    ckpt = run / "checkpoints" / "last.pt"
+    assert restore(ckpt).normalization["mean"][0] == pytest.approx(50, abs=2)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert evaluate.evaluate_checkpoint(ckpt, ["device=cpu"])["test_accuracy"] == metrics["test_accuracy"]
+    # Other training data in the file: evaluate still standardizes with the checkpoint's statistics.
+    shifted = save(tmp_path / "shifted.pt", arrays(x_train=arrays()["x_train"] + 100))
+    assert evaluate.evaluate_checkpoint(ckpt, [f"data.path={shifted}"])["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_predict_npy_standardizes_raw_samples(normalized_run, tmp_path, capsys):
+    run, _ = normalized_run
+    ckpt = run / "checkpoints" / "last.pt"
+    x, y = waves(40, 1)
+    for i in range(6):
+        np.save(tmp_path / f"s{i}.npy", x[i].astype(np.float32 if i % 2 else np.float64))
+    np.save(tmp_path / "wide.npy", np.zeros((10, 3)))
+    np.save(tmp_path / "short.npy", np.zeros((9, 2)))
+    np.save(tmp_path / "nan.npy", np.full((10, 2), np.nan))
+    (tmp_path / "junk.npy").write_text("not numpy")
+    predict.main([str(ckpt), str(tmp_path), "--json"])
+    results = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
+    restored = restore(ckpt)
+    with torch.inference_mode():
+        logits = restored.model(normalize.apply(torch.tensor(x[:6], dtype=torch.float32), restored.normalization))
+    for i in range(6):
+        r = results[f"s{i}.npy"]
+        assert set(r) == {"file", "prediction", "label", "probability"}
+        assert r["prediction"] == logits[i].argmax().item() and r["label"] == ["falling", "rising"][r["prediction"]]
+        assert r["probability"] == pytest.approx(logits[i].softmax(0).max().item(), rel=1e-5)
+    assert sum(results[f"s{i}.npy"]["prediction"] == y[i] for i in range(6)) >= 5
+    assert results["wide.npy"]["error"] == "shape (10, 3): the model takes one sample shaped (10, 2)"
+    assert results["short.npy"]["error"] == "shape (9, 2): the model takes one sample shaped (10, 2)"
+    assert results["nan.npy"]["error"] == "holds NaN or inf values"
+    assert results["junk.npy"]["error"].startswith("not a readable .npy array")
+
+
+def test_export_bakes_the_standardization_in(normalized_run, capsys):
+    run, _ = normalized_run
+    ckpt = run / "checkpoints" / "last.pt"
+    export.main([str(ckpt), "--format", "pt2"])
+    assert "as raw values (the training split's per-feature standardization is built into the model)" \
+        in capsys.readouterr().out
+    program = torch.export.load(str(ckpt.parent / "model.pt2")).module()
+    raw = torch.tensor(waves(40, 1)[0], dtype=torch.float32)
+    restored = restore(ckpt)
+    with torch.inference_mode():
+        expected = restored.model(normalize.apply(raw, restored.normalization))
+    torch.testing.assert_close(program(raw), expected, atol=1e-4, rtol=1e-4)
