@@ -79,6 +79,7 @@ class DeviceConfig:
     type: str = "auto"
     num_threads: Optional[int] = None  # CPU threads; null = torch's default (joblib launcher: cores / n_jobs)
     cudnn_benchmark: bool = True
+    tune_allocator: bool = True  # CPU + glibc: keep freed memory in the heap (birnn/allocator.py)
 
 
 @dataclass
