@@ -9,7 +9,7 @@ kernel zero-fills fresh pages on every step. Two ``mallopt`` settings keep that 
   the top of the heap is kept for the next step.
 
 Measured on Fashion-MNIST (README "Speed"): minor page faults per 300 default steps 3.4-4.1 M -> 0.23 M,
-sys time 6.8-8.8 s -> 0.7 s. ``M_TOP_PAD`` gave nothing on top of these and is not set. Other C libraries
+sys time 6.8-8.8 s -> 0.7-1.3 s. ``M_TOP_PAD`` gave nothing on top of these and is not set. Other C libraries
 (musl, macOS) and CUDA runs (PyTorch's caching allocator already keeps memory) are left alone.
 """
 
