@@ -1,40 +1,48 @@
-"""Side-by-side benchmark of the tutorial's training loop (reference) and birnn's, in one process.
+"""Benchmarks of birnn against the PyTorch tutorial's bidirectional-RNN training.
 
-    python -m birnn.bench [--quick] [--rounds N] [--out bench.json] [overrides ...]
+    python -m birnn.bench --whole-process [--rounds N] [--epochs N] [--out bench.json] [overrides ...]
+    python -m birnn.bench [--quick] [--rounds N] [--steps N] [--out bench.json] [overrides ...]
 
-``reference`` is the tutorial's loop exactly: a torchvision dataset with ``ToTensor``, ``DataLoader(batch
-100, shuffle)``, ``h0``/``c0`` allocated in every forward, fp32, ``reshape(-1, rows, pixels)``, Adam 0.003,
-evaluation through a ``DataLoader`` of batch 100 under ``no_grad``. ``birnn`` is the training step and the
-evaluation pass exactly as ``birnn.train`` runs them for the config given by the overrides (default config
-on Fashion-MNIST). Throughput is measured in alternating A/B rounds after a warm-up (median of rounds);
-time to accuracy is training wall time (evaluation excluded) until test accuracy first reaches the target.
+``--whole-process`` (``birnn.whole_process``) times the tutorial script against ``python -m birnn.train`` as
+whole processes: what a user waits for. Without it, the training step and the evaluation pass are timed
+side by side. ``reference`` is the tutorial's loop exactly: a torchvision dataset with ``ToTensor``,
+``DataLoader(batch 100, shuffle)``, ``h0``/``c0`` allocated in every forward, fp32, ``reshape(-1, rows,
+pixels)``, Adam 0.003, evaluation through a ``DataLoader`` of batch 100 under ``no_grad``. ``birnn`` is the
+training step and the evaluation pass exactly as ``birnn.train`` runs them for the config given by the
+overrides (default config on Fashion-MNIST). Each contender lives in its own spawned process (its own heap
+and allocator settings: the reference keeps glibc's defaults, birnn tunes them as ``birnn.train`` does),
+driven in turn by this one. Throughput is measured in alternating A/B rounds after a warm-up (median of
+rounds); time to accuracy is training wall time (evaluation excluded) until test accuracy first reaches the
+target, both contenders rebuilt from scratch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from birnn.config import CONFIG_DIR as CONF, to_plain, validate
-from birnn.data import Splits, shuffled_batches
+from birnn.data import Splits, load_data, num_batches, shuffled_batches
 from birnn.device import setup_device, synchronize
 from birnn.errors import BirnnError
 from birnn.loop import evaluate
 from birnn.run import build
+from birnn.whole_process import report as whole_process_report, run_whole_process
 
 
 class TutorialBiRNN(nn.Module):
@@ -94,17 +102,15 @@ class Contender:
     batch_size: int
     n_test: int
     device: torch.device
-    seconds: dict[str, list[float]] = field(default_factory=lambda: {"train": [], "eval": []})
+    total_steps: int  # a full run: birnn's for its config, the tutorial's 2 epochs for the reference
 
-    def timed(self, kind: str, fn: Callable[[], object]) -> object:
+    def timed(self, fn: Callable[[], object]) -> tuple[float, object]:
+        """Wall seconds of ``fn()`` (device work included) and its result."""
         synchronize(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         out = fn()
         synchronize(self.device)
-        self.seconds[kind].append(time.perf_counter() - t0)
-        return out
+        return time.perf_counter() - t0, out
 
 
 def cycle(make: Callable[[], Iterator]) -> Iterator:
@@ -152,10 +158,11 @@ def reference(cfg: DictConfig, splits: Splits, device: torch.device) -> Contende
                 correct += (predicted == labels).sum().item()
         return correct / total
 
-    return Contender("reference", train_steps, eval_pass, 100, len(test_set), device)
+    return Contender("reference", train_steps, eval_pass, 100, len(test_set), device,
+                     2 * num_batches(len(train_set), 100))
 
 
-def birnn(cfg: DictConfig, device: torch.device) -> tuple[Contender, int, Splits]:
+def birnn(cfg: DictConfig, device: torch.device) -> Contender:
     """birnn's step and evaluation pass for ``cfg``, as ``birnn.train`` builds them."""
     run = build(cfg, device)
     data = run.data
@@ -171,26 +178,110 @@ def birnn(cfg: DictConfig, device: torch.device) -> tuple[Contender, int, Splits
         return evaluate(run.model, data.test_x, data.test_y, cfg.data.eval_batch_size, device,
                         cfg.trainer.precision).accuracy
 
-    contender = Contender("birnn", train_steps, eval_pass, cfg.data.batch_size, len(data.test_y), device)
-    return contender, run.total_steps, data
+    return Contender("birnn", train_steps, eval_pass, cfg.data.batch_size, len(data.test_y), device,
+                     run.total_steps)
 
 
-def throughput(a: Contender, b: Contender, rounds: int, steps: int) -> dict:
+def compose_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def build_contender(side: str, overrides: list[str]) -> Contender:
+    """``reference`` or ``birnn``, built in the calling process; only birnn tunes the allocator."""
+    cfg = compose_config(overrides)
+    if side == "reference":
+        cfg.device.tune_allocator = False  # the tutorial's process runs with glibc's defaults
+    device = setup_device(cfg.device, cfg.trainer.precision)
+    return birnn(cfg, device) if side == "birnn" else reference(cfg, load_data(cfg.data, device), device)
+
+
+def serve(conn, side: str, overrides: list[str]) -> None:  # noqa: ANN001 (a multiprocessing Connection)
+    """A contender's process: build it, then answer the driver's commands until ``stop``."""
+    try:
+        contender = build_contender(side, overrides)
+        conn.send((True, None))
+        while (message := conn.recv())[0] != "stop":
+            command, *args = message
+            if command == "reset":
+                contender = build_contender(side, overrides)
+                result = None
+            elif command == "info":
+                device = contender.device
+                result = {"batch_size": contender.batch_size, "n_test": contender.n_test,
+                          "total_steps": contender.total_steps, "device": str(device),
+                          "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                          "cpu_threads": torch.get_num_threads(),
+                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
+                          if device.type == "cuda" else None}
+            elif command == "train":
+                result = contender.timed(lambda: contender.train_steps(args[0]))[0]
+            elif command == "eval":
+                result = contender.timed(contender.eval_pass)[0]
+            else:  # time_to_accuracy
+                result = time_to_accuracy(contender, *args)
+            conn.send((True, result))
+    except BirnnError as e:
+        conn.send((False, str(e)))
+
+
+class Worker:
+    """The driver's handle on one contender's spawned process (a fresh interpreter: no shared heap)."""
+
+    def __init__(self, side: str, overrides: list[str]):
+        ctx = multiprocessing.get_context("spawn")
+        self.side = side
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve, args=(child, side, overrides), daemon=True)
+        self.process.start()
+        child.close()
+        self.receive()
+
+    def receive(self) -> object:
+        try:
+            ok, value = self.conn.recv()
+        except EOFError:
+            self.process.join()
+            raise BirnnError(f"the {self.side} process died (exit code {self.process.exitcode})") from None
+        if not ok:
+            raise BirnnError(value)
+        return value
+
+    def call(self, *message: object) -> object:
+        self.conn.send(message)
+        return self.receive()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send(("stop",))
+        self.process.join(timeout=30)
+
+
+def throughput(a: Worker, b: Worker, rounds: int, steps: int) -> dict:
     """Median train and eval samples/s of each, from alternating rounds after a warm-up."""
-    for c in (a, b):
-        c.train_steps(3)
-        c.eval_pass()
+    seconds = {w.side: {"train": [], "eval": []} for w in (a, b)}
+    for w in (a, b):
+        w.call("train", 3)
+        w.call("eval")
     for r in range(rounds):
         order = (a, b) if r % 2 == 0 else (b, a)
-        for c in order:
-            c.timed("train", lambda: c.train_steps(steps))
-        for c in order:
-            c.timed("eval", c.eval_pass)
-    return {c.name: {
-        "train_samples_per_second": statistics.median(steps * c.batch_size / s for s in c.seconds["train"]),
-        "eval_samples_per_second": statistics.median(c.n_test / s for s in c.seconds["eval"]),
-        "train_seconds_per_round": c.seconds["train"], "eval_seconds_per_round": c.seconds["eval"],
-    } for c in (a, b)}
+        for w in order:
+            seconds[w.side]["train"].append(w.call("train", steps))
+        for w in order:
+            seconds[w.side]["eval"].append(w.call("eval"))
+    speed = {}
+    for w in (a, b):
+        info, s = w.call("info"), seconds[w.side]
+        speed[w.side] = {
+            "train_samples_per_second": statistics.median(steps * info["batch_size"] / t for t in s["train"]),
+            "eval_samples_per_second": statistics.median(info["n_test"] / t for t in s["eval"]),
+            "train_seconds_per_round": s["train"], "eval_seconds_per_round": s["eval"],
+            "peak_rss_mb": info["peak_rss_mb"], "peak_gpu_memory_mb": info["peak_gpu_memory_mb"],
+        }
+    return speed
 
 
 def time_to_accuracy(c: Contender, max_steps: int, every: int, target: float | None) -> dict:
@@ -218,45 +309,47 @@ def ratio(x: float | None, y: float | None) -> float | None:
     return x / y if x and y else None
 
 
+def with_default_data(overrides: list[str]) -> list[str]:
+    """Fashion-MNIST unless an override names the data (a command-line ``data=`` beats any preset)."""
+    return overrides if any(o.startswith("data=") for o in overrides) else ["data=fashion_mnist", *overrides]
+
+
+def machine(info: dict) -> dict:
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    return {"platform": platform.platform(), "processor": models[0] if models else platform.machine(),
+            "cpu_cores": len(models) or None, "cpu_threads": info["cpu_threads"], "device": info["device"],
+            "device_name": info["device_name"], "torch": str(torch.__version__)}
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
-    overrides = list(args.overrides)
-    if not any(o.startswith("data=") or o.startswith("experiment=") for o in overrides):
-        overrides.insert(0, "data=fashion_mnist")
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=overrides)
-    validate(cfg)
-    device = setup_device(cfg.device, cfg.trainer.precision)
-
-    def fresh() -> tuple[Contender, Contender, int, Splits]:
-        ours, total_steps, data = birnn(cfg, device)
-        return reference(cfg, data, device), ours, total_steps, data
-
-    ref, ours, total_steps, data = fresh()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    speed = throughput(ref, ours, args.rounds, args.steps)
-    if device.type == "cuda":
-        speed["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-
-    # Time to accuracy, both from scratch. The reference runs the tutorial's 2 epochs unless a target is given.
-    ref, ours, total_steps, data = fresh()
-    ref_steps = 2 * -(-len(data.train_y) // 100)
-    ref_run = time_to_accuracy(ref, ref_steps, args.eval_every, args.target)
-    target = args.target if args.target is not None else ref_run["final_accuracy"]
-    our_run = time_to_accuracy(ours, total_steps, args.eval_every, target)
+    overrides = with_default_data(list(args.overrides))
+    cfg = compose_config(overrides)  # a bad override fails here, before any process starts
+    ref, ours = Worker("reference", overrides), Worker("birnn", overrides)
+    try:
+        speed = throughput(ref, ours, args.rounds, args.steps)
+        info = ours.call("info")
+        # Time to accuracy, both rebuilt from scratch in their own processes. The reference runs the
+        # tutorial's 2 epochs unless a target is given.
+        ref.call("reset")
+        ours.call("reset")
+        ref_run = ref.call("time_to_accuracy", ref.call("info")["total_steps"], args.eval_every, args.target)
+        target = args.target if args.target is not None else ref_run["final_accuracy"]
+        our_run = ours.call("time_to_accuracy", info["total_steps"], args.eval_every, target)
+    finally:
+        ref.close()
+        ours.close()
     ref_tta, our_tta = first_reaching(ref_run["curve"], target), first_reaching(our_run["curve"], target)
 
     r, o = speed["reference"], speed["birnn"]
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_threads": torch.get_num_threads(), "device": str(device),
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "torch": str(torch.__version__)},
+        "machine": machine(info),
         "command": " ".join(["python -m birnn.bench", *sys.argv[1:]]) if args.from_cli else None,
         "overrides": overrides, "config": to_plain(cfg),
         "rounds": args.rounds, "steps_per_round": args.steps, "eval_every": args.eval_every,
         "throughput": speed,
-        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "process_peak_rss_mb": max(r["peak_rss_mb"], o["peak_rss_mb"]),
         "time_to_accuracy": {
             "target": target,
             "target_source": "given" if args.target is not None else "reference accuracy after its 2 epochs",
@@ -271,6 +364,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     }
 
 
+def whole_process(args: argparse.Namespace) -> dict:
+    overrides = with_default_data(list(args.overrides))
+    cfg = compose_config(overrides)
+    result = run_whole_process(cfg, overrides, args.rounds, args.epochs)
+    info = {"cpu_threads": torch.get_num_threads(), "device": cfg.device.type, "device_name": None}
+    return {"machine": machine(info), "overrides": overrides, "epochs": args.epochs,
+            "command": " ".join(["python -m birnn.bench", *sys.argv[1:]]) if args.from_cli else None, **result}
+
+
 def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
@@ -279,9 +381,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m birnn.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="birnn config overrides (default: data=fashion_mnist)")
+    parser.add_argument("--whole-process", action="store_true",
+                        help="time the tutorial script and python -m birnn.train as whole processes")
+    parser.add_argument("--epochs", type=int,
+                        help="--whole-process: epochs of both (default: the tutorial's 2, birnn's config)")
     parser.add_argument("--quick", action="store_true",
                         help="under 2 minutes on a CPU: 3 short rounds and time to 0.75 test accuracy")
-    parser.add_argument("--rounds", type=int, help="A/B throughput rounds (default 5; --quick 3)")
+    parser.add_argument("--rounds", type=int,
+                        help="A/B rounds (default 5; --quick 3; --whole-process 3, round r with seed + r)")
     parser.add_argument("--steps", type=int, help="training steps per round (default 100; --quick 40)")
     parser.add_argument("--eval-every", type=int, help="steps between accuracy checks (default 100; --quick 50)")
     parser.add_argument("--target", type=float,
@@ -289,17 +396,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     args.from_cli = argv is None
-    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.rounds = args.rounds or (3 if args.quick or args.whole_process else 5)
     args.steps = args.steps or (40 if args.quick else 100)
     args.eval_every = args.eval_every or (50 if args.quick else 100)
     if args.quick and args.target is None:
         args.target = 0.75
     try:
-        result = run_benchmark(args)
+        result = whole_process(args) if args.whole_process else run_benchmark(args)
     except BirnnError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.whole_process:
+        m = result["machine"]
+        print(f"{m['processor']}, {m['cpu_cores']} cores, {m['cpu_threads']} threads, torch {m['torch']}, "
+              f"overrides {' '.join(result['overrides'])}")
+        print("\n".join(whole_process_report(result)[:-1]))
+        print(f"wrote {args.out}")
+        print(whole_process_report(result)[-1])
+        return result
     r, o = result["throughput"]["reference"], result["throughput"]["birnn"]
     tta = result["time_to_accuracy"]
     print(f"device {result['machine']['device']}, {result['machine']['cpu_threads']} threads, "

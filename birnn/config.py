@@ -112,6 +112,7 @@ class DeviceConfig:
     cudnn_benchmark: bool = True
     # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
     dist_timeout_s: float = 300.0
+    tune_allocator: bool = True  # CPU + glibc: keep freed memory in the heap (birnn/allocator.py)
 
 
 @dataclass

@@ -8,13 +8,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from birnn.allocator import tune_allocator
 from birnn.errors import BirnnError
 
 log = logging.getLogger(__name__)
 
 
 def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
-    """``auto`` is cuda, else mps, else cpu; an explicit choice that is not available is an error."""
+    """``auto`` is cuda, else mps, else cpu; an explicit choice that is not available is an error.
+
+    On the CPU, with ``tune_allocator``, glibc's allocator is tuned first (``birnn.allocator``): call this
+    before loading data so the whole run's allocations benefit.
+    """
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     kind = cfg.type if cfg.type != "auto" else next(k for k in ("cuda", "mps", "cpu") if available[k])
     if not available[kind]:
@@ -22,6 +27,8 @@ def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
                          f"(torch {torch.__version__}). Use device=auto or device=cpu.")
     if precision == "16" and kind != "cuda":
         raise BirnnError(f"trainer.precision=16 needs CUDA (running on {kind}); use trainer.precision=bf16 or 32.")
+    if kind == "cpu" and cfg.tune_allocator:
+        tune_allocator()
     threads = cfg.num_threads or threads_per_job()
     if threads:
         torch.set_num_threads(threads)
