@@ -41,6 +41,19 @@ class DataConfig:
     eval_batch_size: int = 500
     val_size: int = 0
     split_seed: int = 0
+    normalize: bool = False  # per-feature standardization with the training split's mean and std
+
+
+@dataclass
+class UEADataConfig(DataConfig):
+    """``data=uea``: a UCR/UEA archive problem in its ``.ts`` format (``birnn/sequences.py``)."""
+
+    _target_: str = "birnn.sequences.load_uea"
+    root: Optional[str] = None  # null: the problems bundled with aeon; else a local copy of the archive
+    download: bool = False  # not supported: birnn does not download archive problems
+    name: Optional[str] = None  # the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
+    batch_size: int = 32
+    normalize: bool = True
 
 
 @dataclass
@@ -109,6 +122,7 @@ def register_schemas() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="bilstm", node=ModelConfig)
     cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/data", name="uea", node=UEADataConfig)
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)

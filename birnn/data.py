@@ -32,8 +32,8 @@ OFFLINE_HINT = (
     "Offline alternatives: data=fashion_mnist (apt-get install dataset-fashion-mnist) "
     "or data=digits (ships with scikit-learn)."
 )
-# Keys of a data config that configure batching, not the loader.
-BATCHING_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed")
+# Keys of a data config that configure batching (and standardization), not the loader.
+BATCHING_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed", "normalize")
 
 
 @dataclass

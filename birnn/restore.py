@@ -18,12 +18,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from birnn import checkpoint
 from birnn.config import (AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelConfig, SchedulerConfig,
-                          SGDConfig, TrainerConfig, validate)
+                          SGDConfig, TrainerConfig, UEADataConfig, validate)
 from birnn.data import load_data
 from birnn.errors import BirnnError
 from birnn.model import BiLSTMClassifier, build_model
 
 OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
+DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
 
 
 @dataclass
@@ -47,7 +48,8 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
             raise BirnnError(f"Override {item!r} is not key=value (e.g. data.root=/data or device=cpu).")
         items.append(f"device.type={value}" if key == "device" else item)
     optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
-    schema = OmegaConf.structured(Config(model=ModelConfig(), data=DataConfig(), scheduler=SchedulerConfig(),
+    data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
+    schema = OmegaConf.structured(Config(model=ModelConfig(), data=data(), scheduler=SchedulerConfig(),
                                          device=DeviceConfig(), trainer=TrainerConfig(),
                                          optimizer=optimizer() if optimizer else {}))
     try:
