@@ -1,8 +1,9 @@
-"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image files with a trained model.
+"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image or series files with a trained model.
 
-Each image (PNG or JPEG, any size; a folder stands for the images in it) becomes one input the way the
+Each image (PNG or JPEG, any size; a folder stands for the files in it) becomes one input the way the
 training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
-light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border).
+light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border). A ``.ts``
+file (the UCR/UEA archive format) holds many series: each becomes one input, its record carrying its ``index``.
 """
 
 from __future__ import annotations
@@ -22,19 +23,22 @@ from birnn.config import DEVICES, DeviceConfig
 from birnn.device import setup_device
 from birnn.errors import BirnnError
 from birnn.restore import restore, user_errors
+from birnn.sequences import read_series
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SERIES_SUFFIXES = (".ts",)
 
 
 def image_files(paths: Sequence[Path]) -> list[tuple[Path, str | None]]:
-    """Each PATH as ``(file, None)``; a folder expands to its image files, sorted, or to ``(folder, error)``."""
+    """Each PATH as ``(file, None)``; a folder expands to its input files, sorted, or to ``(folder, error)``."""
     files: list[tuple[Path, str | None]] = []
     for path in paths:
         if not path.is_dir():
             files.append((path, None))
             continue
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        files += [(p, None) for p in found] or [(path, f"no {'/'.join(IMAGE_SUFFIXES)} files in this folder")]
+        suffixes = IMAGE_SUFFIXES + SERIES_SUFFIXES
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        files += [(p, None) for p in found] or [(path, f"no {'/'.join(suffixes)} files in this folder")]
     return files
 
 
@@ -59,11 +63,22 @@ def load_image(path: Path, shape: tuple[int, int], invert: str = "auto") -> torc
 
 
 def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu") -> list[dict]:
-    """Per file ``{file, prediction, label, probability}``, or ``{file, error}`` when it cannot be read."""
+    """Per input ``{file, prediction, label, probability}`` (series of a ``.ts`` file also ``index``), or
+    ``{file, error}`` when a file cannot be read."""
     restored = restore(checkpoint)
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     results, inputs = [], []
     for path, error in image_files(paths):
+        if error is None and path.suffix.lower() in SERIES_SUFFIXES:
+            try:
+                normalization = (restored.state.get("data") or {}).get("normalization")
+                series = read_series(path, restored.input_shape[1], normalization)
+            except BirnnError as e:
+                error = str(e)
+            else:
+                results += [{"file": str(path), "index": i} for i in range(len(series))]
+                inputs += series
+                continue
         if error is None:
             try:
                 inputs.append(load_image(path, restored.input_shape, invert))
@@ -80,27 +95,34 @@ def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", devic
     return results
 
 
+def _name(result: dict) -> str:
+    """A result's input: its file, and for a series of a ``.ts`` file also its index, ``file[index]``."""
+    return f"{result['file']}[{result['index']}]" if "index" in result else result["file"]
+
+
 def show(results: list[dict], as_json: bool) -> None:
     """One JSON array on stdout, or a table on stdout and one ``error:`` line per unreadable file on stderr."""
     if as_json:
         print(json.dumps(results, indent=2))
         return
     classified = [r for r in results if "error" not in r]
-    width = max((len(r["file"]) for r in classified), default=4)
+    width = max((len(_name(r)) for r in classified), default=4)
     if classified:
         print(f"{'file':<{width}}  prediction  {'label':<12}  probability")
     for r in results:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
         else:
-            print(f"{r['file']:<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
+            print(f"{_name(r):<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m birnn.predict",
-                                     description="Classify image files (PNG/JPEG) with a trained model.")
+                                     description="Classify image files (PNG/JPEG) or .ts series files "
+                                                 "with a trained model.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
-    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                        help="image files, .ts files (many series each) or folders of them")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="make dark-on-light images light-on-dark like the data (default: auto, from the border)")
