@@ -67,9 +67,21 @@ class DataConfig:
     normalize: bool = False  # per-feature standardization with the training split's mean and std
 
 
-def data_schema() -> DictConfig:
-    """``DataConfig`` as a node that accepts extra (loader) keys: struct mode off on this node only."""
-    node = OmegaConf.structured(DataConfig)
+@dataclass
+class UEADataConfig(DataConfig):
+    """``data=uea``: a UCR/UEA archive problem in its ``.ts`` format (``birnn/sequences.py``)."""
+
+    _target_: str = "birnn.sequences.load_uea"
+    root: Optional[str] = None  # null: the problems bundled with aeon; else a local copy of the archive
+    download: bool = False  # not supported: birnn does not download archive problems
+    name: Optional[str] = None  # the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
+    batch_size: int = 32
+    normalize: bool = True
+
+
+def data_schema(schema: type[DataConfig] = DataConfig) -> DictConfig:
+    """A data schema as a node that accepts extra (loader) keys: struct mode off on this node only."""
+    node = OmegaConf.structured(schema)
     OmegaConf.set_struct(node, False)
     return node
 
@@ -143,6 +155,7 @@ def register_schemas() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="bilstm", node=ModelConfig)
     cs.store(group="schema/data", name="data", node=data_schema())
+    cs.store(group="schema/data", name="uea", node=data_schema(UEADataConfig))
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)

@@ -59,3 +59,26 @@ def misclassified_figure(images: np.ndarray, true: list[str], predicted: list[st
     ax.set_axis_off()
     fig.suptitle(f"true \u2192 predicted: {n} of {total} misclassified", fontsize=8, y=1 - 0.05 / height, va="top")
     return fig
+
+
+def misclassified_series_figure(series: list[np.ndarray], true: list[str], predicted: list[str], total: int,
+                                columns: int = 3) -> Figure:
+    """Series (steps, channels), each as line plots of its channels, titled with its true and predicted class."""
+    n = len(series)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    title, panel_w, panel_h = 0.4, 2.6, 1.5  # inches
+    width, height = panel_w * cols, panel_h * rows + title
+    fig = Figure(figsize=(width, height), dpi=100)
+    fig.subplots_adjust(left=0.35 / width, right=1 - 0.1 / width, bottom=0.25 / height, top=1 - title / height,
+                        wspace=0.3, hspace=0.45)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, s, t, p in zip(axes, series, true, predicted):
+        ax.plot(s, linewidth=0.8)
+        ax.set_title(f"true {t} \u2192 predicted {p}", fontsize=7, pad=2)
+        ax.tick_params(labelsize=6, length=2, pad=1)
+        ax.margins(x=0)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    fig.suptitle(f"{n} of {total} misclassified (one line per channel)", fontsize=8, y=1 - 0.05 / height, va="top")
+    return fig

@@ -1,10 +1,11 @@
-"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image or array files with a trained model.
+"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image, array or series files with a trained model.
 
 Each image (PNG or JPEG, any size; a folder stands for the files in it) becomes one input the way the
 training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
 light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border). A
-``.npy`` file is one sample ``(steps, features)`` as the data gives it. Inputs are standardized with the
-checkpoint's statistics when it was trained with ``data.normalize``.
+``.npy`` file is one sample ``(steps, features)`` as the data gives it; a ``.ts`` file (the UCR/UEA archive
+format) holds many series, each one input whose record carries its ``index``. Inputs are standardized with
+the checkpoint's statistics when it was trained with ``data.normalize``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from birnn.device import setup_device
 from birnn.errors import BirnnError
 from birnn.normalize import apply as standardize
 from birnn.restore import Restored, restore, user_errors
+from birnn.sequences import read_series
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy",)
-INPUT_SUFFIXES = IMAGE_SUFFIXES + ARRAY_SUFFIXES
+SERIES_SUFFIXES = (".ts",)
+INPUT_SUFFIXES = IMAGE_SUFFIXES + ARRAY_SUFFIXES + SERIES_SUFFIXES
 
 
 class UnreadableInput(ValueError):
@@ -95,11 +98,21 @@ def load_input(path: Path, restored: Restored, invert: str) -> torch.Tensor:
 
 
 def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu") -> list[dict]:
-    """Per file ``{file, prediction, label, probability}``, or ``{file, error}`` when it cannot be read."""
+    """Per input ``{file, prediction, label, probability}`` (series of a ``.ts`` file also ``index``), or
+    ``{file, error}`` when a file cannot be read."""
     restored = restore(checkpoint)
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     results, inputs = [], []
     for path, error in image_files(paths):
+        if error is None and path.suffix.lower() in SERIES_SUFFIXES:
+            try:
+                series = read_series(path, restored.input_shape[1], restored.normalization)
+            except BirnnError as e:
+                error = str(e)
+            else:
+                results += [{"file": str(path), "index": i} for i in range(len(series))]
+                inputs += series
+                continue
         if error is None:
             try:
                 inputs.append(load_input(path, restored, invert))
@@ -124,28 +137,35 @@ def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", devic
     return results
 
 
+def _name(result: dict) -> str:
+    """A result's input: its file, and for a series of a ``.ts`` file also its index, ``file[index]``."""
+    return f"{result['file']}[{result['index']}]" if "index" in result else result["file"]
+
+
 def show(results: list[dict], as_json: bool) -> None:
     """One JSON array on stdout, or a table on stdout and one ``error:`` line per unreadable file on stderr."""
     if as_json:
         print(json.dumps(results, indent=2))
         return
     classified = [r for r in results if "error" not in r]
-    width = max((len(r["file"]) for r in classified), default=4)
+    width = max((len(_name(r)) for r in classified), default=4)
     if classified:
         print(f"{'file':<{width}}  prediction  {'label':<12}  probability")
     for r in results:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
         else:
-            print(f"{r['file']:<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
+            print(f"{_name(r):<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m birnn.predict",
-                                     description="Classify image files (PNG/JPEG) or .npy arrays with a trained model.")
+                                     description="Classify image files (PNG/JPEG), .npy arrays or .ts series "
+                                                 "with a trained model.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
-                        help="image files, .npy files (one sample each) or folders of them")
+                        help="image files, .npy files (one sample each), .ts files (many series each) "
+                             "or folders of them")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="make dark-on-light images light-on-dark like the data (default: auto, from the border)")

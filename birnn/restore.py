@@ -17,13 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn import checkpoint
-from birnn.config import (AdamConfig, AdamWConfig, Config, DeviceConfig, ModelConfig, SchedulerConfig, SGDConfig,
-                          TrainerConfig, data_schema, validate)
+from birnn.config import (AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelConfig, SchedulerConfig,
+                          SGDConfig, TrainerConfig, UEADataConfig, data_schema, validate)
 from birnn.data import load_data
 from birnn.errors import BirnnError
 from birnn.model import RNNClassifier, build_model
 
 OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
+DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
 
 
 @dataclass
@@ -53,7 +54,8 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
             raise BirnnError(f"Override {item!r} is not key=value (e.g. data.root=/data or device=cpu).")
         items.append(f"device.type={value}" if key == "device" else item)
     optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
-    schema = OmegaConf.structured(Config(model=ModelConfig(), data=data_schema(), scheduler=SchedulerConfig(),
+    data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
+    schema = OmegaConf.structured(Config(model=ModelConfig(), data=data_schema(data), scheduler=SchedulerConfig(),
                                          device=DeviceConfig(), trainer=TrainerConfig(),
                                          optimizer=optimizer() if optimizer else {}))
     try:

@@ -291,7 +291,7 @@ class Run:
         predictions = self.dist.cat(predictions)
         result = EvalResult(loss_sum.item() / len(y), correct.item() / len(y), predictions)
         if self.tracker:
-            self.tracker.evaluation(self.progress.global_step, split, result, x, y, d.classes)
+            self.tracker.evaluation(self.progress.global_step, split, result, x, y, d.classes, d.kind, lengths)
         return {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
 
     def end_epoch(self) -> bool:

@@ -15,11 +15,12 @@ from torch.utils.tensorboard import SummaryWriter
 import birnn
 from birnn.checkpoint import atomic_write
 from birnn.config import flatten
-from birnn.figures import confusion_figure, misclassified_figure
+from birnn.figures import confusion_figure, misclassified_figure, misclassified_series_figure
 from birnn.loop import EvalResult
 from birnn.scores import confusion_matrix
 
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
+MAX_MISCLASSIFIED_SERIES = 6  # line plots of misclassified series
 HPARAM_SECTIONS = ("seed", "model", "data", "optimizer", "scheduler", "trainer")
 
 
@@ -58,10 +59,12 @@ class Tracker:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str]) -> None:
+    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
+                   kind: str = "image", lengths: Tensor | None = None) -> None:
         """Record one evaluation pass over ``(x, y)``; a test pass also as pictures.
 
-        Pictures: the confusion matrix and the first ``MAX_MISCLASSIFIED`` misclassified images.
+        Pictures: the confusion matrix and the first misclassified inputs: ``MAX_MISCLASSIFIED`` images, or
+        for ``kind="series"`` ``MAX_MISCLASSIFIED_SERIES`` line plots (each cut to its length, if given).
         """
         self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
         if split != "test" or not self.images:
@@ -71,9 +74,15 @@ class Tracker:
         self.writer.add_figure(f"{split}/confusion_matrix", confusion_figure(matrix, classes), step)
         wrong = (pred != y).nonzero().squeeze(1)
         if len(wrong):
-            shown = wrong[:MAX_MISCLASSIFIED]
-            figure = misclassified_figure(x[shown].float().cpu().numpy(), [classes[i] for i in y[shown].tolist()],
-                                          [classes[i] for i in pred[shown].tolist()], total=len(wrong))
+            shown = wrong[:MAX_MISCLASSIFIED_SERIES if kind == "series" else MAX_MISCLASSIFIED]
+            inputs = x[shown].float().cpu().numpy()
+            true, predicted = [classes[i] for i in y[shown].tolist()], [classes[i] for i in pred[shown].tolist()]
+            if kind == "series":
+                steps = [len(s) for s in inputs] if lengths is None else lengths[shown].tolist()
+                figure = misclassified_series_figure([s[:n] for s, n in zip(inputs, steps)], true, predicted,
+                                                     total=len(wrong))
+            else:
+                figure = misclassified_figure(inputs, true, predicted, total=len(wrong))
             self.writer.add_figure(f"{split}/misclassified", figure, step)
 
     def finish(self, config: dict, metrics: dict) -> None:

@@ -1,0 +1,173 @@
+"""Sequence sources: problems of the UCR/UEA time-series archives in their own ``.ts`` format.
+
+``data=uea data.name=JapaneseVowels`` reads ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts`` with aeon's
+reader (the optional extra ``birnn[timeseries]``); ``root`` null means the problems bundled in the aeon
+wheel. Series become ``(steps, channels)`` float32 inputs, zero-padded to the longest, with per-sample
+lengths when the lengths differ. ``predict`` reads ``.ts`` files through :func:`read_series`.
+
+Missing values (``?`` or ``NaN`` in a file) are filled with the channel's mean over the training split's
+observed values: filling with the mean leaves the mean unchanged, so after ``data.normalize`` they are
+exactly 0, and never reach the loss as NaN.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from birnn.data import Splits
+from birnn.errors import BirnnError, first_line
+
+INSTALL_HINT = 'pip install -e ".[timeseries]"'
+ARCHIVE_URL = "https://timeseriesclassification.com"
+
+
+def _reader():
+    try:
+        from aeon.datasets import load_from_ts_file
+    except ImportError:
+        raise BirnnError(f"Reading .ts files needs aeon, an optional extra: {INSTALL_HINT}") from None
+    return load_from_ts_file
+
+
+def bundled_root() -> Path:
+    """The folder of the UCR/UEA problems that ship inside the aeon wheel (``aeon/datasets/data``)."""
+    _reader()
+    import aeon.datasets
+
+    return Path(aeon.datasets.__file__).parent / "data"
+
+
+def _classification(train: Path) -> bool:
+    """Whether a ``.ts`` file's header says it holds class labels (``@classLabel true ...``)."""
+    with open(train, encoding="utf-8") as f:
+        for line in f:
+            if line.lower().startswith(("@classlabel", "@data")):
+                return line.lower().split()[:2] == ["@classlabel", "true"]
+    return False
+
+
+def bundled_problems() -> list[str]:
+    """Names of the bundled classification problems (a ``<name>_TRAIN.ts`` and ``_TEST.ts`` each)."""
+    return sorted(d.name for d in bundled_root().iterdir()
+                  if (d / f"{d.name}_TEST.ts").is_file() and (d / f"{d.name}_TRAIN.ts").is_file()
+                  and _classification(d / f"{d.name}_TRAIN.ts"))
+
+
+def read_ts(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """All series of a ``.ts`` file as float32 ``(steps, channels)`` arrays (NaN where a value is missing),
+    and their class labels as strings (None when the file has no labels).
+
+    aeon's reader lower-cases the labels. Any problem with the file is one ``BirnnError`` naming it.
+    """
+    if not path.is_file():
+        raise BirnnError(f"{path}: no such file")
+    try:
+        data, labels, meta = _reader()(str(path), return_meta_data=True)
+    except Exception as e:  # aeon raises OSError for bad headers, ValueError for bad numbers, and others
+        raise BirnnError(f"{path} is not a readable .ts file: {first_line(e)}") from None
+    if len(data) == 0:
+        raise BirnnError(f"{path} is not a readable .ts file: it holds no series")
+    series = [np.ascontiguousarray(np.asarray(s, dtype=np.float32).T) for s in data]
+    if any(len(s) == 0 for s in series):
+        raise BirnnError(f"{path} is not a readable .ts file: series {[len(s) for s in series].index(0)} is empty")
+    has_labels = meta["classlabel"] and len(labels) == len(series)
+    return series, np.asarray(labels).astype(str) if has_labels else None
+
+
+def channel_means(series: list[np.ndarray]) -> np.ndarray:
+    """Per-channel mean over every observed (non-NaN) value; 0 for a channel never observed."""
+    values = np.concatenate(series)
+    observed = ~np.isnan(values)
+    counts = observed.sum(0)
+    sums = np.where(observed, values, 0).sum(0, dtype=np.float64)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0).astype(np.float32)
+
+
+def fill_missing(series: list[np.ndarray], means: np.ndarray) -> list[np.ndarray]:
+    return [np.where(np.isnan(s), means, s) if np.isnan(s).any() else s for s in series]
+
+
+def pad(series: list[np.ndarray], steps: int) -> Tensor:
+    """Series (length, channels) zero-padded at the end to ``(N, steps, channels)``."""
+    x = pad_sequence([torch.from_numpy(s) for s in series], batch_first=True)
+    return torch.nn.functional.pad(x, (0, 0, 0, steps - x.shape[1]))
+
+
+def _label_order(label: str) -> tuple:
+    """Numbers in numeric order (``2`` before ``10``), then any other labels alphabetically."""
+    return (0, float(label), label) if re.fullmatch(r"[-+]?\d+(\.\d*)?", label) else (1, 0.0, label)
+
+
+def _files(root: str | None, name: str | None) -> tuple[Path, Path]:
+    folder = bundled_root() if root is None else Path(root).expanduser().resolve()
+    if not name:
+        raise BirnnError(f"data=uea needs a problem: data.name=NAME (bundled: {', '.join(bundled_problems())})")
+    train, test = (folder / name / f"{name}_{split}.ts" for split in ("TRAIN", "TEST"))
+    if not (train.is_file() and test.is_file()):
+        where = "the problems bundled with aeon" if root is None else f"data.root={root}"
+        raise BirnnError(
+            f"UEA/UCR problem {name!r} not found in {where}: looked for {train} and {test}. "
+            f"Bundled: {', '.join(bundled_problems())}; for any other, download the archive from "
+            f"{ARCHIVE_URL} and set data.root to the folder holding <name>/<name>_TRAIN.ts (birnn does not "
+            "download it).")
+    return train, test
+
+
+def load_uea(root: str | None = None, download: bool = False, name: str | None = None) -> Splits:
+    """A UCR/UEA classification problem from ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``.
+
+    ``root`` None: the problems bundled with aeon. ``download`` is accepted for the uniform loader
+    signature: birnn does not download archive problems. Classes are the training labels, sorted (numbers
+    numerically); lengths are None when every series of both splits has the same length.
+    """
+    train_file, test_file = _files(root, name)
+    train, train_labels = read_ts(train_file)
+    test, test_labels = read_ts(test_file)
+    for path, labels in ((train_file, train_labels), (test_file, test_labels)):
+        if labels is None:
+            raise BirnnError(f"{path} has no class labels (@classLabel true ...): not a classification problem")
+    channels = {s.shape[1] for s in train + test}
+    if len(channels) > 1:
+        raise BirnnError(f"{train_file} and {test_file} disagree on the number of channels: {sorted(channels)}")
+    classes = sorted(set(train_labels.tolist()), key=_label_order)
+    unseen = sorted(set(test_labels.tolist()) - set(classes), key=_label_order)
+    if unseen:
+        raise BirnnError(f"{test_file} has labels never seen in training: {', '.join(unseen)} "
+                         f"(training classes: {', '.join(classes)})")
+    means = channel_means(train)
+    train, test = fill_missing(train, means), fill_missing(test, means)
+    lengths = [torch.tensor([len(s) for s in split], dtype=torch.int64) for split in (train, test)]
+    steps = int(max(lengths[0].max(), lengths[1].max()))
+    variable = bool((torch.cat(lengths) != steps).any())
+    index = {c: i for i, c in enumerate(classes)}
+    return Splits(
+        train_x=pad(train, steps), train_y=torch.tensor([index[c] for c in train_labels], dtype=torch.int64),
+        test_x=pad(test, steps), test_y=torch.tensor([index[c] for c in test_labels], dtype=torch.int64),
+        classes=classes, train_lengths=lengths[0] if variable else None,
+        test_lengths=lengths[1] if variable else None, kind="series",
+    )
+
+
+def read_series(path: Path, features: int, normalization: dict | None = None) -> list[Tensor]:
+    """Every series of a ``.ts`` file, for ``predict``: float32 ``(steps, features)`` tensors in file order.
+
+    Missing values are filled as in training, with the training means a normalized model stores; a model
+    trained without ``data.normalize`` does not know them, so such a file is refused.
+    """
+    series, _ = read_ts(path)
+    wrong = next((i for i, s in enumerate(series) if s.shape[1] != features), None)
+    if wrong is not None:
+        raise BirnnError(f"series {wrong} has {series[wrong].shape[1]} channels; the model takes {features}")
+    missing = next((i for i, s in enumerate(series) if np.isnan(s).any()), None)
+    if missing is not None:
+        if not normalization:
+            raise BirnnError(f"series {missing} has missing values; only a model trained with data.normalize=true "
+                             "stores the training means they are filled with")
+        series = fill_missing(series, np.asarray(normalization["mean"], dtype=np.float32))
+    return [torch.from_numpy(s) for s in series]
