@@ -174,7 +174,7 @@ def test_predict_prints_a_table_and_reports_bad_files_on_stderr(ckpt, tmp_path, 
     header, row = out.splitlines()
     assert header.split() == ["file", "prediction", "label", "probability"]
     assert row.split()[:3] == [str(tmp_path / "digit.png"), str(int(data.test_y[i])), str(int(data.test_y[i]))]
-    assert err == f"error: {tmp_path / 'empty'}: no .png/.jpg/.jpeg files in this folder\n"
+    assert err == f"error: {tmp_path / 'empty'}: no .png/.jpg/.jpeg/.ts files in this folder\n"
 
 
 def test_predict_with_no_readable_image_fails(ckpt, tmp_path, capsys):
