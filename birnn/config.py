@@ -73,7 +73,7 @@ class UEADataConfig(DataConfig):
 
     _target_: str = "birnn.sequences.load_uea"
     root: Optional[str] = None  # null: the problems bundled with aeon; else a local copy of the archive
-    download: bool = False  # not supported: birnn does not download archive problems
+    download: bool = False  # true is refused: birnn does not download archive problems
     name: Optional[str] = None  # the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
     batch_size: int = 32
     normalize: bool = True

@@ -122,10 +122,13 @@ def _files(root: str | None, name: str | None) -> tuple[Path, Path]:
 def load_uea(root: str | None = None, download: bool = False, name: str | None = None) -> Splits:
     """A UCR/UEA classification problem from ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``.
 
-    ``root`` None: the problems bundled with aeon. ``download`` is accepted for the uniform loader
-    signature: birnn does not download archive problems. Classes are the training labels, sorted (numbers
-    numerically); lengths are None when every series of both splits has the same length.
+    ``root`` None: the problems bundled with aeon. ``download`` must stay false: birnn does not download
+    archive problems. Classes are the training labels, sorted (numbers numerically); lengths are None when
+    every series of both splits has the same length.
     """
+    if download:
+        raise BirnnError(f"data.download=true: birnn does not download archive problems; download the archive "
+                         f"from {ARCHIVE_URL} and set data.root to it")
     train_file, test_file = _files(root, name)
     train, train_labels = read_ts(train_file)
     test, test_labels = read_ts(test_file)

@@ -132,6 +132,7 @@ def test_bundled_problems_need_no_root():
                         r".*Nope_TEST.ts\. Bundled: .*JapaneseVowels"),
     ("unknown_root", r"'Nope' not found in data.root=.*: looked for .*/Nope/Nope_TRAIN.ts and .*/Nope/Nope_TEST.ts"),
     ("no_name", r"data=uea needs a problem: data.name=NAME \(bundled: .*BasicMotions"),
+    ("download", r"data.download=true: birnn does not download archive problems; download the archive from "),
     ("malformed", r"Bad_TRAIN.ts is not a readable .ts file: Inconsistent number of dimensions in case 2"),
     ("not_a_number", r"Bad_TRAIN.ts is not a readable .ts file: could not convert string to float: 'abc'"),
     ("unseen_label", r"Bad_TEST.ts has labels never seen in training: sideways \(training classes: down, up\)"),
@@ -145,8 +146,8 @@ def test_bad_inputs_are_one_clear_line(tmp_path, case, message):
         lines = path.read_text().splitlines()
         lines[-3] = lines[-3].split(":", 1)[1] if case == "malformed" else lines[-3].replace(",", ",abc,", 1)
         path.write_text("\n".join(lines) + "\n")
-    kwargs = {"unknown_bundled": {"name": "Nope"}, "unknown_root": {"root": root, "name": "Nope"},
-              "no_name": {}}.get(case, {"root": root, "name": name})
+    kwargs = {"unknown_bundled": {"name": "Nope"}, "unknown_root": {"root": root, "name": "Nope"}, "no_name": {},
+              "download": {"name": "BasicMotions", "download": True}}.get(case, {"root": root, "name": name})
     with pytest.raises(BirnnError, match=message) as error:
         load_uea(**kwargs)
     assert "\n" not in str(error.value)
