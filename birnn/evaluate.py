@@ -52,7 +52,7 @@ def report(scores: dict) -> str:
     lines = [f"Checkpoint {scores['checkpoint']} (step {scores['step']}) on {scores['device']}",
              f"Test loss     {scores['test_loss']:.4f}",
              f"Test accuracy {scores['test_accuracy']:.4f} ({100 * scores['test_accuracy']:.2f}%) "
-             f"on {scores['test_samples']} images", "",
+             f"on {scores['test_samples']} samples", "",
              f"{'class':<{width}} {'precision':>9} {'recall':>9} {'support':>8}"]
     lines += [f"{c['class']:<{width}} {score(c['precision'])} {score(c['recall'])} {c['support']:>8}"
               for c in scores["per_class"]]

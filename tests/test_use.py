@@ -52,7 +52,7 @@ def test_evaluate_reproduces_the_runs_test_accuracy(run, ckpt, capsys):
     assert scores["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
     out = capsys.readouterr().out
     acc = metrics["test_accuracy"]
-    assert f"Test accuracy {acc:.4f} ({100 * acc:.2f}%) on 359 images" in out
+    assert f"Test accuracy {acc:.4f} ({100 * acc:.2f}%) on 359 samples" in out
     matrix = np.array(scores["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == scores["test_samples"] == 359
     assert matrix.trace() / matrix.sum() == acc
