@@ -89,12 +89,16 @@ def load_array(path: Path, features: int, steps: int | None) -> torch.Tensor:
     return x
 
 
-def load_input(path: Path, restored: Restored, invert: str) -> torch.Tensor:
-    """One raw input (steps, features) from a file, by its suffix: ``.npy`` arrays, else images."""
+def load_inputs(path: Path, restored: Restored, invert: str) -> list[torch.Tensor]:
+    """The raw inputs (steps, features) of a file, by its suffix: every series of a ``.ts`` file, one ``.npy``
+    array, else one image."""
     steps, features = restored.input_shape
-    if path.suffix.lower() in ARRAY_SUFFIXES:
-        return load_array(path, features, restored.spec.get("max_length", steps))
-    return load_image(path, restored.input_shape, invert)
+    suffix = path.suffix.lower()
+    if suffix in SERIES_SUFFIXES:
+        return read_series(path, features, restored.normalization)
+    if suffix in ARRAY_SUFFIXES:
+        return [load_array(path, features, restored.spec.get("max_length", steps))]
+    return [load_image(path, restored.input_shape, invert)]
 
 
 def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu") -> list[dict]:
@@ -104,23 +108,21 @@ def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", devic
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     results, inputs = [], []
     for path, error in image_files(paths):
-        if error is None and path.suffix.lower() in SERIES_SUFFIXES:
-            try:
-                series = read_series(path, restored.input_shape[1], restored.normalization)
-            except BirnnError as e:
-                error = str(e)
-            else:
-                results += [{"file": str(path), "index": i} for i in range(len(series))]
-                inputs += series
-                continue
+        found: list[torch.Tensor] = []
         if error is None:
             try:
-                inputs.append(load_input(path, restored, invert))
-            except UnreadableInput as e:
+                found = load_inputs(path, restored, invert)
+            except (BirnnError, UnreadableInput) as e:
                 error = str(e)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 error = getattr(e, "strerror", None) or f"not a readable image ({e or type(e).__name__})"
-        results.append({"file": str(path), "error": error} if error else {"file": str(path)})
+        if error:
+            results.append({"file": str(path), "error": error})
+        elif path.suffix.lower() in SERIES_SUFFIXES:  # many series: each record says which
+            results += [{"file": str(path), "index": i} for i in range(len(found))]
+        else:
+            results.append({"file": str(path)})
+        inputs += found
     if inputs:
         if restored.normalization:
             inputs = [standardize(x, restored.normalization) for x in inputs]
