@@ -53,8 +53,7 @@ def check_fixed_length(restored: Restored) -> None:
     Such a model needs each sample's length to pack its batch (``pack_padded_sequence``), and packing has
     data-dependent shapes that neither ``torch.export`` nor the ONNX exporter can trace.
     """
-    spec = restored.state.get("data") or {}
-    if "max_length" in spec and spec["max_length"] is None:
+    if "max_length" in restored.spec and restored.spec["max_length"] is None:
         raise BirnnError(f"{restored.path} was trained on variable-length sequences (data max_length: none) and "
                          "cannot be exported: its model packs each batch by the samples' lengths "
                          "(pack_padded_sequence), which torch.export and ONNX cannot trace; "

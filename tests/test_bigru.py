@@ -66,7 +66,7 @@ def test_pt2_export_of_a_two_layer_gru_with_the_shortcut(tmp_path):
 def test_export_refuses_a_variable_length_model(gru_ckpt, tmp_path, capsys):
     restored = restore(gru_ckpt[0])
     spec = {"input_shape": [29, 8], "features": 8, "max_length": None, "classes": restored.classes}
-    variable = replace(restored, state={**restored.state, "data": spec})
+    variable = replace(restored, state={**restored.state, "data": spec}, spec=spec)
     with pytest.raises(BirnnError, match="variable-length sequences .* cannot be exported: .*pack_padded_sequence"):
         export.export(variable, "pt2", tmp_path / "m.pt2")
     assert not (tmp_path / "m.pt2").exists()
