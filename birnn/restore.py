@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from birnn import checkpoint
 from birnn.config import (AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelConfig, SchedulerConfig,
                           SGDConfig, TrainerConfig, UEADataConfig, data_schema, validate)
-from birnn.data import load_data
+from birnn.data import load_data, spec as data_spec
 from birnn.errors import BirnnError
 from birnn.model import RNNClassifier, build_model
 
@@ -83,8 +83,7 @@ def restore(path: Path, overrides: Sequence[str] = ()) -> Restored:
     cfg = merge_overrides(state["config"], overrides)
     spec = state.get("data")
     if spec is None:  # checkpoints written before the data spec was stored: ask the loader
-        data = load_data(cfg.data, torch.device("cpu"))
-        spec = {"input_shape": list(data.test_x.shape[1:]), "classes": data.classes}
+        spec = data_spec(load_data(cfg.data, torch.device("cpu")))
     steps, features = spec["input_shape"]
     model = build_model(cfg.model, features, len(spec["classes"]))
     checkpoint.load_model_state(model, state["model"], path)
