@@ -1,18 +1,18 @@
-"""Train birnn on UCR/UEA archive problems bundled with aeon and write a Markdown table of the results.
+"""Train birnn on UCR/UEA archive problems bundled with aeon and write a Markdown table beside 1-NN DTW and ROCKET.
 
     python scripts/uea_table.py                                   # the default problems, default device
     python scripts/uea_table.py --problems JapaneseVowels --seeds 0 1 2 device=cpu
-    python scripts/uea_table.py --published published.csv --out uea_table.md
+    python scripts/uea_table.py --baselines --out uea_table.md    # also rerun 1-NN DTW and ROCKET here
 
 Each problem trains in-process with ``birnn.train.train``: JapaneseVowels and BasicMotions with their presets
 (``experiment=japanese_vowels`` / ``basic_motions``), any other problem with ``data=uea data.name=NAME`` and
 ``GENERIC`` (the BasicMotions settings). Extra arguments are config overrides applied to every run.
 
 Columns: problem, channels, series lengths, train/test sizes, birnn test accuracy (mean ± std over seeds),
-epochs, training seconds (mean). Published accuracies of other methods are not built in: ``--published`` takes
-a CSV with the columns ``problem,method,accuracy,source`` (copied from the papers' tables, e.g. 1-NN DTW_D and
-ROCKET from Ruiz et al. 2021, "The great multivariate time series classification bake off", DMKD 35:401-449)
-and adds one column per method, with the sources listed under the table.
+epochs, training seconds (mean), then one column per published method and, with ``--baselines``, aeon's
+1-NN DTW and ROCKET trained here on the same default split. Published accuracies come from ``--published``, a
+CSV with the columns ``problem,method,accuracy,source`` (default: ``uea_published.csv`` beside this script,
+the bake-off papers' figures on each problem's default split); the sources are listed under the table.
 """
 
 from __future__ import annotations
@@ -27,18 +27,19 @@ from hydra import compose, initialize_config_dir
 
 import birnn.config  # noqa: F401  (registers the schemas)
 from birnn.config import validate
+from birnn.data import Splits
 from birnn.sequences import load_uea
 from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+PUBLISHED = Path(__file__).with_name("uea_published.csv")
 PRESETS = {"JapaneseVowels": ["experiment=japanese_vowels"], "BasicMotions": ["experiment=basic_motions"]}
 GENERIC = ["experiment=basic_motions"]  # any other problem: the BasicMotions settings, with data.name set
 DEFAULT_PROBLEMS = ["BasicMotions", "JapaneseVowels", "GunPoint", "ItalyPowerDemand", "ArrowHead"]
 
 
-def describe(name: str) -> dict:
-    """Channels, length range and split sizes of a bundled problem."""
-    splits = load_uea(name=name)
+def describe(splits: Splits) -> dict:
+    """Channels, length range and split sizes of a problem."""
     if splits.train_lengths is None:
         lengths = str(splits.train_x.shape[1])
     else:
@@ -48,20 +49,47 @@ def describe(name: str) -> dict:
             "test": len(splits.test_y), "classes": splits.num_classes}
 
 
-def read_published(path: Path) -> tuple[dict[tuple[str, str], float], dict[str, str]]:
-    """``{(problem, method): accuracy}`` and ``{method: source}`` from a ``problem,method,accuracy,source`` CSV."""
+def read_published(path: Path) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], list[str]]]:
+    """``{(problem, method): accuracy}`` and ``{(method, source): [problem, ...]}`` from a
+    ``problem,method,accuracy,source`` CSV."""
     scores, sources = {}, {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             scores[row["problem"], row["method"]] = float(row["accuracy"])
-            sources.setdefault(row["method"], row["source"])
+            sources.setdefault((row["method"], row["source"]), []).append(row["problem"])
     return scores, sources
 
 
+def baselines(splits: Splits, kernels: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Test accuracy of aeon's 1-NN DTW (full window; dependent DTW across channels) and ROCKET (``kernels``
+    random kernels, ridge) trained on ``splits``: the raw series birnn reads, before its standardization.
+
+    1-NN DTW compares each series at its own length; ROCKET needs one length, so it gets the series
+    zero-padded at the end, as birnn pads them.
+    """
+    from aeon.classification.convolution_based import RocketClassifier
+    from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    def channels_first(x, lengths):  # aeon's layout: (N, channels, steps), or a list of (channels, length)
+        x = x.numpy().transpose(0, 2, 1)
+        return x if lengths is None else [s[:, :n] for s, n in zip(x, lengths.tolist())]
+
+    train_y, test_y = splits.train_y.numpy(), splits.test_y.numpy()
+    knn = KNeighborsTimeSeriesClassifier(distance="dtw")
+    knn.fit(channels_first(splits.train_x, splits.train_lengths), train_y)
+    rocket = RocketClassifier(n_kernels=kernels, random_state=seed)
+    rocket.fit(channels_first(splits.train_x, None), train_y)
+    return {
+        "1-NN DTW, here": float((knn.predict(channels_first(splits.test_x, splits.test_lengths)) == test_y).mean()),
+        "ROCKET, here": float((rocket.predict(channels_first(splits.test_x, None)) == test_y).mean()),
+    }
+
+
 def table(rows: list[dict], published: dict, sources: dict) -> str:
-    methods = list(sources)
+    methods = list(dict.fromkeys(method for method, _ in sources))
+    here = list(dict.fromkeys(m for r in rows for m in r.get("baselines", {})))
     head = ["problem", "channels", "lengths", "train / test", "classes", "birnn test accuracy", "epochs",
-            "seconds", *methods]
+            "seconds", *methods, *here]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         acc = r["accuracies"]
@@ -69,9 +97,10 @@ def table(rows: list[dict], published: dict, sources: dict) -> str:
         cells = [r["problem"], r["channels"], r["lengths"], f"{r['train']} / {r['test']}", r["classes"],
                  f"{statistics.mean(acc):.3f}{spread}" + (f" ({len(acc)} seeds)" if len(acc) > 1 else ""),
                  r["epochs"], f"{statistics.mean(r['seconds']):.1f}",
-                 *(f"{published[r['problem'], m]:.3f}" if (r["problem"], m) in published else "" for m in methods)]
+                 *(f"{published[r['problem'], m]:.3f}" if (r["problem"], m) in published else "" for m in methods),
+                 *(f"{r['baselines'][m]:.3f}" if m in r.get("baselines", {}) else "" for m in here)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    notes = [f"- {m}: {s}" for m, s in sources.items()]
+    notes = [f"- {m} ({', '.join(problems)}): {s}" for (m, s), problems in sources.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -79,15 +108,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", nargs="+", default=DEFAULT_PROBLEMS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--published", type=Path, help="CSV of published accuracies: problem,method,accuracy,source")
+    parser.add_argument("--published", type=Path, default=PUBLISHED,
+                        help="CSV of published accuracies: problem,method,accuracy,source (default: %(default)s)")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also train aeon's 1-NN DTW and ROCKET on each problem's default split")
     parser.add_argument("--out", type=Path, default=Path("uea_table.md"))
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. device=cpu")
     args = parser.parse_args()
-    published, sources = read_published(args.published) if args.published else ({}, {})
+    published, sources = read_published(args.published)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         for name in args.problems:
-            row = {"problem": name, **describe(name), "accuracies": [], "seconds": []}
+            splits = load_uea(name=name)
+            row = {"problem": name, **describe(splits), "accuracies": [], "seconds": []}
             for seed in args.seeds:
                 overrides = [*PRESETS.get(name, GENERIC), f"data.name={name}", "trainer.log_images=false",
                              f"seed={seed}", *args.overrides]
@@ -99,6 +132,9 @@ def main() -> None:
                 row["epochs"] = metrics["epochs"]
                 print(f"{name} seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
                       f"({metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s)", flush=True)
+            if args.baselines:
+                row["baselines"] = baselines(splits)
+                print(f"{name}: " + ", ".join(f"{m} {a:.4f}" for m, a in row["baselines"].items()), flush=True)
             rows.append(row)
     text = table(rows, published, sources)
     args.out.write_text(text)

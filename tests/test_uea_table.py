@@ -1,0 +1,85 @@
+"""``scripts/uea_table.py``: the published accuracies it ships, the 1-NN DTW and ROCKET it reruns with aeon, and
+the Markdown table. The reruns must reproduce the published default-split figures on bundled problems."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("aeon", reason="the archive table needs the timeseries extra")
+
+from birnn.data import Splits  # noqa: E402
+from birnn.sequences import load_uea  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "uea_table.py"
+spec = importlib.util.spec_from_file_location("uea_table", SCRIPT)
+uea_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(uea_table)
+
+
+@pytest.fixture(scope="module")
+def published():
+    return uea_table.read_published(uea_table.PUBLISHED)
+
+
+def test_published_figures_cover_the_equal_length_default_problems_with_a_source_each(published):
+    scores, sources = published
+    for problem in set(uea_table.DEFAULT_PROBLEMS) - {"JapaneseVowels"}:  # unequal length: in neither bake off
+        for method in ("1-NN DTW, published", "ROCKET, published"):
+            assert 0.0 < scores[problem, method] <= 1.0
+    assert not any(problem == "JapaneseVowels" for problem, _ in scores)
+    for (method, source), problems in sources.items():
+        assert "bake off" in source.lower() and "results/classification/" in source, (method, source)
+        assert all((p, method) in scores for p in problems)
+
+
+@pytest.mark.parametrize("problem", ["BasicMotions", "ItalyPowerDemand"])  # multivariate (DTW_D), univariate
+def test_rerun_reproduces_the_published_default_split_figures(published, problem):
+    scores, _ = published
+    here = uea_table.baselines(load_uea(name=problem))
+    # 1-NN DTW is deterministic: the same accuracy as the paper's run on the same split.
+    assert here["1-NN DTW, here"] == pytest.approx(scores[problem, "1-NN DTW, published"], abs=1e-9)
+    # ROCKET draws its own random kernels: close to the paper's run, not equal by construction.
+    assert here["ROCKET, here"] == pytest.approx(scores[problem, "ROCKET, published"], abs=0.03)
+
+
+def ramps(lengths: list[int], rising: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ramps between 2 and 3 (up or down) of the given lengths, zero-padded at the end: ``(N, steps, 1)``."""
+    steps = max(lengths)
+    x = torch.zeros(len(lengths), steps, 1)
+    for i, (n, up) in enumerate(zip(lengths, rising)):
+        ramp = torch.linspace(2, 3, n)
+        x[i, :n, 0] = ramp if up else ramp.flip(0)
+    return x, torch.tensor(lengths)
+
+
+def test_rerun_compares_variable_length_series_at_their_own_lengths():
+    # Lengths are confounded with the class: short rising and long falling ramps to train on, long rising and
+    # short falling ones to test. Compared at their own lengths (DTW warps) every test series finds its
+    # class; compared with the zero padding, some find the training series of their own length instead.
+    train_x, train_lengths = ramps([5, 6, 30, 31], [True, True, False, False])
+    test_x, test_lengths = ramps([30, 31, 5, 6], [True, True, False, False])
+    labels = torch.tensor([0, 0, 1, 1])
+    splits = Splits(train_x=train_x, train_y=labels, test_x=test_x, test_y=labels, classes=["up", "down"],
+                    train_lengths=train_lengths, test_lengths=test_lengths, kind="series")
+    here = uea_table.baselines(splits, kernels=100)
+    assert here["1-NN DTW, here"] == 1.0  # 0.75 when the padded series are compared
+    assert set(here) == {"1-NN DTW, here", "ROCKET, here"}  # ROCKET, which refuses unequal lengths, got padded ones
+
+
+def test_table_puts_published_and_rerun_columns_beside_birnn_and_lists_sources():
+    rows = [{"problem": "A", "channels": 2, "lengths": "3-9", "train": 4, "test": 5, "classes": 2,
+             "accuracies": [0.5, 0.7], "seconds": [1.0, 3.0], "epochs": 7,
+             "baselines": {"1-NN DTW, here": 0.25, "ROCKET, here": 1.0}},
+            {"problem": "B", "channels": 1, "lengths": "9", "train": 4, "test": 5, "classes": 3,
+             "accuracies": [0.9], "seconds": [2.0], "epochs": 7}]
+    published = {("B", "ROCKET, published"): 0.875}
+    sources = {("ROCKET, published", "Paper X"): ["B"]}
+    lines = uea_table.table(rows, published, sources).splitlines()
+    assert lines[0].endswith("| seconds | ROCKET, published | 1-NN DTW, here | ROCKET, here |")
+    assert lines[2] == "| A | 2 | 3-9 | 4 / 5 | 2 | 0.600 ± 0.141 (2 seeds) | 7 | 2.0 |  | 0.250 | 1.000 |"
+    assert lines[3] == "| B | 1 | 9 | 4 / 5 | 3 | 0.900 | 7 | 2.0 | 0.875 |  |  |"
+    assert lines[-1] == "- ROCKET, published (B): Paper X"
