@@ -18,6 +18,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "uea_table.py"
 spec = importlib.util.spec_from_file_location("uea_table", SCRIPT)
 uea_table = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(uea_table)
+# aeon's numba DTW kernel warns about a cast inside its own code, once per process.
+pytestmark = pytest.mark.filterwarnings("ignore:unsafe cast from uint64 to int64")
 
 
 @pytest.fixture(scope="module")
