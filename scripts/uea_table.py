@@ -86,10 +86,11 @@ def baselines(splits: Splits, kernels: int = 10_000, seed: int = 0) -> dict[str,
 
 
 def table(rows: list[dict], published: dict, sources: dict) -> str:
-    methods = list(dict.fromkeys(method for method, _ in sources))
-    here = list(dict.fromkeys(m for r in rows for m in r.get("baselines", {})))
+    here = {(r["problem"], m): a for r in rows for m, a in r.get("baselines", {}).items()}
+    scores = {**published, **here}
+    methods = list(dict.fromkeys([*(m for m, _ in sources), *(m for _, m in here)]))
     head = ["problem", "channels", "lengths", "train / test", "classes", "birnn test accuracy", "epochs",
-            "seconds", *methods, *here]
+            "seconds", *methods]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         acc = r["accuracies"]
@@ -97,8 +98,7 @@ def table(rows: list[dict], published: dict, sources: dict) -> str:
         cells = [r["problem"], r["channels"], r["lengths"], f"{r['train']} / {r['test']}", r["classes"],
                  f"{statistics.mean(acc):.3f}{spread}" + (f" ({len(acc)} seeds)" if len(acc) > 1 else ""),
                  r["epochs"], f"{statistics.mean(r['seconds']):.1f}",
-                 *(f"{published[r['problem'], m]:.3f}" if (r["problem"], m) in published else "" for m in methods),
-                 *(f"{r['baselines'][m]:.3f}" if m in r.get("baselines", {}) else "" for m in here)]
+                 *(f"{scores[r['problem'], m]:.3f}" if (r["problem"], m) in scores else "" for m in methods)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = [f"- {m} ({', '.join(problems)}): {s}" for (m, s), problems in sources.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
