@@ -109,3 +109,13 @@ def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> 
         raise BirnnError(f"{source} holds a different architecture than the configured model:\n  "
                          + "\n  ".join(problems))
     model.load_state_dict(state_dict)
+
+
+def non_finite(state_dict: dict) -> str | None:
+    """The first floating tensor of ``state_dict`` holding NaN or inf, as ``name (n of m values)``; else None."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return f"{name}: {bad} of {tensor.numel()} values"
+    return None

@@ -11,14 +11,14 @@ import inspect
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from birnn import normalize
+from birnn import normalize, trust
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 
@@ -156,19 +156,24 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
                          f"every data option also has {', '.join(COMMON_KEYS)})")
 
 
-def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None = None) -> Splits:
+def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None = None,
+              allow: Sequence[str] | None = None) -> Splits:
     """Run the configured loader, hold out ``val_size`` training samples, standardize, and move every split
     to ``device``.
 
     With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
-    ``normalization`` given (a checkpoint's) is applied instead of fitting.
+    ``normalization`` given (a checkpoint's) is applied instead of fitting. ``allow`` given means ``cfg`` came
+    from a checkpoint: its loader must pass the trust rule (``birnn.trust``) with those allowed modules.
     """
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
               if k not in COMMON_KEYS and k != "_target_"}
-    try:
-        loader = get_method(cfg._target_)
-    except Exception as e:
-        raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
+    if allow is not None:
+        loader = trust.resolve(cfg._target_, "data._target_", allow)
+    else:
+        try:
+            loader = get_method(cfg._target_)
+        except Exception as e:
+            raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
     splits: Splits = loader(**kwargs)
     if splits.train_x.ndim != 3 or splits.test_x.ndim != 3:

@@ -18,16 +18,17 @@ from birnn.data import load_data
 from birnn.device import setup_device
 from birnn.errors import BirnnError
 from birnn.loop import evaluate
-from birnn.restore import restore, user_errors
+from birnn.restore import add_allow_option, restore, user_errors
 from birnn.scores import confusion_matrix, per_class
 
 
-def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict:
+def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()) -> dict:
     """Test loss, accuracy, per-class precision/recall and the confusion matrix of the model in ``path``."""
-    restored = restore(path, overrides)
+    restored = restore(path, overrides, allow)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
-    data = load_data(cfg.data, device, normalization=restored.normalization)  # the stored statistics, not refitted
+    # the stored statistics, not refitted; the loader only if the trust rule lets it in
+    data = load_data(cfg.data, device, normalization=restored.normalization, allow=restored.allow)
     if data.classes != restored.classes:
         raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
                          f"{restored.classes}.")
@@ -36,7 +37,7 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict:
                       lengths=data.test_lengths)
     matrix = confusion_matrix(data.test_y, result.predictions, data.num_classes)
     return {
-        "checkpoint": str(path), "step": restored.state["progress"]["global_step"], "device": str(device),
+        "checkpoint": str(path), "overrides": list(overrides), "step": restored.state["progress"]["global_step"], "device": str(device),
         "test_loss": result.loss, "test_accuracy": result.accuracy, "test_samples": len(data.test_y),
         "classes": data.classes, "per_class": per_class(matrix, data.classes), "confusion_matrix": matrix.tolist(),
     }
@@ -73,10 +74,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="changes to the checkpoint's config, e.g. data.root=/data device=cpu")
     parser.add_argument("--out", type=Path, help="JSON file to write (default: evaluation.json beside CHECKPOINT)")
+    add_allow_option(parser)
     args = parser.parse_args(argv)
     import_from_cwd()  # a loader named by the checkpoint's data._target_ may live in the working directory
     with user_errors():
-        scores = evaluate_checkpoint(args.checkpoint, args.overrides)
+        scores = evaluate_checkpoint(args.checkpoint, args.overrides, args.allow)
         print(report(scores))
         out = args.out or args.checkpoint.parent / "evaluation.json"
         try:

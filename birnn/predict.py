@@ -25,7 +25,7 @@ from birnn.config import DEVICES, DeviceConfig, import_from_cwd
 from birnn.device import setup_device
 from birnn.errors import BirnnError
 from birnn.normalize import apply as standardize
-from birnn.restore import Restored, restore, user_errors
+from birnn.restore import Restored, add_allow_option, restore, user_errors
 from birnn.sequences import read_series
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -101,10 +101,11 @@ def load_inputs(path: Path, restored: Restored, invert: str) -> list[torch.Tenso
     return [load_image(path, restored.input_shape, invert)]
 
 
-def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu") -> list[dict]:
+def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu",
+            allow: Sequence[str] = ()) -> list[dict]:
     """Per input ``{file, prediction, label, probability}`` (series of a ``.ts`` file also ``index``), or
     ``{file, error}`` when a file cannot be read."""
-    restored = restore(checkpoint)
+    restored = restore(checkpoint, allow=allow)
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     results, inputs = [], []
     for path, error in image_files(paths):
@@ -172,10 +173,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                         help="make dark-on-light images light-on-dark like the data (default: auto, from the border)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
+    add_allow_option(parser)
     args = parser.parse_args(argv)
     import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
-        results = predict(args.checkpoint, args.paths, args.invert, args.device)
+        results = predict(args.checkpoint, args.paths, args.invert, args.device, args.allow)
         show(results, args.json)
         if all("error" in r for r in results):
             raise BirnnError("no image could be classified")

@@ -6,6 +6,7 @@ The config stored in the checkpoint is typed again with the schemas of ``birnn.c
 
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Restored:
     input_shape: tuple[int, int]  # (steps, features) of one input
     classes: list[str]
     spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.spec`` (less in old checkpoints)
+    allow: tuple[str, ...] = ()  # modules (and targets) the user allows this checkpoint's config to name
 
     @property
     def normalization(self) -> dict | None:
@@ -77,17 +79,51 @@ def _reason(e: OmegaConfBaseException) -> str:
     return f"{key}: {str(e).splitlines()[0]}" if key else str(e).splitlines()[0]
 
 
-def restore(path: Path, overrides: Sequence[str] = ()) -> Restored:
-    """Load ``path``, merge ``overrides`` into its config and rebuild its model in eval mode."""
+def trusted(overrides: Sequence[str], allow: Sequence[str]) -> tuple[str, ...]:
+    """The ``--allow`` modules plus every ``_target_`` the user names on the command line (``birnn.trust``)."""
+    named = [value for key, _, value in (o.partition("=") for o in overrides) if key.endswith("_target_")]
+    return (*allow, *named)
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse overrides that would make the restored model or its inputs differ from the trained ones."""
+    changed = [o.partition("=")[0] for o in overrides
+               if o.startswith(("model.", "model=", "data.normalize=", "data.patch=", "seed="))
+               and not o.startswith("model.backward_shortcut=")]  # the shortcut computes the same outputs
+    if changed:
+        raise BirnnError(f"{', '.join(changed)} would change the model or its inputs, and the result would not "
+                         "be this checkpoint's. Overrides here may only say where the data is and how to run "
+                         "(data.root, data.path, device, data.eval_batch_size, ...).")
+
+
+def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()) -> Restored:
+    """Load ``path``, merge ``overrides`` into its config and rebuild its model in eval mode.
+
+    Nothing the checkpoint names is imported unless ``birnn.trust`` lets it in (``allow``: the user's
+    ``--allow`` modules). Non-finite weights are refused: such a model answers nothing but NaN.
+    """
+    check_overrides(overrides)
+    allow = trusted(overrides, allow)
     state = checkpoint.load(path)
     cfg = merge_overrides(state["config"], overrides)
     spec = state.get("data")
     if spec is None:  # checkpoints written before the data spec was stored: ask the loader
-        spec = data_spec(load_data(cfg.data, torch.device("cpu")))
+        spec = data_spec(load_data(cfg.data, torch.device("cpu"), allow=allow))
     steps, features = spec["input_shape"]
     model = build_model(cfg.model, features, len(spec["classes"]))
     checkpoint.load_model_state(model, state["model"], path)
-    return Restored(path, state, cfg, model.eval(), (steps, features), list(spec["classes"]), spec)
+    bad = checkpoint.non_finite(state["model"])
+    if bad:
+        raise BirnnError(f"{path} holds non-finite weights ({bad}): the model cannot classify anything. Use an "
+                         "earlier checkpoint of that run.")
+    return Restored(path, state, cfg, model.eval(), (steps, features), list(spec["classes"]), spec, allow)
+
+
+def add_allow_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow MODULE`` (repeatable): let the checkpoint's config name code from MODULE (``birnn.trust``)."""
+    parser.add_argument("--allow", action="append", default=[], metavar="MODULE",
+                        help="trust MODULE: the checkpoint's config may name loaders or models from it "
+                             "(nothing a checkpoint names outside birnn is imported otherwise)")
 
 
 @contextmanager
