@@ -17,6 +17,7 @@ from birnn.data import Splits
 from birnn.errors import BirnnError, first_line
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+MAX_CLASSES = 100_000  # without ``classes``, labels beyond this are a mistake (10**9 would mean 10**9 names)
 SUFFIXES = (".npz", ".pt")
 
 
@@ -39,20 +40,35 @@ def read(path: Path) -> dict:
         raise BirnnError(f"{path} is not a readable {path.suffix} file: {first_line(e)}") from None
     if not isinstance(content, dict):
         raise BirnnError(f"{path} holds a {type(content).__name__}; expected a dict with keys {', '.join(KEYS)}")
-    return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in content.items()}
+    return {k: _array(v, k, path) for k, v in content.items()}
+
+
+def _array(value: object, key: str, path: Path) -> np.ndarray:
+    """A stored value as a numpy array: any dense, sparse, low-precision or grad-tracking tensor, or a list."""
+    try:
+        if isinstance(value, torch.Tensor):
+            t = value.detach()
+            t = t.to_dense() if t.layout != torch.strided else t
+            return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
+        return np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise BirnnError(f"{key} in {path} cannot be read as one array ({first_line(e)}); store a tensor or an "
+                         "array of equal-length rows") from None
 
 
 def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
     x = arrays[key]
     if x.dtype.kind not in "fiu":
         raise BirnnError(f"{key} in {source} has dtype {x.dtype}; expected numbers (float)")
-    if x.ndim != 3 or len(x) == 0:
+    if x.ndim != 3 or 0 in x.shape:
         hint = " (one feature per step? add an axis: x[..., None])" if x.ndim == 2 else ""
-        raise BirnnError(f"{key} in {source} has shape {x.shape}; expected (N, steps, features) with N > 0{hint}")
-    x = torch.from_numpy(x.astype(np.float32))
+        raise BirnnError(f"{key} in {source} has shape {x.shape}; expected (N, steps, features), none of them 0{hint}")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        x = torch.from_numpy(x.astype(np.float32))
     bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()
     if len(bad):
-        raise BirnnError(f"{key} in {source} holds NaN or inf values (first in sample {int(bad[0])})")
+        raise BirnnError(f"{key} in {source} holds NaN, inf or values beyond float32's range (|x| > 3.4e38) "
+                         f"(first in sample {int(bad[0])})")
     return x
 
 
@@ -85,6 +101,9 @@ def load_arrays(root: str = "data", download: bool = False, path: str | None = N
             raise BirnnError(f"classes in {source} must be a list of names; "
                              f"got dtype {names.dtype} shape {names.shape}")
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
+    elif top >= MAX_CLASSES:
+        raise BirnnError(f"{source} has label {top}: without a classes list that means {top + 1} classes. Labels "
+                         f"must be 0..K-1 (at most {MAX_CLASSES} without classes): renumber them")
     else:
         classes = [str(i) for i in range(top + 1)]
     for key, y in (("y_train", train_y), ("y_test", test_y)):

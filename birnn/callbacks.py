@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from birnn import report
+from birnn.rundir import Refused
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
-        report.write_status(run_dir, "failed" if failed else "completed",
-                            report.one_line(job_return._return_value) if failed else "")
+        if not (failed and isinstance(job_return._return_value, Refused)):  # a refused run leaves nothing
+            report.write_status(run_dir, "failed" if failed else "completed",
+                                report.one_line(job_return._return_value) if failed else "")
         if config.hydra.mode == RunMode.MULTIRUN:
             # output_dir is <sweep dir>/<subdir>, both resolved by the job itself
             self.summarize(run_dir.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])

@@ -1,10 +1,18 @@
-"""Checkpoints: atomic writes, safe loads (``weights_only=True``), fallback to the previous valid one."""
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), checksums, fallback to the previous valid one.
+
+A checkpoint is data: it is loaded with ``weights_only=True`` (no pickled code runs) and carries a SHA-256 of
+its content (every tensor's bytes and every other value), checked on load, so a flipped block inside a
+tensor is caught like a truncated file and ``load_latest`` falls back to ``previous.pt``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
@@ -45,18 +53,57 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.close(dir_fd)
 
 
+REQUIRED = {"model": dict, "config": dict, "progress": dict}  # what every reader of a checkpoint relies on
+
+
+def digest(value: Any) -> str:
+    """SHA-256 over a checkpoint's content: dict keys in order, tensors by dtype, shape and bytes."""
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k, item in v.items():
+                feed(k)
+                feed(item)
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[" if isinstance(v, list) else b"(")
+            for item in v:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+
+    feed(value)
+    return h.hexdigest()
+
+
+def _serialize(state: dict) -> bytes:
+    """The checkpoint file's bytes, built in memory: a full disk then fails in a plain file write (OSError)."""
+    content = {"format": FORMAT, **state}
+    buffer = io.BytesIO()
+    torch.save({**content, "checksum": digest(content)}, buffer)
+    return buffer.getvalue()
+
+
 def save(state: dict, folder: Path, name: str = LAST) -> Path:
     """Save ``state`` as ``folder/name``; saving ``last.pt`` first keeps the old one as ``previous.pt``."""
     path = folder / name
+    blob = _serialize(state)
     try:
         if name == LAST:
             tmp = folder / f".{LAST}.next"
-            atomic_write(tmp, lambda f: torch.save({"format": FORMAT, **state}, f))
+            atomic_write(tmp, lambda f: f.write(blob))
             if path.exists():
                 os.replace(path, folder / PREVIOUS)
             os.replace(tmp, path)
         else:
-            atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+            atomic_write(path, lambda f: f.write(blob))
     except OSError as e:
         raise BirnnError(f"Could not write checkpoint {path}: {e.strerror or e}. "
                          f"Earlier checkpoints in {folder} are intact; free space and resume.") from None
@@ -64,28 +111,57 @@ def save(state: dict, folder: Path, name: str = LAST) -> Path:
 
 
 def load(path: Path) -> dict:
-    """Load a birnn checkpoint with ``weights_only=True`` onto the CPU; a clear BirnnError if it is not one."""
+    """Load a birnn checkpoint with ``weights_only=True`` onto the CPU; a clear BirnnError if it is not one,
+    is damaged (unreadable, checksum mismatch) or lacks what birnn needs."""
+    if path.exists() and not path.is_file():
+        raise BirnnError(f"{path} is not a regular file, so not a checkpoint.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BirnnError(f"No checkpoint at {path}") from None
     except Exception as e:
-        raise BirnnError(f"{path} is not a readable checkpoint (corrupt or truncated?): {first_line(e)}") from None
+        if not zipfile.is_zipfile(path):
+            raise BirnnError(f"{path} is not a readable birnn checkpoint (not a file torch.save wrote).") from None
+        raise BirnnError(f"{path} is not a readable birnn checkpoint (damaged or truncated: {_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BirnnError(f"{path} is not a birnn checkpoint (expected format {FORMAT!r}).")
+    stored = state.pop("checksum", None)
+    if stored is not None and stored != digest(state):
+        raise BirnnError(f"{path} is damaged: its content does not match its checksum.")
+    wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
+    if wrong or not isinstance(state["progress"].get("global_step"), int):
+        raise BirnnError(f"{path} is not a complete birnn checkpoint (missing or malformed: "
+                         f"{', '.join(wrong) or 'progress.global_step'}).")
     return state
 
 
-def load_latest(folder: Path) -> tuple[dict, Path] | None:
+def _reason(error: Exception) -> str:
+    """torch's first line, without its advice to load with ``weights_only=False`` (never safe here)."""
+    text = first_line(error)
+    if "weights_only" in text.lower() or "weights only" in text.lower():
+        return "it holds objects other than tensors and plain values, which birnn never unpickles"
+    return text
+
+
+def remove_stale(folder: Path) -> None:
+    """Remove temp files a killed checkpoint write left behind (call only while holding the run dir)."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def load_latest(folder: Path, check: Callable[[dict, Path], None] | None = None) -> tuple[dict, Path] | None:
     """The newest valid checkpoint in ``folder`` (``last.pt``, else ``previous.pt``), or None if there is none.
 
-    A corrupt ``last.pt`` falls back to ``previous.pt`` with a warning; if nothing valid is left, BirnnError.
+    ``check`` raises BirnnError for a checkpoint its reader cannot use. A corrupt, damaged or unusable
+    ``last.pt`` falls back to ``previous.pt`` with a warning; if nothing valid is left, BirnnError.
     """
     candidates = [p for p in (folder / LAST, folder / PREVIOUS) if p.exists()]
     errors = []
     for path in candidates:
         try:
             state = load(path)
+            if check is not None:
+                check(state, path)
         except BirnnError as e:
             errors.append(str(e))
             continue

@@ -7,6 +7,7 @@ before any data loads. ``validate`` then checks ranges and choices.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ CELLS = ("lstm", "gru")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 SCHEDULERS = ("none", "cosine", "onecycle")
+MAX_WIDTH, MAX_LAYERS = 65_536, 64  # far beyond any recurrent classifier; refuses typos like 1000000000
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 _PACKAGE = Path(__file__).resolve().parent
 # The config tree: ``birnn/conf/`` in an installed wheel (package data built from the repository's
@@ -171,15 +174,15 @@ def validate(cfg: DictConfig) -> None:
     """Check ranges and choices right after composition; raise one BirnnError listing every problem."""
     m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.trainer
     checks = [
-        (m.hidden_size > 0, f"model.hidden_size must be > 0, got {m.hidden_size}"),
-        (m.num_layers > 0, f"model.num_layers must be > 0, got {m.num_layers}"),
+        (0 < m.hidden_size <= MAX_WIDTH, f"model.hidden_size must be in 1..{MAX_WIDTH}, got {m.hidden_size}"),
+        (0 < m.num_layers <= MAX_LAYERS, f"model.num_layers must be in 1..{MAX_LAYERS}, got {m.num_layers}"),
         (0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}"),
         (m.readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}; got {m.readout!r}"),
         (m.cell in CELLS, f"model.cell must be one of {', '.join(CELLS)}; got {m.cell!r}"),
         (d.batch_size > 0, f"data.batch_size must be > 0, got {d.batch_size}"),
         (d.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {d.eval_batch_size}"),
         (d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}"),
-        (o.lr > 0, f"optimizer.lr must be > 0, got {o.lr}"),
+        (math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a finite number > 0, got {o.lr}"),
         (cfg.scheduler.name in SCHEDULERS,
          f"scheduler.name must be one of {', '.join(SCHEDULERS)}; got {cfg.scheduler.name!r}"),
         (cfg.scheduler.warmup_steps >= 0, f"scheduler.warmup_steps must be >= 0, got {cfg.scheduler.warmup_steps}"),
@@ -187,8 +190,10 @@ def validate(cfg: DictConfig) -> None:
          f"scheduler.min_lr_ratio must be in [0, 1], got {cfg.scheduler.min_lr_ratio}"),
         (0 < cfg.scheduler.pct_start < 1, f"scheduler.pct_start must be in (0, 1), got {cfg.scheduler.pct_start}"),
         (cfg.device.type in DEVICES, f"device.type must be one of {', '.join(DEVICES)}; got {cfg.device.type!r}"),
-        (cfg.device.num_threads is None or cfg.device.num_threads > 0,
-         f"device.num_threads must be > 0 or null, got {cfg.device.num_threads}"),
+        (cfg.device.num_threads is None or 0 < cfg.device.num_threads <= MAX_THREADS,
+         f"device.num_threads must be in 1..{MAX_THREADS} (4 x this machine's cores) or null, "
+         f"got {cfg.device.num_threads}"),
+        (0 <= cfg.seed < 2**63, f"seed must be in 0..2**63-1, got {cfg.seed}"),
         (cfg.device.dist_timeout_s > 0, f"device.dist_timeout_s must be > 0, got {cfg.device.dist_timeout_s}"),
         (t.epochs > 0, f"trainer.epochs must be > 0, got {t.epochs}"),
         (t.log_every_n_steps > 0, f"trainer.log_every_n_steps must be > 0, got {t.log_every_n_steps}"),
@@ -202,6 +207,8 @@ def validate(cfg: DictConfig) -> None:
         (t.early_stopping_patience is None or d.val_size > 0,
          "trainer.early_stopping_patience needs a validation split: set data.val_size > 0"),
     ]
+    checks += [(math.isfinite(v), f"{k} must be a finite number, got {v}") for k, v in flatten(to_plain(cfg)).items()
+               if isinstance(v, float) and k != "optimizer.lr"]
     problems = [msg for ok, msg in checks if not ok]
     if problems:
         raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))

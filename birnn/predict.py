@@ -32,6 +32,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy",)
 SERIES_SUFFIXES = (".ts",)
 INPUT_SUFFIXES = IMAGE_SUFFIXES + ARRAY_SUFFIXES + SERIES_SUFFIXES
+MAX_STEPS = 10_000_000  # a variable-length .npy beyond this is refused before loading
+FAR = 10.0  # standard deviations from the training mean beyond which an input gets a warning
 
 
 class UnreadableInput(ValueError):
@@ -70,35 +72,74 @@ def load_image(path: Path, shape: tuple[int, int], invert: str = "auto") -> torc
     return torch.from_numpy(pixels.astype(np.float32)).clamp_(0, 1)
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """A ``.npy`` file's shape and dtype from its header, before any data is read (or allocated)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
 def load_array(path: Path, features: int, steps: int | None) -> torch.Tensor:
-    """One sample from a ``.npy`` file: numbers shaped (steps, features); ``steps`` None allows any length."""
+    """One sample from a ``.npy`` file: numbers shaped (steps, features); ``steps`` None allows any length.
+
+    The header is checked first: a file claiming a huge shape is refused without allocating it."""
+    expected = f"({steps if steps is not None else 'steps'}, {features})"
     try:
+        shape, dtype = _npy_header(path)
+        if dtype.kind not in "fiu":
+            raise UnreadableInput(f"dtype {dtype}: expected numbers shaped {expected}")
+        if len(shape) != 2 or shape[1] != features or (steps is not None and shape[0] != steps) \
+                or not 0 < shape[0] <= MAX_STEPS:
+            raise UnreadableInput(f"shape {shape}: the model takes one sample shaped {expected}")
         array = np.load(path, allow_pickle=False)
-    except FileNotFoundError as e:
-        raise UnreadableInput(e.strerror) from None
     except (OSError, ValueError, EOFError) as e:
         raise UnreadableInput(f"not a readable .npy array ({e or type(e).__name__})") from None
-    expected = f"({steps if steps is not None else 'steps'}, {features})"
-    if array.dtype.kind not in "fiu":
-        raise UnreadableInput(f"dtype {array.dtype}: expected numbers shaped {expected}")
-    if array.ndim != 2 or array.shape[1] != features or (steps is not None and array.shape[0] != steps):
-        raise UnreadableInput(f"shape {array.shape}: the model takes one sample shaped {expected}")
+    if array.shape != shape:
+        raise UnreadableInput(f"not a readable .npy array (its data does not match its header's shape {shape})")
     x = torch.from_numpy(array.astype(np.float32))
     if not torch.isfinite(x).all():
-        raise UnreadableInput("holds NaN or inf values")
+        raise UnreadableInput("holds NaN, inf or values beyond float32's range")
     return x
 
 
 def load_inputs(path: Path, restored: Restored, invert: str) -> list[torch.Tensor]:
     """The raw inputs (steps, features) of a file, by its suffix: every series of a ``.ts`` file, one ``.npy``
-    array, else one image."""
+    array, else one image. A file whose kind or shape does not fit the checkpoint's data is refused."""
     steps, features = restored.input_shape
     suffix = path.suffix.lower()
+    kind, length = restored.spec.get("kind", "image"), restored.spec.get("max_length", steps)
+    if not path.is_file():
+        raise UnreadableInput("no such file" if not path.exists() else "not a regular file")
     if suffix in SERIES_SUFFIXES:
-        return read_series(path, features, restored.normalization)
+        if kind == "image":
+            raise UnreadableInput("a .ts series file, but this model was trained on images (give PNG/JPEG or .npy)")
+        series = read_series(path, features, restored.normalization)
+        wrong = next((i for i, x in enumerate(series) if length is not None and len(x) != length), None)
+        if wrong is not None:
+            raise UnreadableInput(f"series {wrong} has {len(series[wrong])} steps; the model takes {length}")
+        bad = next((i for i, x in enumerate(series) if not torch.isfinite(x).all()), None)
+        if bad is not None:
+            raise UnreadableInput(f"series {bad} holds inf or values beyond float32's range")
+        return series
     if suffix in ARRAY_SUFFIXES:
-        return [load_array(path, features, restored.spec.get("max_length", steps))]
+        return [load_array(path, features, length)]
+    if kind != "image":
+        raise UnreadableInput(f"an image, but this model was trained on {kind} data (give .npy or .ts files)")
     return [load_image(path, restored.input_shape, invert)]
+
+
+def out_of_range(x: torch.Tensor, restored: Restored) -> str | None:
+    """A warning when an input lies far outside what the model saw in training, else None."""
+    if restored.normalization:
+        z = standardize(x, restored.normalization).abs().max().item()
+        return f"values up to {z:.0f} standard deviations from the training mean" if z > FAR else None
+    if restored.spec.get("kind", "image") == "image" and (x.min() < -1 or x.max() > 2):
+        return f"values in [{x.min():.3g}, {x.max():.3g}], but the model was trained on [0, 1]"
+    return None
 
 
 def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu",
@@ -123,6 +164,10 @@ def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", devic
             results += [{"file": str(path), "index": i} for i in range(len(found))]
         else:
             results.append({"file": str(path)})
+        for record, x in zip(results[len(results) - len(found):], found):
+            warning = out_of_range(x, restored) if path.suffix.lower() in ARRAY_SUFFIXES else None
+            if warning:
+                record["warning"] = warning
         inputs += found
     if inputs:
         if restored.normalization:
@@ -155,6 +200,8 @@ def show(results: list[dict], as_json: bool) -> None:
     if classified:
         print(f"{'file':<{width}}  prediction  {'label':<12}  probability")
     for r in results:
+        if "warning" in r:
+            print(f"warning: {_name(r)}: {r['warning']}", file=sys.stderr)
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
         else:

@@ -8,6 +8,8 @@ the main one writes the records.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -62,6 +64,29 @@ def check_resumable(cfg: DictConfig, stored: dict) -> None:
         diffs = ", ".join(f"{k} ({then.get(k)!r} -> {now.get(k)!r})" for k in changed)
         raise BirnnError(f"Cannot resume: the config differs from the checkpoint's in {diffs}. Use the "
                          "original overrides, or start a new run (a fresh hydra.run.dir).")
+
+
+def check_state(state: dict, path: Path) -> None:
+    """Refuse (so that ``load_latest`` falls back) a checkpoint this version cannot resume from."""
+    fields = {f.name for f in dataclasses.fields(Progress)}
+    unknown = sorted(set(state["progress"]) - fields)
+    rng = state.get("rng")
+    if unknown:
+        raise BirnnError(f"{path} records progress fields this birnn does not know ({', '.join(unknown)}).")
+    if not (isinstance(rng, dict) and "shuffle" in rng and isinstance(rng.get("ranks"), list)
+            and isinstance(state.get("optimizer"), dict)):
+        raise BirnnError(f"{path} lacks the optimizer or random state a resume needs.")
+
+
+def check_same_data(then: dict | None, now: dict, path: Path) -> None:
+    """Refuse to resume on data that differs from the checkpoint's (a changed file behind ``data.path``...)."""
+    if then is None:
+        return
+    changed = [k for k in ("input_shape", "classes", "normalization", "kind") if k in then and then[k] != now.get(k)]
+    if changed:
+        raise BirnnError(f"Cannot resume from {path}: the data differs from what it was trained on "
+                         f"({', '.join(changed)} changed; was the data file replaced?). Restore the original data, "
+                         "or start a new run (a fresh hydra.run.dir).")
 
 
 @dataclass
@@ -145,11 +170,12 @@ class Run:
         self.clock = time.perf_counter()
 
     def _resume_point(self) -> tuple[dict, Path] | None:
-        """The newest valid checkpoint in the run dir, read by the main rank and sent to the others."""
+        """The newest usable checkpoint in the run dir, read by the main rank and sent to the others."""
         found, error = None, None
         if self.dist.is_main:
             try:
-                found = checkpoint.load_latest(self.ckpt_dir)
+                checkpoint.remove_stale(self.ckpt_dir)  # the run dir is ours: temp files are a killed write's
+                found = checkpoint.load_latest(self.ckpt_dir, check_state)
             except BirnnError as e:
                 error = str(e)
         found, error = self.dist.broadcast((found, error))
@@ -158,13 +184,14 @@ class Run:
         return found
 
     def _resume(self, state: dict, path: Path) -> None:
+        check_same_data(state.get("data"), data_spec(self.data), path)
         checkpoint.load_model_state(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         for part, key in ((self.scheduler, "scheduler"), (self.scaler, "scaler")):
             if part is not None:
                 part.load_state_dict(state[key])
         rng = state["rng"]
-        ranks = rng.get("ranks") or [{"torch": rng["torch"], "cuda": rng["cuda"]}]  # before per-rank states
+        ranks = rng["ranks"]
         if len(ranks) != self.dist.world_size and self.dist.is_main:
             log.warning("Resuming a %d-process run with %d processes: the global batch and the data order are "
                         "unchanged; dropout draws differ from an uninterrupted run.", len(ranks),
@@ -180,10 +207,10 @@ class Run:
         done = (self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
                 or (patience and self.progress.epochs_without_improvement >= patience))
         if state["finished"] and done:
-            log.info("%s already holds a finished run; nothing to do.", self.run_dir)
             self.finished = state["metrics"]
             return
-        log.info("Resuming from %s: epoch %d, step %d.", path, self.progress.epoch + 1, self.progress.global_step)
+        log.info("Resuming from %s: epoch %d, step %d.", path, min(self.progress.epoch + 1, self.cfg.trainer.epochs),
+                 self.progress.global_step)
 
     def describe(self) -> str:
         d = self.data
@@ -225,7 +252,7 @@ class Run:
         losses = totals[0]
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
-            last = checkpoint.load_latest(self.ckpt_dir) if self.dist.is_main else None
+            last = checkpoint.load_latest(self.ckpt_dir, check_state) if self.dist.is_main else None
             kept = f"the last good checkpoint ({last[1]}, step {last[0]['progress']['global_step']}) is kept" \
                 if last else "no checkpoint had been written yet" if self.dist.is_main else "rank 0 keeps the last"
             raise BirnnError(f"Loss became NaN/inf at step {w.first_step + int(bad[0, 0])}; training stopped and "
@@ -261,6 +288,11 @@ class Run:
     def save(self, *names: str, metrics: dict | None = None) -> Path | None:
         """Checkpoint as ``names`` (default ``last.pt``); every rank gives its RNG state, the main rank writes."""
         self.window_totals()  # never save a model that a NaN/inf loss has reached
+        bad = checkpoint.non_finite(self.model.state_dict())
+        if bad:  # the last step's update can make weights non-finite before any loss shows it
+            raise BirnnError(f"The weights became NaN/inf at step {self.progress.global_step} ({bad}); training "
+                             f"stopped without saving them, earlier checkpoints in {self.ckpt_dir} are kept. Try a "
+                             "lower optimizer.lr or trainer.grad_clip=1.0.")
         ranks = self.dist.gather(rng_state(self.device))
         self._clock()
         path = None
@@ -336,12 +368,37 @@ class Run:
             **provenance(),
         }
         self.save(metrics=self.metrics)
-        if self.dist.is_main:
-            write_metrics(self.run_dir, self.metrics)
-            self.tracker.finish(self.config, self.metrics)
+        self.write_records(self.metrics)
         log.info("Test accuracy %.4f (%.2f%%); run dir %s", self.metrics["test_accuracy"],
                  100 * self.metrics["test_accuracy"], self.run_dir)
         return self.metrics
+
+    def complete(self) -> dict:
+        """A run that had already finished: write what its records still lack (killed before ``metrics.json``)."""
+        metrics = self.finished
+        path = self.run_dir / "metrics.json"
+        try:
+            complete = json.loads(path.read_text()) == json.loads(json.dumps(metrics))
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            log.info("%s already holds a finished run; nothing to do.", self.run_dir)
+        else:
+            log.info("%s holds a finished run without its metrics.json; writing it from the final checkpoint.",
+                     self.run_dir)
+            self.write_records(metrics)
+        return metrics
+
+    def write_records(self, metrics: dict) -> None:
+        """``metrics.json`` and TensorBoard's HParams, from the main rank."""
+        if not self.dist.is_main:
+            return
+        try:
+            write_metrics(self.run_dir, metrics)
+        except OSError as e:
+            raise BirnnError(f"Could not write {self.run_dir / 'metrics.json'}: {e.strerror or e}. The final "
+                             "checkpoint is saved: free space and run the same command again to write it.") from None
+        self.tracker.finish(self.config, metrics)
 
     def close(self) -> None:
         if self.tracker:

@@ -73,9 +73,15 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
         raise BirnnError(f"{path} is not a readable .ts file: {first_line(e)}") from None
     if len(data) == 0:
         raise BirnnError(f"{path} is not a readable .ts file: it holds no series")
-    series = [np.ascontiguousarray(np.asarray(s, dtype=np.float32).T) for s in data]
-    if any(len(s) == 0 for s in series):
-        raise BirnnError(f"{path} is not a readable .ts file: series {[len(s) for s in series].index(0)} is empty")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        series = [np.ascontiguousarray(np.asarray(s, dtype=np.float32).T) for s in data]
+    empty = next((i for i, s in enumerate(series) if s.size == 0 or np.isnan(s).all()), None)
+    if empty is not None:
+        raise BirnnError(f"{path} is not a readable .ts file: series {empty} has no values")
+    huge = next((i for i, s in enumerate(series) if np.isinf(s).any()), None)
+    if huge is not None:
+        raise BirnnError(f"{path}: series {huge} holds inf or values beyond float32's range (|x| > 3.4e38): "
+                         "fix or remove it")
     has_labels = meta["classlabel"] and len(labels) == len(series)
     return series, np.asarray(labels).astype(str) if has_labels else None
 

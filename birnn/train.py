@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from birnn import distributed
+from birnn import distributed, rundir
 from birnn.config import CONFIG_DIR, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
@@ -29,14 +31,18 @@ from birnn.signals import GracefulStop
 log = logging.getLogger("birnn.train")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics."""
+def train(cfg: DictConfig, run_dir: Path, started: Callable[[], None] = lambda: None) -> dict:
+    """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics.
+
+    ``started`` is called once the run is built (data loaded, checkpoint accepted): from then on it keeps its dir.
+    """
     dist = Dist.start(cfg.device.type, cfg.device.dist_timeout_s)
     run = None
     try:
         run = Run(cfg, run_dir, dist)
+        started()
         if run.finished is not None:
-            return run.finished
+            return run.complete()
         log.info(run.describe())
         tcfg, p = cfg.trainer, run.progress
         with GracefulStop() as stop:
@@ -95,23 +101,66 @@ _publish_run_dir: Callable[[Path], None] | None = None
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def run(cfg: DictConfig) -> float:
-    """One Hydra job. Returns the sweep objective: validation accuracy when there is a val split, else test."""
-    validate(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if _publish_run_dir is not None:
-        _publish_run_dir(run_dir)
-    metrics = train(cfg, run_dir)
+    """One Hydra job. Returns the sweep objective: validation accuracy when there is a val split, else test.
+
+    The job holds its run dir (one writer); refused before training, it leaves nothing there.
+    """
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    record = run_dir / hc.output_subdir if hc.output_subdir else None
+    log_file = OmegaConf.select(hc, "job_logging.handlers.file.filename")
+    main_rank = (distributed.world_env() or {"rank": 0})["rank"] == 0
+    with rundir.claim(run_dir, record, Path(log_file) if log_file else None, hold=main_rank,
+                      clean=hc.mode != RunMode.MULTIRUN) as started:
+        validate(cfg)
+        if _publish_run_dir is not None:
+            _publish_run_dir(run_dir)
+        metrics = train(cfg, run_dir, started)
     return metrics.get("val_accuracy", metrics["test_accuracy"])
 
 
 def main() -> None:
     import_from_cwd()
     env = distributed.world_env()
-    if env is None:
-        sys.argv = keep_hydra_record(sys.argv)
-        run()
-    else:
-        main_distributed(env["rank"])
+    try:
+        if env is None:
+            with explicit_dirs_held(sys.argv):
+                sys.argv = keep_hydra_record(sys.argv)
+                run()
+        else:
+            main_distributed(env["rank"])
+    except KeyboardInterrupt:
+        print("Interrupted. (A run stopped before it started training leaves nothing behind.)", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+@contextmanager
+def explicit_dirs_held(argv: list[str]) -> Iterator[None]:
+    """Lock the run or sweep dir named on the command line before Hydra writes anything into it, so that a
+    second birnn on the same dir is refused at once; a dir this made and nothing filled is removed again."""
+    named = [(Path(value), "sweep dir" if key == "hydra.sweep.dir" else "run dir")
+             for key, _, value in (a.partition("=") for a in argv[1:]) if key in ("hydra.run.dir", "hydra.sweep.dir")]
+    made = [d.resolve() for d, _ in named if not d.exists()]
+    held = []
+
+    def let_go() -> None:
+        for lock in held:
+            lock.release()
+        for d in made:
+            if d.is_dir() and all(p.name == rundir.LOCK for p in d.iterdir()):
+                rundir.remove_new_dirs(d, Path.cwd().resolve())
+
+    try:
+        for folder, what in named:
+            held.append(rundir.lock(folder, what))
+    except rundir.Busy as e:
+        let_go()
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        yield
+    finally:
+        let_go()
 
 
 RUN_RECORDS = Path("outputs") / ".torchrun"  # run id -> run dir, so restarted workers find their run
@@ -164,7 +213,8 @@ def main_distributed(rank: int) -> None:
             sys.argv.append(f"hydra.run.dir={record.read_text()}")
         sys.argv = keep_hydra_record(sys.argv)
         _publish_run_dir = publish
-        run()
+        with explicit_dirs_held(sys.argv):
+            run()
     except BirnnError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

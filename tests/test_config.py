@@ -53,12 +53,12 @@ def test_composition_rejects(override, error):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.hidden_size=-1", "model.hidden_size must be > 0"),
-    ("model.num_layers=0", "model.num_layers must be > 0"),
+    ("model.hidden_size=-1", "model.hidden_size must be in 1..65536"),
+    ("model.num_layers=0", "model.num_layers must be in 1..64"),
     ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
     ("model.readout=first", "model.readout must be one of"),
-    ("optimizer.lr=0", "optimizer.lr must be > 0"),
-    ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
+    ("optimizer.lr=0", "optimizer.lr must be a finite number > 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr must be a finite number > 0"),
     ("data.batch_size=0", "data.batch_size must be > 0"),
     ("trainer.epochs=0", "trainer.epochs must be > 0"),
     ("trainer.epochs=-2", "trainer.epochs must be > 0"),

@@ -150,7 +150,7 @@ def test_not_a_checkpoint_and_other_architectures_are_named(tmp_path):
     with pytest.raises(BirnnError, match="is not a birnn checkpoint"):
         checkpoint.load(tmp_path / "other.pt")
     (tmp_path / "notes.pt").write_text("hello")
-    with pytest.raises(BirnnError, match="not a readable checkpoint"):
+    with pytest.raises(BirnnError, match="not a readable birnn checkpoint \\(not a file torch.save wrote"):
         checkpoint.load(tmp_path / "notes.pt")
     small = BiLSTMClassifier(8, 10, hidden_size=16).state_dict()
     with pytest.raises(BirnnError) as info:
@@ -174,17 +174,33 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    """ENOSPC from the file write itself (inside torch.save, before: a RuntimeError from inline_container.cc)."""
     cfg = make_cfg(*RUN, "trainer.epochs=1")
-    real_save, saves = torch.save, []
+    real_fdopen, opened = os.fdopen, []
 
-    def save_until_disk_is_full(obj, f, *args, **kwargs):
-        saves.append(None)
-        if len(saves) == 2:
-            f.write(b"partial")
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, data):
+            self.f.write(bytes(data)[:100])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(torch, "save", save_until_disk_is_full)
+    def fdopen(fd, *args, **kwargs):
+        opened.append(None)
+        f = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(f) if len(opened) == 2 else f
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
     with pytest.raises(BirnnError, match="No space left on device") as info:
         train(cfg, tmp_path)
     assert "intact" in str(info.value)

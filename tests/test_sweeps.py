@@ -135,10 +135,10 @@ def test_failed_jobs_are_marked_and_the_others_summarized(seed_sweep):
         assert float(by_job[job]["test_accuracy"]) == metrics(sweep / job)["test_accuracy"]
     for job in ("2", "3"):
         assert by_job[job]["optimizer.lr"] == "-1" and by_job[job]["test_accuracy"] == ""
-        assert by_job[job]["error"] == "BirnnError: Invalid config: optimizer.lr must be > 0, got -1.0"
+        assert by_job[job]["error"] == "BirnnError: Invalid config: optimizer.lr must be a finite number > 0, got -1.0"
         assert not (sweep / job / "metrics.json").exists()
     assert json.loads((sweep / "2" / "status.json").read_text())["status"] == "failed"
-    assert "| 2 | failed | BirnnError: Invalid config: optimizer.lr must be > 0, got -1.0 | -1 | 0 |" in \
+    assert "| 2 | failed | BirnnError: Invalid config: optimizer.lr must be a finite number > 0, got -1.0 | -1 | 0 |" in \
         (sweep / "summary.md").read_text()
 
 
