@@ -27,7 +27,8 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict:
     restored = restore(path, overrides)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
-    data = load_data(cfg.data, device, normalization=restored.normalization)  # the stored statistics, not refitted
+    # the stored statistics and patch size, not refitted
+    data = load_data(cfg.data, device, normalization=restored.normalization, patch=restored.patch)
     if data.classes != restored.classes:
         raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
                          f"{restored.classes}.")

@@ -2,7 +2,8 @@
 
 Input ``images``: float32 (N, steps, features) scaled as the loader gives them (images: [0, 1]), any N;
 a model trained with ``data.normalize`` carries its standardization inside the graph, so it takes these raw
-inputs too. Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
+inputs too, and one trained with ``data.patch=k`` carries its patching (raw series in, k steps read as one).
+Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
 Both formats are checked against the PyTorch model before the command reports success. A model trained on
 variable-length sequences is refused (see ``check_fixed_length``).
@@ -21,6 +22,7 @@ from torch import Tensor
 from birnn.config import import_from_cwd
 from birnn.errors import BirnnError, first_line
 from birnn.normalize import Standardized
+from birnn.patches import Patched
 from birnn.restore import Restored, restore, user_errors
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
@@ -65,6 +67,8 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
     check_fixed_length(restored)
     out = out or restored.path.parent / FORMATS[fmt]
     model = restored.model.cpu().eval()
+    if restored.patch > 1:
+        model = Patched(model, restored.patch).eval()
     if restored.normalization:
         model = Standardized(model, restored.normalization).eval()
     inputs = torch.rand(7, *restored.input_shape, generator=torch.Generator().manual_seed(0))
