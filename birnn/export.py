@@ -28,7 +28,7 @@ from birnn.restore import Restored, restore, user_errors
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check
 # Tracing messages from torch internals that a user cannot act on.
-QUIET = ("_check_is_size will be removed", r"The tensor attributes self\.(lstm|gru)\._flat_weights")
+QUIET = ("_check_is_size will be removed", r"The tensor attributes self\.(model\.)*(lstm|gru)\._flat_weights")
 
 
 def _onnx(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> Callable[[Tensor], Tensor]:
