@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     scale = ("as raw values (the training split's per-feature standardization is built into the model)"
              if restored.normalization else "in [0, 1]" if restored.spec.get("kind", "image") == "image"
              else "scaled as in training")
+    if restored.patch > 1:
+        scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
     print(f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) {scale}, "
           f"output logits (N, {len(restored.classes)}); classes {', '.join(restored.classes)}.")
     print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")
