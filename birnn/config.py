@@ -68,6 +68,8 @@ class DataConfig:
     val_size: int = 0
     split_seed: int = 0
     normalize: bool = False  # per-feature standardization with the training split's mean and std
+    # k steps read as one step of k x features (birnn/patches.py); auto: from the training split's length
+    patch: Any = 1
 
 
 @dataclass
@@ -182,6 +184,7 @@ def validate(cfg: DictConfig) -> None:
         (d.batch_size > 0, f"data.batch_size must be > 0, got {d.batch_size}"),
         (d.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {d.eval_batch_size}"),
         (d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}"),
+        (_patch_ok(d.get("patch", 1)), f"data.patch must be a whole number >= 1 or auto, got {d.get('patch')!r}"),
         (math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a finite number > 0, got {o.lr}"),
         (cfg.scheduler.name in SCHEDULERS,
          f"scheduler.name must be one of {', '.join(SCHEDULERS)}; got {cfg.scheduler.name!r}"),
@@ -212,6 +215,10 @@ def validate(cfg: DictConfig) -> None:
     problems = [msg for ok, msg in checks if not ok]
     if problems:
         raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+def _patch_ok(patch: Any) -> bool:
+    return patch == "auto" or (isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1)
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -18,7 +18,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from birnn import normalize, trust
+from birnn import normalize, patches, trust
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 
@@ -36,7 +36,7 @@ OFFLINE_HINT = (
     "or data=digits (ships with scikit-learn)."
 )
 # Keys of a data config that birnn itself handles (batching, hold-out, standardization), not the loader.
-COMMON_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed", "normalize")
+COMMON_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed", "normalize", "patch")
 
 
 @dataclass
@@ -48,7 +48,8 @@ class Splits:
     longest), None when every sample has all steps. ``normalization``: per-feature ``{"mean": [...],
     "std": [...]}`` already applied to the inputs (set by ``load_data``), None when not standardized.
     ``kind``: ``image`` (rows of an image, values in [0, 1]; pictures show images) or ``series`` (any
-    sequences; pictures show line plots).
+    sequences; pictures show line plots). ``patch``: the steps read as one (``birnn.patches``, set by
+    ``load_data``); ``raw_shape``: ``(steps, features)`` of the inputs before patching, None when unpatched.
     """
 
     train_x: Tensor
@@ -63,6 +64,8 @@ class Splits:
     val_lengths: Tensor | None = None
     normalization: dict | None = None
     kind: str = "image"
+    patch: int = 1
+    raw_shape: tuple[int, int] | None = None
 
     @property
     def input_size(self) -> int:
@@ -157,13 +160,15 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
 
 
 def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None = None,
-              allow: Sequence[str] | None = None) -> Splits:
-    """Run the configured loader, hold out ``val_size`` training samples, standardize, and move every split
-    to ``device``.
+              patch: int | None = None, allow: Sequence[str] | None = None) -> Splits:
+    """Run the configured loader, hold out ``val_size`` training samples, standardize, patch, and move every
+    split to ``device``.
 
     With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
-    ``normalization`` given (a checkpoint's) is applied instead of fitting. ``allow`` given means ``cfg`` came
-    from a checkpoint: its loader must pass the trust rule (``birnn.trust``) with those allowed modules.
+    ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
+    training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. ``allow`` given
+    means ``cfg`` came from a checkpoint: its loader must pass the trust rule (``birnn.trust``) with those
+    allowed modules.
     """
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
               if k not in COMMON_KEYS and k != "_target_"}
@@ -194,21 +199,38 @@ def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None 
         standardized = {f"{s}_x": normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
                         for s in ("train", "test", "val") if (x := getattr(splits, f"{s}_x")) is not None}
         splits = replace(splits, normalization=normalization, **standardized)
+    if patch is None:
+        patch = patches.resolve(cfg.get("patch", 1), splits.train_x, splits.train_lengths)
+    if patch > 1:
+        splits = _patched(splits, patch)
     return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, Tensor)})
+
+
+def _patched(splits: Splits, k: int) -> Splits:
+    """Every split read ``k`` steps at a time (``birnn.patches.patch``), lengths ``ceil(length / k)``."""
+    changed: dict = {"patch": k, "raw_shape": tuple(int(n) for n in splits.test_x.shape[1:])}
+    for s in ("train", "test", "val"):
+        x, lengths = getattr(splits, f"{s}_x"), getattr(splits, f"{s}_lengths")
+        if x is not None:
+            changed[f"{s}_x"] = patches.patch(x, k, lengths)
+        if lengths is not None:
+            changed[f"{s}_lengths"] = patches.patch_lengths(lengths, k)
+    return replace(splits, **changed)
 
 
 def spec(splits: Splits) -> dict:
     """What a checkpoint records about its data, enough to feed the model without the dataset.
 
-    ``features`` per step; ``max_length``: the fixed number of steps, or None for variable-length data;
-    ``input_shape`` ``[steps, features]`` (the longest for variable length; older checkpoints hold only
-    this and ``classes``); ``normalization`` and ``kind`` as in ``Splits``.
+    The raw inputs, before patching: ``features`` per step; ``max_length``: the fixed number of steps, or None
+    for variable-length data; ``input_shape`` ``[steps, features]`` (the longest for variable length; older
+    checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
+    (the model reads ``patch * features`` features per step).
     """
-    steps, features = splits.test_x.shape[1:]
+    steps, features = splits.raw_shape or splits.test_x.shape[1:]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
     return {"input_shape": [int(steps), int(features)], "features": int(features),
             "max_length": None if variable else int(steps), "classes": list(splits.classes),
-            "normalization": splits.normalization, "kind": splits.kind}
+            "normalization": splits.normalization, "kind": splits.kind, "patch": splits.patch}
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -27,8 +27,9 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequen
     restored = restore(path, overrides, allow)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
-    # the stored statistics, not refitted; the loader only if the trust rule lets it in
-    data = load_data(cfg.data, device, normalization=restored.normalization, allow=restored.allow)
+    # the stored statistics and patch size, not refitted; the loader only if the trust rule lets it in
+    data = load_data(cfg.data, device, normalization=restored.normalization, patch=restored.patch,
+                     allow=restored.allow)
     if data.classes != restored.classes:
         raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
                          f"{restored.classes}.")

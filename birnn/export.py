@@ -2,7 +2,8 @@
 
 Input ``images``: float32 (N, steps, features) scaled as the loader gives them (images: [0, 1]), any N;
 a model trained with ``data.normalize`` carries its standardization inside the graph, so it takes these raw
-inputs too. Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
+inputs too, and one trained with ``data.patch=k`` carries its patching (raw series in, k steps read as one).
+Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
 Both formats are checked against the PyTorch model before the command reports success. A model trained on
 variable-length sequences is refused (see ``check_fixed_length``).
@@ -21,12 +22,13 @@ from torch import Tensor
 from birnn.config import import_from_cwd
 from birnn.errors import BirnnError, first_line
 from birnn.normalize import Standardized
+from birnn.patches import Patched
 from birnn.restore import Restored, add_allow_option, restore, user_errors
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check
 # Tracing messages from torch internals that a user cannot act on.
-QUIET = ("_check_is_size will be removed", r"The tensor attributes self\.(lstm|gru)\._flat_weights")
+QUIET = ("_check_is_size will be removed", r"The tensor attributes self\.(model\.)*(lstm|gru)\._flat_weights")
 
 
 def _onnx(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> Callable[[Tensor], Tensor]:
@@ -65,6 +67,8 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
     check_fixed_length(restored)
     out = out or restored.path.parent / FORMATS[fmt]
     model = restored.model.cpu().eval()
+    if restored.patch > 1:
+        model = Patched(model, restored.patch).eval()
     if restored.normalization:
         model = Standardized(model, restored.normalization).eval()
     inputs = torch.rand(7, *restored.input_shape, generator=torch.Generator().manual_seed(0))
@@ -101,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     scale = ("as raw values (the training split's per-feature standardization is built into the model)"
              if restored.normalization else "in [0, 1]" if restored.spec.get("kind", "image") == "image"
              else "scaled as in training")
+    if restored.patch > 1:
+        scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
     print(f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) {scale}, "
           f"output logits (N, {len(restored.classes)}); classes {', '.join(restored.classes)}.")
     print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")

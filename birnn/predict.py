@@ -5,7 +5,8 @@ training data looks: grayscale, area-resized to the data's (steps x features) sh
 light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border). A
 ``.npy`` file is one sample ``(steps, features)`` as the data gives it; a ``.ts`` file (the UCR/UEA archive
 format) holds many series, each one input whose record carries its ``index``. Inputs are standardized with
-the checkpoint's statistics when it was trained with ``data.normalize``.
+the checkpoint's statistics when it was trained with ``data.normalize``, then read k steps at a time when it was
+trained with ``data.patch=k``: give the series exactly as the data holds them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from birnn.config import DEVICES, DeviceConfig, import_from_cwd
 from birnn.device import setup_device
 from birnn.errors import BirnnError
 from birnn.normalize import apply as standardize
+from birnn.patches import patch
 from birnn.restore import Restored, add_allow_option, restore, user_errors
 from birnn.sequences import read_series
 
@@ -172,6 +174,7 @@ def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", devic
     if inputs:
         if restored.normalization:
             inputs = [standardize(x, restored.normalization) for x in inputs]
+        inputs = [patch(x[None], restored.patch)[0] for x in inputs]
         logits = torch.empty(len(inputs), len(restored.classes))
         with torch.inference_mode():
             for shape in {x.shape for x in inputs}:  # one batch per length (variable-length data)

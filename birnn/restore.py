@@ -36,7 +36,7 @@ class Restored:
     state: dict  # the checkpoint as loaded
     cfg: DictConfig  # its config with the overrides merged
     model: RNNClassifier  # cell and every other model key as stored in cfg.model
-    input_shape: tuple[int, int]  # (steps, features) of one input
+    input_shape: tuple[int, int]  # (steps, features) of one raw input, before patching
     classes: list[str]
     spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.spec`` (less in old checkpoints)
     allow: tuple[str, ...] = ()  # modules (and targets) the user allows this checkpoint's config to name
@@ -45,6 +45,11 @@ class Restored:
     def normalization(self) -> dict | None:
         """The training split's per-feature statistics the model expects its inputs standardized with."""
         return self.spec.get("normalization")
+
+    @property
+    def patch(self) -> int:
+        """The steps the model reads as one (``birnn.patches``); 1 for checkpoints from before patches."""
+        return int(self.spec.get("patch", 1))
 
 
 def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
@@ -110,7 +115,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     if spec is None:  # checkpoints written before the data spec was stored: ask the loader
         spec = data_spec(load_data(cfg.data, torch.device("cpu"), allow=allow))
     steps, features = spec["input_shape"]
-    model = build_model(cfg.model, features, len(spec["classes"]))
+    model = build_model(cfg.model, features * int(spec.get("patch", 1)), len(spec["classes"]))
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])
     if bad:

@@ -1,5 +1,6 @@
 """Variable-length batches: a padded batch with lengths equals each sample run alone, unpadded, through the
-plain path (logits and gradients), for every readout, cell, depth and with the last-step shortcut."""
+plain path (logits and gradients), for every readout, cell, depth and with the last-step shortcut, also when the
+series are read k steps at a time (``data.patch``)."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 import birnn.model
 from birnn.loop import Stepper, evaluate
 from birnn.model import RNNClassifier
+from birnn.patches import patch, patch_lengths
 
 LENGTHS = [7, 1, 4, 7, 2, 5]  # the longest, a single step, and everything between, unsorted
 FEATURES, CLASSES = 3, 4
@@ -44,6 +46,29 @@ def test_padded_batch_equals_each_sample_alone(cell, num_layers, shortcut, reado
     assert (logits - alone).abs().max() <= 1e-5
     for (name, p), q in zip(batched.named_parameters(), plain.parameters()):
         assert p.grad is not None, f"{name} got no gradient"
+        assert (p.grad - q.grad).abs().max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("readout", ["last", "final", "mean"])
+def test_patched_padded_batch_equals_each_sample_patched_alone(k, shortcut, readout):
+    """Patching the junk-padded batch (lengths ceil(n / k)) gives each sample's logits and gradients as if it
+    were patched alone, unpadded: its last patch zero-filled, never the padding's junk."""
+    torch.manual_seed(k)
+    kwargs = dict(hidden_size=5, num_layers=2, readout=readout)
+    batched = RNNClassifier(k * FEATURES, CLASSES, backward_shortcut=shortcut, **kwargs)
+    plain = RNNClassifier(k * FEATURES, CLASSES, backward_shortcut=False, **kwargs)
+    plain.load_state_dict(batched.state_dict())
+    x, lengths, y = _padded_batch(k)
+
+    logits = batched(patch(x, k, lengths), patch_lengths(lengths, k))
+    F.cross_entropy(logits, y, reduction="sum").backward()
+    alone = torch.cat([plain(patch(x[i: i + 1, :n], k)) for i, n in enumerate(LENGTHS)])
+    F.cross_entropy(alone, y, reduction="sum").backward()
+
+    assert (logits - alone).abs().max() <= 1e-5
+    for (name, p), q in zip(batched.named_parameters(), plain.parameters()):
         assert (p.grad - q.grad).abs().max() <= 1e-5, name
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
 
-from birnn import predict  # noqa: E402
+from birnn import evaluate, predict  # noqa: E402
 from birnn.data import load_data  # noqa: E402
 from birnn.errors import BirnnError  # noqa: E402
 from birnn.figures import misclassified_series_figure  # noqa: E402
@@ -186,6 +186,22 @@ def test_predict_reads_ts_files(tmp_path, capsys):
     predict.show(results, as_json=False)
     out = capsys.readouterr().out
     assert f"{test_file}[19]" in out
+
+
+def test_patched_variable_length_model_predicts_and_evaluates_raw_ts_series(tmp_path):
+    """data.patch=3 on series of 5-9 steps: predict on the raw .ts file and evaluate both give the run's accuracy."""
+    root = problem(tmp_path, "Tiny", ramps(40, [5, 7, 9], seed=0), ramps(21, [6, 8, 9], seed=1))
+    cfg = make_cfg("data=uea", "data.name=Tiny", f"data.root={root}", "data.patch=3", "device=cpu",
+                   "device.num_threads=1", "model.hidden_size=16", "model.num_layers=1", "model.readout=mean",
+                   "trainer.epochs=15", "trainer.log_images=false", "data.batch_size=8", "optimizer.lr=0.01")
+    metrics = train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    spec = torch.load(ckpt, weights_only=True)["data"]
+    assert spec["patch"] == 3 and spec["features"] == 2 and spec["max_length"] is None
+    assert evaluate.evaluate_checkpoint(ckpt)["test_accuracy"] == metrics["test_accuracy"]
+    records = predict.predict(ckpt, [root / "Tiny" / "Tiny_TEST.ts"])
+    truth = ["up" if i % 2 == 0 else "down" for i in range(21)]
+    assert np.mean([r["label"] == t for r, t in zip(records, truth)]) == pytest.approx(metrics["test_accuracy"])
 
 
 def test_misclassified_series_picture(tmp_path):

@@ -1,0 +1,40 @@
+"""Presets that must carry across dataset sizes: ``experiment=fast`` (a step budget, not "one epoch") and
+``experiment=uea`` (everything from the training split: no per-problem setting, no test-set look)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from birnn.config import validate
+from birnn.run import build
+from conftest import make_cfg
+
+CPU = ["device=cpu", "device.num_threads=1"]
+
+
+def test_fast_is_a_step_budget_whatever_the_dataset_size():
+    """600 one-cycle steps on any set: one epoch of Fashion-MNIST's 60,000 images, 40 epochs of digits."""
+    cfg = make_cfg("experiment=fast", "data=digits", *CPU)
+    validate(cfg)
+    assert cfg.trainer.max_steps == 600 and cfg.scheduler.name == "onecycle"
+    assert cfg.trainer.epochs * 600 >= cfg.trainer.max_steps  # the budget, not the epochs, ends training
+    setup = build(cfg, torch.device("cpu"))
+    assert setup.steps_per_epoch == 15 and setup.total_steps == 600
+    assert make_cfg("experiment=fast", "data=fashion_mnist").trainer.max_steps == 600  # 60,000 / 100: one epoch
+
+
+@pytest.mark.parametrize("problem, patch, steps, features", [
+    ("GunPoint", 12, 13, 12),          # 150 steps, univariate: 13 patches of 12 values (the last zero-filled)
+    ("BasicMotions", 10, 10, 60),      # 100 steps, 6 channels
+    ("ItalyPowerDemand", 1, 24, 1),    # 24 steps: read whole
+    ("JapaneseVowels", 1, 29, 12),     # 7-29 steps, variable length: read whole
+])
+def test_uea_preset_decides_from_the_training_split(problem, patch, steps, features):
+    pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
+    cfg = make_cfg("experiment=uea", f"data.name={problem}", *CPU)
+    validate(cfg)
+    assert cfg.data.patch == "auto" and cfg.trainer.grad_clip == 1.0 and cfg.trainer.max_steps == 500
+    setup = build(cfg, torch.device("cpu"))
+    assert setup.data.patch == patch and setup.data.train_x.shape[1:] == (steps, features)
+    assert setup.total_steps == 500
