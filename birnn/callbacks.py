@@ -33,6 +33,8 @@ class SweepSummary(Callback):
         self.metric = metric
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.get("search") is not None:
+            return  # a search worker: birnn.search records its trials and writes the study's summary
         run_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
         report.write_status(run_dir, "failed" if failed else "completed",
@@ -42,6 +44,8 @@ class SweepSummary(Callback):
             self.summarize(run_dir.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("search") is not None:
+            return
         sweep_dir = Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             self.summarize(sweep_dir)

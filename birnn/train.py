@@ -16,10 +16,11 @@ from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from birnn import distributed
+from birnn import distributed, selection
 from birnn.config import CONFIG_DIR, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
@@ -29,12 +30,16 @@ from birnn.signals import GracefulStop
 log = logging.getLogger("birnn.train")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics."""
+def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], bool] | None = None) -> dict:
+    """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics.
+
+    ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there.
+    """
     dist = Dist.start(cfg.device.type, cfg.device.dist_timeout_s)
     run = None
     try:
         run = Run(cfg, run_dir, dist)
+        run.on_evaluation = on_evaluation
         if run.finished is not None:
             return run.finished
         log.info(run.describe())
@@ -95,13 +100,17 @@ _publish_run_dir: Callable[[Path], None] | None = None
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def run(cfg: DictConfig) -> float:
-    """One Hydra job. Returns the sweep objective: validation accuracy when there is a val split, else test."""
+    """One Hydra job. Returns the sweep objective: the best validation accuracy (test only without a val split)."""
+    if cfg.get("search") is not None:
+        raise BirnnError("hparams_search=... configures a search: run it with python -m birnn.search (the same "
+                         "overrides), not birnn.train")
+    selection.resolve(cfg, compared=HydraConfig.get().mode == RunMode.MULTIRUN)
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if _publish_run_dir is not None:
         _publish_run_dir(run_dir)
     metrics = train(cfg, run_dir)
-    return metrics.get("val_accuracy", metrics["test_accuracy"])
+    return metrics.get("best_val_accuracy", metrics["test_accuracy"])
 
 
 def main() -> None:
