@@ -172,7 +172,7 @@ class SearchConfig:
     worker: int = 0  # this worker's index (several workers on one storage: 0, 1, ...)
     sampler_args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of optuna's TPESampler
     pruner: str = "median"  # none | median | successive_halving | hyperband
-    pruner_args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of that optuna pruner
+    pruners: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # pruner name -> its keyword arguments
     heartbeat_interval_s: int = 30  # RDB storages: a running trial's heartbeat
     heartbeat_grace_s: int = 120  # no heartbeat for this long: its worker is dead, the trial is retried
     max_retries: int = 3  # retries of a trial whose worker died
