@@ -176,7 +176,8 @@ class SearchConfig:
     heartbeat_interval_s: int = 30  # RDB storages: a running trial's heartbeat
     heartbeat_grace_s: int = 120  # no heartbeat for this long: its worker is dead, the trial is retried
     max_retries: int = 3  # retries of a trial whose worker died
-    params: Dict[str, str] = field(default_factory=dict)  # config key -> choice(...) | interval(...) | range(...)
+    # config key -> choice(...) | interval(...) | range(...); null leaves a key of the default space out
+    params: Dict[str, Optional[str]] = field(default_factory=dict)
 
 
 def register_schemas() -> None:

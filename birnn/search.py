@@ -85,7 +85,7 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
                                     direction="maximize", load_if_exists=True)
     except Exception as e:
         raise BirnnError(f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: {first_line(e)}") from None
-    space = {k: str(v) for k, v in s.params.items()}
+    space = {k: str(v) for k, v in s.params.items() if v is not None}
     attrs = study.user_attrs
     if "search_space" not in attrs:
         study.set_user_attr("search_space", space)
@@ -122,7 +122,7 @@ class Objective:
 
     def __init__(self, cfg: DictConfig, base: list[str], study_dir: Path):
         self.search, self.base, self.study_dir = cfg.search, base, study_dir
-        self.space = {k: distribution(k, str(v)) for k, v in cfg.search.params.items()}
+        self.space = {k: distribution(k, str(v)) for k, v in cfg.search.params.items() if v is not None}
         for key in self.space:
             if OmegaConf.select(cfg, key, default=KeyError) is KeyError:
                 raise BirnnError(f"search.params.{key} is not a config key")
@@ -143,6 +143,7 @@ class Objective:
         root = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen(trial))
         run_dir = self.study_dir / "trials" / str(trial.number if root is None else root)
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", self.search.worker)
         overrides = [*self.base, *(as_override(k, v) for k, v in params.items())]
         with trial_log(run_dir):
             try:
