@@ -192,7 +192,9 @@ def register_schemas() -> None:
     cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
-    cs.store(group="schema/search", name="search", node=SearchConfig)
+    search = OmegaConf.structured(SearchConfig)
+    OmegaConf.set_struct(search.params, False)  # the search space: any config key (checked by birnn.search)
+    cs.store(group="schema/search", name="search", node=search)
 
 
 register_schemas()
