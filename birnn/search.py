@@ -79,12 +79,21 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
         sampler = optuna.samplers.TPESampler(seed=s.seed + s.worker, **s.sampler_args)
     except TypeError as e:
         raise BirnnError(f"search.pruners.{s.pruner} / search.sampler_args: {e}") from None
-    storage = open_storage(s, study_dir)
-    try:
-        study = optuna.create_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction="maximize", load_if_exists=True)
-    except Exception as e:
-        raise BirnnError(f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: {first_line(e)}") from None
+    for attempt in range(3):  # workers started together race to create the tables and the study
+        try:
+            study = optuna.create_study(study_name=s.study_name, storage=open_storage(s, study_dir),
+                                        sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True)
+            break
+        except BirnnError:
+            raise
+        except Exception as e:
+            if attempt == 2:
+                raise BirnnError(f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: "
+                                 f"{first_line(e)}") from None
+            time.sleep(1 + attempt)
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # a restarted worker must not replay its seeded sequence over the trials already run
+        study.sampler = optuna.samplers.TPESampler(seed=s.seed + s.worker + 10007 * existing, **s.sampler_args)
     space = {k: str(v) for k, v in s.params.items() if v is not None}
     attrs = study.user_attrs
     if "search_space" not in attrs:
@@ -210,9 +219,10 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
     return {state: states.count(state) for state in TrialState}
 
 
-def work(study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, after_trial=None) -> None:
-    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died."""
-    heartbeat = isinstance(study._storage, RDBStorage)  # Optuna 5's journal storage has no heartbeat
+def work(study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, heartbeat: bool,
+         after_trial=None) -> None:
+    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died
+    (``heartbeat``: the storage has one; Optuna 5's journal storage has none)."""
     while True:
         if heartbeat:
             optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL, retried as WAITING
@@ -308,6 +318,7 @@ def run(cfg: DictConfig) -> None:
              sum(counts(study)[st] for st in DONE), s.n_trials)
     try:
         work(study, objective, s.n_trials, poll_s=min(5.0, s.heartbeat_interval_s),
+             heartbeat="://" in (s.storage or "://"),
              after_trial=lambda study, _: write_outputs(study, study_dir, final=False))
     finally:
         write_outputs(study, study_dir, final=True)

@@ -117,7 +117,7 @@ def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for i in (0, 1)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     study = load(study_dir)
     trials = study.get_trials(deepcopy=False)
     assert len(by_state(study, TrialState.COMPLETE)) == 8 and len(trials) == 8
