@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class SweepSummary(Callback):
     """``status.json`` in every run dir; ``summary.{csv,md,png}`` in every sweep dir.
 
-    ``metric``: the summary's sort key, best first (null: val_accuracy when the runs have it, else test_accuracy).
+    ``metric``: the summary's sort key, best first (null: best_val_accuracy when the runs have it, else test_accuracy).
     """
 
     def __init__(self, metric: str | None = None):

@@ -3,7 +3,9 @@
 A run dir counts as a job when it holds ``.hydra/overrides.yaml``. Its status comes from ``status.json``
 (written by ``birnn.callbacks.SweepSummary`` at the end of every job, failed ones included); a run with no
 record is ``completed`` when it holds ``metrics.json``, else ``incomplete`` (still running, or killed).
-The swept keys are the override keys whose values differ between the jobs.
+The swept keys are the override keys whose values differ between the jobs. Jobs are ranked on their best
+validation accuracy when they have one (model selection never looks at the test split; the tables say so),
+and replicates (seeds, CV folds) of one configuration are also given as mean ± std.
 
 ``python -m birnn.report <sweep dir or run dirs...> [--metric M] [--out DIR]`` rebuilds the files and
 prints the tables. It is a plain CLI: it creates no run dir.
@@ -283,7 +285,7 @@ def summarize(run_dirs: list[Path], folder: Path, metric: str | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m birnn.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep dir, or run dirs")
-    parser.add_argument("--metric", help="sort key, best first (default: val_accuracy when present, "
+    parser.add_argument("--metric", help="sort key, best first (default: best_val_accuracy when present, "
                                          "else test_accuracy)")
     parser.add_argument("--out", type=Path, help="where to write the summary files (default: the one sweep dir "
                                                  "given, else the folder that holds all the runs)")
