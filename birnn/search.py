@@ -274,8 +274,14 @@ def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
              f"{t.value:.4f}" if t.value is not None and not math.isnan(t.value) else "",
              f"{t.user_attrs['test_accuracy']:.4f}" if "test_accuracy" in t.user_attrs else "",
              str(t.user_attrs.get("epochs", "")), Path(t.user_attrs.get("run_dir", "")).name,
-             str(RetryHeartbeatStaleTrialCallback.retried_trial_number(t) or "")] for t in trials]
+             retried(t)] for t in trials]
     return "\n".join([*lines, report.table(columns, rows), "", "† not used for selection.", ""])
+
+
+def retried(trial: FrozenTrial) -> str:
+    """The number of the trial that ``trial`` continues, or an empty string."""
+    number = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return "" if number is None else str(number)
 
 
 def write_plots(study: optuna.Study, study_dir: Path) -> None:
