@@ -27,13 +27,15 @@ log = logging.getLogger(__name__)
 class SweepSummary(Callback):
     """``status.json`` in every run dir; ``summary.{csv,md,png}`` in every sweep dir.
 
-    ``metric``: the summary's sort key, best first (null: val_accuracy when the runs have it, else test_accuracy).
+    ``metric``: the summary's sort key, best first (null: best_val_accuracy when the runs have it, else test_accuracy).
     """
 
     def __init__(self, metric: str | None = None):
         self.metric = metric
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.get("search") is not None:
+            return  # a search worker: birnn.search records its trials and writes the study's summary
         run_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
         if not (failed and isinstance(job_return._return_value, Refused)):  # a refused run leaves nothing
@@ -44,6 +46,8 @@ class SweepSummary(Callback):
             self.summarize(run_dir.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("search") is not None:
+            return
         sweep_dir = Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             self.summarize(sweep_dir)

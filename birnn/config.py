@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -26,6 +26,7 @@ PRECISIONS = ("32", "bf16", "16")
 SCHEDULERS = ("none", "cosine", "onecycle")
 MAX_WIDTH, MAX_LAYERS = 65_536, 64  # far beyond any recurrent classifier; refuses typos like 1000000000
 MAX_THREADS = 4 * (os.cpu_count() or 1)
+TEST_ON = ("last", "best")
 
 _PACKAGE = Path(__file__).resolve().parent
 # The config tree: ``birnn/conf/`` in an installed wheel (package data built from the repository's
@@ -70,6 +71,11 @@ class DataConfig:
     normalize: bool = False  # per-feature standardization with the training split's mean and std
     # k steps read as one step of k x features (birnn/patches.py); auto: from the training split's length
     patch: Any = 1
+    # Validation split as a fraction of the training split (when val_size is 0). A multirun or a search whose
+    # jobs set neither gets SWEEP_VAL_FRACTION (birnn/selection.py).
+    val_fraction: float = 0.0
+    folds: int = 0  # K > 1: stratified K-fold over the training split; fold `fold` is the validation split
+    fold: int = 0
 
 
 @dataclass
@@ -142,6 +148,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 500
     early_stopping_patience: Optional[int] = None
     log_images: bool = True  # confusion matrix + misclassified grid in TensorBoard after each test pass
+    test_on: str = "last"  # last | best (best.pt, chosen on validation): the checkpoint the final test pass scores
+    # Score the test split at every epoch end; null: true for a single run, false in a multirun or a search.
+    test_every_epoch: Optional[bool] = None
 
 
 @dataclass
@@ -153,6 +162,27 @@ class Config:
     scheduler: Any = MISSING
     device: Any = MISSING
     trainer: Any = MISSING
+    search: Any = None  # python -m birnn.search only (hparams_search=...): the study, see SearchConfig
+
+
+@dataclass
+class SearchConfig:
+    """``python -m birnn.search``: an Optuna study over the training config (birnn/search.py)."""
+
+    study_name: str = "birnn"
+    dir: str = MISSING  # the study dir: trial run dirs, the default storage, the summary
+    storage: Optional[str] = None  # null: sqlite:///<dir>/study.db; any SQLAlchemy URL; a *.journal file path
+    n_trials: int = 20  # COMPLETE + PRUNED trials over all workers
+    seed: int = 0  # TPE sampler seed of worker 0 (worker i: seed + i)
+    worker: int = 0  # this worker's index (several workers on one storage: 0, 1, ...)
+    sampler_args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of optuna's TPESampler
+    pruner: str = "median"  # none | median | successive_halving | hyperband
+    pruners: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # pruner name -> its keyword arguments
+    heartbeat_interval_s: int = 30  # RDB storages: a running trial's heartbeat
+    heartbeat_grace_s: int = 120  # no heartbeat for this long: its worker is dead, the trial is retried
+    max_retries: int = 3  # retries of a trial whose worker died
+    # config key -> choice(...) | interval(...) | range(...); null leaves a key of the default space out
+    params: Dict[str, Optional[str]] = field(default_factory=dict)
 
 
 def register_schemas() -> None:
@@ -167,6 +197,9 @@ def register_schemas() -> None:
     cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    search = OmegaConf.structured(SearchConfig)
+    OmegaConf.set_struct(search.params, False)  # the search space: any config key (checked by birnn.search)
+    cs.store(group="schema/search", name="search", node=search)
 
 
 register_schemas()
@@ -207,8 +240,17 @@ def validate(cfg: DictConfig) -> None:
          f"trainer.checkpoint_every_n_steps must be >= 0 (0 = epoch ends only), got {t.checkpoint_every_n_steps}"),
         (t.early_stopping_patience is None or t.early_stopping_patience > 0,
          f"trainer.early_stopping_patience must be > 0 or null, got {t.early_stopping_patience}"),
-        (t.early_stopping_patience is None or d.val_size > 0,
-         "trainer.early_stopping_patience needs a validation split: set data.val_size > 0"),
+        (t.early_stopping_patience is None or has_validation(d),
+         "trainer.early_stopping_patience needs a validation split: set data.val_size > 0 (or data.folds)"),
+        (t.test_on in TEST_ON, f"trainer.test_on must be one of {', '.join(TEST_ON)}; got {t.test_on!r}"),
+        (t.test_on == "last" or has_validation(d),
+         "trainer.test_on=best needs a validation split: set data.val_size > 0 (or data.folds)"),
+        (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"),
+        (d.folds == 0 or d.folds > 1, f"data.folds must be 0 (off) or > 1, got {d.folds}"),
+        (d.folds == 0 or 0 <= d.fold < d.folds, f"data.fold must be in [0, data.folds), got {d.fold}"),
+        (d.folds == 0 or (d.val_size == 0 and d.val_fraction == 0),
+         "data.folds and data.val_size/data.val_fraction exclude each other: with folds, the held-out fold is "
+         "the validation split"),
     ]
     checks += [(math.isfinite(v), f"{k} must be a finite number, got {v}") for k, v in flatten(to_plain(cfg)).items()
                if isinstance(v, float) and k != "optimizer.lr"]
@@ -219,6 +261,11 @@ def validate(cfg: DictConfig) -> None:
 
 def _patch_ok(patch: Any) -> bool:
     return patch == "auto" or (isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1)
+
+
+def has_validation(data: DictConfig) -> bool:
+    """Whether the data config holds out a validation split (val_size, val_fraction or folds)."""
+    return data.val_size > 0 or data.get("val_fraction", 0) > 0 or data.get("folds", 0) > 1
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -36,7 +36,8 @@ OFFLINE_HINT = (
     "or data=digits (ships with scikit-learn)."
 )
 # Keys of a data config that birnn itself handles (batching, hold-out, standardization), not the loader.
-COMMON_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed", "normalize", "patch")
+COMMON_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed", "normalize", "patch", "val_fraction",
+               "folds", "fold")
 
 
 @dataclass
@@ -184,11 +185,11 @@ def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None 
     if splits.train_x.ndim != 3 or splits.test_x.ndim != 3:
         raise BirnnError(f"{cfg._target_} must return inputs shaped (N, steps, features); "
                          f"got {tuple(splits.train_x.shape)}")
-    if cfg.val_size >= len(splits.train_y):
-        raise BirnnError(f"data.val_size={cfg.val_size} leaves no training data ({len(splits.train_y)} samples)")
-    if cfg.val_size:
-        order = torch.randperm(len(splits.train_y), generator=torch.Generator().manual_seed(cfg.split_seed))
-        val, train = order[: cfg.val_size], order[cfg.val_size:].sort().values
+    val = holdout(cfg, splits.train_y)
+    if val is not None:
+        keep = torch.ones(len(splits.train_y), dtype=torch.bool)
+        keep[val] = False
+        train = keep.nonzero().squeeze(1)
         lengths = splits.train_lengths
         splits = replace(splits, train_x=splits.train_x[train], train_y=splits.train_y[train],
                          val_x=splits.train_x[val], val_y=splits.train_y[val],
@@ -216,6 +217,29 @@ def _patched(splits: Splits, k: int) -> Splits:
         if lengths is not None:
             changed[f"{s}_lengths"] = patches.patch_lengths(lengths, k)
     return replace(splits, **changed)
+
+
+def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
+    """The training-split indices held out for validation, or None: ``val_size`` samples (or ``val_fraction``
+    of them) drawn with ``split_seed``, or fold ``fold`` of a stratified ``folds``-fold split seeded the same."""
+    n = len(train_y)
+    folds = cfg.get("folds", 0)
+    if folds > 1:
+        from sklearn.model_selection import StratifiedKFold
+
+        smallest = int(torch.bincount(train_y).min()) if n else 0
+        if smallest < folds:
+            raise BirnnError(f"data.folds={folds} needs at least {folds} training samples of every class; "
+                             f"the rarest class has {smallest}")
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
+        _, val = list(splitter.split(train_y.numpy(), train_y.numpy()))[cfg.fold]
+        return torch.from_numpy(val)
+    size = cfg.val_size or round(cfg.get("val_fraction", 0.0) * n)
+    if size >= n:
+        raise BirnnError(f"data.val_size={size} leaves no training data ({n} samples)")
+    if not size:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))[:size]
 
 
 def spec(splits: Splits) -> dict:

@@ -3,7 +3,9 @@
 A run dir counts as a job when it holds ``.hydra/overrides.yaml``. Its status comes from ``status.json``
 (written by ``birnn.callbacks.SweepSummary`` at the end of every job, failed ones included); a run with no
 record is ``completed`` when it holds ``metrics.json``, else ``incomplete`` (still running, or killed).
-The swept keys are the override keys whose values differ between the jobs.
+The swept keys are the override keys whose values differ between the jobs. Jobs are ranked on their best
+validation accuracy when they have one (model selection never looks at the test split; the tables say so),
+and replicates (seeds, CV folds) of one configuration are also given as mean ± std.
 
 ``python -m birnn.report <sweep dir or run dirs...> [--metric M] [--out DIR]`` rebuilds the files and
 prints the tables. It is a plain CLI: it creates no run dir.
@@ -32,13 +34,16 @@ from birnn.errors import BirnnError
 
 STATUS_FILE = "status.json"
 METRICS = ("test_accuracy", "test_loss", "train_seconds")
+VALIDATION = ("best_val_accuracy", "val_accuracy")  # ranking metrics, first present wins
+REPLICATES = {"seed": "seeds", "data.fold": "folds"}  # swept keys averaged over (mean ± std per configuration)
+NOT_SELECTED = "†"  # marks the test columns in summary.md when the ranking did not look at them
 LOWER_IS_BETTER = ("loss", "seconds")
 
 
 @dataclass
 class Job:
     name: str  # the run dir, relative to the summary's folder
-    status: str  # completed | failed | incomplete
+    status: str  # completed | pruned (by a search) | failed | incomplete
     error: str  # one line; empty unless failed
     overrides: dict[str, str]  # key -> value as typed on the command line
     values: dict[str, Any]  # key -> parsed value (numbers for numeric keys)
@@ -89,7 +94,7 @@ def load_job(run_dir: Path, root: Path) -> Job:
         record = json.loads(status_path.read_text())
     else:
         record = {"status": "completed" if metrics else "incomplete", "error": ""}
-    if record["status"] != "completed":
+    if record["status"] not in ("completed", "pruned"):
         metrics = {}  # a failed relaunch must not show the metrics of an earlier run
     name = Path(os.path.relpath(run_dir, root)).as_posix()
     return Job(name=run_dir.name if name == "." else name,
@@ -105,8 +110,8 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 
 
 def default_metric(jobs: list[Job]) -> str:
-    """Validation accuracy when the runs have a validation split (model selection), else test accuracy."""
-    return "val_accuracy" if any("val_accuracy" in job.metrics for job in jobs) else "test_accuracy"
+    """The best validation accuracy when the runs have a validation split (model selection), else test accuracy."""
+    return next((m for m in VALIDATION if any(m in job.metrics for job in jobs)), "test_accuracy")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -127,7 +132,7 @@ class Summary:
             known = sorted({k for job in jobs for k, v in job.metrics.items() if number(v) is not None})
             raise BirnnError(f"metric {self.metric!r} is in no run's metrics.json; choose one of {', '.join(known)}")
         self.keys = swept_keys(jobs)
-        self.metric_columns = [*METRICS, *(["val_accuracy"] if any("val_accuracy" in j.metrics for j in jobs) else [])]
+        self.metric_columns = [*METRICS, *(m for m in VALIDATION[::-1] if any(m in j.metrics for j in jobs))]
         if self.metric not in self.metric_columns:
             self.metric_columns.append(self.metric)
         sign = 1 if lower_is_better(self.metric) else -1
@@ -142,22 +147,41 @@ class Summary:
 
     @property
     def columns(self) -> list[str]:
-        return ["job", "status", "error", *self.keys, *self.metric_columns]
+        return ["job", "status", "error", *self.keys, *self.metric_columns, "ranked_on"]
+
+    @property
+    def selection_note(self) -> str:
+        """Which metric ranked the jobs, and whether the test split took part in that choice."""
+        if self.metric.startswith("test"):
+            return (f"Ranked on {self.metric}: the test split chose the best job, so its test scores are no longer "
+                    "an unbiased estimate (give the runs a validation split: data.val_size or data.folds).")
+        return f"Ranked on {self.metric}; {NOT_SELECTED} test scores are reported, not used for selection."
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"job": job.name, "status": job.status, "error": job.error,
                  **{k: job.overrides.get(k, "") for k in self.keys},
-                 **{m: job.metrics.get(m, "") for m in self.metric_columns}} for job in self.jobs]
+                 **{m: job.metrics.get(m, "") for m in self.metric_columns}, "ranked_on": self.metric}
+                for job in self.jobs]
+
+    @property
+    def replicates(self) -> list[str]:
+        """The swept keys whose jobs are replicates of one configuration: seeds and CV folds."""
+        return [k for k in REPLICATES if k in self.keys]
+
+    def header(self, column: str) -> str:
+        marked = column.startswith("test") and not self.metric.startswith("test")
+        return f"{column} {NOT_SELECTED}" if marked else column
 
     def seed_groups(self) -> list[dict[str, Any]]:
-        """Mean and sample std over seeds of each metric, per value of the other swept keys (best first)."""
-        others = [k for k in self.keys if k != "seed"]
+        """Mean and sample std over seeds and folds of each metric, per value of the other swept keys (best first)."""
+        others = [k for k in self.keys if k not in REPLICATES]
+        count = " x ".join(REPLICATES[k] for k in self.replicates)
         groups: dict[tuple, list[Job]] = {}
         for job in self.completed:
             groups.setdefault(tuple(job.overrides.get(k, "") for k in others), []).append(job)
         rows = []
         for values, members in groups.items():
-            row: dict[str, Any] = dict(zip(others, values)) | {"seeds": len(members)}
+            row: dict[str, Any] = dict(zip(others, values)) | {count: len(members)}
             for m in self.metric_columns:
                 xs = [v for job in members if (v := number(job.metrics.get(m))) is not None]
                 row[m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else None
@@ -174,20 +198,23 @@ class Summary:
 
     def markdown(self) -> str:
         counts = ", ".join(f"{n} {status}" for status, n in Counter(job.status for job in self.jobs).items())
-        rows = [[cell(c, r[c]) for c in self.columns] for r in self.rows()]
-        text = [f"{len(self.jobs)} jobs ({counts}), best first by {self.metric}.", "", table(self.columns, rows)]
-        groups = self.seed_groups() if "seed" in self.keys else []
+        columns = self.columns[:-1]  # ranked_on: said once, in the note
+        rows = [[cell(c, r[c]) for c in columns] for r in self.rows()]
+        text = [f"{len(self.jobs)} jobs ({counts}), best first by {self.metric}.", "", self.selection_note, "",
+                table([self.header(c) for c in columns], rows)]
+        groups = self.seed_groups() if self.replicates else []
         if groups:
             columns = list(groups[0])
-            text += ["", "Mean ± std over seeds:", "",
-                     table(columns, [[mean_std(c, r[c]) for c in columns] for r in groups])]
+            over = " and ".join(REPLICATES[k] for k in self.replicates)
+            text += ["", f"Mean ± std over {over}:", "",
+                     table([self.header(c) for c in columns], [[mean_std(c, r[c]) for c in columns] for r in groups])]
         return "\n".join(text) + "\n"
 
     def plot(self):  # -> matplotlib.figure.Figure
         """The metric against each swept numeric key, one curve per value of the other keys (mean ± std over seeds)."""
         from matplotlib.figure import Figure
 
-        xkeys = [k for k in self.keys if k != "seed"
+        xkeys = [k for k in self.keys if k not in REPLICATES
                  and all(number(job.values.get(k)) is not None for job in self.ranked)]
         fig = Figure(figsize=(5.5 * max(1, len(xkeys)), 4), layout="constrained")
         axes = fig.subplots(1, max(1, len(xkeys)), squeeze=False)[0]
@@ -198,7 +225,7 @@ class Summary:
                         tick_label=[job.name for job in self.ranked])
             axes[0].set_xlabel("job")
         for ax, key in zip(axes, xkeys):
-            others = [k for k in self.keys if k not in (key, "seed")]
+            others = [k for k in self.keys if k != key and k not in REPLICATES]
             curves: dict[tuple, dict[float, list[float]]] = {}
             for job in self.ranked:
                 curve = curves.setdefault(tuple(job.overrides.get(k, "") for k in others), {})
@@ -214,11 +241,13 @@ class Summary:
             ax.set_xlabel(key)
             if others:
                 ax.legend(fontsize="small")
-            if "seed" in self.keys:
-                ax.set_title("mean ± std over seeds", fontsize="medium")
+            if self.replicates:
+                ax.set_title(f"mean ± std over {' and '.join(REPLICATES[k] for k in self.replicates)}",
+                             fontsize="medium")
         for ax in axes:
             ax.set_ylabel(self.metric)
             ax.grid(alpha=0.3)
+        fig.suptitle(self.selection_note.replace(f"{NOT_SELECTED} ", ""), fontsize="small", wrap=True)
         return fig
 
     def write(self, folder: Path) -> str:
@@ -256,7 +285,7 @@ def summarize(run_dirs: list[Path], folder: Path, metric: str | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m birnn.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep dir, or run dirs")
-    parser.add_argument("--metric", help="sort key, best first (default: val_accuracy when present, "
+    parser.add_argument("--metric", help="sort key, best first (default: best_val_accuracy when present, "
                                          "else test_accuracy)")
     parser.add_argument("--out", type=Path, help="where to write the summary files (default: the one sweep dir "
                                                  "given, else the folder that holds all the runs)")

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from hydra.utils import instantiate
@@ -36,7 +36,7 @@ log = logging.getLogger("birnn.train")
 
 # Keys that may change when a run is resumed; everything else must match the checkpoint's config.
 RESUMABLE = ("data.root", "data.download", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
-             "trainer.log_images")
+             "trainer.log_images", "trainer.test_on", "trainer.test_every_epoch")
 STEP_COUNT_KEYS = ("trainer.epochs", "trainer.max_steps")  # resumable unless a scheduler depends on them
 
 
@@ -168,6 +168,8 @@ class Run:
         self.metrics = {k: v for k, v in last_eval.items() if k not in ("epoch", "step")}
         self.window = Window(self.progress.global_step + 1)
         self.clock = time.perf_counter()
+        # Called with the history after every epoch end's checkpoint; True stops the run (a search's pruner).
+        self.on_evaluation: Callable[[list[dict]], bool] | None = None
 
     def _resume_point(self) -> tuple[dict, Path] | None:
         """The newest usable checkpoint in the run dir, read by the main rank and sent to the others."""
@@ -336,7 +338,7 @@ class Run:
             p.step_in_epoch = 0
         self.epoch_shuffle_state = self.shuffle.get_state()
         has_val = self.data.val_x is not None
-        self.metrics = self.evaluate("test")
+        self.metrics = self.evaluate("test") if self.cfg.trainer.get("test_every_epoch") is not False else {}
         if has_val:
             self.metrics.update(self.evaluate("val"))
         p.history.append({"epoch": p.epoch, "step": p.global_step, **self.metrics})
@@ -353,13 +355,28 @@ class Run:
         if patience and p.epochs_without_improvement >= patience:
             log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
             return True
-        return False
+        return bool(self.on_evaluation and self.on_evaluation(p.history))
+
+    def test_pass(self) -> dict:
+        """Test scores of the checkpoint ``trainer.test_on`` names: the model as trained (last) or ``best.pt``."""
+        if self.cfg.trainer.get("test_on", "last") == "last":
+            return self.evaluate("test") if "test_accuracy" not in self.metrics else {}
+        path = self.ckpt_dir / checkpoint.BEST
+        best = self.dist.broadcast(checkpoint.load(path) if self.dist.is_main else None)
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        checkpoint.load_model_state(self.model, best["model"], path)
+        try:
+            return {**self.evaluate("test"), "test_epoch": best["progress"]["epoch"]}
+        finally:
+            self.model.load_state_dict(current)
 
     def finish(self) -> dict:
         """The final metrics: saved in the last checkpoint, ``metrics.json`` and TensorBoard's HParams."""
         p = self.progress
         self.metrics = {
             **self.metrics,
+            **self.test_pass(),
+            "test_on": self.cfg.trainer.get("test_on", "last"),
             **({"best_val_accuracy": p.best_val_accuracy} if self.data.val_x is not None else {}),
             "epochs": p.epoch, "steps": p.global_step, "world_size": self.dist.world_size,
             "train_seconds": p.train_seconds,

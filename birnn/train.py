@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from birnn import distributed, rundir
+from birnn import distributed, rundir, selection
 from birnn.config import CONFIG_DIR, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
@@ -31,15 +31,18 @@ from birnn.signals import GracefulStop
 log = logging.getLogger("birnn.train")
 
 
-def train(cfg: DictConfig, run_dir: Path, started: Callable[[], None] = lambda: None) -> dict:
+def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], bool] | None = None,
+          started: Callable[[], None] = lambda: None) -> dict:
     """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics.
 
+    ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there.
     ``started`` is called once the run is built (data loaded, checkpoint accepted): from then on it keeps its dir.
     """
     dist = Dist.start(cfg.device.type, cfg.device.dist_timeout_s)
     run = None
     try:
         run = Run(cfg, run_dir, dist)
+        run.on_evaluation = on_evaluation
         started()
         if run.finished is not None:
             return run.complete()
@@ -101,7 +104,7 @@ _publish_run_dir: Callable[[Path], None] | None = None
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def run(cfg: DictConfig) -> float:
-    """One Hydra job. Returns the sweep objective: validation accuracy when there is a val split, else test.
+    """One Hydra job. Returns the sweep objective: the best validation accuracy (test only without a val split).
 
     The job holds its run dir (one writer); refused before training, it leaves nothing there.
     """
@@ -112,11 +115,15 @@ def run(cfg: DictConfig) -> float:
     main_rank = (distributed.world_env() or {"rank": 0})["rank"] == 0
     with rundir.claim(run_dir, record, Path(log_file) if log_file else None, hold=main_rank,
                       clean=hc.mode != RunMode.MULTIRUN) as started:
+        if cfg.get("search") is not None:
+            raise BirnnError("hparams_search=... configures a search: run it with python -m birnn.search (the "
+                             "same overrides), not birnn.train")
+        selection.resolve(cfg, compared=hc.mode == RunMode.MULTIRUN)
         validate(cfg)
         if _publish_run_dir is not None:
             _publish_run_dir(run_dir)
-        metrics = train(cfg, run_dir, started)
-    return metrics.get("val_accuracy", metrics["test_accuracy"])
+        metrics = train(cfg, run_dir, started=started)
+    return metrics.get("best_val_accuracy", metrics["test_accuracy"])
 
 
 def main() -> None:

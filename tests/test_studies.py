@@ -1,0 +1,219 @@
+"""Studies: selection on validation (test_on, test_every_epoch), K-fold CV, and the Optuna search
+(``python -m birnn.search``): several workers on one storage, kill -9 and resume, pruning, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from birnn.config import validate
+from birnn.data import holdout, load_digits
+from birnn.errors import BirnnError
+from conftest import FAST, ROOT, make_cfg, run_cli
+
+TINY_SPACE = "search.params={optimizer.lr:'tag(log,interval(0.003,0.03))',model.hidden_size:null,data.batch_size:null}"
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def search_args(study: Path, *extra: str) -> list[str]:
+    return [*FAST, "trainer.epochs=2", TINY_SPACE, "search.pruner=none", f"search.dir={study}", *extra]
+
+
+def load(study: Path) -> optuna.Study:
+    return optuna.load_study(study_name="birnn", storage=f"sqlite:///{study / 'study.db'}")
+
+
+def by_state(study: optuna.Study, state: TrialState) -> list:
+    return study.get_trials(deepcopy=False, states=(state,))
+
+
+# --- selection on validation -------------------------------------------------------------------------------
+
+def test_test_on_best_scores_the_best_val_checkpoint_once(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli(*FAST, "trainer.epochs=4", "data.val_size=300", "optimizer.lr=0.03", "trainer.test_on=best",
+                   "trainer.test_every_epoch=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    m = metrics(run)
+    assert all("test_accuracy" not in e for e in m["history"])  # no per-epoch test pass
+    best = max(m["history"], key=lambda e: e["val_accuracy"])  # the first of equals, as best.pt keeps it
+    assert m["test_on"] == "best" and m["test_epoch"] == best["epoch"] and m["best_val_accuracy"] == best["val_accuracy"]
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert state["progress"]["epoch"] == best["epoch"]
+
+
+def test_a_single_run_scores_test_every_epoch_and_a_multirun_does_not(tmp_path):
+    cfg = make_cfg(*FAST)
+    assert cfg.trainer.test_every_epoch is None and cfg.trainer.test_on == "last"
+    proc = run_cli("-m", *FAST, "trainer.epochs=2", "optimizer.lr=0.01", f"hydra.sweep.dir={tmp_path / 's'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    m = metrics(tmp_path / "s" / "0")
+    assert [sorted(e) for e in m["history"]] == [["epoch", "step", "val_accuracy", "val_loss"]] * 2
+    assert "test_accuracy" in m and m["test_on"] == "last"
+    assert "holding out data.val_fraction=0.1" in (tmp_path / "s" / "0" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("trainer.test_on=best",), "trainer.test_on=best needs a validation split"),
+    (("data.folds=5", "data.val_size=100"), "data.folds and data.val_size/data.val_fraction exclude each other"),
+    (("data.folds=5", "data.fold=5"), "data.fold must be in [0, data.folds)"),
+    (("data.folds=1",), "data.folds must be 0 (off) or > 1"),
+])
+def test_bad_selection_settings_are_refused(overrides, message):
+    with pytest.raises(BirnnError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        validate(make_cfg(*FAST, *overrides))
+
+
+# --- cross-validation --------------------------------------------------------------------------------------
+
+def test_stratified_folds_are_disjoint_and_cover_the_training_split():
+    train_y = load_digits().train_y
+    folds = [holdout(make_cfg(*FAST, "data.folds=5", f"data.fold={i}").data, train_y) for i in range(5)]
+    together = torch.cat(folds)
+    assert len(together) == len(train_y) and len(set(together.tolist())) == len(train_y)  # disjoint, covering
+    for fold in folds:  # stratified: every class in the same proportion, within one sample
+        expected = torch.bincount(train_y, minlength=10) / 5
+        assert (torch.bincount(train_y[fold], minlength=10) - expected).abs().max() <= 1
+    other_seed = holdout(make_cfg(*FAST, "data.folds=5", "data.fold=0", "data.split_seed=1").data, train_y)
+    assert not torch.equal(other_seed, folds[0])
+
+
+def test_five_fold_cv_on_digits_gives_mean_and_std_over_folds(tmp_path):
+    sweep = tmp_path / "cv"
+    proc = run_cli("experiment=cv", *FAST, "trainer.epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = [metrics(sweep / str(i)) for i in range(5)]
+    assert not (sweep / "5").exists()
+    val = [m["best_val_accuracy"] for m in runs]
+    md = (sweep / "summary.md").read_text()
+    assert "best first by best_val_accuracy" in md and "Mean ± std over folds:" in md
+    import statistics
+    assert f"| 5 | " in md.split("Mean ± std over folds:")[1]
+    assert f"{statistics.fmean(val):.4f} ± {statistics.stdev(val):.4f}" in md
+    test = [m["test_accuracy"] for m in runs]
+    assert len(set(test)) > 1  # five different models, one test split
+
+
+# --- the search --------------------------------------------------------------------------------------------
+
+def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
+    study_dir = tmp_path / "study"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = search_args(study_dir, "search.n_trials=8", "search.heartbeat_interval_s=2", "search.heartbeat_grace_s=20")
+    # worker 0 first creates the study; worker 1 joins it a moment later
+    workers = [subprocess.Popen([sys.executable, "-m", "birnn.search", *args, f"search.worker={i}"], cwd=tmp_path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in (0, 1)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    study = load(study_dir)
+    trials = study.get_trials(deepcopy=False)
+    assert len(by_state(study, TrialState.COMPLETE)) == 8 and len(trials) == 8
+    assert sorted(t.number for t in trials) == list(range(8))
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}  # both took trials
+    for t in trials:
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert run_dir == study_dir / "trials" / str(t.number)
+        assert metrics(run_dir)["best_val_accuracy"] == t.value
+    md = (study_dir / "study.md").read_text()
+    assert "COMPLETE 8" in md and f"Best trial {study.best_trial.number} " in md
+    assert (study_dir / "history.png").is_file() and (study_dir / "importance.png").is_file()
+
+
+def test_kill_9_of_the_driver_then_the_same_command_finishes_the_study(tmp_path):
+    study_dir = tmp_path / "study"
+    args = [*FAST, "trainer.epochs=6", "data.batch_size=20", TINY_SPACE, "search.pruner=none",
+            f"search.dir={study_dir}", "search.n_trials=3", "search.heartbeat_interval_s=1",
+            "search.heartbeat_grace_s=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "birnn.search", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = study_dir / "trials" / "1" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)  # mid-trial 1: one of its six epochs is checkpointed
+    driver.wait()
+    assert not (study_dir / "trials" / "1" / "metrics.json").exists()
+    first = (study_dir / "trials" / "0" / "metrics.json").stat().st_mtime_ns
+
+    proc = run_cli(*args, cwd=tmp_path, module="birnn.search", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    study = load(study_dir)
+    complete = by_state(study, TrialState.COMPLETE)
+    assert len(complete) == 3  # exactly n_trials
+    assert len({tuple(t.params.items()) for t in complete}) == 3  # none rerun
+    assert (study_dir / "trials" / "0" / "metrics.json").stat().st_mtime_ns == first
+    [dead] = by_state(study, TrialState.FAIL)
+    assert dead.number == 1
+    [retry] = [t for t in complete if t.system_attrs.get("failed_trial") == 1]
+    assert retry.params == dead.params and retry.user_attrs["run_dir"] == str(study_dir / "trials" / "1")
+    assert sorted(p.name for p in (study_dir / "trials").iterdir()) == sorted(
+        {Path(t.user_attrs["run_dir"]).name for t in complete})  # the retry used trial 1's own run dir
+    log = (study_dir / "trials" / "1" / "train.log").read_text()
+    assert f"Trial {retry.number} continues trial 1 from its checkpoint" in log and "Resuming from" in log
+    assert metrics(study_dir / "trials" / "1")["epochs"] == 6
+
+
+def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
+    study_dir = tmp_path / "study"
+    poor = "search.params={optimizer.lr:'choice(0.03,0.00001)',model.hidden_size:null,data.batch_size:null}"
+    proc = run_cli(*FAST, "trainer.epochs=4", poor, "search.pruner=median",
+                   "search.pruners.median={n_startup_trials:1,n_warmup_steps:0}", "search.n_trials=6",
+                   f"search.dir={study_dir}", cwd=tmp_path, module="birnn.search", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    study = load(study_dir)
+    pruned = by_state(study, TrialState.PRUNED)
+    assert pruned and all(t.params["optimizer.lr"] == 0.00001 for t in pruned)
+    for t in pruned:
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert metrics(run_dir)["epochs"] < 4  # stopped early; its run dir and records stay
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "pruned"
+    assert len(by_state(study, TrialState.COMPLETE)) + len(pruned) == 6
+    assert "| pruned |" in (study_dir / "summary.md").read_text()
+    assert "PRUNED" in (study_dir / "study.md").read_text()
+
+
+def test_one_worker_on_a_fresh_storage_samples_the_same_trials(tmp_path):
+    params = []
+    for name in ("a", "b"):
+        proc = run_cli(*search_args(tmp_path / name, "search.n_trials=2", "trainer.epochs=1"), cwd=tmp_path,
+                       module="birnn.search")
+        assert proc.returncode == 0, proc.stderr
+        params.append([t.params for t in load(tmp_path / name).get_trials()])
+    assert params[0] == params[1] and params[0][0] != params[0][1]
+
+
+def test_bad_search_input_is_one_clear_line_and_loses_nothing(tmp_path):
+    study_dir = tmp_path / "study"
+    proc = run_cli(*search_args(study_dir, "search.n_trials=1", "trainer.epochs=1"), cwd=tmp_path,
+                   module="birnn.search")
+    assert proc.returncode == 0, proc.stderr
+    before = (study_dir / "study.db").read_bytes()
+    cases = [
+        (search_args(study_dir, "search.n_trials=1", "search.params={model.hiddn:'choice(8,16)'}"),
+         "search.params.model.hiddn is not a config key"),
+        (search_args(study_dir, "search.n_trials=1", "search.params={optimizer.lr:'choice(0.01,0.02)'}"),
+         "was created with a different search space"),
+        (search_args(tmp_path / "other", "search.storage=sqlite:////nonexistent/dir/s.db"),
+         "Cannot open the study storage sqlite:////nonexistent/dir/s.db"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args, cwd=tmp_path, module="birnn.search")
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert (study_dir / "study.db").read_bytes() == before
+    proc = run_cli("hparams_search=optuna", *FAST, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "run it with python -m birnn.search" in proc.stderr
