@@ -179,7 +179,9 @@ class MLflowConfig:
     tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/outputs/mlflow.db
     experiment: str = "birnn"  # the MLflow experiment the runs go to
     log_checkpoints: bool = True  # upload checkpoints/*.pt as artifacts when the run finishes
-    request_retries: int = 1  # retries of a failed request to a tracking server ($MLFLOW_HTTP_REQUEST_MAX_RETRIES wins)
+    # retries of a failed request to a tracking server ($MLFLOW_HTTP_REQUEST_MAX_RETRIES wins); 0: a server that is
+    # down costs one warning at once (MLflow's own default retries for minutes)
+    request_retries: int = 0
     request_timeout_s: int = 10  # seconds per request to a tracking server ($MLFLOW_HTTP_REQUEST_TIMEOUT wins)
 
 

@@ -53,7 +53,7 @@ class MLflow:
 
     def __init__(self, run_dir: Path, purge_step: int | None = None, config: dict | None = None,
                  images: bool = True, tracking_uri: str | None = None, experiment: str = "birnn",
-                 log_checkpoints: bool = True, request_retries: int = 1, request_timeout_s: int = 10):
+                 log_checkpoints: bool = True, request_retries: int = 0, request_timeout_s: int = 10):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(request_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(request_timeout_s))
         self.run_dir, self.images, self.log_checkpoints = run_dir, images, log_checkpoints

@@ -3,7 +3,6 @@ of the code that made them."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -31,6 +30,7 @@ MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every te
 MAX_MISCLASSIFIED_SERIES = 6  # line plots of misclassified series
 HPARAM_SECTIONS = ("seed", "model", "data", "optimizer", "scheduler", "trainer")
 
+MAX_REASON = 240  # characters of a failing tracker's error quoted in its warning
 log = logging.getLogger("birnn.train")
 
 
@@ -159,18 +159,18 @@ class Trackers:
                 self._warn(str(name), e)
 
     def _warn(self, name: str, error: BaseException) -> None:
+        reason = first_line(error)
         log.warning("Tracker %s failed (%s: %s); it is off for the rest of this run (metrics.json and the "
-                    "checkpoints are unaffected).", name, type(error).__name__, first_line(error))
+                    "checkpoints are unaffected).", name, type(error).__name__,
+                    reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "...")
 
     def _each(self, method: str, *args, **kwargs) -> None:
         for name, tracker in list(self.active.items()):
             try:
                 getattr(tracker, method)(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001  (dropped without another call: its store may hang or fail again)
                 del self.active[name]
                 self._warn(name, e)
-                with contextlib.suppress(Exception):
-                    tracker.close()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self._each("scalars", step, values)
