@@ -44,7 +44,7 @@ class ModelComponentConfig:
     factory called as ``target(input_size=..., num_classes=..., **the other keys)`` that returns an
     ``nn.Module`` whose ``module(x, lengths=None)`` gives logits."""
 
-    _target_: str = MISSING
+    _target_: str = MISSING  # e.g. mymodels.ConvBiGRU (docs/own-model.md)
 
 
 @dataclass
@@ -52,8 +52,8 @@ class ModelConfig:
     """birnn's own model, ``birnn.model.RNNClassifier`` (model=bilstm, model=bigru): its keys are typed."""
 
     _target_: str = RNN_CLASSIFIER
-    hidden_size: int = 128
-    num_layers: int = 2
+    hidden_size: int = 128  # units per direction in each recurrent layer
+    num_layers: int = 2  # stacked recurrent layers
     bidirectional: bool = True  # false: a plain (unidirectional) LSTM / GRU
     dropout: float = 0.0  # between recurrent layers
     # last: output at the last step (the tutorial's) | final: final hidden states of both directions | mean: mean over time
@@ -68,11 +68,11 @@ class DataConfig:
     these and reach the loader as keyword arguments, while these stay typed."""
 
     _target_: str = MISSING  # loader: (root, download, **kwargs) -> birnn.data.Splits
-    root: str = "data"
-    download: bool = True
-    batch_size: int = 100
+    root: str = "data"  # where the loader finds (or downloads) its files
+    download: bool = True  # fetch missing files (MNIST, Fashion-MNIST)
+    batch_size: int = 100  # the global batch (split among processes under torchrun)
     eval_batch_size: int = 500
-    val_size: int = 0
+    val_size: int = 0  # training samples held out for validation (0 = the tutorial: none)
     split_seed: int = 0
     normalize: bool = False  # per-feature standardization with the training split's mean and std
 
@@ -84,9 +84,9 @@ class UEADataConfig(DataConfig):
     _target_: str = "birnn.sequences.load_uea"
     root: Optional[str] = None  # null: the problems bundled with aeon; else a local copy of the archive
     download: bool = False  # true is refused: birnn does not download archive problems
-    name: Optional[str] = None  # the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
+    name: Optional[str] = None  # required: the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
     batch_size: int = 32
-    normalize: bool = True
+    normalize: bool = True  # per-channel standardization with the training split's statistics
 
 
 def data_schema(schema: type = DataConfig) -> DictConfig:
@@ -99,7 +99,7 @@ def data_schema(schema: type = DataConfig) -> DictConfig:
 @dataclass
 class AdamConfig:
     _target_: str = "torch.optim.Adam"
-    lr: float = 0.003
+    lr: float = 0.003  # the tutorial's
     weight_decay: float = 0.0
 
 
@@ -138,7 +138,8 @@ class OneCycleConfig:
 
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
     _partial_: bool = True
-    max_lr: float = "${optimizer.lr}"  # type: ignore[assignment]  (an interpolation, resolved to a float)
+    # the peak lr: the optimizer's unless set
+    max_lr: float = "${optimizer.lr}"  # type: ignore[assignment]
     pct_start: float = 0.3  # fraction of the steps spent rising to max_lr
 
 
@@ -146,7 +147,7 @@ class OneCycleConfig:
 class DeviceConfig:
     type: str = "auto"  # auto: cuda, else mps, else cpu | cpu | cuda | mps
     num_threads: Optional[int] = None  # CPU threads; null = torch's default (hydra/launcher=joblib: cores / n_jobs)
-    cudnn_benchmark: bool = True
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels for the batch shapes
     # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
     dist_timeout_s: float = 300.0
     tune_allocator: bool = True  # CPU + glibc: keep freed memory in the heap (birnn/allocator.py); no effect on CUDA
@@ -154,7 +155,7 @@ class DeviceConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 2
+    epochs: int = 2  # the tutorial's
     log_every_n_steps: int = 100  # log line + tracker train scalars every N steps
     max_steps: Optional[int] = None  # optional cap on optimizer steps
     grad_clip: Optional[float] = None  # max gradient norm; null = off (the tutorial)
@@ -187,7 +188,7 @@ class MLflowConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = 0  # torch's seed: initial weights, dropout and data order
     model: Any = MISSING
     data: Any = MISSING
     optimizer: Any = MISSING
