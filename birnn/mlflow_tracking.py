@@ -57,6 +57,8 @@ class MLflow:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(request_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(request_timeout_s))
         self.run_dir, self.images, self.log_checkpoints = run_dir, images, log_checkpoints
+        self.logged = False  # whether this process logged anything (a finished run started again logs nothing)
+        self.resumed_status: str | None = None  # the status of the MLflow run this one continues
         self.uri = tracking_uri or default_uri()
         self.sqlite = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
         if self.sqlite:
@@ -82,6 +84,7 @@ class MLflow:
         saved = json.loads(record.read_text())
         if saved.get("tracking_uri") != self.uri:
             return None
+        self.resumed_status = self.client.get_run(saved["run_id"]).info.status
         self.client.update_run(saved["run_id"], status=RunStatus.to_string(RunStatus.RUNNING))
         return saved["run_id"]
 
@@ -120,6 +123,7 @@ class MLflow:
         return run_id
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        self.logged = True
         now = int(time.time() * 1000)
         with self._store():
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
@@ -149,7 +153,9 @@ class MLflow:
         self.run_id = None
 
     def close(self) -> None:
-        """A run that stops before ``finish`` (signal, error) is marked KILLED; resuming marks it running again."""
+        """A run that stops before ``finish`` (signal, error) is marked KILLED (resuming marks it running again);
+        a finished run started again without training keeps its status."""
         if self.run_id is not None:
+            status = self.resumed_status if self.resumed_status and not self.logged else "KILLED"
             with self._store():
-                self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.KILLED))
+                self.client.set_terminated(self.run_id, status)

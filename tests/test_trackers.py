@@ -63,8 +63,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rest(url: str, endpoint: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+def rest(url: str, endpoint: str, body: dict | None = None) -> dict:
+    """MLflow's REST API: POST ``body`` as JSON, or GET without one."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=data,
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
@@ -99,7 +101,7 @@ def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_
     assert proc.returncode == 0, proc.stderr
     assert "Tracker mlflow failed" not in proc.stdout + proc.stderr
 
-    experiment = rest(url, "experiments/get-by-name?experiment_name=birnn", {})["experiment"]["experiment_id"]
+    experiment = rest(url, "experiments/get-by-name?experiment_name=birnn")["experiment"]["experiment_id"]
     runs = rest(url, "runs/search", {"experiment_ids": [experiment]})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t]
@@ -147,3 +149,19 @@ def test_parallel_jobs_share_the_default_sqlite_store(tmp_path, monkeypatch):
     assert {r.data.params["seed"] for r in children} == {"0", "1", "2"}
     assert all(r.data.metrics["test_accuracy"] == json.loads(
         (Path(r.data.tags["birnn.run_dir"]) / "metrics.json").read_text())["test_accuracy"] for r in children)
+
+
+def test_a_resumed_run_continues_its_own_mlflow_run(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    run = [*RUN, "tracker=mlflow", f"tracker.mlflow.tracking_uri={uri}", "tracker.mlflow.log_checkpoints=false"]
+    train(make_cfg(*run), tmp_path / "run")
+    train(make_cfg(*run, "trainer.max_steps=6"), tmp_path / "run")  # resumes the finished run for 2 more steps
+    train(make_cfg(*run, "trainer.max_steps=6"), tmp_path / "run")  # finished: nothing to do
+    client = MlflowClient(uri)
+    [only] = client.search_runs([client.get_experiment_by_name("birnn").experiment_id])
+    assert only.info.status == "FINISHED" and only.data.metrics["steps"] == 6
+    assert [m.step for m in client.get_metric_history(only.info.run_id, "train/loss")] == [2, 4, 6]
+    assert json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"] == only.info.run_id
