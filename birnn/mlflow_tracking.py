@@ -14,7 +14,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
@@ -39,6 +38,23 @@ BATCH = 100  # params per log_batch call (MLflow's limit)
 def default_uri() -> str:
     """``$MLFLOW_TRACKING_URI``, else a SQLite file under ``outputs/`` of the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path.cwd() / 'outputs' / 'mlflow.db').resolve()}"
+
+
+def _lock(uri: str) -> contextlib.AbstractContextManager:
+    """One process at a time on a SQLite store (no "database is locked"); any number on a server."""
+    if uri.startswith("sqlite:///"):
+        return FileLock(f"{uri.removeprefix('sqlite:///')}.lock")
+    return contextlib.nullcontext()
+
+
+def end_parent(sweep_dir: Path) -> None:
+    """Mark the multirun's parent run (recorded in ``sweep_dir``) finished; no record, nothing to do."""
+    record = sweep_dir / PARENT_RECORD
+    if not record.is_file():
+        return
+    saved = json.loads(record.read_text())
+    with _lock(saved["tracking_uri"]):
+        MlflowClient(saved["tracking_uri"]).set_terminated(saved["run_id"], RunStatus.to_string(RunStatus.FINISHED))
 
 
 def _sweep_dir() -> Path | None:
@@ -67,14 +83,8 @@ class MLflow:
             self.client = MlflowClient(self.uri)
             self.run_id = self._continued() or self._start(experiment, config or {})
 
-    @contextlib.contextmanager
-    def _store(self) -> Iterator[None]:
-        """Hold the store: a SQLite file takes one process at a time (no "database is locked"); a server, any."""
-        if self.sqlite is None:
-            yield
-            return
-        with FileLock(f"{self.sqlite}.lock"):
-            yield
+    def _store(self) -> contextlib.AbstractContextManager:
+        return _lock(self.uri)
 
     def _continued(self) -> str | None:
         """The run id a resumed run recorded for this store, marked running again; None for a new run."""

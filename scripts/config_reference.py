@@ -24,7 +24,7 @@ from omegaconf import MISSING, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from birnn.config import CONFIG_DIR, Config  # noqa: E402
+from birnn.config import CONFIG_DIR, Config  # noqa: E402  (after the sys.path line)
 
 OUT = ROOT / "docs" / "reference.md"
 GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "device", "tracker")  # config.yaml's order

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from birnn.train import train
 from birnn.tracking import Trackers, hparams
+from birnn.train import train
 from conftest import FAST, make_cfg, run_cli
 
 RUN = [*FAST, "trainer.max_steps=4", "trainer.log_every_n_steps=2"]
@@ -43,8 +43,8 @@ def test_a_failing_tracker_costs_one_warning_never_the_run(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="birnn.train"):
         metrics = train(cfg, tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == ["Tracker broken failed (ConnectionError: server down); it is off for the rest of this run "
-                        "(metrics.json and the checkpoints are unaffected)."]
+    assert warnings == [("Tracker broken failed (ConnectionError: server down); it is off for the rest of this run "
+                         "(metrics.json and the checkpoints are unaffected).")]
     assert metrics["steps"] == 4 and (tmp_path / "metrics.json").is_file()
     assert list(tmp_path.glob("events.out.tfevents.*"))  # the other tracker (tensorboard) carried on
 
@@ -107,6 +107,7 @@ def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_
     parents = [r for r, t in zip(runs, tags) if "mlflow.parentRunId" not in t]
     assert len(runs) == 3 and len(parents) == 1
     parent_id = parents[0]["info"]["run_id"]
+    assert parents[0]["info"]["status"] == "FINISHED" and parents[0]["info"]["run_name"] == sweep.name
     children = {t["birnn.run_dir"]: r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent_id}
     assert sorted(children) == [str((sweep / job).resolve()) for job in ("0", "1")]
     for run_dir, run in children.items():
