@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[test,optuna,export,timeseries]"
+	$(PY) -m pip install -e ".[test,optuna,export,timeseries,mlflow]"
 	touch $@
 
 .PHONY: venv train test bench

@@ -75,3 +75,18 @@ def locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+class MLflowParent(Callback):
+    """``tracker=mlflow``: when a multirun ends, mark its MLflow parent run finished (``birnn.mlflow_tracking``)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)
+        if not (sweep_dir / "mlflow_parent.json").is_file():
+            return
+        try:
+            from birnn.mlflow_tracking import end_parent
+
+            end_parent(sweep_dir)
+        except Exception as e:  # noqa: BLE001  (a tracker never fails the multirun)
+            log.warning("Could not mark the MLflow parent run of %s finished: %s", sweep_dir, report.one_line(e))

@@ -19,14 +19,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from birnn.errors import BirnnError
 
-READOUTS = ("last", "final", "mean")
-CELLS = ("lstm", "gru")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
-SCHEDULERS = ("none", "cosine", "onecycle")
-MAX_WIDTH, MAX_LAYERS = 65_536, 64  # far beyond any recurrent classifier; refuses typos like 1000000000
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 TEST_ON = ("last", "best")
+RNN_CLASSIFIER = "birnn.model.RNNClassifier"  # the model of checkpoints written before model._target_
 
 _PACKAGE = Path(__file__).resolve().parent
 # The config tree: ``birnn/conf/`` in an installed wheel (package data built from the repository's
@@ -45,15 +42,27 @@ def import_from_cwd() -> None:
 
 
 @dataclass
+class ModelComponentConfig:
+    """Any model (``/schema/model/model``, an open node like ``data_schema``): ``_target_`` names a class or
+    factory called as ``target(input_size=..., num_classes=..., **the other keys)`` that returns an
+    ``nn.Module`` whose ``module(x, lengths=None)`` gives logits."""
+
+    _target_: str = MISSING  # e.g. mymodels.ConvBiGRU (docs/own-model.md)
+
+
+@dataclass
 class ModelConfig:
-    hidden_size: int = 128
-    num_layers: int = 2
-    bidirectional: bool = True
-    dropout: float = 0.0
+    """birnn's own model, ``birnn.model.RNNClassifier`` (model=bilstm, model=bigru): its keys are typed."""
+
+    _target_: str = RNN_CLASSIFIER
+    hidden_size: int = 128  # units per direction in each recurrent layer
+    num_layers: int = 2  # stacked recurrent layers
+    bidirectional: bool = True  # false: a plain (unidirectional) LSTM / GRU
+    dropout: float = 0.0  # between recurrent layers
+    # last: output at the last step (the tutorial's) | final: final hidden states of both directions | mean: mean over time
     readout: str = "last"
-    # readout=last: run the last layer's backward direction over the final step only (exact, faster).
-    backward_shortcut: bool = True
-    cell: str = "lstm"  # lstm | gru (model=bigru)
+    backward_shortcut: bool = True  # readout=last: the last layer's backward direction runs over the final step only (exact, faster)
+    cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
 
 
 @dataclass
@@ -62,11 +71,11 @@ class DataConfig:
     these and reach the loader as keyword arguments, while these stay typed."""
 
     _target_: str = MISSING  # loader: (root, download, **kwargs) -> birnn.data.Splits
-    root: str = "data"
-    download: bool = True
-    batch_size: int = 100
+    root: str = "data"  # where the loader finds (or downloads) its files
+    download: bool = True  # fetch missing files (MNIST, Fashion-MNIST)
+    batch_size: int = 100  # the global batch (split among processes under torchrun)
     eval_batch_size: int = 500
-    val_size: int = 0
+    val_size: int = 0  # training samples held out for validation (0 = the tutorial: none)
     split_seed: int = 0
     normalize: bool = False  # per-feature standardization with the training split's mean and std
     # k steps read as one step of k x features (birnn/patches.py); auto: from the training split's length
@@ -85,13 +94,13 @@ class UEADataConfig(DataConfig):
     _target_: str = "birnn.sequences.load_uea"
     root: Optional[str] = None  # null: the problems bundled with aeon; else a local copy of the archive
     download: bool = False  # true is refused: birnn does not download archive problems
-    name: Optional[str] = None  # the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
+    name: Optional[str] = None  # required: the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
     batch_size: int = 32
-    normalize: bool = True
+    normalize: bool = True  # per-channel standardization with the training split's statistics
 
 
-def data_schema(schema: type[DataConfig] = DataConfig) -> DictConfig:
-    """A data schema as a node that accepts extra (loader) keys: struct mode off on this node only."""
+def data_schema(schema: type = DataConfig) -> DictConfig:
+    """A schema as a node that accepts extra (loader or model) keys: struct mode off on this node only."""
     node = OmegaConf.structured(schema)
     OmegaConf.set_struct(node, False)
     return node
@@ -100,7 +109,7 @@ def data_schema(schema: type[DataConfig] = DataConfig) -> DictConfig:
 @dataclass
 class AdamConfig:
     _target_: str = "torch.optim.Adam"
-    lr: float = 0.003
+    lr: float = 0.003  # the tutorial's
     weight_decay: float = 0.0
 
 
@@ -121,47 +130,85 @@ class SGDConfig:
 
 
 @dataclass
-class SchedulerConfig:
-    name: str = "none"
-    warmup_steps: int = 0  # linear warm-up from ~0 to optimizer.lr (cosine)
-    min_lr_ratio: float = 0.0  # cosine ends at optimizer.lr * min_lr_ratio
-    pct_start: float = 0.3  # onecycle: fraction of steps spent rising to optimizer.lr
+class CosineConfig:
+    """``scheduler=cosine``: linear warm-up to optimizer.lr, then cosine decay (``birnn.schedule.warmup_cosine``).
+
+    A scheduler is a partial: ``birnn.run`` calls it as ``target(optimizer, total_steps=N, **the other keys)``.
+    """
+
+    _target_: str = "birnn.schedule.warmup_cosine"
+    _partial_: bool = True
+    warmup_steps: int = 100  # linear warm-up to optimizer.lr over this many steps
+    min_lr_ratio: float = 0.0  # decays to optimizer.lr * min_lr_ratio at the last step
+
+
+@dataclass
+class OneCycleConfig:
+    """``scheduler=onecycle``: torch's OneCycleLR, peaking at optimizer.lr."""
+
+    _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
+    _partial_: bool = True
+    # the peak lr: the optimizer's unless set
+    max_lr: float = "${optimizer.lr}"  # type: ignore[assignment]
+    pct_start: float = 0.3  # fraction of the steps spent rising to max_lr
 
 
 @dataclass
 class DeviceConfig:
-    type: str = "auto"
-    num_threads: Optional[int] = None  # CPU threads; null = torch's default (joblib launcher: cores / n_jobs)
-    cudnn_benchmark: bool = True
+    type: str = "auto"  # auto: cuda, else mps, else cpu | cpu | cuda | mps
+    num_threads: Optional[int] = None  # CPU threads; null = torch's default (hydra/launcher=joblib: cores / n_jobs)
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels for the batch shapes
     # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
     dist_timeout_s: float = 300.0
-    tune_allocator: bool = True  # CPU + glibc: keep freed memory in the heap (birnn/allocator.py)
+    tune_allocator: bool = True  # CPU + glibc: keep freed memory in the heap (birnn/allocator.py); no effect on CUDA
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 2
-    log_every_n_steps: int = 100
-    max_steps: Optional[int] = None
-    grad_clip: Optional[float] = None
-    precision: str = "32"
-    checkpoint_every_n_steps: int = 500
-    early_stopping_patience: Optional[int] = None
-    log_images: bool = True  # confusion matrix + misclassified grid in TensorBoard after each test pass
+    epochs: int = 2  # the tutorial's
+    log_every_n_steps: int = 100  # log line + tracker train scalars every N steps
+    max_steps: Optional[int] = None  # optional cap on optimizer steps
+    grad_clip: Optional[float] = None  # max gradient norm; null = off (the tutorial)
+    precision: str = "32"  # 32 | bf16 (autocast, CPU and CUDA) | 16 (CUDA, grad scaler)
+    checkpoint_every_n_steps: int = 500  # plus every epoch end; 0 = epoch ends only
+    early_stopping_patience: Optional[int] = None  # epochs without validation improvement (needs data.val_size > 0)
+    log_images: bool = True  # confusion matrix + misclassified inputs after each test pass (~0.1-0.3 s each on a CPU)
     test_on: str = "last"  # last | best (best.pt, chosen on validation): the checkpoint the final test pass scores
     # Score the test split at every epoch end; null: true for a single run, false in a multirun or a search.
     test_every_epoch: Optional[bool] = None
 
 
 @dataclass
+class TensorBoardConfig:
+    """``tracker=tensorboard`` (the default): event files in the run dir (``tensorboard --logdir outputs``)."""
+
+    _target_: str = "birnn.tracking.TensorBoard"
+
+
+@dataclass
+class MLflowConfig:
+    """``tracker=mlflow``: one MLflow run per birnn run (``birnn.mlflow_tracking``; needs ``birnn[mlflow]``)."""
+
+    _target_: str = "birnn.mlflow_tracking.MLflow"
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/outputs/mlflow.db
+    experiment: str = "birnn"  # the MLflow experiment the runs go to
+    log_checkpoints: bool = True  # upload checkpoints/*.pt as artifacts when the run finishes
+    # retries of a failed request to a tracking server ($MLFLOW_HTTP_REQUEST_MAX_RETRIES wins); 0: a server that is
+    # down costs one warning at once (MLflow's own default retries for minutes)
+    request_retries: int = 0
+    request_timeout_s: int = 10  # seconds per request to a tracking server ($MLFLOW_HTTP_REQUEST_TIMEOUT wins)
+
+
+@dataclass
 class Config:
-    seed: int = 0
+    seed: int = 0  # torch's seed: initial weights, dropout and data order
     model: Any = MISSING
     data: Any = MISSING
     optimizer: Any = MISSING
-    scheduler: Any = MISSING
+    scheduler: Any = MISSING  # null (scheduler=none): constant lr, the tutorial's
     device: Any = MISSING
     trainer: Any = MISSING
+    tracker: Any = MISSING
     search: Any = None  # python -m birnn.search only (hparams_search=...): the study, see SearchConfig
 
 
@@ -189,17 +236,21 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="bilstm", node=ModelConfig)
+    cs.store(group="schema/model", name="model", node=data_schema(ModelComponentConfig))
     cs.store(group="schema/data", name="data", node=data_schema())
     cs.store(group="schema/data", name="uea", node=data_schema(UEADataConfig))
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
-    cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
+    cs.store(group="schema/scheduler", name="cosine", node=CosineConfig)
+    cs.store(group="schema/scheduler", name="onecycle", node=OneCycleConfig)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     search = OmegaConf.structured(SearchConfig)
     OmegaConf.set_struct(search.params, False)  # the search space: any config key (checked by birnn.search)
     cs.store(group="schema/search", name="search", node=search)
+    cs.store(group="schema/tracker", name="tensorboard", node=TensorBoardConfig)
+    cs.store(group="schema/tracker", name="mlflow", node=MLflowConfig)
 
 
 register_schemas()
@@ -207,24 +258,13 @@ register_schemas()
 
 def validate(cfg: DictConfig) -> None:
     """Check ranges and choices right after composition; raise one BirnnError listing every problem."""
-    m, d, o, t = cfg.model, cfg.data, cfg.optimizer, cfg.trainer
+    d, o, t = cfg.data, cfg.optimizer, cfg.trainer
     checks = [
-        (0 < m.hidden_size <= MAX_WIDTH, f"model.hidden_size must be in 1..{MAX_WIDTH}, got {m.hidden_size}"),
-        (0 < m.num_layers <= MAX_LAYERS, f"model.num_layers must be in 1..{MAX_LAYERS}, got {m.num_layers}"),
-        (0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}"),
-        (m.readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}; got {m.readout!r}"),
-        (m.cell in CELLS, f"model.cell must be one of {', '.join(CELLS)}; got {m.cell!r}"),
         (d.batch_size > 0, f"data.batch_size must be > 0, got {d.batch_size}"),
         (d.eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {d.eval_batch_size}"),
         (d.val_size >= 0, f"data.val_size must be >= 0, got {d.val_size}"),
         (_patch_ok(d.get("patch", 1)), f"data.patch must be a whole number >= 1 or auto, got {d.get('patch')!r}"),
         (math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a finite number > 0, got {o.lr}"),
-        (cfg.scheduler.name in SCHEDULERS,
-         f"scheduler.name must be one of {', '.join(SCHEDULERS)}; got {cfg.scheduler.name!r}"),
-        (cfg.scheduler.warmup_steps >= 0, f"scheduler.warmup_steps must be >= 0, got {cfg.scheduler.warmup_steps}"),
-        (0 <= cfg.scheduler.min_lr_ratio <= 1,
-         f"scheduler.min_lr_ratio must be in [0, 1], got {cfg.scheduler.min_lr_ratio}"),
-        (0 < cfg.scheduler.pct_start < 1, f"scheduler.pct_start must be in (0, 1), got {cfg.scheduler.pct_start}"),
         (cfg.device.type in DEVICES, f"device.type must be one of {', '.join(DEVICES)}; got {cfg.device.type!r}"),
         (cfg.device.num_threads is None or 0 < cfg.device.num_threads <= MAX_THREADS,
          f"device.num_threads must be in 1..{MAX_THREADS} (4 x this machine's cores) or null, "
@@ -283,3 +323,25 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
+
+
+def upgrade(stored: dict) -> dict:
+    """A checkpoint's config from an earlier birnn in today's form (to compare on resume).
+
+    A model without ``_target_`` is birnn's RNNClassifier. The old ``scheduler.name`` switch becomes today's
+    component where the saved schedule state fits it (none, onecycle); the old cosine (a ``LambdaLR``) does not.
+    """
+    stored = {**stored, "model": {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}}
+    old = stored.get("scheduler") or {}
+    if "name" not in old:
+        return stored
+    if old["name"] == "cosine":
+        raise BirnnError("Cannot resume: this run was started with the old scheduler.name=cosine, whose saved "
+                         "schedule state (a LambdaLR) does not fit today's scheduler=cosine (torch's LinearLR + "
+                         "CosineAnnealingLR); finish it with the birnn version that started it, or start a new run.")
+    if old["name"] == "onecycle":
+        stored["scheduler"] = {"_target_": OneCycleConfig._target_, "_partial_": True,
+                               "max_lr": stored["optimizer"]["lr"], "pct_start": old["pct_start"]}
+    else:
+        stored["scheduler"] = None
+    return stored

@@ -1,4 +1,4 @@
-"""The (Bi)LSTM / (Bi)GRU sequence classifier, its readouts and the last-step shortcut.
+"""The (Bi)LSTM / (Bi)GRU sequence classifier, its readouts and the last-step shortcut; building any model component.
 
 ``model(x)`` runs a fixed-length batch as it is; ``model(x, lengths)`` packs it
 (``pack_padded_sequence``) so the zero padding after each sample's ``lengths[i]`` valid steps never enters
@@ -7,12 +7,20 @@ the recurrence, and every readout reads each sample at its own length.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from birnn import trust
+from birnn.errors import BirnnError, first_line
+
+READOUTS = ("last", "final", "mean")
 _GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # model.cell -> (multi-layer cuDNN-capable module, one-step cell with the same gate layout)
 CELLS: dict[str, tuple[type[nn.RNNBase], type[nn.RNNCellBase]]] = {
@@ -100,6 +108,7 @@ class RNNClassifier(nn.Module):
                  bidirectional: bool = True, dropout: float = 0.0, readout: str = "last",
                  backward_shortcut: bool = True, cell: str = "lstm"):
         super().__init__()
+        check_options(hidden_size, num_layers, dropout, readout, cell)
         self.readout, self.cell = readout, cell
         self.add_module(cell, CELLS[cell][0](input_size, hidden_size, num_layers, batch_first=True,
                                              bidirectional=bidirectional, dropout=dropout))
@@ -147,7 +156,59 @@ class RNNClassifier(nn.Module):
 BiLSTMClassifier = RNNClassifier  # the name before model.cell (cell="lstm" is the default)
 
 
-def build_model(cfg: DictConfig, input_size: int, num_classes: int) -> RNNClassifier:
-    return RNNClassifier(input_size, num_classes, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                         bidirectional=cfg.bidirectional, dropout=cfg.dropout, readout=cfg.readout,
-                         backward_shortcut=cfg.backward_shortcut, cell=cfg.cell)
+MAX_WIDTH, MAX_LAYERS = 65_536, 64  # far beyond any recurrent classifier: refuses typos like 1000000000
+
+
+def check_options(hidden_size: int, num_layers: int, dropout: float, readout: str, cell: str) -> None:
+    """Raise one BirnnError listing every ``model.*`` value RNNClassifier cannot be built with."""
+    checks = [
+        (0 < hidden_size <= MAX_WIDTH, f"model.hidden_size must be in 1..{MAX_WIDTH}, got {hidden_size}"),
+        (0 < num_layers <= MAX_LAYERS, f"model.num_layers must be in 1..{MAX_LAYERS}, got {num_layers}"),
+        (0 <= dropout < 1, f"model.dropout must be in [0, 1), got {dropout}"),
+        (readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}; got {readout!r}"),
+        (cell in CELLS, f"model.cell must be one of {', '.join(CELLS)}; got {cell!r}"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The exception at the bottom of a chain of ``raise ... from``."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def build_model(cfg: DictConfig, input_size: int, num_classes: int,
+                allow: Iterable[str] | None = None) -> nn.Module:
+    """The model ``cfg`` (the ``model`` node) names: ``cfg._target_(input_size=..., num_classes=..., **keys)``.
+
+    Training (``allow`` None) instantiates the user's own config with Hydra. Restoring a checkpoint passes
+    ``allow``: the stored ``_target_`` is resolved under the trust rule (``birnn.trust``) and called with the
+    stored keys as plain values, so nothing nested in them is instantiated.
+    """
+    target = cfg.get("_target_")
+    try:
+        if allow is None:
+            model = instantiate(cfg, input_size=input_size, num_classes=num_classes)
+        else:
+            factory = trust.resolve(target, "model._target_", allow)
+            keys = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "_target_"}
+            model = factory(input_size=input_size, num_classes=num_classes, **keys)
+    except BirnnError:
+        raise
+    except InstantiationException as e:  # Hydra's wrapper around the import or the call that failed
+        cause = _innermost(e)
+        if isinstance(cause, BirnnError):
+            raise cause from None
+        if isinstance(cause, ImportError):
+            raise BirnnError(f"model._target_={target} cannot be imported ({type(cause).__name__}: "
+                             f"{first_line(cause)}); install it or put its module on the path (the working "
+                             "directory counts).") from None
+        raise BirnnError(f"model._target_={target} cannot be built: {type(cause).__name__}: {first_line(cause)}") from None
+    except Exception as e:  # a user's model may raise anything; one line names it
+        raise BirnnError(f"model._target_={target} cannot be built: {type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise BirnnError(f"model._target_={target} returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model

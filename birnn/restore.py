@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn import checkpoint
-from birnn.config import (AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelConfig, SchedulerConfig,
-                          SGDConfig, TrainerConfig, UEADataConfig, data_schema, validate)
+from birnn.config import (RNN_CLASSIFIER, AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelComponentConfig,
+                          ModelConfig, SGDConfig, TrainerConfig, UEADataConfig, data_schema, validate)
 from birnn.data import load_data, spec as data_spec
 from birnn.errors import BirnnError
-from birnn.model import RNNClassifier, build_model
+from birnn.model import build_model
 
 OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
 DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
@@ -35,7 +35,7 @@ class Restored:
     path: Path
     state: dict  # the checkpoint as loaded
     cfg: DictConfig  # its config with the overrides merged
-    model: RNNClassifier  # cell and every other model key as stored in cfg.model
+    model: torch.nn.Module  # built from cfg.model: its _target_ (birnn's RNNClassifier if none) and keys
     input_shape: tuple[int, int]  # (steps, features) of one raw input, before patching
     classes: list[str]
     spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.spec`` (less in old checkpoints)
@@ -62,15 +62,19 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
         items.append(f"device.type={value}" if key == "device" else item)
     optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
     data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
-    schema = OmegaConf.structured(Config(model=ModelConfig(), data=data_schema(data), scheduler=SchedulerConfig(),
-                                         device=DeviceConfig(), trainer=TrainerConfig(),
-                                         optimizer=optimizer() if optimizer else {}))
+    # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
+    own_model = stored.get("model", {}).get("_target_", RNN_CLASSIFIER) == RNN_CLASSIFIER
+    schema = OmegaConf.structured(Config(model=ModelConfig() if own_model else data_schema(ModelComponentConfig),
+                                         data=data_schema(data), scheduler=None, device=DeviceConfig(),
+                                         trainer=TrainerConfig(), optimizer=optimizer() if optimizer else {},
+                                         tracker={}))
     try:
         cfg = OmegaConf.merge(schema, stored)
     except OmegaConfBaseException as e:
         raise BirnnError(f"The checkpoint's config does not fit this birnn version: {_reason(e)}") from None
     OmegaConf.set_struct(cfg, True)
     OmegaConf.set_struct(cfg.data, True)  # the stored config has every loader key: a new data key is a typo
+    OmegaConf.set_struct(cfg.model, True)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
     except OmegaConfBaseException as e:
@@ -115,7 +119,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     if spec is None:  # checkpoints written before the data spec was stored: ask the loader
         spec = data_spec(load_data(cfg.data, torch.device("cpu"), allow=allow))
     steps, features = spec["input_shape"]
-    model = build_model(cfg.model, features * int(spec.get("patch", 1)), len(spec["classes"]))
+    model = build_model(cfg.model, features * int(spec.get("patch", 1)), len(spec["classes"]), allow=allow)
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])
     if bad:

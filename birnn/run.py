@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from birnn import checkpoint
-from birnn.config import flatten, to_plain
+from birnn.config import flatten, to_plain, upgrade
 from birnn.data import Batch, Splits, load_data, num_batches, shuffled_batches, spec as data_spec
 from birnn.device import setup_device, synchronize
 from birnn.distributed import Dist
@@ -30,7 +30,7 @@ from birnn.errors import BirnnError
 from birnn.loop import EvalResult, Stepper, loss_and_predictions
 from birnn.model import build_model
 from birnn.schedule import build_scheduler
-from birnn.tracking import Tracker, provenance, write_metrics
+from birnn.tracking import Trackers, provenance, write_metrics
 
 log = logging.getLogger("birnn.train")
 
@@ -56,10 +56,10 @@ class Progress:
 
 def check_resumable(cfg: DictConfig, stored: dict) -> None:
     """Refuse (before touching the run dir) a resume whose config differs in a key that changes the run."""
-    allowed = RESUMABLE + (STEP_COUNT_KEYS if cfg.scheduler.name == "none" else ())
-    now, then = flatten(to_plain(cfg)), flatten(stored)
+    allowed = RESUMABLE + (STEP_COUNT_KEYS if cfg.scheduler is None else ())
+    now, then = flatten(to_plain(cfg)), flatten(upgrade(stored))
     changed = sorted(k for k in now.keys() | then.keys()
-                     if now.get(k) != then.get(k) and k not in allowed and not k.startswith("device."))
+                     if now.get(k) != then.get(k) and k not in allowed and not k.startswith(("device.", "tracker.")))
     if changed:
         diffs = ", ".join(f"{k} ({then.get(k)!r} -> {now.get(k)!r})" for k in changed)
         raise BirnnError(f"Cannot resume: the config differs from the checkpoint's in {diffs}. Use the "
@@ -162,8 +162,8 @@ class Run:
         if resumed:
             self._resume(*resumed)
         self.epoch_shuffle_state = self.shuffle.get_state()  # the running epoch's permutation is drawn from here
-        self.tracker = Tracker(run_dir, purge_step=self.progress.global_step + 1 if resumed else None,
-                               config=self.config, images=cfg.trainer.log_images) if dist.is_main else None
+        self.tracker = Trackers(cfg.tracker, run_dir, purge_step=self.progress.global_step + 1 if resumed else None,
+                                config=self.config, images=cfg.trainer.log_images) if dist.is_main else None
         last_eval = self.progress.history[-1] if self.progress.history else {}
         self.metrics = {k: v for k, v in last_eval.items() if k not in ("epoch", "step")}
         self.window = Window(self.progress.global_step + 1)

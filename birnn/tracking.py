@@ -1,20 +1,27 @@
-"""Run records: TensorBoard scalars and ``metrics.json``, with the provenance of the code that made them."""
+"""Run records: the trackers (one small interface; TensorBoard here) and ``metrics.json``, with the provenance
+of the code that made them."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import subprocess
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from omegaconf import OmegaConf
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 import birnn
 from birnn.checkpoint import atomic_write
 from birnn.config import flatten
+from birnn.errors import BirnnError, first_line
 from birnn.figures import confusion_figure, misclassified_figure, misclassified_series_figure
 from birnn.loop import EvalResult
 from birnn.scores import confusion_matrix
@@ -22,6 +29,9 @@ from birnn.scores import confusion_matrix
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
 MAX_MISCLASSIFIED_SERIES = 6  # line plots of misclassified series
 HPARAM_SECTIONS = ("seed", "model", "data", "optimizer", "scheduler", "trainer")
+
+MAX_REASON = 240  # characters of a failing tracker's error quoted in its warning
+log = logging.getLogger("birnn.train")
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,7 +51,49 @@ def hparams(config: dict) -> dict[str, bool | int | float | str]:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
-class Tracker:
+def pictures(split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str], kind: str = "image",
+             lengths: Tensor | None = None) -> dict[str, Figure]:
+    """The confusion matrix and the first misclassified inputs of one pass, by tag (``test/confusion_matrix``).
+
+    ``MAX_MISCLASSIFIED`` images, or for ``kind="series"`` ``MAX_MISCLASSIFIED_SERIES`` line plots (each cut
+    to its length, if given).
+    """
+    pred = result.predictions
+    matrix = confusion_matrix(y, pred, len(classes)).numpy()
+    figures = {f"{split}/confusion_matrix": confusion_figure(matrix, classes)}
+    wrong = (pred != y).nonzero().squeeze(1)
+    if len(wrong):
+        shown = wrong[:MAX_MISCLASSIFIED_SERIES if kind == "series" else MAX_MISCLASSIFIED]
+        inputs = x[shown].float().cpu().numpy()
+        true, predicted = [classes[i] for i in y[shown].tolist()], [classes[i] for i in pred[shown].tolist()]
+        if kind == "series":
+            steps = [len(s) for s in inputs] if lengths is None else lengths[shown].tolist()
+            figures[f"{split}/misclassified"] = misclassified_series_figure([s[:n] for s, n in zip(inputs, steps)],
+                                                                           true, predicted, total=len(wrong))
+        else:
+            figures[f"{split}/misclassified"] = misclassified_figure(inputs, true, predicted, total=len(wrong))
+    return figures
+
+
+class Tracker(Protocol):
+    """What a run reports to a tracker (``tracker.<name>._target_``), built as
+    ``target(run_dir, purge_step=..., config=..., images=..., **its keys)`` on the main process only.
+
+    ``purge_step``: on resume, the first step the run logs again (None for a fresh run); ``config``: the
+    resolved config; ``images``: draw pictures after each test pass (``trainer.log_images``).
+    """
+
+    def scalars(self, step: int, values: dict[str, float]) -> None: ...
+
+    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
+                   kind: str = "image", lengths: Tensor | None = None) -> None: ...
+
+    def finish(self, config: dict, metrics: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoard:
     """TensorBoard event files written straight into the run dir (``tensorboard --logdir outputs``).
 
     ``purge_step`` (on resume) hides events a killed run logged after its last checkpoint; ``config`` (the
@@ -61,29 +113,12 @@ class Tracker:
 
     def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
                    kind: str = "image", lengths: Tensor | None = None) -> None:
-        """Record one evaluation pass over ``(x, y)``; a test pass also as pictures.
-
-        Pictures: the confusion matrix and the first misclassified inputs: ``MAX_MISCLASSIFIED`` images, or
-        for ``kind="series"`` ``MAX_MISCLASSIFIED_SERIES`` line plots (each cut to its length, if given).
-        """
+        """Record one evaluation pass over ``(x, y)``; a test pass also as pictures (``pictures``)."""
         self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
         if split != "test" or not self.images:
             return
-        pred = result.predictions
-        matrix = confusion_matrix(y, pred, len(classes)).numpy()
-        self.writer.add_figure(f"{split}/confusion_matrix", confusion_figure(matrix, classes), step)
-        wrong = (pred != y).nonzero().squeeze(1)
-        if len(wrong):
-            shown = wrong[:MAX_MISCLASSIFIED_SERIES if kind == "series" else MAX_MISCLASSIFIED]
-            inputs = x[shown].float().cpu().numpy()
-            true, predicted = [classes[i] for i in y[shown].tolist()], [classes[i] for i in pred[shown].tolist()]
-            if kind == "series":
-                steps = [len(s) for s in inputs] if lengths is None else lengths[shown].tolist()
-                figure = misclassified_series_figure([s[:n] for s, n in zip(inputs, steps)], true, predicted,
-                                                     total=len(wrong))
-            else:
-                figure = misclassified_figure(inputs, true, predicted, total=len(wrong))
-            self.writer.add_figure(f"{split}/misclassified", figure, step)
+        for tag, figure in pictures(split, result, x, y, classes, kind, lengths).items():
+            self.writer.add_figure(tag, figure, step)
 
     def finish(self, config: dict, metrics: dict) -> None:
         """Record the end of the run: its hyper-parameters with its final metrics (TensorBoard's HParams tab).
@@ -97,6 +132,58 @@ class Tracker:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class Trackers:
+    """The run's trackers (the ``tracker`` node: ``{name: {_target_: ..., keys}}``), called together.
+
+    A tracker that fails (server down, store unwritable) costs one warning and is dropped for the rest of the
+    run: ``metrics.json`` and the checkpoints are the run's record, never a tracker. A bad tracker config
+    (BirnnError, e.g. a missing optional package) still stops the run before it trains.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, purge_step: int | None = None, config: dict | None = None,
+                 images: bool = True):
+        self.active: dict[str, Tracker] = {}
+        for name, node in cfg.items():
+            try:
+                self.active[str(name)] = instantiate(node, _partial_=True)(run_dir, purge_step=purge_step,
+                                                                           config=config, images=images)
+            except InstantiationException as e:
+                if isinstance(e.__cause__, BirnnError):
+                    raise e.__cause__ from None
+                self._warn(str(name), e.__cause__ or e)
+            except BirnnError:
+                raise
+            except Exception as e:  # noqa: BLE001  (a tracker never costs the run)
+                self._warn(str(name), e)
+
+    def _warn(self, name: str, error: BaseException) -> None:
+        reason = first_line(error)
+        log.warning("Tracker %s failed (%s: %s); it is off for the rest of this run (metrics.json and the "
+                    "checkpoints are unaffected).", name, type(error).__name__,
+                    reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "...")
+
+    def _each(self, method: str, *args, **kwargs) -> None:
+        for name, tracker in list(self.active.items()):
+            try:
+                getattr(tracker, method)(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001  (dropped without another call: its store may hang or fail again)
+                del self.active[name]
+                self._warn(name, e)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self._each("scalars", step, values)
+
+    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
+                   kind: str = "image", lengths: Tensor | None = None) -> None:
+        self._each("evaluation", step, split, result, x, y, classes, kind, lengths)
+
+    def finish(self, config: dict, metrics: dict) -> None:
+        self._each("finish", config, metrics)
+
+    def close(self) -> None:
+        self._each("close")
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> Path:

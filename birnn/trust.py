@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable
 
-from hydra.utils import get_method
+from hydra._internal.utils import _locate
 
 from birnn.errors import BirnnError, first_line
 
@@ -42,7 +42,12 @@ def resolve(target: Any, key: str, allow: Iterable[str] = ()) -> Callable:
                          f"checkpoint names is imported unless you allow it. If you trust that code, add "
                          f"--allow {module}.")
     try:
-        return get_method(target)
+        found = _locate(target)  # get_method's lookup, without the error it logs before raising
     except Exception as e:
-        raise BirnnError(f"{key}={target} cannot be imported here ({first_line(e)}); install or put its module "
-                         "on the path (the working directory counts).") from None
+        while e.__cause__ is not None:  # the ImportError under hydra's "Error loading ..." wrapper
+            e = e.__cause__
+        raise BirnnError(f"{key}={target} cannot be imported here ({type(e).__name__}: {first_line(e)}); install "
+                         "or put its module on the path (the working directory counts).") from None
+    if not callable(found):
+        raise BirnnError(f"The checkpoint's {key}={target} is not callable.")
+    return found

@@ -8,11 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from birnn import export
-from birnn.config import validate
 from birnn.data import Splits, load_digits
 from birnn.errors import BirnnError
 from birnn.evaluate import evaluate_checkpoint
-from birnn.model import RNNClassifier
+from birnn.model import RNNClassifier, build_model
 from birnn.restore import Restored, restore
 from birnn.train import train
 from conftest import FAST, make_cfg
@@ -21,8 +20,8 @@ from conftest import FAST, make_cfg
 def test_bigru_option_and_cell_choice():
     cfg = make_cfg("model=bigru")
     assert cfg.model.cell == "gru" and make_cfg().model.cell == "lstm"
-    with pytest.raises(BirnnError, match="model.cell must be one of lstm, gru; got 'rnn'"):
-        validate(make_cfg("model.cell=rnn"))
+    assert isinstance(build_model(cfg.model, 8, 10).rnn, torch.nn.GRU)
+    assert isinstance(build_model(make_cfg("model.cell=gru").model, 8, 10).rnn, torch.nn.GRU)
 
 
 @pytest.fixture(scope="module")

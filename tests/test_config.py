@@ -7,6 +7,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from birnn.config import validate
 from birnn.device import setup_device
+from birnn.model import build_model
 from birnn.errors import BirnnError
 from conftest import make_cfg
 
@@ -18,7 +19,8 @@ def test_defaults_reproduce_the_tutorial():
     assert cfg.data._target_ == "birnn.data.load_mnist" and cfg.data.batch_size == 100
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.003
     assert cfg.trainer.epochs == 2 and cfg.trainer.grad_clip is None and cfg.trainer.precision == "32"
-    assert cfg.scheduler.name == "none" and cfg.device.type == "auto" and cfg.seed == 0
+    assert cfg.scheduler is None and cfg.device.type == "auto" and cfg.seed == 0
+    assert cfg.model._target_ == "birnn.model.RNNClassifier" and list(cfg.tracker) == ["tensorboard"]
     validate(cfg)
 
 
@@ -31,8 +33,8 @@ def test_data_option_carries_trainer_settings_and_the_command_line_wins():
 @pytest.mark.parametrize("group,option,key,value", [
     ("optimizer", "adamw", "weight_decay", 0.01),
     ("optimizer", "sgd", "momentum", 0.9),
-    ("scheduler", "cosine", "name", "cosine"),
-    ("scheduler", "onecycle", "name", "onecycle"),
+    ("scheduler", "cosine", "_target_", "birnn.schedule.warmup_cosine"),
+    ("scheduler", "onecycle", "_target_", "torch.optim.lr_scheduler.OneCycleLR"),
     ("device", "cpu", "type", "cpu"),
 ])
 def test_group_options_compose(group, option, key, value):
@@ -53,10 +55,6 @@ def test_composition_rejects(override, error):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.hidden_size=-1", "model.hidden_size must be in 1..65536"),
-    ("model.num_layers=0", "model.num_layers must be in 1..64"),
-    ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
-    ("model.readout=first", "model.readout must be one of"),
     ("optimizer.lr=0", "optimizer.lr must be a finite number > 0"),
     ("optimizer.lr=-0.1", "optimizer.lr must be a finite number > 0"),
     ("data.batch_size=0", "data.batch_size must be > 0"),
@@ -75,8 +73,24 @@ def test_range_checks(override, message):
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(BirnnError) as info:
-        validate(make_cfg("model.hidden_size=0", "optimizer.lr=0"))
-    assert "model.hidden_size" in str(info.value) and "optimizer.lr" in str(info.value)
+        validate(make_cfg("data.batch_size=0", "optimizer.lr=0"))
+    assert "data.batch_size" in str(info.value) and "optimizer.lr" in str(info.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.hidden_size=-1", "model.hidden_size must be in 1..65536"),
+    ("model.num_layers=0", "model.num_layers must be in 1..64"),
+    ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
+    ("model.readout=first", "model.readout must be one of"),
+    ("model.cell=rnn", "model.cell must be one of lstm, gru; got 'rnn'"),
+])
+def test_birnns_model_checks_its_own_keys(override, message):
+    """RNNClassifier's keys are checked where it is built, not in validate (a user's model has other keys)."""
+    cfg = make_cfg(override)
+    validate(cfg)
+    with pytest.raises(BirnnError) as info:
+        build_model(cfg.model, 8, 10)
+    assert message in str(info.value)
 
 
 def test_cuda_without_cuda_is_a_clear_error(monkeypatch):

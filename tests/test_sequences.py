@@ -20,7 +20,7 @@ from birnn.errors import BirnnError  # noqa: E402
 from birnn.figures import misclassified_series_figure  # noqa: E402
 from birnn.loop import EvalResult  # noqa: E402
 from birnn.sequences import bundled_problems, load_uea, read_ts  # noqa: E402
-from birnn.tracking import Tracker  # noqa: E402
+from birnn.tracking import TensorBoard  # noqa: E402
 from birnn.train import train  # noqa: E402
 from conftest import make_cfg, run_cli  # noqa: E402
 
@@ -219,7 +219,7 @@ def test_misclassified_series_picture(tmp_path):
 
     x = torch.zeros(3, 9, 3)
     y, pred = torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1])
-    tracker = Tracker(tmp_path, images=True)
+    tracker = TensorBoard(tmp_path, images=True)
     tracker.evaluation(7, "test", EvalResult(loss=0.5, accuracy=2 / 3, predictions=pred), x, y, ["p", "q"],
                        kind="series", lengths=torch.tensor([9, 4, 6]))
     tracker.close()
