@@ -67,7 +67,7 @@ def test_predict_refuses_what_does_not_fit_the_model(series_run, tmp_path):
     far = tmp_path / "far.npy"
     np.save(far, np.full((10, 2), 1e6, dtype=np.float32))
     ok = tmp_path / "ok.npy"
-    np.save(ok, np.full((10, 2), 50, dtype=np.float32))
+    np.save(ok, arrays()["x_test"][0].astype(np.float32))  # a sample of the data itself
     results = {Path(r["file"]).name: r for r in predict(ckpt, [huge, fifo, picture, far, ok])}
     assert "shape (100000000000, 2)" in results["huge.npy"]["error"]
     assert results["pipe.npy"]["error"] == "not a regular file"
