@@ -1,8 +1,8 @@
 """The state of one training run and what can be done with it: build, resume, step, evaluate, save, finish.
 
-``birnn.train.train`` drives a ``Run`` through its epochs; a ``Run`` holds what trains (model, optimizer,
-schedule, data), where it stands (``Progress``) and how it is recorded (checkpoints, TensorBoard,
-``metrics.json``). Ranks are the business of ``birnn.distributed.Dist``: every process holds a ``Run``,
+``birnn.train.train`` is the loop and its policy (when to log, checkpoint, evaluate and stop); a ``Run``
+holds what trains (model, optimizer, schedule, data), where it stands (``Progress``), how it resumes, and
+how it is recorded (checkpoints, trackers, ``metrics.json``). Ranks are the business of ``birnn.distributed.Dist``: every process holds a ``Run``,
 the main one writes the records.
 """
 
@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from hydra.utils import instantiate
@@ -168,8 +168,6 @@ class Run:
         self.metrics = {k: v for k, v in last_eval.items() if k not in ("epoch", "step")}
         self.window = Window(self.progress.global_step + 1)
         self.clock = time.perf_counter()
-        # Called with the history after every epoch end's checkpoint; True stops the run (a search's pruner).
-        self.on_evaluation: Callable[[list[dict]], bool] | None = None
 
     def _resume_point(self) -> tuple[dict, Path] | None:
         """The newest usable checkpoint in the run dir, read by the main rank and sent to the others."""
@@ -261,24 +259,18 @@ class Run:
                              f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0.")
         return losses, totals[1].sum().item()
 
-    def log_window(self) -> dict[str, float]:
-        """Log the mean training loss and accuracy since the last log line, then start a new window."""
+    def train_scores(self) -> dict[str, float]:
+        """Mean training loss and accuracy since the last call (over all ranks), and the lr; starts a new window."""
         losses, correct = self.window_totals()
-        w, p = self.window, self.progress
-        values = {"train/loss": losses.sum().item() / w.samples, "train/accuracy": correct / w.samples,
-                  "train/lr": self.optimizer.param_groups[0]["lr"]}
-        log.info("Epoch [%d/%d], Step [%d/%d], Loss: %.4f", p.epoch + 1, self.cfg.trainer.epochs, p.step_in_epoch,
-                 self.steps_per_epoch, values["train/loss"])
-        if self.tracker:
-            self.tracker.scalars(p.global_step, values)
-        self.window = Window(p.global_step + 1)
-        return values
+        w = self.window
+        self.window = Window(self.progress.global_step + 1)
+        return {"train/loss": losses.sum().item() / w.samples, "train/accuracy": correct / w.samples,
+                "train/lr": self.optimizer.param_groups[0]["lr"]}
 
-    def checkpoint_due(self) -> bool:
-        """A mid-epoch checkpoint every ``trainer.checkpoint_every_n_steps`` (epoch ends save anyway)."""
-        every, p = self.cfg.trainer.checkpoint_every_n_steps, self.progress
-        end_of_epoch = p.step_in_epoch == self.steps_per_epoch or p.global_step >= self.total_steps
-        return bool(every) and p.global_step % every == 0 and not end_of_epoch
+    def track(self, scores: dict[str, float]) -> None:
+        """Send scores at the current step to the trackers (the main rank's)."""
+        if self.tracker:
+            self.tracker.scalars(self.progress.global_step, scores)
 
     def _clock(self) -> None:
         """Add the wall time since the last call to the training time."""
@@ -328,8 +320,8 @@ class Run:
             self.tracker.evaluation(self.progress.global_step, split, result, x, y, d.classes, d.kind, lengths)
         return {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
 
-    def end_epoch(self) -> bool:
-        """Close the epoch (or the step budget): evaluate, record, checkpoint. True when early stopping."""
+    def close_epoch(self) -> None:
+        """Count the epoch (when all its steps are done) and stop the training clock before evaluation."""
         self.window_totals()
         self._clock()
         p = self.progress
@@ -337,25 +329,21 @@ class Run:
             p.epoch += 1
             p.step_in_epoch = 0
         self.epoch_shuffle_state = self.shuffle.get_state()
-        has_val = self.data.val_x is not None
-        self.metrics = self.evaluate("test") if self.cfg.trainer.get("test_every_epoch") is not False else {}
-        if has_val:
-            self.metrics.update(self.evaluate("val"))
-        p.history.append({"epoch": p.epoch, "step": p.global_step, **self.metrics})
-        log.info("Epoch %d: %s", p.epoch, ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))
-        improved = has_val and (p.best_val_accuracy is None or self.metrics["val_accuracy"] > p.best_val_accuracy)
+
+    def record(self, scores: dict[str, float]) -> bool:
+        """Add an evaluation to the history and the best validation accuracy so far; True if it improved."""
+        p = self.progress
+        self.metrics = scores
+        p.history.append({"epoch": p.epoch, "step": p.global_step, **scores})
+        improved = "val_accuracy" in scores and (p.best_val_accuracy is None
+                                                 or scores["val_accuracy"] > p.best_val_accuracy)
         if improved:
-            p.best_val_accuracy = self.metrics["val_accuracy"]
+            p.best_val_accuracy = scores["val_accuracy"]
             p.epochs_without_improvement = 0
-        elif has_val:
+        elif "val_accuracy" in scores:
             p.epochs_without_improvement += 1
         self.clock = time.perf_counter()  # evaluation is not training time
-        self.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
-        patience = self.cfg.trainer.early_stopping_patience
-        if patience and p.epochs_without_improvement >= patience:
-            log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
-            return True
-        return bool(self.on_evaluation and self.on_evaluation(p.history))
+        return improved
 
     def test_pass(self) -> dict:
         """Test scores of the checkpoint ``trainer.test_on`` names: the model as trained (last) or ``best.pt``."""

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from birnn import distributed, rundir, selection
+from birnn import checkpoint, distributed, rundir, selection
 from birnn.config import CONFIG_DIR, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
@@ -35,6 +35,8 @@ def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], 
           started: Callable[[], None] = lambda: None) -> dict:
     """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics.
 
+    The whole policy is here, top to bottom: step, log, checkpoint, evaluate at each epoch end, stop early.
+    ``Run`` holds the state (model, optimizer, data, progress) and knows how to resume and save it.
     ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there.
     ``started`` is called once the run is built (data loaded, checkpoint accepted): from then on it keeps its dir.
     """
@@ -42,24 +44,29 @@ def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], 
     run = None
     try:
         run = Run(cfg, run_dir, dist)
-        run.on_evaluation = on_evaluation
         started()
         if run.finished is not None:
             return run.complete()
         log.info(run.describe())
-        tcfg, p = cfg.trainer, run.progress
+        t, p = cfg.trainer, run.progress
+        test_every_epoch = t.get("test_every_epoch") is not False
         with GracefulStop() as stop:
             while not run.done:
                 bar = tqdm(run.epoch_batches(), total=run.steps_per_epoch, initial=p.step_in_epoch,
-                           disable=None if dist.is_main else True, desc=f"Epoch {p.epoch + 1}/{tcfg.epochs}",
+                           disable=None if dist.is_main else True, desc=f"Epoch {p.epoch + 1}/{t.epochs}",
                            leave=False)
                 for batch in bar:
                     run.step(batch)
-                    if p.global_step % tcfg.log_every_n_steps == 0:
-                        values = run.log_window()
-                        bar.set_postfix(loss=f"{values['train/loss']:.4f}", acc=f"{values['train/accuracy']:.3f}")
+                    if p.global_step % t.log_every_n_steps == 0:
+                        scores = run.train_scores()
+                        log.info("Epoch [%d/%d], Step [%d/%d], Loss: %.4f", p.epoch + 1, t.epochs, p.step_in_epoch,
+                                 run.steps_per_epoch, scores["train/loss"])
+                        run.track(scores)
+                        bar.set_postfix(loss=f"{scores['train/loss']:.4f}", acc=f"{scores['train/accuracy']:.3f}")
                     stop.requested = dist.agree(stop.requested or 0) or None  # every rank stops at the same step
-                    if stop.requested or run.checkpoint_due():
+                    last_step = p.step_in_epoch == run.steps_per_epoch or p.global_step >= run.total_steps
+                    every = t.checkpoint_every_n_steps  # epoch ends save anyway
+                    if stop.requested or (every and p.global_step % every == 0 and not last_step):
                         path = run.save()
                         if stop.requested:
                             log.warning("Stopped by %s at step %d; checkpoint saved to %s. To resume, run the same "
@@ -68,7 +75,19 @@ def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], 
                     if p.global_step >= run.total_steps:
                         break
                 bar.close()
-                if run.end_epoch():
+
+                run.close_epoch()  # the epoch (or the step budget) is over: evaluate, record, checkpoint
+                scores = run.evaluate("test") if test_every_epoch else {}
+                if run.data.val_x is not None:
+                    scores |= run.evaluate("val")
+                improved = run.record(scores)
+                log.info("Epoch %d: %s", p.epoch, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
+                patience = t.early_stopping_patience
+                if patience and p.epochs_without_improvement >= patience:
+                    log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
+                    break
+                if on_evaluation is not None and on_evaluation(p.history):
                     break
         return run.finish()
     except RuntimeError as e:
