@@ -334,7 +334,7 @@ def run(cfg: DictConfig) -> None:
 def main() -> None:
     import_from_cwd()
     if not any(a.startswith(("hparams_search=", "+hparams_search=")) for a in sys.argv[1:]):
-        sys.argv.insert(1, "hparams_search=optuna")
+        sys.argv.append("hparams_search=optuna")
     try:
         run()
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -48,7 +49,8 @@ def test_test_on_best_scores_the_best_val_checkpoint_once(tmp_path):
     m = metrics(run)
     assert all("test_accuracy" not in e for e in m["history"])  # no per-epoch test pass
     best = max(m["history"], key=lambda e: e["val_accuracy"])  # the first of equals, as best.pt keeps it
-    assert m["test_on"] == "best" and m["test_epoch"] == best["epoch"] and m["best_val_accuracy"] == best["val_accuracy"]
+    assert m["test_on"] == "best" and m["test_epoch"] == best["epoch"]
+    assert m["best_val_accuracy"] == best["val_accuracy"]
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert state["progress"]["epoch"] == best["epoch"]
 
@@ -99,8 +101,7 @@ def test_five_fold_cv_on_digits_gives_mean_and_std_over_folds(tmp_path):
     val = [m["best_val_accuracy"] for m in runs]
     md = (sweep / "summary.md").read_text()
     assert "best first by best_val_accuracy" in md and "Mean ± std over folds:" in md
-    import statistics
-    assert f"| 5 | " in md.split("Mean ± std over folds:")[1]
+    assert "| 5 | " in md.split("Mean ± std over folds:")[1]
     assert f"{statistics.fmean(val):.4f} ± {statistics.stdev(val):.4f}" in md
     test = [m["test_accuracy"] for m in runs]
     assert len(set(test)) > 1  # five different models, one test split
