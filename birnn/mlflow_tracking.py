@@ -129,6 +129,7 @@ class MLflow:
         params = [Param(k, str(v)) for k, v in hparams(config).items()]
         for i in range(0, len(params), BATCH):
             self.client.log_batch(run_id, params=params[i:i + BATCH])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / RECORD).write_text(json.dumps({"run_id": run_id, "tracking_uri": self.uri}) + "\n")
         return run_id
 
