@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 AUTO = "auto"
 # data.patch=auto: series up to this many steps are read one step at a time (a BiLSTM handles them well:
-# JapaneseVowels' 29 steps, ItalyPowerDemand's 24); longer ones are read as about sqrt(steps) patches of
+# JapaneseVowels' 7-26 steps, ItalyPowerDemand's 24); longer ones are read as about sqrt(steps) patches of
 # sqrt(steps) steps, the tutorial's 28 x 28 for a 784-pixel series.
 AUTO_MAX_PLAIN_STEPS = 64
 

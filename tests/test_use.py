@@ -99,7 +99,7 @@ def test_restore_without_a_stored_data_spec_asks_the_loader(ckpt, tmp_path):
     state = torch.load(ckpt, weights_only=True)
     assert state.pop("data") == {"input_shape": [8, 8], "features": 8, "max_length": 8,
                                  "classes": [str(i) for i in range(10)], "normalization": None,
-                                 "kind": "image"}
+                                 "kind": "image", "patch": 1}
     state.pop("checksum")  # older checkpoints had neither
     torch.save(state, tmp_path / "old.pt")
     restored = restore(tmp_path / "old.pt")
