@@ -24,4 +24,4 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 docs: venv
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
