@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from birnn import console
 from birnn.checkpoint import atomic_write
 from birnn.config import import_from_cwd
 from birnn.data import load_data
@@ -66,8 +67,9 @@ def report(scores: dict) -> str:
     return "\n".join(lines)
 
 
+@console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m birnn.evaluate",
+    parser = argparse.ArgumentParser(prog=console.prog("birnn.evaluate"),
                                      description="Re-test a checkpoint's model on its test split.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
+from birnn import console
 from birnn.config import DEVICES, DeviceConfig, import_from_cwd
 from birnn.device import setup_device
 from birnn.errors import BirnnError
@@ -160,8 +161,9 @@ def show(results: list[dict], as_json: bool) -> None:
             print(f"{_name(r):<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
 
 
+@console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m birnn.predict",
+    parser = argparse.ArgumentParser(prog=console.prog("birnn.predict"),
                                      description="Classify image files (PNG/JPEG), .npy arrays or .ts series "
                                                  "with a trained model.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")

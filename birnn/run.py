@@ -308,7 +308,8 @@ class Run:
         if has_val:
             self.metrics.update(self.evaluate("val"))
         p.history.append({"epoch": p.epoch, "step": p.global_step, **self.metrics})
-        log.info("Epoch %d: %s", p.epoch, ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))
+        shown = p.epoch + (p.step_in_epoch > 0)  # a max_steps stop mid-epoch: the epoch it stopped in
+        log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items()))
         improved = has_val and (p.best_val_accuracy is None or self.metrics["val_accuracy"] > p.best_val_accuracy)
         if improved:
             p.best_val_accuracy = self.metrics["val_accuracy"]

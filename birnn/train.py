@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from birnn import distributed
+from birnn import console, distributed
 from birnn.config import CONFIG_DIR, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
@@ -107,11 +107,12 @@ def run(cfg: DictConfig) -> float:
 def main() -> None:
     import_from_cwd()
     env = distributed.world_env()
-    if env is None:
-        sys.argv = keep_hydra_record(sys.argv)
-        run()
-    else:
-        main_distributed(env["rank"])
+    with console.one_line_errors():
+        if env is None:
+            sys.argv = keep_hydra_record(sys.argv)
+            console.run_hydra(run)
+        else:
+            main_distributed(env["rank"])
 
 
 RUN_RECORDS = Path("outputs") / ".torchrun"  # run id -> run dir, so restarted workers find their run
