@@ -159,9 +159,10 @@ def closed_pipe_ok(main: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> Any:
         try:
-            result = main(argv)
-            sys.stdout.flush()
-            return result
+            try:
+                return main(argv)
+            finally:
+                sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's final flush
         except BrokenPipeError:
             # Python's documented recipe: point stdout at devnull so the interpreter's final flush stays quiet
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
