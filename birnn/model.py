@@ -144,9 +144,6 @@ class RNNClassifier(nn.Module):
         return self.fc(features)
 
 
-BiLSTMClassifier = RNNClassifier  # the name before model.cell (cell="lstm" is the default)
-
-
 def build_model(cfg: DictConfig, input_size: int, num_classes: int) -> RNNClassifier:
     return RNNClassifier(input_size, num_classes, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                          bidirectional=cfg.bidirectional, dropout=cfg.dropout, readout=cfg.readout,

@@ -146,19 +146,21 @@ def _name(result: dict) -> str:
 
 
 def show(results: list[dict], as_json: bool) -> None:
-    """One JSON array on stdout, or a table on stdout and one ``error:`` line per unreadable file on stderr."""
+    """One JSON array on stdout (class index ``prediction`` and name ``label``), or a table of the predicted class
+    names on stdout and one ``error:`` line per unreadable file on stderr."""
     if as_json:
         print(json.dumps(results, indent=2))
         return
     classified = [r for r in results if "error" not in r]
     width = max((len(_name(r)) for r in classified), default=4)
-    if classified:
-        print(f"{'file':<{width}}  prediction  {'label':<12}  probability")
+    label_width = max((len(r["label"]) for r in classified), default=10)
+    if classified:  # the class's name only: an index beside it ("0  1" for class "1") reads as a contradiction
+        print(f"{'file':<{width}}  {'prediction':<{label_width}}  probability")
     for r in results:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
         else:
-            print(f"{_name(r):<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
+            print(f"{_name(r):<{width}}  {r['label']:<{label_width}}  {r['probability']:>11.4f}")
 
 
 @console.closed_pipe_ok
