@@ -153,7 +153,7 @@ def show(results: list[dict], as_json: bool) -> None:
         return
     classified = [r for r in results if "error" not in r]
     width = max((len(_name(r)) for r in classified), default=4)
-    label_width = max((len(r["label"]) for r in classified), default=10)
+    label_width = max([len("prediction"), *(len(r["label"]) for r in classified)])
     if classified:  # the class's name only: an index beside it ("0  1" for class "1") reads as a contradiction
         print(f"{'file':<{width}}  {'prediction':<{label_width}}  probability")
     for r in results:
