@@ -21,7 +21,7 @@ from birnn import evaluate, export, predict
 from birnn.data import load_digits
 from birnn.model import RNNClassifier
 from birnn.restore import Restored, merge_overrides, restore
-from birnn.scores import per_class
+from birnn.scores import confusion_matrix, per_class
 from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -106,7 +106,10 @@ def test_restore_without_a_stored_data_spec_asks_the_loader(ckpt, tmp_path):
 
 
 def test_per_class_scores_leave_undefined_ones_empty():
-    rows = per_class(torch.tensor([[2, 0, 1], [0, 0, 0], [1, 0, 3]]), ["a", "b", "c"])
+    # confusion matrix [[2, 0, 1], [0, 0, 0], [1, 0, 3]]: class b is never true nor predicted
+    y, predictions = torch.tensor([0, 0, 0, 2, 2, 2, 2]), torch.tensor([0, 0, 2, 0, 2, 2, 2])
+    assert confusion_matrix(y, predictions, 3).tolist() == [[2, 0, 1], [0, 0, 0], [1, 0, 3]]
+    rows = per_class(y, predictions, ["a", "b", "c"])
     assert rows[0] == {"class": "a", "precision": 2 / 3, "recall": 2 / 3, "support": 3}
     assert rows[1] == {"class": "b", "precision": None, "recall": None, "support": 0}
 
