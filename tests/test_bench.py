@@ -1,8 +1,12 @@
-"""The benchmark runs offline on tiny data and writes every field (its speed is not asserted)."""
+"""The benchmarks run offline on tiny data and write every field (their speed is not asserted).
+
+The whole-process run executes the tutorial's own script (``birnn/benchmarks/tutorial_main.py``) and reads its
+accuracy line."""
 
 import json
 
-from birnn.bench import TutorialBiRNN, main
+from birnn.bench import main
+from birnn.benchmarks.step import TutorialBiRNN
 from conftest import FAST
 
 
@@ -52,13 +56,3 @@ def test_whole_process_bench_on_digits_prints_its_fields(tmp_path, capsys, monke
     assert any(line.startswith("tutorial ") for line in lines) and any(line.startswith("birnn ") for line in lines)
     ours, theirs = saved["median"]["birnn"]["accuracy"], saved["median"]["tutorial"]["accuracy"]
     assert lines[-1] == f"speedup whole_process={saved['ratios']['wall']:.2f} accuracy={ours:.4f}/{theirs:.4f}"
-
-
-def test_whole_process_tutorial_script_is_the_tutorials_code():
-    from birnn.whole_process import TUTORIAL
-
-    script = TUTORIAL.format(seed=0, steps=28, features=28, classes=10, epochs=2, dataset="MNIST", root="data")
-    compile(script, "tutorial.py", "exec")
-    for line in ("out = self.fc(out[:, -1, :])", "optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)",
-                 "h0 = torch.zeros(self.num_layers*2, x.size(0), self.hidden_size).to(device)", "batch_size = 100"):
-        assert line in script
