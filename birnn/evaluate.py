@@ -39,7 +39,8 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = ()) -> dict:
     return {
         "checkpoint": str(path), "step": restored.state["progress"]["global_step"], "device": str(device),
         "test_loss": result.loss, "test_accuracy": result.accuracy, "test_samples": len(data.test_y),
-        "classes": data.classes, "per_class": per_class(data.test_y, result.predictions, data.classes), "confusion_matrix": matrix.tolist(),
+        "classes": data.classes, "per_class": per_class(data.test_y, result.predictions, data.classes),
+        "confusion_matrix": matrix.tolist(),
     }
 
 

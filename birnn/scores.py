@@ -17,7 +17,14 @@ def confusion_matrix(y: Tensor, predictions: Tensor, num_classes: int) -> Tensor
 def per_class(y: Tensor, predictions: Tensor, classes: list[str]) -> list[dict]:
     """Precision, recall and support per class; a score with nothing to divide by is None."""
     precision, recall, _, support = metrics.precision_recall_fscore_support(
-        y.cpu(), predictions.cpu(), labels=range(len(classes)), zero_division=math.nan)
-    return [{"class": name, "precision": None if math.isnan(p) else float(p),
-             "recall": None if math.isnan(r) else float(r), "support": int(s)}
-            for name, p, r, s in zip(classes, precision, recall, support)]
+        y.cpu(), predictions.cpu(), labels=range(len(classes)), zero_division=math.nan
+    )
+    return [
+        {
+            "class": name,
+            "precision": None if math.isnan(p) else float(p),
+            "recall": None if math.isnan(r) else float(r),
+            "support": int(s),
+        }
+        for name, p, r, s in zip(classes, precision, recall, support)
+    ]

@@ -16,15 +16,23 @@ from conftest import FAST, ROOT, make_cfg, run_cli
 HYDRA_NOISE = ("Error executing job", "HYDRA_FULL_ERROR", "To append to your config", "Traceback")
 
 
-@pytest.mark.parametrize("args,line", [
-    (["model.hiden_size=3"], "error: model.hiden_size is not a config key. Did you mean model.hidden_size?"),
-    (["modle=bigru"], "error: modle is not a config key. Did you mean model?"),
-    (["optimizer.lr=0", "model.hidden_size=0"],
-     "error: Invalid config: model.hidden_size must be > 0, got 0; optimizer.lr must be > 0, got 0.0"),
-    (["data=nope"], "error: Could not find 'data/nope' (options: arrays, digits, fashion_mnist, mnist, uea)"),
-    (["model.hidden_size=abc"], "error: Error merging override model.hidden_size=abc: Value 'abc' of type 'str' "
-                                "could not be converted to Integer"),
-])
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["model.hiden_size=3"], "error: model.hiden_size is not a config key. Did you mean model.hidden_size?"),
+        (["modle=bigru"], "error: modle is not a config key. Did you mean model?"),
+        (
+            ["optimizer.lr=0", "model.hidden_size=0"],
+            "error: Invalid config: model.hidden_size must be > 0, got 0; optimizer.lr must be > 0, got 0.0",
+        ),
+        (["data=nope"], "error: Could not find 'data/nope' (options: arrays, digits, fashion_mnist, mnist, uea)"),
+        (
+            ["model.hidden_size=abc"],
+            "error: Error merging override model.hidden_size=abc: Value 'abc' of type 'str' "
+            "could not be converted to Integer",
+        ),
+    ],
+)
 def test_a_bad_config_is_one_error_line(tmp_path, args, line):
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 1
@@ -38,8 +46,9 @@ def test_a_failed_sweep_job_names_itself_and_the_summary(tmp_path):
     assert proc.returncode == 1 and not any(noise in proc.stderr for noise in HYDRA_NOISE)
     last = proc.stderr.splitlines()[-1]
     assert last.startswith("error: job 0 (optimizer.lr=0 data=digits ")  # Hydra's own spelling of the overrides
-    assert last.endswith(f"): Invalid config: optimizer.lr must be > 0, got 0.0. "
-                         f"Sweep dir {sweep}; its summary: {sweep / 'summary.md'}")
+    assert last.endswith(
+        f"): Invalid config: optimizer.lr must be > 0, got 0.0. Sweep dir {sweep}; its summary: {sweep / 'summary.md'}"
+    )
     assert "| 0 | failed |" in (sweep / "summary.md").read_text()  # every job failed: a summary all the same
 
 
@@ -59,8 +68,9 @@ def test_help_lists_the_users_groups_not_the_schemas(tmp_path):
     assert "schema/" not in proc.stdout and "\nmodel: " in proc.stdout
 
 
-@pytest.mark.parametrize("argv0,name", [("/venv/bin/birnn-predict", "birnn-predict"),
-                                        ("/src/birnn/predict.py", "python -m birnn.predict")])
+@pytest.mark.parametrize(
+    "argv0,name", [("/venv/bin/birnn-predict", "birnn-predict"), ("/src/birnn/predict.py", "python -m birnn.predict")]
+)
 def test_help_names_the_command_it_was_started_by(monkeypatch, capsys, argv0, name):
     monkeypatch.setattr(sys, "argv", [argv0, "--help"])
     with pytest.raises(SystemExit):
@@ -74,8 +84,14 @@ def test_output_into_a_closed_pipe_is_no_traceback(tmp_path):
     os.close(read)  # like `| head` that has already exited
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for args, code in ((["--help"], 0), ([str(tmp_path / "run" / "checkpoints" / "last.pt"), "device=cpu"], 1)):
-        proc = subprocess.run([sys.executable, "-m", "birnn.evaluate", *args], stdout=write, stderr=subprocess.PIPE,
-                              text=True, env=env, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "birnn.evaluate", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert proc.returncode == code and proc.stderr == ""  # no BrokenPipeError traceback
     os.close(write)
 

@@ -125,7 +125,8 @@ def test_user_data_file_keeps_the_common_keys_typed(myconf):
     assert cfg.data.normalize is False and cfg.data.root == "data"  # the schema's defaults fill the rest
     with pytest.raises(ConfigCompositionException) as info:
         user_cfg(myconf, "data=waves", "data.batch_size=abc")
-    assert isinstance(info.value.__cause__, ValidationError) and "full_key: data.batch_size" in str(info.value.__cause__)
+    cause = info.value.__cause__
+    assert isinstance(cause, ValidationError) and "full_key: data.batch_size" in str(cause)
 
 
 def test_user_file_named_like_a_birnn_option_is_shadowed(myconf):
