@@ -80,6 +80,9 @@ def test_wheel_trains_evaluates_and_reports_from_any_directory(site, tmp_path):
     evaluation = json.loads((run_dir / "checkpoints" / "evaluation.json").read_text())
     assert evaluation["test_accuracy"] == metrics["test_accuracy"]
 
+    for command in ("birnn-predict", "birnn-evaluate", "birnn-export"):  # help names the console script
+        assert run_installed(site, tmp_path, command, "--help").stdout.startswith(f"usage: {command} ")
+
     report = run_installed(site, tmp_path, "python", "-m", "birnn.report", str(run_dir))
     assert report.returncode == 0 and "completed" in report.stdout, report.stderr
 
