@@ -4,10 +4,10 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[test,optuna,export,timeseries,mlflow]"
+	$(PY) -m pip install -e ".[test,optuna,export,timeseries,mlflow,docs,lint]"
 	touch $@
 
-.PHONY: venv train test bench
+.PHONY: venv train test bench lint docs
 venv: $(VENV)/.installed
 
 train: venv
@@ -18,3 +18,10 @@ test: venv
 
 bench: venv
 	$(PY) -m birnn.bench $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -45,12 +45,16 @@ class SweepSummary(Callback):
             # output_dir is <sweep dir>/<subdir>, both resolved by the job itself
             self.summarize(run_dir.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        log.info("Sweep dir %s", Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("search") is not None:
             return
         sweep_dir = Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             self.summarize(sweep_dir)
+            log.info("Sweep summary in %s (summary.md, summary.csv, summary.png)", sweep_dir)
 
     def summarize(self, sweep_dir: Path) -> None:
         """A broken summary is logged, never allowed to fail the job that triggered it."""

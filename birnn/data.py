@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import inspect
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -115,19 +114,27 @@ def load_mnist(root: str = "data", download: bool = True) -> Splits:
 
 
 def load_fashion_mnist(root: str = "data", download: bool = True, system_dir: str = FASHION_SYSTEM_DIR) -> Splits:
-    """Fashion-MNIST; the Debian package's ``.gz`` files are unpacked into ``<root>`` when present."""
+    """Fashion-MNIST from ``<root>/FashionMNIST/raw/``, else the Debian package's ``.gz`` files read in place."""
     from torchvision.datasets import FashionMNIST
 
     raw = Path(root).resolve() / "FashionMNIST" / "raw"
     system = Path(system_dir)
     if not all((raw / f).is_file() for f in IDX_FILES) and all((system / f"{f}.gz").is_file() for f in IDX_FILES):
-        raw.mkdir(parents=True, exist_ok=True)
-        for name in IDX_FILES:
-            tmp = raw / f".{name}.part"
-            with gzip.open(system / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            tmp.replace(raw / name)
+        try:
+            train_x, train_y, test_x, test_y = (read_idx_gz(system / f"{name}.gz") for name in IDX_FILES)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise BirnnError(f"Could not read the Fashion-MNIST files in {system}: {e}") from None
+        return Splits(train_x.float().div_(255), train_y.long(), test_x.float().div_(255), test_y.long(),
+                      classes=FASHION_CLASSES)
     return _from_torchvision(FashionMNIST, root, download, classes=FASHION_CLASSES)
+
+
+def read_idx_gz(path: Path) -> Tensor:
+    """One gzipped IDX file of uint8 values (images or labels), read without unpacking it to disk."""
+    blob = gzip.decompress(path.read_bytes())
+    dims = blob[3]
+    shape = [int.from_bytes(blob[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return torch.frombuffer(bytearray(blob[4 + 4 * dims:]), dtype=torch.uint8).view(shape)
 
 
 def load_digits(root: str = "data", download: bool = False) -> Splits:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from birnn import console
 from birnn.checkpoint import atomic_write
 from birnn.config import import_from_cwd
 from birnn.data import load_data
@@ -40,7 +41,8 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequen
     return {
         "checkpoint": str(path), "overrides": list(overrides), "step": restored.state["progress"]["global_step"], "device": str(device),
         "test_loss": result.loss, "test_accuracy": result.accuracy, "test_samples": len(data.test_y),
-        "classes": data.classes, "per_class": per_class(matrix, data.classes), "confusion_matrix": matrix.tolist(),
+        "classes": data.classes, "per_class": per_class(data.test_y, result.predictions, data.classes),
+        "confusion_matrix": matrix.tolist(),
     }
 
 
@@ -68,8 +70,9 @@ def report(scores: dict) -> str:
     return "\n".join(lines)
 
 
+@console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m birnn.evaluate",
+    parser = argparse.ArgumentParser(prog=console.prog("birnn.evaluate"),
                                      description="Re-test a checkpoint's model on its test split.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

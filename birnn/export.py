@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from birnn import console
 from birnn.config import import_from_cwd
 from birnn.errors import BirnnError, first_line
 from birnn.normalize import Standardized
@@ -89,8 +90,9 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
     return out, difference
 
 
+@console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m birnn.export",
+    parser = argparse.ArgumentParser(prog=console.prog("birnn.export"),
                                      description="Export a checkpoint's model as one ONNX or torch.export (pt2) file.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or pt2 (torch.export)")

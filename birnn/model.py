@@ -153,9 +153,6 @@ class RNNClassifier(nn.Module):
         return self.fc(features)
 
 
-BiLSTMClassifier = RNNClassifier  # the name before model.cell (cell="lstm" is the default)
-
-
 MAX_WIDTH, MAX_LAYERS = 65_536, 64  # far beyond any recurrent classifier: refuses typos like 1000000000
 
 

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
+from birnn import console
 from birnn.config import DEVICES, DeviceConfig, import_from_cwd
 from birnn.device import setup_device
 from birnn.errors import BirnnError
@@ -194,25 +195,28 @@ def _name(result: dict) -> str:
 
 
 def show(results: list[dict], as_json: bool) -> None:
-    """One JSON array on stdout, or a table on stdout and one ``error:`` line per unreadable file on stderr."""
+    """One JSON array on stdout (class index ``prediction`` and name ``label``), or a table of the predicted class
+    names on stdout and one ``error:`` line per unreadable file on stderr."""
     if as_json:
         print(json.dumps(results, indent=2))
         return
     classified = [r for r in results if "error" not in r]
     width = max((len(_name(r)) for r in classified), default=4)
-    if classified:
-        print(f"{'file':<{width}}  prediction  {'label':<12}  probability")
+    label_width = max([len("prediction"), *(len(r["label"]) for r in classified)])
+    if classified:  # the class's name only: an index beside it ("0  1" for class "1") reads as a contradiction
+        print(f"{'file':<{width}}  {'prediction':<{label_width}}  probability")
     for r in results:
         if "warning" in r:
             print(f"warning: {_name(r)}: {r['warning']}", file=sys.stderr)
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
         else:
-            print(f"{_name(r):<{width}}  {r['prediction']:>10}  {r['label']:<12}  {r['probability']:>11.4f}")
+            print(f"{_name(r):<{width}}  {r['label']:<{label_width}}  {r['probability']:>11.4f}")
 
 
+@console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m birnn.predict",
+    parser = argparse.ArgumentParser(prog=console.prog("birnn.predict"),
                                      description="Classify image files (PNG/JPEG), .npy arrays or .ts series "
                                                  "with a trained model.")
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from birnn import console
 from birnn.checkpoint import atomic_write
 from birnn.errors import BirnnError
 
@@ -214,7 +215,7 @@ class Summary:
         """The metric against each swept numeric key, one curve per value of the other keys (mean ± std over seeds)."""
         from matplotlib.figure import Figure
 
-        xkeys = [k for k in self.keys if k not in REPLICATES
+        xkeys = [k for k in self.keys if k not in REPLICATES and self.ranked  # nothing to plot when every job failed
                  and all(number(job.values.get(k)) is not None for job in self.ranked)]
         fig = Figure(figsize=(5.5 * max(1, len(xkeys)), 4), layout="constrained")
         axes = fig.subplots(1, max(1, len(xkeys)), squeeze=False)[0]
@@ -282,8 +283,9 @@ def summarize(run_dirs: list[Path], folder: Path, metric: str | None = None) -> 
     return Summary([load_job(run, folder) for run in run_dirs], metric).write(folder)
 
 
+@console.closed_pipe_ok
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m birnn.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=console.prog("birnn.report"), description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep dir, or run dirs")
     parser.add_argument("--metric", help="sort key, best first (default: best_val_accuracy when present, "
                                          "else test_accuracy)")

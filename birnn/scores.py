@@ -1,20 +1,30 @@
-"""Per-class scores of a classifier's predictions: the confusion matrix, precision and recall."""
+"""Per-class scores of a classifier's predictions (scikit-learn's): the confusion matrix, precision and recall."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+from sklearn import metrics
 from torch import Tensor
 
 
 def confusion_matrix(y: Tensor, predictions: Tensor, num_classes: int) -> Tensor:
     """Counts (num_classes, num_classes) on the CPU: row = true class, column = predicted class."""
-    flat = y.long() * num_classes + predictions.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes).cpu()
+    return torch.from_numpy(metrics.confusion_matrix(y.cpu(), predictions.cpu(), labels=range(num_classes)))
 
 
-def per_class(matrix: Tensor, classes: list[str]) -> list[dict]:
+def per_class(y: Tensor, predictions: Tensor, classes: list[str]) -> list[dict]:
     """Precision, recall and support per class; a score with nothing to divide by is None."""
-    correct, predicted, support = matrix.diag().tolist(), matrix.sum(0).tolist(), matrix.sum(1).tolist()
-    return [{"class": name, "precision": correct[i] / predicted[i] if predicted[i] else None,
-             "recall": correct[i] / support[i] if support[i] else None, "support": support[i]}
-            for i, name in enumerate(classes)]
+    precision, recall, _, support = metrics.precision_recall_fscore_support(
+        y.cpu(), predictions.cpu(), labels=range(len(classes)), zero_division=math.nan
+    )
+    return [
+        {
+            "class": name,
+            "precision": None if math.isnan(p) else float(p),
+            "recall": None if math.isnan(r) else float(r),
+            "support": int(s),
+        }
+        for name, p, r, s in zip(classes, precision, recall, support)
+    ]

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from birnn import checkpoint, distributed, rundir, selection
+from birnn import checkpoint, console, distributed, rundir, selection
 from birnn.config import CONFIG_DIR, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
@@ -149,12 +149,13 @@ def main() -> None:
     import_from_cwd()
     env = distributed.world_env()
     try:
-        if env is None:
-            with explicit_dirs_held(sys.argv):
-                sys.argv = keep_hydra_record(sys.argv)
-                run()
-        else:
-            main_distributed(env["rank"])
+        with console.one_line_errors():
+            if env is None:
+                with explicit_dirs_held(sys.argv):
+                    sys.argv = keep_hydra_record(sys.argv)
+                    console.run_hydra(run)
+            else:
+                main_distributed(env["rank"])
     except KeyboardInterrupt:
         print("Interrupted. (A run stopped before it started training leaves nothing behind.)", file=sys.stderr)
         raise SystemExit(130) from None

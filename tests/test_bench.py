@@ -1,8 +1,12 @@
-"""The benchmark runs offline on tiny data and writes every field (its speed is not asserted)."""
+"""The benchmarks run offline on tiny data and write every field (their speed is not asserted).
+
+The whole-process run executes the tutorial's own script (``birnn/benchmarks/tutorial_main.py``) and reads its
+accuracy line."""
 
 import json
 
-from birnn.bench import TutorialBiRNN, main
+from birnn.bench import main
+from birnn.benchmarks.step import TutorialBiRNN
 from conftest import FAST
 
 
@@ -31,7 +35,8 @@ def test_reference_model_is_the_tutorials():
 
     model = TutorialBiRNN(28, 128, 2, 10, torch.device("cpu"))
     assert model(torch.rand(3, 28, 28)).shape == (3, 10)
-    assert sum(p.numel() for p in model.parameters()) == 2 * 4 * 128 * (28 + 128 + 2) + 2 * 4 * 128 * (256 + 128 + 2) + 2570
+    lstm = 2 * 4 * 128 * (28 + 128 + 2) + 2 * 4 * 128 * (256 + 128 + 2)  # 2 directions x 4 gates, 2 layers
+    assert sum(p.numel() for p in model.parameters()) == lstm + 2570
 
 
 def test_whole_process_bench_on_digits_prints_its_fields(tmp_path, capsys, monkeypatch):
@@ -47,18 +52,9 @@ def test_whole_process_bench_on_digits_prints_its_fields(tmp_path, capsys, monke
             assert run["peak_rss_mb"] > 50 and run["minor_faults"] > 0 and 0 < run["accuracy"] <= 1
         assert saved["median"][side]["wall_seconds"] > 0
     assert len(saved["accuracy_difference"]["per_seed"]) == 2
-    assert saved["ratios"]["wall"] == saved["median"]["tutorial"]["wall_seconds"] / saved["median"]["birnn"]["wall_seconds"]
+    median = saved["median"]
+    assert saved["ratios"]["wall"] == median["tutorial"]["wall_seconds"] / median["birnn"]["wall_seconds"]
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("tutorial ") for line in lines) and any(line.startswith("birnn ") for line in lines)
     ours, theirs = saved["median"]["birnn"]["accuracy"], saved["median"]["tutorial"]["accuracy"]
     assert lines[-1] == f"speedup whole_process={saved['ratios']['wall']:.2f} accuracy={ours:.4f}/{theirs:.4f}"
-
-
-def test_whole_process_tutorial_script_is_the_tutorials_code():
-    from birnn.whole_process import TUTORIAL
-
-    script = TUTORIAL.format(seed=0, steps=28, features=28, classes=10, epochs=2, dataset="MNIST", root="data")
-    compile(script, "tutorial.py", "exec")
-    for line in ("out = self.fc(out[:, -1, :])", "optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)",
-                 "h0 = torch.zeros(self.num_layers*2, x.size(0), self.hidden_size).to(device)", "batch_size = 100"):
-        assert line in script

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from birnn.config import validate
 from birnn.device import setup_device
@@ -41,17 +42,36 @@ def test_group_options_compose(group, option, key, value):
     assert make_cfg(f"{group}={option}")[group][key] == value
 
 
-@pytest.mark.parametrize("override,error", [
-    ("model.hidden_size=abc", ValidationError),
-    ("model.hiden_size=3", ConfigCompositionException),
-    ("optimizer.lrr=0.1", ConfigCompositionException),
-    ("data=nope", ConfigCompositionException),
-    ("trainer.epochs=1.5", ValidationError),
+@pytest.mark.parametrize("override,error,cause,message", [
+    ("model.hidden_size=abc", ConfigCompositionException, ValidationError,
+     "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("model.hiden_size=3", ConfigCompositionException, ConfigAttributeError, "Key 'hiden_size' not in 'ModelConfig'"),
+    ("optimizer.lrr=0.1", ConfigCompositionException, ConfigAttributeError, "Key 'lrr' not in 'AdamConfig'"),
+    ("data=nope", MissingConfigException, type(None), "Could not find 'data/nope'"),
+    ("trainer.epochs=1.5", ConfigCompositionException, ValidationError,
+     "Value '1.5' of type 'float' could not be converted to Integer"),
 ])
-def test_composition_rejects(override, error):
-    with pytest.raises((error, ConfigKeyError, ConfigCompositionException)) as info:
+def test_composition_rejects(override, error, cause, message):
+    with pytest.raises(error) as info:
         make_cfg(override)
-    assert override.split("=")[0].split(".")[-1] in str(info.value) or "nope" in str(info.value)
+    assert type(info.value.__cause__) is cause
+    assert message in str(info.value.__cause__ or info.value)
+
+
+@pytest.mark.parametrize("preset,expected", [
+    ("tutorial", {"data._target_": "birnn.data.load_mnist", "model.num_layers": 2, "trainer.epochs": 2}),
+    ("fast", {"model.num_layers": 1, "model.readout": "final", "trainer.precision": "bf16", "optimizer.lr": 0.02}),
+    ("japanese_vowels", {"data._target_": "birnn.sequences.load_uea", "data.name": "JapaneseVowels",
+                         "data.batch_size": 32, "data.normalize": True, "model.hidden_size": 64,
+                         "model.readout": "final", "trainer.epochs": 50}),
+    ("basic_motions", {"data._target_": "birnn.sequences.load_uea", "data.name": "BasicMotions",
+                       "data.batch_size": 32, "data.normalize": True, "model.hidden_size": 64,
+                       "model.readout": "mean", "trainer.epochs": 100}),
+])
+def test_presets_compose_and_validate(preset, expected):
+    cfg = make_cfg(f"experiment={preset}")
+    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
+    validate(cfg)
 
 
 @pytest.mark.parametrize("override,message", [

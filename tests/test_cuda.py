@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from birnn.evaluate import evaluate_checkpoint
-from birnn.model import BiLSTMClassifier
+from birnn.model import RNNClassifier
 from birnn.train import train
 from conftest import make_cfg
 
@@ -14,8 +14,8 @@ GPU = ["data=digits", "device=cuda", "trainer.log_images=false", "trainer.epochs
 
 def test_last_step_shortcut_matches_cudnn_full_run():
     torch.manual_seed(0)
-    full = BiLSTMClassifier(28, 10, backward_shortcut=False).cuda()
-    fast = BiLSTMClassifier(28, 10).cuda()
+    full = RNNClassifier(28, 10, backward_shortcut=False).cuda()
+    fast = RNNClassifier(28, 10).cuda()
     fast.load_state_dict(full.state_dict())
     x = torch.rand(64, 28, 28, device="cuda")
     torch.testing.assert_close(fast(x), full(x), atol=1e-4, rtol=1e-4)

@@ -29,14 +29,21 @@ def test_missing_mnist_names_root_files_and_alternatives(tmp_path):
     assert "data=fashion_mnist" in message and "data=digits" in message
 
 
-def test_fashion_mnist_unpacks_debian_gz_files(tmp_path):
+def test_fashion_mnist_reads_debian_gz_files_in_place(tmp_path):
     system = tmp_path / "system"
-    write_idx(system, *tiny_idx_images(50, 2), "train", gz=True)
+    images, labels = tiny_idx_images(50, 2)
+    write_idx(system, images, labels, "train", gz=True)
     write_idx(system, *tiny_idx_images(20, 3), "t10k", gz=True)
     splits = load_fashion_mnist(str(tmp_path / "root"), download=False, system_dir=str(system))
-    assert splits.train_x.shape == (50, 28, 28) and len(splits.test_y) == 20
+    assert torch.equal(splits.train_x, torch.from_numpy(images).float() / 255)
+    assert torch.equal(splits.train_y, torch.from_numpy(labels).long()) and len(splits.test_y) == 20
     assert splits.classes[0] == "T-shirt/top" and splits.num_classes == 10
-    assert (tmp_path / "root" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert not (tmp_path / "root").exists()  # nothing copied into the working directory's data root
+
+    unpacked = tmp_path / "root" / "FashionMNIST" / "raw"  # files of your own in data.root come first
+    write_idx(unpacked, *tiny_idx_images(30, 4), "train")
+    write_idx(unpacked, *tiny_idx_images(10, 5), "t10k")
+    assert len(load_fashion_mnist(str(tmp_path / "root"), download=False, system_dir=str(system)).train_y) == 30
 
 
 def test_digits_split_is_fixed_and_scaled():

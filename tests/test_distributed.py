@@ -16,15 +16,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from birnn.data import shuffled_batches
+from birnn.data import load_data, shuffled_batches
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 from birnn.train import train
 from conftest import FAST, ROOT, make_cfg, run_cli
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
-# 1437 training digits in global batches of 100: the last batch (37) splits 19/18 between two processes.
-RUN = [*FAST, "trainer.epochs=4", "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=5"]
+# 1,438 digits less one held out = 1,437 training samples in global batches of 100: the last batch (37) splits
+# 19/18 between two processes, so the unequal-share loss scaling runs end to end.
+RUN = [*FAST, "data.val_size=1", "trainer.epochs=4", "trainer.checkpoint_every_n_steps=7",
+       "trainer.log_every_n_steps=5"]
 WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
 
 
@@ -61,7 +63,10 @@ def two_process_run(tmp_path_factory) -> Path:
 
 
 def test_two_processes_do_the_single_process_math(two_process_run, tmp_path):
-    single = train(make_cfg(*RUN), tmp_path)
+    cfg = make_cfg(*RUN)
+    last_batch = len(load_data(cfg.data, torch.device("cpu")).train_y) % cfg.data.batch_size
+    assert last_batch % 2 == 1  # an uneven split of the last batch over the two processes
+    single = train(cfg, tmp_path)
     ddp = torch.load(two_process_run / "checkpoints" / "last.pt", weights_only=True)
     one = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert ddp["world_size"] == 2 and len(ddp["rng"]["ranks"]) == 2
@@ -82,7 +87,7 @@ def test_a_distributed_run_has_one_run_dir_written_by_rank_0(two_process_run):
     assert log.count("Epoch 4: test_loss") == 1 and "x 2 processes" in log
     events = list(two_process_run.glob("events.out.tfevents.*"))
     assert events and len({p.name.split(".")[4] for p in events}) == 1  # one writer process (the pid)
-    assert {p.name for p in (two_process_run / "checkpoints").iterdir()} == {"last.pt", "previous.pt"}
+    assert {p.name for p in (two_process_run / "checkpoints").iterdir()} == {"last.pt", "previous.pt", "best.pt"}
 
 
 def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_run, tmp_path):
@@ -162,7 +167,7 @@ def _silent_peer(rank: int, port: int, result) -> None:
     start = time.monotonic()
     try:
         dist.agree(1)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # whatever the lost peer raised, lost_peer names it
         result.put((str(dist.lost_peer(e)), time.monotonic() - start))
 
 

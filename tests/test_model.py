@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from birnn.checkpoint import load_model_state
-from birnn.model import BiLSTMClassifier, RNNClassifier
+from birnn.model import RNNClassifier
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -22,7 +22,7 @@ def test_output_shape(readout, bidirectional, cell):
 def test_readouts_differ_and_last_is_the_tutorials():
     torch.manual_seed(0)
     x = torch.rand(4, 7, 8)
-    model = BiLSTMClassifier(8, 5, hidden_size=6, readout="last", backward_shortcut=False)
+    model = RNNClassifier(8, 5, hidden_size=6, readout="last", backward_shortcut=False)
     out, (h_n, _) = model.lstm(x)
     torch.testing.assert_close(model(x), model.fc(out[:, -1, :]))
     model.readout = "final"
@@ -32,7 +32,7 @@ def test_readouts_differ_and_last_is_the_tutorials():
 
 
 def test_state_dict_matches_the_tutorial_model():
-    model = BiLSTMClassifier(28, 10)
+    model = RNNClassifier(28, 10)
     tutorial_lstm = torch.nn.LSTM(28, 128, 2, batch_first=True, bidirectional=True)
     assert set(model.state_dict()) == {f"lstm.{k}" for k in tutorial_lstm.state_dict()} | {"fc.weight", "fc.bias"}
 
@@ -89,5 +89,5 @@ def test_shortcut_follows_parameter_updates_and_device_moves(cell):
 
 
 def test_shortcut_only_applies_where_exact():
-    assert BiLSTMClassifier(8, 5, readout="mean")._last_step is None
-    assert BiLSTMClassifier(8, 5, bidirectional=False)._last_step is None
+    assert RNNClassifier(8, 5, readout="mean")._last_step is None
+    assert RNNClassifier(8, 5, bidirectional=False)._last_step is None

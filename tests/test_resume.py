@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from birnn import checkpoint
 from birnn.errors import BirnnError
 from birnn.loop import Stepper
-from birnn.model import BiLSTMClassifier
+from birnn.model import RNNClassifier
 from birnn.train import train
 from conftest import FAST, ROOT, make_cfg, run_cli
 
@@ -152,9 +152,9 @@ def test_not_a_checkpoint_and_other_architectures_are_named(tmp_path):
     (tmp_path / "notes.pt").write_text("hello")
     with pytest.raises(BirnnError, match="not a readable birnn checkpoint \\(not a file torch.save wrote"):
         checkpoint.load(tmp_path / "notes.pt")
-    small = BiLSTMClassifier(8, 10, hidden_size=16).state_dict()
+    small = RNNClassifier(8, 10, hidden_size=16).state_dict()
     with pytest.raises(BirnnError) as info:
-        checkpoint.load_model_state(BiLSTMClassifier(8, 10, hidden_size=32), small, "small.pt")
+        checkpoint.load_model_state(RNNClassifier(8, 10, hidden_size=32), small, "small.pt")
     assert "lstm.weight_hh_l0: checkpoint (64, 16) vs model (128, 32)" in str(info.value)
 
 

@@ -19,9 +19,9 @@ from PIL import Image
 import birnn.config  # noqa: F401  (registers the structured-config schemas)
 from birnn import evaluate, export, predict
 from birnn.data import load_digits
-from birnn.model import BiLSTMClassifier
+from birnn.model import RNNClassifier
 from birnn.restore import Restored, merge_overrides, restore
-from birnn.scores import per_class
+from birnn.scores import confusion_matrix, per_class
 from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -107,7 +107,10 @@ def test_restore_without_a_stored_data_spec_asks_the_loader(ckpt, tmp_path):
 
 
 def test_per_class_scores_leave_undefined_ones_empty():
-    rows = per_class(torch.tensor([[2, 0, 1], [0, 0, 0], [1, 0, 3]]), ["a", "b", "c"])
+    # confusion matrix [[2, 0, 1], [0, 0, 0], [1, 0, 3]]: class b is never true nor predicted
+    y, predictions = torch.tensor([0, 0, 0, 2, 2, 2, 2]), torch.tensor([0, 0, 2, 0, 2, 2, 2])
+    assert confusion_matrix(y, predictions, 3).tolist() == [[2, 0, 1], [0, 0, 0], [1, 0, 3]]
+    rows = per_class(y, predictions, ["a", "b", "c"])
     assert rows[0] == {"class": "a", "precision": 2 / 3, "recall": 2 / 3, "support": 3}
     assert rows[1] == {"class": "b", "precision": None, "recall": None, "support": 0}
 
@@ -173,9 +176,17 @@ def test_predict_prints_a_table_and_reports_bad_files_on_stderr(ckpt, tmp_path, 
     predict.main([str(ckpt), str(tmp_path / "digit.png"), str(tmp_path / "empty")])
     out, err = capsys.readouterr()
     header, row = out.splitlines()
-    assert header.split() == ["file", "prediction", "label", "probability"]
-    assert row.split()[:3] == [str(tmp_path / "digit.png"), str(int(data.test_y[i])), str(int(data.test_y[i]))]
+    assert header.split() == ["file", "prediction", "probability"]
+    assert row.split()[:2] == [str(tmp_path / "digit.png"), str(int(data.test_y[i]))]
     assert err == f"error: {tmp_path / 'empty'}: no .png/.jpg/.jpeg/.npy/.ts files in this folder\n"
+
+
+def test_predict_table_shows_class_names_not_indices(capsys):
+    # a .ts problem's classes are the file's labels, sorted: class index 0 is named "1"
+    predict.show([{"file": "a.ts", "index": 0, "prediction": 0, "label": "1", "probability": 0.9},
+                  {"file": "a.ts", "index": 1, "prediction": 8, "label": "9", "probability": 0.5}], as_json=False)
+    assert [line.split() for line in capsys.readouterr().out.splitlines()] == [
+        ["file", "prediction", "probability"], ["a.ts[0]", "1", "0.9000"], ["a.ts[1]", "9", "0.5000"]]
 
 
 def test_predict_with_no_readable_image_fails(ckpt, tmp_path, capsys):
@@ -226,7 +237,7 @@ def test_onnx_export_matches_pytorch(ckpt, tmp_path, capsys):
 
 def test_pt2_export_of_a_two_layer_model(tmp_path):
     torch.manual_seed(0)
-    model = BiLSTMClassifier(8, 10, hidden_size=12, num_layers=2).eval()  # last-step shortcut, lower layers too
+    model = RNNClassifier(8, 10, hidden_size=12, num_layers=2).eval()  # last-step shortcut, lower layers too
     restored = Restored(tmp_path / "last.pt", {}, None, model, (8, 8), [str(i) for i in range(10)])
     out, difference = export.export(restored, "pt2")
     assert out == tmp_path / "model.pt2" and difference <= 1e-4

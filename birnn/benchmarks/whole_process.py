@@ -25,116 +25,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from birnn.data import Splits, load_data
+from birnn.data import IDX_FILES, Splits, load_data
 from birnn.errors import BirnnError
 
-# The tutorial's main.py (yunjey/pytorch-tutorial, bidirectional_recurrent_neural_network), verbatim except the
-# {placeholders}: the dataset class and root, shapes, epochs, and a seed line so rounds are paired.
-TUTORIAL = '''\
-import torch
-import torch.nn as nn
-import torchvision
-import torchvision.transforms as transforms
-
-torch.manual_seed({seed})
-
-# Device configuration
-device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-
-# Hyper-parameters
-sequence_length = {steps}
-input_size = {features}
-hidden_size = 128
-num_layers = 2
-num_classes = {classes}
-batch_size = 100
-num_epochs = {epochs}
-learning_rate = 0.003
-
-# MNIST dataset
-train_dataset = torchvision.datasets.{dataset}(root={root!r},
-                                           train=True,
-                                           transform=transforms.ToTensor(),
-                                           download=True)
-
-test_dataset = torchvision.datasets.{dataset}(root={root!r},
-                                          train=False,
-                                          transform=transforms.ToTensor())
-
-# Data loader
-train_loader = torch.utils.data.DataLoader(dataset=train_dataset,
-                                           batch_size=batch_size,
-                                           shuffle=True)
-
-test_loader = torch.utils.data.DataLoader(dataset=test_dataset,
-                                          batch_size=batch_size,
-                                          shuffle=False)
-
-# Bidirectional recurrent neural network (many-to-one)
-class BiRNN(nn.Module):
-    def __init__(self, input_size, hidden_size, num_layers, num_classes):
-        super(BiRNN, self).__init__()
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, bidirectional=True)
-        self.fc = nn.Linear(hidden_size*2, num_classes)  # 2 for bidirection
-
-    def forward(self, x):
-        # Set initial states
-        h0 = torch.zeros(self.num_layers*2, x.size(0), self.hidden_size).to(device) # 2 for bidirection
-        c0 = torch.zeros(self.num_layers*2, x.size(0), self.hidden_size).to(device)
-
-        # Forward propagate LSTM
-        out, _ = self.lstm(x, (h0, c0))  # out: tensor of shape (batch_size, seq_length, hidden_size*2)
-
-        # Decode the hidden state of the last time step
-        out = self.fc(out[:, -1, :])
-        return out
-
-model = BiRNN(input_size, hidden_size, num_layers, num_classes).to(device)
-
-
-# Loss and optimizer
-criterion = nn.CrossEntropyLoss()
-optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-
-# Train the model
-total_step = len(train_loader)
-for epoch in range(num_epochs):
-    for i, (images, labels) in enumerate(train_loader):
-        images = images.reshape(-1, sequence_length, input_size).to(device)
-        labels = labels.to(device)
-
-        # Forward pass
-        outputs = model(images)
-        loss = criterion(outputs, labels)
-
-        # Backward and optimize
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-        if (i+1) % 100 == 0:
-            print ('Epoch [{{}}/{{}}], Step [{{}}/{{}}], Loss: {{:.4f}}'
-                   .format(epoch+1, num_epochs, i+1, total_step, loss.item()))
-
-# Test the model
-with torch.no_grad():
-    correct = 0
-    total = 0
-    for images, labels in test_loader:
-        images = images.reshape(-1, sequence_length, input_size).to(device)
-        labels = labels.to(device)
-        outputs = model(images)
-        _, predicted = torch.max(outputs.data, 1)
-        total += labels.size(0)
-        correct += (predicted == labels).sum().item()
-
-    print('Test Accuracy of the model on the 10000 test images: {{}} %'.format(100 * correct / total))
-
-# Save the model checkpoint
-torch.save(model.state_dict(), 'model.ckpt')
-'''
+TUTORIAL = Path(__file__).with_name("tutorial_main.py")  # the tutorial's own script
 TUTORIAL_ACCURACY = re.compile(r"Test Accuracy of the model on the 10000 test images: ([0-9.]+) %")
 IDX_DATASETS = {"birnn.data.load_mnist": "MNIST", "birnn.data.load_fashion_mnist": "FashionMNIST"}
 FIELDS = ("wall_seconds", "cpu_seconds", "sys_seconds", "peak_rss_mb", "minor_faults")
@@ -152,17 +46,21 @@ def write_idx(raw: Path, x: Tensor, y: Tensor, prefix: str) -> None:
 
 
 def tutorial_data(cfg: DictConfig, splits: Splits, tmp: Path) -> tuple[str, str]:
-    """(torchvision dataset class, root) for the tutorial: the IDX files themselves for MNIST and
-    Fashion-MNIST, else birnn's splits written out as MNIST-layout IDX files (image data only)."""
-    if cfg.data._target_ in IDX_DATASETS and not cfg.data.val_size:
-        return IDX_DATASETS[cfg.data._target_], str(Path(cfg.data.root).resolve())
+    """(torchvision dataset class, root) for the tutorial: the IDX files in ``data.root`` for MNIST and
+    Fashion-MNIST, else birnn's splits written out as IDX files (image data only; Fashion-MNIST read from
+    Debian's ``.gz`` files in place, too)."""
+    dataset = IDX_DATASETS.get(cfg.data._target_, "MNIST")
+    root = Path(cfg.data.root).resolve()
+    if cfg.data._target_ in IDX_DATASETS and not cfg.data.val_size \
+            and all((root / dataset / "raw" / f).is_file() for f in IDX_FILES):
+        return dataset, str(root)
     if splits.kind != "image" or splits.train_lengths is not None or splits.num_classes > 256:
         raise BirnnError(f"--whole-process needs fixed-size image data for the tutorial script; "
                          f"{cfg.data._target_} gives {splits.kind} data")
-    raw = tmp / "data" / "MNIST" / "raw"
+    raw = tmp / "data" / dataset / "raw"
     write_idx(raw, splits.train_x, splits.train_y, "train")
     write_idx(raw, splits.test_x, splits.test_y, "t10k")
-    return "MNIST", str(tmp / "data")
+    return dataset, str(tmp / "data")
 
 
 def measure(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
@@ -181,7 +79,7 @@ def measure(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
 
 def run_whole_process(cfg: DictConfig, overrides: list[str], rounds: int, epochs: int | None) -> dict:
     """``rounds`` alternating pairs of whole-process runs; medians, paired accuracies and ratios."""
-    splits = load_data(cfg.data, torch.device("cpu"))  # also unpacks Fashion-MNIST where the tutorial finds it
+    splits = load_data(cfg.data, torch.device("cpu"))
     steps, features = splits.train_x.shape[1:]
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
     runs: dict[str, list[dict]] = {"tutorial": [], "birnn": []}
@@ -191,15 +89,14 @@ def run_whole_process(cfg: DictConfig, overrides: list[str], rounds: int, epochs
         load = {"before": os.getloadavg()}
         for r in range(rounds):
             seed = cfg.seed + r
-            script = tmp / f"tutorial_{r}.py"
-            script.write_text(TUTORIAL.format(seed=seed, steps=steps, features=features, classes=splits.num_classes,
-                                              epochs=epochs or 2, dataset=dataset, root=root))
+            tutorial = [sys.executable, str(TUTORIAL), *map(str, (seed, steps, features, splits.num_classes,
+                                                                  epochs or 2)), dataset, root]
             run_dir = tmp / f"birnn_{r}"
             ours = [sys.executable, "-m", "birnn.train", *overrides, f"seed={seed}", f"hydra.run.dir={run_dir}",
                     *([f"trainer.epochs={epochs}"] if epochs else [])]
             for side in (("tutorial", "birnn") if r % 2 == 0 else ("birnn", "tutorial")):
                 if side == "tutorial":
-                    m = measure([sys.executable, str(script)], tmp, clean_env, tmp / f"tutorial_{r}.log")
+                    m = measure(tutorial, tmp, clean_env, tmp / f"tutorial_{r}.log")
                     m["accuracy"] = float(TUTORIAL_ACCURACY.findall((tmp / f"tutorial_{r}.log").read_text())[-1]) / 100
                 else:
                     m = measure(ours, Path.cwd(), dict(os.environ), tmp / f"birnn_{r}.log")
@@ -234,8 +131,9 @@ def report(result: dict) -> list[str]:
     lines.append(f"{'tutorial/birnn':16} {ratios['wall']:7.2f}x {ratios['cpu']:7.2f}x {sys_ratio:>7} "
                  f"{ratios['peak_rss']:11.2f}x {'':>13} {100 * diff['mean']:+11.2f} pt")
     spread = "" if diff["std"] is None else f", std {100 * diff['std']:.2f} pt"
-    lines.append(f"accuracy birnn - tutorial per seed {result['seeds']}: "
-                 f"{' '.join(f'{100 * d:+.2f}' for d in diff['per_seed'])} pt{spread}  (peak RSS ratio is birnn/tutorial)")
+    per_seed = " ".join(f"{100 * d:+.2f}" for d in diff["per_seed"])
+    lines.append(f"accuracy birnn - tutorial per seed {result['seeds']}: {per_seed} pt{spread}  "
+                 f"(peak RSS ratio is birnn/tutorial)")
     lines.append(f"load average before {result['load_average']['before'][0]:.2f}, "
                  f"after {result['load_average']['after'][0]:.2f}")
     lines.append(f"speedup whole_process={ratios['wall']:.2f} "

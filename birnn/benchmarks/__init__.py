@@ -1,0 +1,1 @@
+"""The benchmarks against the PyTorch tutorial; ``python -m birnn.bench`` is their command line."""
