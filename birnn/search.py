@@ -31,7 +31,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from birnn import checkpoint, report, selection
+from birnn import checkpoint, report, rundir, selection
 from birnn.callbacks import locked
 from birnn.checkpoint import atomic_write
 from birnn.config import CONFIG_DIR, import_from_cwd, validate
@@ -169,7 +169,12 @@ class Objective:
                     OmegaConf.save(OmegaConf.create(overrides), record / "overrides.yaml")
                 log.info("Trial %d in %s: %s", trial.number, run_dir, " ".join(overrides[len(self.base):]))
                 pruned = Pruning(trial, cfg.trainer.epochs)
-                metrics = train(cfg, run_dir, on_evaluation=pruned)
+                with rundir.claim(run_dir, None, None, clean=False):  # one writer per trial dir
+                    metrics = train(cfg, run_dir, on_evaluation=pruned)
+            except rundir.Busy as e:  # another live worker has this trial's dir: its status is not ours to write
+                log.error("Trial %d failed: %s", trial.number, e)
+                trial.set_user_attr("error", str(e))
+                return math.nan
             except BirnnError as e:
                 log.error("Trial %d failed: %s", trial.number, e)
                 report.write_status(run_dir, "failed", report.one_line(e))
