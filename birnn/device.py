@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -35,6 +36,28 @@ def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
     if kind == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     return torch.device(kind)
+
+
+@functools.cache
+def cpu_bf16_recurrence() -> bool:
+    """Whether this CPU's oneDNN runs LSTM/GRU layers under bf16 autocast (CPUs without bf16 support refuse)."""
+    x = torch.zeros(1, 2, 4)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for module in (torch.nn.LSTM(4, 4, batch_first=True), torch.nn.GRU(4, 4, batch_first=True)):
+                module(x)
+    except RuntimeError:
+        return False
+    return True
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """``precision``, except bf16 on a CPU that cannot run recurrent layers in bf16: 32, with a warning."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_recurrence():
+        log.warning("trainer.precision=bf16: this CPU's oneDNN has no bf16 LSTM/GRU kernels; training in fp32 "
+                    "instead (set trainer.precision=32 to silence this).")
+        return "32"
+    return precision
 
 
 def threads_per_job() -> int | None:

@@ -16,7 +16,7 @@ from birnn import console
 from birnn.checkpoint import atomic_write
 from birnn.config import import_from_cwd
 from birnn.data import load_data
-from birnn.device import setup_device
+from birnn.device import effective_precision, setup_device
 from birnn.errors import BirnnError
 from birnn.loop import evaluate
 from birnn.restore import add_allow_option, restore, user_errors
@@ -35,7 +35,8 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequen
         raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
                          f"{restored.classes}.")
     model = restored.model.to(device)
-    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, cfg.trainer.precision,
+    precision = effective_precision(cfg.trainer.precision, device)
+    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, precision,
                       lengths=data.test_lengths)
     matrix = confusion_matrix(data.test_y, result.predictions, data.num_classes)
     return {

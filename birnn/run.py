@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from birnn import checkpoint
 from birnn.config import flatten, to_plain, upgrade
 from birnn.data import Batch, Splits, load_data, num_batches, shuffled_batches, spec as data_spec
-from birnn.device import setup_device, synchronize
+from birnn.device import effective_precision, setup_device, synchronize
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 from birnn.loop import EvalResult, Stepper, loss_and_predictions
@@ -147,6 +147,7 @@ class Run:
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.ckpt_dir = run_dir / "checkpoints"
         self.device = dist.place(setup_device(cfg.device, cfg.trainer.precision))
+        cfg.trainer.precision = effective_precision(cfg.trainer.precision, self.device)
         dist.check_batch(cfg.data.batch_size)
         resumed = self._resume_point()
         if resumed:

@@ -7,12 +7,19 @@ import torch
 
 from birnn.errors import BirnnError
 from birnn.schedule import build_scheduler
+from birnn.device import cpu_bf16_recurrence
 from birnn.train import train
 from conftest import FAST, make_cfg
 
 
-def test_bf16_trains_digits_to_a_sane_accuracy(tmp_path):
+def test_bf16_trains_digits_to_a_sane_accuracy(tmp_path, caplog):
+    """bf16 where the CPU has bf16 recurrent kernels; elsewhere fp32 with one warning (never a crash)."""
     metrics = train(make_cfg(*FAST, "trainer.precision=bf16", "model.hidden_size=32"), tmp_path)
+    stored = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["config"]["trainer"]["precision"]
+    if cpu_bf16_recurrence():
+        assert stored == "bf16" and "no bf16 LSTM/GRU kernels" not in caplog.text
+    else:
+        assert stored == "32" and "no bf16 LSTM/GRU kernels; training in fp32" in caplog.text
     assert metrics["test_accuracy"] >= 0.8
 
 
