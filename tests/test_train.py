@@ -81,7 +81,7 @@ def test_two_job_multirun_and_relaunch_skips_finished_jobs(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model.hidden_size=-1"], "model.hidden_size must be in 1..65536"),
+    (["data=digits", "model.hidden_size=-1"], "model.hidden_size must be in 1..65536"),  # checked where the model is built
     (["data=mnist", "data.download=false", "data.root=empty"], "MNIST is not in"),
 ])
 def test_bad_input_exits_nonzero_without_traceback(tmp_path, args, message):
