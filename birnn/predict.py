@@ -5,8 +5,8 @@ training data looks: grayscale, area-resized to the data's (steps x features) sh
 light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border). A
 ``.npy`` file is one sample ``(steps, features)`` as the data gives it; a ``.ts`` file (the UCR/UEA archive
 format) holds many series, each one input whose record carries its ``index``. Inputs are standardized with
-the checkpoint's statistics when it was trained with ``data.normalize``, then read k steps at a time when it was
-trained with ``data.patch=k``: give the series exactly as the data holds them.
+the checkpoint's statistics when it was trained with ``data.normalize``, then read k steps at a time when it
+was trained with ``data.patch=k``: give the series exactly as the data holds them.
 """
 
 from __future__ import annotations

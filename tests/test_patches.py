@@ -1,4 +1,4 @@
-"""``data.patch=k`` (birnn/patches.py): k steps read as one, in training, the checkpoint, evaluate, predict and export."""
+"""``data.patch=k`` (birnn/patches.py): k steps read as one in training, checkpoints, evaluate, predict, export."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_auto_reads_short_series_whole_and_long_ones_in_square_root_patches(step
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5"])
 def test_bad_patch_values_are_one_clear_error(value):
-    with pytest.raises(BirnnError, match=f"data.patch must be a whole number >= 1 or auto, got "):
+    with pytest.raises(BirnnError, match="data.patch must be a whole number >= 1 or auto, got "):
         validate(make_cfg("data=digits", f"data.patch={value}"))
 
 
@@ -99,8 +99,8 @@ def test_checkpoint_records_the_raw_shape_and_k(patched_run):
     assert restored.patch == 4 and restored.input_shape == (10, 2) and restored.model.rnn.input_size == 8
 
 
-def test_evaluate_applies_the_stored_patch(patched_run, tmp_path):
-    run, path = patched_run
+def test_evaluate_applies_the_stored_patch(patched_run):
+    run, _ = patched_run
     metrics = json.loads((run / "metrics.json").read_text())
     ckpt = run / "checkpoints" / "last.pt"
     assert evaluate.evaluate_checkpoint(ckpt)["test_accuracy"] == metrics["test_accuracy"]
