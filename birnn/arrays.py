@@ -67,7 +67,7 @@ def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
         x = torch.from_numpy(x.astype(np.float32))
     bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()
     if len(bad):
-        raise BirnnError(f"{key} in {source} holds NaN, inf or values beyond float32's range (|x| > 3.4e38) "
+        raise BirnnError(f"{key} in {source} holds NaN, inf or values beyond float32's range "
                          f"(first in sample {int(bad[0])})")
     return x
 

@@ -99,6 +99,8 @@ def load_array(path: Path, features: int, steps: int | None) -> torch.Tensor:
                 or not 0 < shape[0] <= MAX_STEPS:
             raise UnreadableInput(f"shape {shape}: the model takes one sample shaped {expected}")
         array = np.load(path, allow_pickle=False)
+    except UnreadableInput:
+        raise
     except (OSError, ValueError, EOFError) as e:
         raise UnreadableInput(f"not a readable .npy array ({e or type(e).__name__})") from None
     if array.shape != shape:
@@ -116,7 +118,7 @@ def load_inputs(path: Path, restored: Restored, invert: str) -> list[torch.Tenso
     suffix = path.suffix.lower()
     kind, length = restored.spec.get("kind", "image"), restored.spec.get("max_length", steps)
     if not path.is_file():
-        raise UnreadableInput("no such file" if not path.exists() else "not a regular file")
+        raise UnreadableInput("No such file or directory" if not path.exists() else "not a regular file")
     if suffix in SERIES_SUFFIXES:
         if kind == "image":
             raise UnreadableInput("a .ts series file, but this model was trained on images (give PNG/JPEG or .npy)")

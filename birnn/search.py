@@ -23,6 +23,7 @@ from typing import Iterator
 
 import hydra
 import optuna
+from filelock import FileLock
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -79,18 +80,23 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
         sampler = optuna.samplers.TPESampler(seed=s.seed + s.worker, **s.sampler_args)
     except TypeError as e:
         raise BirnnError(f"search.pruners.{s.pruner} / search.sampler_args: {e}") from None
-    for attempt in range(3):  # workers started together race to create the tables and the study
-        try:
-            study = optuna.create_study(study_name=s.study_name, storage=open_storage(s, study_dir),
-                                        sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True)
-            break
-        except BirnnError:
-            raise
-        except Exception as e:
-            if attempt == 2:
-                raise BirnnError(f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: "
-                                 f"{first_line(e)}") from None
-            time.sleep(1 + attempt)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    # Workers started together would race to create the storage's tables and the study: one at a time here
+    # (workers on other machines sharing an RDB server keep the retries).
+    with FileLock(study_dir / ".open.lock"):
+        for attempt in range(3):
+            try:
+                study = optuna.create_study(study_name=s.study_name, storage=open_storage(s, study_dir),
+                                            sampler=sampler, pruner=pruner, direction="maximize",
+                                            load_if_exists=True)
+                break
+            except BirnnError:
+                raise
+            except Exception as e:
+                if attempt == 2:
+                    raise BirnnError(f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: "
+                                     f"{first_line(e)}") from None
+                time.sleep(1 + attempt)
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # a restarted worker must not replay its seeded sequence over the trials already run
         study.sampler = optuna.samplers.TPESampler(seed=s.seed + s.worker + 10007 * existing, **s.sampler_args)

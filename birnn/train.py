@@ -81,7 +81,8 @@ def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], 
                 if run.data.val_x is not None:
                     scores |= run.evaluate("val")
                 improved = run.record(scores)
-                log.info("Epoch %d: %s", p.epoch, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                shown = p.epoch + (p.step_in_epoch > 0)  # a max_steps stop mid-epoch: the epoch it stopped in
+                log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
                 run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
                 patience = t.early_stopping_patience
                 if patience and p.epochs_without_improvement >= patience:

@@ -70,8 +70,8 @@ def test_classes_default_to_label_numbers(tmp_path):
     ({"y_train": np.full(120, -1)}, "y_train in {file} holds label -1, outside classes"),
     ({"x_test": np.zeros((40, 10, 3))}, "x_train has 2 features per step but x_test has 3"),
     ({"x_test": np.where(np.arange(10)[None, :, None] == 3, np.nan, waves(40, 1)[0])},
-     "x_test in {file} holds NaN or inf values (first in sample 0)"),
-    ({"x_train": np.full((120, 10, 2), np.inf)}, "x_train in {file} holds NaN or inf values"),
+     "x_test in {file} holds NaN, inf or values beyond float32's range (first in sample 0)"),
+    ({"x_train": np.full((120, 10, 2), np.inf)}, "x_train in {file} holds NaN, inf or values beyond float32's range"),
 ])
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])
 def test_bad_arrays_get_one_clear_line(tmp_path, suffix, changes, message):
@@ -200,7 +200,7 @@ def test_predict_npy_standardizes_raw_samples(normalized_run, tmp_path, capsys):
     assert sum(results[f"s{i}.npy"]["prediction"] == y[i] for i in range(6)) >= 5
     assert results["wide.npy"]["error"] == "shape (10, 3): the model takes one sample shaped (10, 2)"
     assert results["short.npy"]["error"] == "shape (9, 2): the model takes one sample shaped (10, 2)"
-    assert results["nan.npy"]["error"] == "holds NaN or inf values"
+    assert results["nan.npy"]["error"] == "holds NaN, inf or values beyond float32's range"
     assert results["junk.npy"]["error"].startswith("not a readable .npy array")
 
 

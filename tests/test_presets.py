@@ -17,7 +17,7 @@ def test_fast_is_a_step_budget_whatever_the_dataset_size():
     """600 one-cycle steps on any set: one epoch of Fashion-MNIST's 60,000 images, 40 epochs of digits."""
     cfg = make_cfg("experiment=fast", "data=digits", *CPU)
     validate(cfg)
-    assert cfg.trainer.max_steps == 600 and cfg.scheduler.name == "onecycle"
+    assert cfg.trainer.max_steps == 600 and cfg.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
     assert cfg.trainer.epochs * 600 >= cfg.trainer.max_steps  # the budget, not the epochs, ends training
     setup = build(cfg, torch.device("cpu"))
     assert setup.steps_per_epoch == 15 and setup.total_steps == 600
