@@ -35,8 +35,10 @@ def read(path: Path) -> dict:
     except Exception as e:  # numpy, zipfile and torch raise many types; a refused pickle says "Weights only"
         if "Weights only load failed" in str(e):  # the reason is on torch's "WeightsUnpickler error:" line
             reason = str(e).partition("WeightsUnpickler error: ")[2].split(". ")[0] or first_line(e)
-            raise BirnnError(f"{path}: torch.load(weights_only=True) refused it ({reason}); save only "
-                             "tensors, lists and strings, e.g. torch.save({'x_train': x, ...}, path)") from None
+            raise BirnnError(
+                f"{path}: torch.load(weights_only=True) refused it ({reason}); save only "
+                "tensors, lists and strings, e.g. torch.save({'x_train': x, ...}, path)"
+            ) from None
         raise BirnnError(f"{path} is not a readable {path.suffix} file: {first_line(e)}") from None
     if not isinstance(content, dict):
         raise BirnnError(f"{path} holds a {type(content).__name__}; expected a dict with keys {', '.join(KEYS)}")
@@ -52,8 +54,10 @@ def _array(value: object, key: str, path: Path) -> np.ndarray:
             return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
         return np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise BirnnError(f"{key} in {path} cannot be read as one array ({first_line(e)}); store a tensor or an "
-                         "array of equal-length rows") from None
+        raise BirnnError(
+            f"{key} in {path} cannot be read as one array ({first_line(e)}); store a tensor or an "
+            "array of equal-length rows"
+        ) from None
 
 
 def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
@@ -67,16 +71,19 @@ def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
         x = torch.from_numpy(x.astype(np.float32))
     bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()
     if len(bad):
-        raise BirnnError(f"{key} in {source} holds NaN, inf or values beyond float32's range "
-                         f"(first in sample {int(bad[0])})")
+        raise BirnnError(
+            f"{key} in {source} holds NaN, inf or values beyond float32's range (first in sample {int(bad[0])})"
+        )
     return x
 
 
 def _labels(arrays: dict, key: str, n: int, source: Path) -> torch.Tensor:
     y = arrays[key]
     if y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != n:
-        raise BirnnError(f"{key} in {source} has dtype {y.dtype} and shape {y.shape}; expected integer labels "
-                         f"of shape ({n},), one per sample")
+        raise BirnnError(
+            f"{key} in {source} has dtype {y.dtype} and shape {y.shape}; expected integer labels "
+            f"of shape ({n},), one per sample"
+        )
     return torch.from_numpy(y.astype(np.int64))
 
 
@@ -91,24 +98,28 @@ def load_arrays(root: str = "data", download: bool = False, path: str | None = N
         raise BirnnError(f"{source} has no {', '.join(missing)} (it needs {', '.join(KEYS)}; optional: classes)")
     train_x, test_x = _inputs(arrays, "x_train", source), _inputs(arrays, "x_test", source)
     if train_x.shape[2] != test_x.shape[2]:
-        raise BirnnError(f"{source}: x_train has {train_x.shape[2]} features per step but x_test has "
-                         f"{test_x.shape[2]}")
+        raise BirnnError(f"{source}: x_train has {train_x.shape[2]} features per step but x_test has {test_x.shape[2]}")
     train_y, test_y = _labels(arrays, "y_train", len(train_x), source), _labels(arrays, "y_test", len(test_x), source)
     top = int(max(train_y.max(), test_y.max()))
     if "classes" in arrays:
         names = arrays["classes"]
         if names.ndim != 1 or names.dtype.kind not in "USiu":
-            raise BirnnError(f"classes in {source} must be a list of names; "
-                             f"got dtype {names.dtype} shape {names.shape}")
+            raise BirnnError(
+                f"classes in {source} must be a list of names; got dtype {names.dtype} shape {names.shape}"
+            )
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
     elif top >= MAX_CLASSES:
-        raise BirnnError(f"{source} has label {top}: without a classes list that means {top + 1} classes. Labels "
-                         f"must be 0..K-1 (at most {MAX_CLASSES} without classes): renumber them")
+        raise BirnnError(
+            f"{source} has label {top}: without a classes list that means {top + 1} classes. Labels "
+            f"must be 0..K-1 (at most {MAX_CLASSES} without classes): renumber them"
+        )
     else:
         classes = [str(i) for i in range(top + 1)]
     for key, y in (("y_train", train_y), ("y_test", test_y)):
         outside = y[(y < 0) | (y >= len(classes))]
         if len(outside):
-            raise BirnnError(f"{key} in {source} holds label {int(outside[0])}, outside classes "
-                             f"(labels must be 0..{len(classes) - 1}, one per name in classes)")
+            raise BirnnError(
+                f"{key} in {source} holds label {int(outside[0])}, outside classes "
+                f"(labels must be 0..{len(classes) - 1}, one per name in classes)"
+            )
     return Splits(train_x, train_y, test_x, test_y, classes=classes, kind="series")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -39,8 +40,11 @@ class SweepSummary(Callback):
         run_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
         if not (failed and isinstance(job_return._return_value, Refused)):  # a refused run leaves nothing
-            report.write_status(run_dir, "failed" if failed else "completed",
-                                report.one_line(job_return._return_value) if failed else "")
+            report.write_status(
+                run_dir,
+                "failed" if failed else "completed",
+                report.one_line(job_return._return_value) if failed else "",
+            )
         if config.hydra.mode == RunMode.MULTIRUN:
             # output_dir is <sweep dir>/<subdir>, both resolved by the job itself
             self.summarize(run_dir.parents[len(Path(str(config.hydra.sweep.subdir)).parts) - 1])
@@ -61,7 +65,7 @@ class SweepSummary(Callback):
         try:
             with locked(sweep_dir):
                 report.summarize(report.find_runs([sweep_dir]), sweep_dir, self.metric)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.warning("Could not write the sweep summary in %s: %s", sweep_dir, report.one_line(e))
 
 
@@ -92,5 +96,5 @@ class MLflowParent(Callback):
             from birnn.mlflow_tracking import end_parent
 
             end_parent(sweep_dir)
-        except Exception as e:  # noqa: BLE001  (a tracker never fails the multirun)
+        except Exception as e:
             log.warning("Could not mark the MLflow parent run of %s finished: %s", sweep_dir, report.one_line(e))

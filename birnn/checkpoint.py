@@ -13,8 +13,9 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -105,8 +106,10 @@ def save(state: dict, folder: Path, name: str = LAST) -> Path:
         else:
             atomic_write(path, lambda f: f.write(blob))
     except OSError as e:
-        raise BirnnError(f"Could not write checkpoint {path}: {e.strerror or e}. "
-                         f"Earlier checkpoints in {folder} are intact; free space and resume.") from None
+        raise BirnnError(
+            f"Could not write checkpoint {path}: {e.strerror or e}. "
+            f"Earlier checkpoints in {folder} are intact; free space and resume."
+        ) from None
     return path
 
 
@@ -130,8 +133,10 @@ def load(path: Path) -> dict:
         raise BirnnError(f"{path} is damaged: its content does not match its checksum.")
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
     if wrong or not isinstance(state["progress"].get("global_step"), int):
-        raise BirnnError(f"{path} is not a complete birnn checkpoint (missing or malformed: "
-                         f"{', '.join(wrong) or 'progress.global_step'}).")
+        raise BirnnError(
+            f"{path} is not a complete birnn checkpoint (missing or malformed: "
+            f"{', '.join(wrong) or 'progress.global_step'})."
+        )
     return state
 
 
@@ -169,21 +174,27 @@ def load_latest(folder: Path, check: Callable[[dict, Path], None] | None = None)
             log.warning("%s Falling back to %s (step %d).", errors[0], path, state["progress"]["global_step"])
         return state, path
     if errors:
-        raise BirnnError(" ".join(errors) + f" No valid checkpoint is left in {folder}: "
-                         "move that run dir aside (or delete its checkpoints/) to start over.")
+        raise BirnnError(
+            " ".join(errors) + f" No valid checkpoint is left in {folder}: "
+            "move that run dir aside (or delete its checkpoints/) to start over."
+        )
     return None
 
 
 def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> None:
     """``load_state_dict`` with a message naming every missing, unexpected or mis-shaped tensor."""
     own = model.state_dict()
-    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    problems = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
+    ]
     problems += [f"{k}: missing in checkpoint" for k in own if k not in state_dict]
     problems += [f"{k}: not in this model" for k in state_dict if k not in own]
     if problems:
-        raise BirnnError(f"{source} holds a different architecture than the configured model:\n  "
-                         + "\n  ".join(problems))
+        raise BirnnError(
+            f"{source} holds a different architecture than the configured model:\n  " + "\n  ".join(problems)
+        )
     model.load_state_dict(state_dict)
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -29,8 +29,9 @@ _PACKAGE = Path(__file__).resolve().parent
 # The config tree: ``birnn/conf/`` in an installed wheel (package data built from the repository's
 # ``conf/``), else the ``conf/`` beside this package (a checkout, editable or on PYTHONPATH). Found from this
 # file, not by importing ``birnn.conf``, so it never depends on which editable install's finder wins.
-CONFIG_DIR = next((d for d in (_PACKAGE / "conf", _PACKAGE.parent / "conf") if (d / "config.yaml").is_file()),
-                  _PACKAGE / "conf")
+CONFIG_DIR = next(
+    (d for d in (_PACKAGE / "conf", _PACKAGE.parent / "conf") if (d / "config.yaml").is_file()), _PACKAGE / "conf"
+)
 
 
 def import_from_cwd() -> None:
@@ -59,9 +60,12 @@ class ModelConfig:
     num_layers: int = 2  # stacked recurrent layers
     bidirectional: bool = True  # false: a plain (unidirectional) LSTM / GRU
     dropout: float = 0.0  # between recurrent layers
-    # last: output at the last step (the tutorial's) | final: final hidden states of both directions | mean: mean over time
+    # last: output at the last step (the tutorial's) | final: final hidden states of both directions |
+    # mean: mean over time
     readout: str = "last"
-    backward_shortcut: bool = True  # readout=last: the last layer's backward direction runs over the final step only (exact, faster)
+    backward_shortcut: bool = (
+        True  # readout=last: the last layer's backward direction runs over the final step only (exact, faster)
+    )
     cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
 
 
@@ -92,9 +96,9 @@ class UEADataConfig(DataConfig):
     """``data=uea``: a UCR/UEA archive problem in its ``.ts`` format (``birnn/sequences.py``)."""
 
     _target_: str = "birnn.sequences.load_uea"
-    root: Optional[str] = None  # null: the problems bundled with aeon; else a local copy of the archive
+    root: str | None = None  # null: the problems bundled with aeon; else a local copy of the archive
     download: bool = False  # true is refused: birnn does not download archive problems
-    name: Optional[str] = None  # required: the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
+    name: str | None = None  # required: the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
     batch_size: int = 32
     normalize: bool = True  # per-channel standardization with the training split's statistics
 
@@ -156,7 +160,7 @@ class OneCycleConfig:
 @dataclass
 class DeviceConfig:
     type: str = "auto"  # auto: cuda, else mps, else cpu | cpu | cuda | mps
-    num_threads: Optional[int] = None  # CPU threads; null = torch's default (hydra/launcher=joblib: cores / n_jobs)
+    num_threads: int | None = None  # CPU threads; null = torch's default (hydra/launcher=joblib: cores / n_jobs)
     cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels for the batch shapes
     # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
     dist_timeout_s: float = 300.0
@@ -167,15 +171,15 @@ class DeviceConfig:
 class TrainerConfig:
     epochs: int = 2  # the tutorial's
     log_every_n_steps: int = 100  # log line + tracker train scalars every N steps
-    max_steps: Optional[int] = None  # optional cap on optimizer steps
-    grad_clip: Optional[float] = None  # max gradient norm; null = off (the tutorial)
+    max_steps: int | None = None  # optional cap on optimizer steps
+    grad_clip: float | None = None  # max gradient norm; null = off (the tutorial)
     precision: str = "32"  # 32 | bf16 (autocast, CPU and CUDA) | 16 (CUDA, grad scaler)
     checkpoint_every_n_steps: int = 500  # plus every epoch end; 0 = epoch ends only
-    early_stopping_patience: Optional[int] = None  # epochs without validation improvement (needs data.val_size > 0)
+    early_stopping_patience: int | None = None  # epochs without validation improvement (needs data.val_size > 0)
     log_images: bool = True  # confusion matrix + misclassified inputs after each test pass (~0.1-0.3 s each on a CPU)
     test_on: str = "last"  # last | best (best.pt, chosen on validation): the checkpoint the final test pass scores
     # Score the test split at every epoch end; null: true for a single run, false in a multirun or a search.
-    test_every_epoch: Optional[bool] = None
+    test_every_epoch: bool | None = None
 
 
 @dataclass
@@ -190,7 +194,7 @@ class MLflowConfig:
     """``tracker=mlflow``: one MLflow run per birnn run (``birnn.mlflow_tracking``; needs ``birnn[mlflow]``)."""
 
     _target_: str = "birnn.mlflow_tracking.MLflow"
-    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/outputs/mlflow.db
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/outputs/mlflow.db
     experiment: str = "birnn"  # the MLflow experiment the runs go to
     log_checkpoints: bool = True  # upload checkpoints/*.pt as artifacts when the run finishes
     # retries of a failed request to a tracking server ($MLFLOW_HTTP_REQUEST_MAX_RETRIES wins); 0: a server that is
@@ -218,18 +222,18 @@ class SearchConfig:
 
     study_name: str = "birnn"
     dir: str = MISSING  # the study dir: trial run dirs, the default storage, the summary
-    storage: Optional[str] = None  # null: sqlite:///<dir>/study.db; any SQLAlchemy URL; a *.journal file path
+    storage: str | None = None  # null: sqlite:///<dir>/study.db; any SQLAlchemy URL; a *.journal file path
     n_trials: int = 20  # COMPLETE + PRUNED trials over all workers
     seed: int = 0  # TPE sampler seed of worker 0 (worker i: seed + i)
     worker: int = 0  # this worker's index (several workers on one storage: 0, 1, ...)
-    sampler_args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of optuna's TPESampler
+    sampler_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of optuna's TPESampler
     pruner: str = "median"  # none | median | successive_halving | hyperband
-    pruners: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # pruner name -> its keyword arguments
+    pruners: dict[str, dict[str, Any]] = field(default_factory=dict)  # pruner name -> its keyword arguments
     heartbeat_interval_s: int = 30  # RDB storages: a running trial's heartbeat
     heartbeat_grace_s: int = 120  # no heartbeat for this long: its worker is dead, the trial is retried
     max_retries: int = 3  # retries of a trial whose worker died
     # config key -> choice(...) | interval(...) | range(...); null leaves a key of the default space out
-    params: Dict[str, Optional[str]] = field(default_factory=dict)
+    params: dict[str, str | None] = field(default_factory=dict)
 
 
 def register_schemas() -> None:
@@ -266,9 +270,11 @@ def validate(cfg: DictConfig) -> None:
         (_patch_ok(d.get("patch", 1)), f"data.patch must be a whole number >= 1 or auto, got {d.get('patch')!r}"),
         (math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a finite number > 0, got {o.lr}"),
         (cfg.device.type in DEVICES, f"device.type must be one of {', '.join(DEVICES)}; got {cfg.device.type!r}"),
-        (cfg.device.num_threads is None or 0 < cfg.device.num_threads <= MAX_THREADS,
-         f"device.num_threads must be in 1..{MAX_THREADS} (4 x this machine's cores) or null, "
-         f"got {cfg.device.num_threads}"),
+        (
+            cfg.device.num_threads is None or 0 < cfg.device.num_threads <= MAX_THREADS,
+            f"device.num_threads must be in 1..{MAX_THREADS} (4 x this machine's cores) or null, "
+            f"got {cfg.device.num_threads}",
+        ),
         (0 <= cfg.seed < 2**63, f"seed must be in 0..2**63-1, got {cfg.seed}"),
         (cfg.device.dist_timeout_s > 0, f"device.dist_timeout_s must be > 0, got {cfg.device.dist_timeout_s}"),
         (t.epochs > 0, f"trainer.epochs must be > 0, got {t.epochs}"),
@@ -276,24 +282,37 @@ def validate(cfg: DictConfig) -> None:
         (t.max_steps is None or t.max_steps > 0, f"trainer.max_steps must be > 0 or null, got {t.max_steps}"),
         (t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0 or null, got {t.grad_clip}"),
         (t.precision in PRECISIONS, f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}"),
-        (t.checkpoint_every_n_steps >= 0,
-         f"trainer.checkpoint_every_n_steps must be >= 0 (0 = epoch ends only), got {t.checkpoint_every_n_steps}"),
-        (t.early_stopping_patience is None or t.early_stopping_patience > 0,
-         f"trainer.early_stopping_patience must be > 0 or null, got {t.early_stopping_patience}"),
-        (t.early_stopping_patience is None or has_validation(d),
-         "trainer.early_stopping_patience needs a validation split: set data.val_size > 0 (or data.folds)"),
+        (
+            t.checkpoint_every_n_steps >= 0,
+            f"trainer.checkpoint_every_n_steps must be >= 0 (0 = epoch ends only), got {t.checkpoint_every_n_steps}",
+        ),
+        (
+            t.early_stopping_patience is None or t.early_stopping_patience > 0,
+            f"trainer.early_stopping_patience must be > 0 or null, got {t.early_stopping_patience}",
+        ),
+        (
+            t.early_stopping_patience is None or has_validation(d),
+            "trainer.early_stopping_patience needs a validation split: set data.val_size > 0 (or data.folds)",
+        ),
         (t.test_on in TEST_ON, f"trainer.test_on must be one of {', '.join(TEST_ON)}; got {t.test_on!r}"),
-        (t.test_on == "last" or has_validation(d),
-         "trainer.test_on=best needs a validation split: set data.val_size > 0 (or data.folds)"),
+        (
+            t.test_on == "last" or has_validation(d),
+            "trainer.test_on=best needs a validation split: set data.val_size > 0 (or data.folds)",
+        ),
         (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {d.val_fraction}"),
         (d.folds == 0 or d.folds > 1, f"data.folds must be 0 (off) or > 1, got {d.folds}"),
         (d.folds == 0 or 0 <= d.fold < d.folds, f"data.fold must be in [0, data.folds), got {d.fold}"),
-        (d.folds == 0 or (d.val_size == 0 and d.val_fraction == 0),
-         "data.folds and data.val_size/data.val_fraction exclude each other: with folds, the held-out fold is "
-         "the validation split"),
+        (
+            d.folds == 0 or (d.val_size == 0 and d.val_fraction == 0),
+            "data.folds and data.val_size/data.val_fraction exclude each other: with folds, the held-out fold is "
+            "the validation split",
+        ),
     ]
-    checks += [(math.isfinite(v), f"{k} must be a finite number, got {v}") for k, v in flatten(to_plain(cfg)).items()
-               if isinstance(v, float) and k != "optimizer.lr"]
+    checks += [
+        (math.isfinite(v), f"{k} must be a finite number, got {v}")
+        for k, v in flatten(to_plain(cfg)).items()
+        if isinstance(v, float) and k != "optimizer.lr"
+    ]
     problems = [msg for ok, msg in checks if not ok]
     if problems:
         raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))
@@ -336,12 +355,18 @@ def upgrade(stored: dict) -> dict:
     if "name" not in old:
         return stored
     if old["name"] == "cosine":
-        raise BirnnError("Cannot resume: this run was started with the old scheduler.name=cosine, whose saved "
-                         "schedule state (a LambdaLR) does not fit today's scheduler=cosine (torch's LinearLR + "
-                         "CosineAnnealingLR); finish it with the birnn version that started it, or start a new run.")
+        raise BirnnError(
+            "Cannot resume: this run was started with the old scheduler.name=cosine, whose saved "
+            "schedule state (a LambdaLR) does not fit today's scheduler=cosine (torch's LinearLR + "
+            "CosineAnnealingLR); finish it with the birnn version that started it, or start a new run."
+        )
     if old["name"] == "onecycle":
-        stored["scheduler"] = {"_target_": OneCycleConfig._target_, "_partial_": True,
-                               "max_lr": stored["optimizer"]["lr"], "pct_start": old["pct_start"]}
+        stored["scheduler"] = {
+            "_target_": OneCycleConfig._target_,
+            "_partial_": True,
+            "max_lr": stored["optimizer"]["lr"],
+            "pct_start": old["pct_start"],
+        }
     else:
         stored["scheduler"] = None
     return stored

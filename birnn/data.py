@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import gzip
 import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from hydra.utils import get_method
@@ -28,15 +28,34 @@ IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 OFFLINE_HINT = (
     "Offline alternatives: data=fashion_mnist (apt-get install dataset-fashion-mnist) "
     "or data=digits (ships with scikit-learn)."
 )
 # Keys of a data config that birnn itself handles (batching, hold-out, standardization), not the loader.
-COMMON_KEYS = ("batch_size", "eval_batch_size", "val_size", "split_seed", "normalize", "patch", "val_fraction",
-               "folds", "fold")
+COMMON_KEYS = (
+    "batch_size",
+    "eval_batch_size",
+    "val_size",
+    "split_seed",
+    "normalize",
+    "patch",
+    "val_fraction",
+    "folds",
+    "fold",
+)
 
 
 @dataclass
@@ -100,8 +119,10 @@ def _from_torchvision(cls: type, root: str, download: bool, classes: list[str] |
     except Exception as e:
         raise BirnnError(f"Could not read the {cls.__name__} IDX files in {raw}: {e}") from None
     return Splits(
-        train_x=train.data.float().div_(255), train_y=train.targets.long(),
-        test_x=test.data.float().div_(255), test_y=test.targets.long(),
+        train_x=train.data.float().div_(255),
+        train_y=train.targets.long(),
+        test_x=test.data.float().div_(255),
+        test_y=test.targets.long(),
         classes=classes or [str(c).split(" - ")[-1] for c in train.classes],
     )
 
@@ -124,8 +145,9 @@ def load_fashion_mnist(root: str = "data", download: bool = True, system_dir: st
             train_x, train_y, test_x, test_y = (read_idx_gz(system / f"{name}.gz") for name in IDX_FILES)
         except (OSError, ValueError, RuntimeError) as e:
             raise BirnnError(f"Could not read the Fashion-MNIST files in {system}: {e}") from None
-        return Splits(train_x.float().div_(255), train_y.long(), test_x.float().div_(255), test_y.long(),
-                      classes=FASHION_CLASSES)
+        return Splits(
+            train_x.float().div_(255), train_y.long(), test_x.float().div_(255), test_y.long(), classes=FASHION_CLASSES
+        )
     return _from_torchvision(FashionMNIST, root, download, classes=FASHION_CLASSES)
 
 
@@ -133,8 +155,8 @@ def read_idx_gz(path: Path) -> Tensor:
     """One gzipped IDX file of uint8 values (images or labels), read without unpacking it to disk."""
     blob = gzip.decompress(path.read_bytes())
     dims = blob[3]
-    shape = [int.from_bytes(blob[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return torch.frombuffer(bytearray(blob[4 + 4 * dims:]), dtype=torch.uint8).view(shape)
+    shape = [int.from_bytes(blob[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return torch.frombuffer(bytearray(blob[4 + 4 * dims :]), dtype=torch.uint8).view(shape)
 
 
 def load_digits(root: str = "data", download: bool = False) -> Splits:
@@ -163,12 +185,19 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         return
     unknown = [k for k in kwargs if k not in params]
     if unknown:
-        raise BirnnError(f"data.{unknown[0]} is not a key of {target} (it takes {', '.join(params)}; "
-                         f"every data option also has {', '.join(COMMON_KEYS)})")
+        raise BirnnError(
+            f"data.{unknown[0]} is not a key of {target} (it takes {', '.join(params)}; "
+            f"every data option also has {', '.join(COMMON_KEYS)})"
+        )
 
 
-def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None = None,
-              patch: int | None = None, allow: Sequence[str] | None = None) -> Splits:
+def load_data(
+    cfg: DictConfig,
+    device: torch.device,
+    normalization: dict | None = None,
+    patch: int | None = None,
+    allow: Sequence[str] | None = None,
+) -> Splits:
     """Run the configured loader, hold out ``val_size`` training samples, standardize, patch, and move every
     split to ``device``.
 
@@ -178,8 +207,9 @@ def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None 
     means ``cfg`` came from a checkpoint: its loader must pass the trust rule (``birnn.trust``) with those
     allowed modules.
     """
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-              if k not in COMMON_KEYS and k != "_target_"}
+    kwargs = {
+        k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
+    }
     if allow is not None:
         loader = trust.resolve(cfg._target_, "data._target_", allow)
     else:
@@ -190,22 +220,31 @@ def load_data(cfg: DictConfig, device: torch.device, normalization: dict | None 
     _check_keys(loader, cfg._target_, kwargs)
     splits: Splits = loader(**kwargs)
     if splits.train_x.ndim != 3 or splits.test_x.ndim != 3:
-        raise BirnnError(f"{cfg._target_} must return inputs shaped (N, steps, features); "
-                         f"got {tuple(splits.train_x.shape)}")
+        raise BirnnError(
+            f"{cfg._target_} must return inputs shaped (N, steps, features); got {tuple(splits.train_x.shape)}"
+        )
     val = holdout(cfg, splits.train_y)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
         keep[val] = False
         train = keep.nonzero().squeeze(1)
         lengths = splits.train_lengths
-        splits = replace(splits, train_x=splits.train_x[train], train_y=splits.train_y[train],
-                         val_x=splits.train_x[val], val_y=splits.train_y[val],
-                         **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}))
+        splits = replace(
+            splits,
+            train_x=splits.train_x[train],
+            train_y=splits.train_y[train],
+            val_x=splits.train_x[val],
+            val_y=splits.train_y[val],
+            **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}),
+        )
     if normalization is None and cfg.get("normalize", False):
         normalization = normalize.fit(splits.train_x, splits.train_lengths)
     if normalization is not None:
-        standardized = {f"{s}_x": normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
-                        for s in ("train", "test", "val") if (x := getattr(splits, f"{s}_x")) is not None}
+        standardized = {
+            f"{s}_x": normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
+            for s in ("train", "test", "val")
+            if (x := getattr(splits, f"{s}_x")) is not None
+        }
         splits = replace(splits, normalization=normalization, **standardized)
     if patch is None:
         patch = patches.resolve(cfg.get("patch", 1), splits.train_x, splits.train_lengths)
@@ -236,8 +275,10 @@ def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
 
         smallest = int(torch.bincount(train_y).min()) if n else 0
         if smallest < folds:
-            raise BirnnError(f"data.folds={folds} needs at least {folds} training samples of every class; "
-                             f"the rarest class has {smallest}")
+            raise BirnnError(
+                f"data.folds={folds} needs at least {folds} training samples of every class; "
+                f"the rarest class has {smallest}"
+            )
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
         _, val = list(splitter.split(train_y.numpy(), train_y.numpy()))[cfg.fold]
         return torch.from_numpy(val)
@@ -259,9 +300,15 @@ def spec(splits: Splits) -> dict:
     """
     steps, features = splits.raw_shape or splits.test_x.shape[1:]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
-    return {"input_shape": [int(steps), int(features)], "features": int(features),
-            "max_length": None if variable else int(steps), "classes": list(splits.classes),
-            "normalization": splits.normalization, "kind": splits.kind, "patch": splits.patch}
+    return {
+        "input_shape": [int(steps), int(features)],
+        "features": int(features),
+        "max_length": None if variable else int(steps),
+        "classes": list(splits.classes),
+        "normalization": splits.normalization,
+        "kind": splits.kind,
+        "patch": splits.patch,
+    }
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -278,8 +325,15 @@ class Batch:
     size: int
 
 
-def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, start: int = 0,
-                     lengths: Tensor | None = None, dist: Dist = Dist()) -> Iterator[Batch]:
+def shuffled_batches(
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    start: int = 0,
+    lengths: Tensor | None = None,
+    dist: Dist = Dist(),
+) -> Iterator[Batch]:
     """One epoch of shuffled batches (the last may be smaller), as ``DataLoader(shuffle=True)`` gives.
 
     The permutation is drawn from ``generator`` (CPU) once per epoch, the same on every process; each
@@ -288,12 +342,13 @@ def shuffled_batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Gen
     """
     order = torch.randperm(len(y), generator=generator).to(x.device)
     for i in range(start * batch_size, len(y), batch_size):
-        batch = order[i: i + batch_size]
+        batch = order[i : i + batch_size]
         idx = batch[dist.shard(len(batch))]
         yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch))
 
 
-def sequential_batches(x: Tensor, y: Tensor, batch_size: int,
-                       lengths: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+def sequential_batches(
+    x: Tensor, y: Tensor, batch_size: int, lengths: Tensor | None = None
+) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
     for i in range(0, len(y), batch_size):
-        yield x[i: i + batch_size], y[i: i + batch_size], lengths[i: i + batch_size] if lengths is not None else None
+        yield x[i : i + batch_size], y[i : i + batch_size], lengths[i : i + batch_size] if lengths is not None else None

@@ -24,8 +24,10 @@ def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     kind = cfg.type if cfg.type != "auto" else next(k for k in ("cuda", "mps", "cpu") if available[k])
     if not available[kind]:
-        raise BirnnError(f"device={kind} was requested but {kind.upper()} is not available on this machine "
-                         f"(torch {torch.__version__}). Use device=auto or device=cpu.")
+        raise BirnnError(
+            f"device={kind} was requested but {kind.upper()} is not available on this machine "
+            f"(torch {torch.__version__}). Use device=auto or device=cpu."
+        )
     if precision == "16" and kind != "cuda":
         raise BirnnError(f"trainer.precision=16 needs CUDA (running on {kind}); use trainer.precision=bf16 or 32.")
     if kind == "cpu" and cfg.tune_allocator:
@@ -54,8 +56,10 @@ def cpu_bf16_recurrence() -> bool:
 def effective_precision(precision: str, device: torch.device) -> str:
     """``precision``, except bf16 on a CPU that cannot run recurrent layers in bf16: 32, with a warning."""
     if precision == "bf16" and device.type == "cpu" and not cpu_bf16_recurrence():
-        log.warning("trainer.precision=bf16: this CPU's oneDNN has no bf16 LSTM/GRU kernels; training in fp32 "
-                    "instead (set trainer.precision=32 to silence this).")
+        log.warning(
+            "trainer.precision=bf16: this CPU's oneDNN has no bf16 LSTM/GRU kernels; training in fp32 "
+            "instead (set trainer.precision=32 to silence this)."
+        )
         return "32"
     return precision
 

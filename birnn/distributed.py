@@ -45,8 +45,7 @@ def world_env() -> dict[str, int] | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    return {"rank": int(os.environ["RANK"]), "world_size": world,
-            "local_rank": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"rank": int(os.environ["RANK"]), "world_size": world, "local_rank": int(os.environ.get("LOCAL_RANK", "0"))}
 
 
 def init_default_group(timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> None:
@@ -60,12 +59,22 @@ def init_default_group(timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     timeout = datetime.timedelta(seconds=timeout_s)
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                                is_master=rank == 0 and not agent_hosts_store, timeout=timeout,
-                                multi_tenant=not agent_hosts_store)
+    store = torch_dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=rank == 0 and not agent_hosts_store,
+        timeout=timeout,
+        multi_tenant=not agent_hosts_store,
+    )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    torch_dist.init_process_group("gloo", store=torch_dist.PrefixStore(f"birnn/attempt-{attempt}", store),
-                                  rank=rank, world_size=world, timeout=timeout)
+    torch_dist.init_process_group(
+        "gloo",
+        store=torch_dist.PrefixStore(f"birnn/attempt-{attempt}", store),
+        rank=rank,
+        world_size=world,
+        timeout=timeout,
+    )
 
 
 def broadcast_from_main(value: Any) -> Any:
@@ -98,7 +107,7 @@ class Dist:
     compute: Any = None  # ProcessGroup of DDP and the metric sums
 
     @classmethod
-    def start(cls, kind: str, timeout_s: float) -> "Dist":
+    def start(cls, kind: str, timeout_s: float) -> Dist:
         """Join the world named by the environment (one process: a plain ``Dist()``).
 
         ``kind`` is the device type the run trains on: NCCL computes on CUDA, gloo on the CPU.
@@ -129,17 +138,21 @@ class Dist:
             return device
         count = torch.cuda.device_count()
         if self.local_rank >= count:
-            raise BirnnError(f"Local rank {self.local_rank} has no GPU: this machine has {count} "
-                             f"(device=cuda needs one per process; use --nproc_per_node={count} or fewer).")
+            raise BirnnError(
+                f"Local rank {self.local_rank} has no GPU: this machine has {count} "
+                f"(device=cuda needs one per process; use --nproc_per_node={count} or fewer)."
+            )
         torch.cuda.set_device(self.local_rank)
         return torch.device("cuda", self.local_rank)
 
     def check_batch(self, batch_size: int) -> None:
         """``data.batch_size`` is the global batch: every process takes the same share of it."""
         if batch_size % self.world_size:
-            raise BirnnError(f"data.batch_size={batch_size} is the global batch and must be divisible by the "
-                             f"number of processes ({self.world_size}); e.g. "
-                             f"data.batch_size={batch_size - batch_size % self.world_size or self.world_size}.")
+            raise BirnnError(
+                f"data.batch_size={batch_size} is the global batch and must be divisible by the "
+                f"number of processes ({self.world_size}); e.g. "
+                f"data.batch_size={batch_size - batch_size % self.world_size or self.world_size}."
+            )
 
     def shard(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` items (shares differ by at most one; some may be empty)."""
@@ -153,8 +166,9 @@ class Dist:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       process_group=self.compute)
+        return DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, process_group=self.compute
+        )
 
     def sum(self, tensor: Tensor) -> Tensor:
         """Elementwise sum over ranks (in place), for tensors on the training device."""
@@ -196,13 +210,20 @@ class Dist:
         """A clear error when ``error`` is a collective that failed because another process died or fell
         silent (for longer than ``device.dist_timeout_s``); None for any other error."""
         text = str(error)
-        if not self.enabled or not (isinstance(error, torch_dist.DistError) or isinstance(error, RuntimeError) and any(
-                mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "imed out"))):
+        if not self.enabled or not (
+            isinstance(error, torch_dist.DistError)
+            or isinstance(error, RuntimeError)
+            and any(
+                mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "imed out")
+            )
+        ):
             return None
         reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-        return BirnnError(f"Rank {self.rank} lost contact with another process of this run, which died or stopped "
-                          f"answering ({reason[:200]}). The run's checkpoints are intact: run the same command "
-                          "with hydra.run.dir=<run dir> to resume.")
+        return BirnnError(
+            f"Rank {self.rank} lost contact with another process of this run, which died or stopped "
+            f"answering ({reason[:200]}). The run's checkpoints are intact: run the same command "
+            "with hydra.run.dir=<run dir> to resume."
+        )
 
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from birnn import console
 from birnn.checkpoint import atomic_write
@@ -29,55 +29,78 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequen
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
     # the stored statistics and patch size, not refitted; the loader only if the trust rule lets it in
-    data = load_data(cfg.data, device, normalization=restored.normalization, patch=restored.patch,
-                     allow=restored.allow)
+    data = load_data(cfg.data, device, normalization=restored.normalization, patch=restored.patch, allow=restored.allow)
     if data.classes != restored.classes:
-        raise BirnnError(f"{cfg.data._target_} gives classes {data.classes}; the model was trained on "
-                         f"{restored.classes}.")
+        raise BirnnError(
+            f"{cfg.data._target_} gives classes {data.classes}; the model was trained on {restored.classes}."
+        )
     model = restored.model.to(device)
     precision = effective_precision(cfg.trainer.precision, device)
-    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, precision,
-                      lengths=data.test_lengths)
+    result = evaluate(
+        model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, precision, lengths=data.test_lengths
+    )
     matrix = confusion_matrix(data.test_y, result.predictions, data.num_classes)
     return {
-        "checkpoint": str(path), "overrides": list(overrides), "step": restored.state["progress"]["global_step"], "device": str(device),
-        "test_loss": result.loss, "test_accuracy": result.accuracy, "test_samples": len(data.test_y),
-        "classes": data.classes, "per_class": per_class(data.test_y, result.predictions, data.classes),
+        "checkpoint": str(path),
+        "overrides": list(overrides),
+        "step": restored.state["progress"]["global_step"],
+        "device": str(device),
+        "test_loss": result.loss,
+        "test_accuracy": result.accuracy,
+        "test_samples": len(data.test_y),
+        "classes": data.classes,
+        "per_class": per_class(data.test_y, result.predictions, data.classes),
         "confusion_matrix": matrix.tolist(),
     }
 
 
 def report(scores: dict) -> str:
     """The scores as text: totals, a per-class table and the confusion matrix."""
+
     def score(value: float | None) -> str:
         return f"{value:9.4f}" if value is not None else f"{'-':>9}"
 
     classes = scores["classes"]
     width = max(5, *(len(c) for c in classes))
-    lines = [f"Checkpoint {scores['checkpoint']} (step {scores['step']}) on {scores['device']}",
-             f"Test loss     {scores['test_loss']:.4f}",
-             f"Test accuracy {scores['test_accuracy']:.4f} ({100 * scores['test_accuracy']:.2f}%) "
-             f"on {scores['test_samples']} samples", "",
-             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'support':>8}"]
-    lines += [f"{c['class']:<{width}} {score(c['precision'])} {score(c['recall'])} {c['support']:>8}"
-              for c in scores["per_class"]]
+    lines = [
+        f"Checkpoint {scores['checkpoint']} (step {scores['step']}) on {scores['device']}",
+        f"Test loss     {scores['test_loss']:.4f}",
+        f"Test accuracy {scores['test_accuracy']:.4f} ({100 * scores['test_accuracy']:.2f}%) "
+        f"on {scores['test_samples']} samples",
+        "",
+        f"{'class':<{width}} {'precision':>9} {'recall':>9} {'support':>8}",
+    ]
+    lines += [
+        f"{c['class']:<{width}} {score(c['precision'])} {score(c['recall'])} {c['support']:>8}"
+        for c in scores["per_class"]
+    ]
     cells = max(5, len(str(max(max(row) for row in scores["confusion_matrix"]))) + 1)
     rows = [c if c == str(i) else f"{i} {c}" for i, c in enumerate(classes)]
     width = max(len(r) for r in rows)
-    lines += ["", "Confusion matrix (rows: true class, columns: predicted class index)",
-              " " * width + "".join(f"{i:>{cells}}" for i in range(len(classes)))]
-    lines += [f"{r:<{width}}" + "".join(f"{n:>{cells}}" for n in counts)
-              for r, counts in zip(rows, scores["confusion_matrix"])]
+    lines += [
+        "",
+        "Confusion matrix (rows: true class, columns: predicted class index)",
+        " " * width + "".join(f"{i:>{cells}}" for i in range(len(classes))),
+    ]
+    lines += [
+        f"{r:<{width}}" + "".join(f"{n:>{cells}}" for n in counts)
+        for r, counts in zip(rows, scores["confusion_matrix"])
+    ]
     return "\n".join(lines)
 
 
 @console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=console.prog("birnn.evaluate"),
-                                     description="Re-test a checkpoint's model on its test split.")
+    parser = argparse.ArgumentParser(
+        prog=console.prog("birnn.evaluate"), description="Re-test a checkpoint's model on its test split."
+    )
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="changes to the checkpoint's config, e.g. data.root=/data device=cpu")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="changes to the checkpoint's config, e.g. data.root=/data device=cpu",
+    )
     parser.add_argument("--out", type=Path, help="JSON file to write (default: evaluation.json beside CHECKPOINT)")
     add_allow_option(parser)
     args = parser.parse_args(argv)

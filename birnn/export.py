@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -37,10 +37,21 @@ def _onnx(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> 
         import onnxruntime
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as e:
-        raise BirnnError(f"ONNX export needs the export extra ({e.name} is missing): "
-                         "pip install 'birnn[export]' (onnx, onnxscript, onnxruntime).") from None
-    torch.onnx.export(model, (example,), str(out), dynamo=True, input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=dynamic, external_data=False, verbose=False)
+        raise BirnnError(
+            f"ONNX export needs the export extra ({e.name} is missing): "
+            "pip install 'birnn[export]' (onnx, onnxscript, onnxruntime)."
+        ) from None
+    torch.onnx.export(
+        model,
+        (example,),
+        str(out),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=dynamic,
+        external_data=False,
+        verbose=False,
+    )
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
@@ -57,10 +68,12 @@ def check_fixed_length(restored: Restored) -> None:
     data-dependent shapes that neither ``torch.export`` nor the ONNX exporter can trace.
     """
     if "max_length" in restored.spec and restored.spec["max_length"] is None:
-        raise BirnnError(f"{restored.path} was trained on variable-length sequences (data max_length: none) and "
-                         "cannot be exported: its model packs each batch by the samples' lengths "
-                         "(pack_padded_sequence), which torch.export and ONNX cannot trace; "
-                         "use it from PyTorch (python -m birnn.evaluate / birnn.predict) instead.")
+        raise BirnnError(
+            f"{restored.path} was trained on variable-length sequences (data max_length: none) and "
+            "cannot be exported: its model packs each batch by the samples' lengths "
+            "(pack_padded_sequence), which torch.export and ONNX cannot trace; "
+            "use it from PyTorch (python -m birnn.evaluate / birnn.predict) instead."
+        )
 
 
 def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, float]:
@@ -92,8 +105,10 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
 
 @console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=console.prog("birnn.export"),
-                                     description="Export a checkpoint's model as one ONNX or torch.export (pt2) file.")
+    parser = argparse.ArgumentParser(
+        prog=console.prog("birnn.export"),
+        description="Export a checkpoint's model as one ONNX or torch.export (pt2) file.",
+    )
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or pt2 (torch.export)")
     parser.add_argument("--out", type=Path, help="file to write (default: model.onnx / model.pt2 beside CHECKPOINT)")
@@ -104,13 +119,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         restored = restore(args.checkpoint, allow=args.allow)
         out, difference = export(restored, args.format, args.out)
     steps, features = restored.input_shape
-    scale = ("as raw values (the training split's per-feature standardization is built into the model)"
-             if restored.normalization else "in [0, 1]" if restored.spec.get("kind", "image") == "image"
-             else "scaled as in training")
+    scale = (
+        "as raw values (the training split's per-feature standardization is built into the model)"
+        if restored.normalization
+        else "in [0, 1]"
+        if restored.spec.get("kind", "image") == "image"
+        else "scaled as in training"
+    )
     if restored.patch > 1:
         scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
-    print(f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) {scale}, "
-          f"output logits (N, {len(restored.classes)}); classes {', '.join(restored.classes)}.")
+    print(
+        f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) {scale}, "
+        f"output logits (N, {len(restored.classes)}); classes {', '.join(restored.classes)}."
+    )
     print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")
 
 

@@ -24,8 +24,15 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
     ax.imshow(matrix, cmap="Blues")
     threshold = matrix.max() / 2
     for i, j in zip(*matrix.nonzero()):
-        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                color="white" if matrix[i, j] > threshold else "black")
+        ax.text(
+            j,
+            i,
+            str(matrix[i, j]),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if matrix[i, j] > threshold else "black",
+        )
     ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(n), classes, fontsize=7)
     ax.set_xlabel("predicted")
@@ -33,8 +40,9 @@ def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
     return fig
 
 
-def misclassified_figure(images: np.ndarray, true: list[str], predicted: list[str], total: int,
-                         columns: int = 8) -> Figure:
+def misclassified_figure(
+    images: np.ndarray, true: list[str], predicted: list[str], total: int, columns: int = 8
+) -> Figure:
     """Images (n, h, w) in [0, 1] in one mosaic, each under a caption: its true and its predicted class.
 
     One Axes for the whole grid keeps drawing cheap.
@@ -52,17 +60,25 @@ def misclassified_figure(images: np.ndarray, true: list[str], predicted: list[st
     ax = fig.add_axes((0, 0, 1, 1 - title / height))
     for k in range(n):
         top, left = (k // cols) * cell_h + band, (k % cols) * cell_w
-        mosaic[top: top + h, left: left + w] = images[k]
-        ax.text(left + w / 2, top - 0.5, f"{true[k]}\n\u2192 {predicted[k]}", ha="center", va="bottom",
-                fontsize=6.5, linespacing=1.1)
+        mosaic[top : top + h, left : left + w] = images[k]
+        ax.text(
+            left + w / 2,
+            top - 0.5,
+            f"{true[k]}\n\u2192 {predicted[k]}",
+            ha="center",
+            va="bottom",
+            fontsize=6.5,
+            linespacing=1.1,
+        )
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
     fig.suptitle(f"true \u2192 predicted: {n} of {total} misclassified", fontsize=8, y=1 - 0.05 / height, va="top")
     return fig
 
 
-def misclassified_series_figure(series: list[np.ndarray], true: list[str], predicted: list[str], total: int,
-                                columns: int = 3) -> Figure:
+def misclassified_series_figure(
+    series: list[np.ndarray], true: list[str], predicted: list[str], total: int, columns: int = 3
+) -> Figure:
     """Series (steps, channels), each as line plots of its channels, titled with its true and predicted class."""
     n = len(series)
     cols = min(columns, n)
@@ -70,8 +86,9 @@ def misclassified_series_figure(series: list[np.ndarray], true: list[str], predi
     title, panel_w, panel_h = 0.4, 2.6, 1.5  # inches
     width, height = panel_w * cols, panel_h * rows + title
     fig = Figure(figsize=(width, height), dpi=100)
-    fig.subplots_adjust(left=0.35 / width, right=1 - 0.1 / width, bottom=0.25 / height, top=1 - title / height,
-                        wspace=0.3, hspace=0.45)
+    fig.subplots_adjust(
+        left=0.35 / width, right=1 - 0.1 / width, bottom=0.25 / height, top=1 - title / height, wspace=0.3, hspace=0.45
+    )
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, s, t, p in zip(axes, series, true, predicted):
         ax.plot(s, linewidth=0.8)

@@ -20,8 +20,7 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
-def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str,
-            lengths: Tensor | None = None) -> Tensor:
+def forward(model: nn.Module, x: Tensor, device: torch.device, precision: str, lengths: Tensor | None = None) -> Tensor:
     """fp32 logits through ``model``'s own ``__call__`` (so a DDP wrapper sees every path), under autocast for
     mixed precision; the classifier keeps its head in fp32 itself. ``lengths``: valid steps per sample."""
     with autocast(device, precision):
@@ -46,8 +45,9 @@ class Stepper:
     scaler: torch.amp.GradScaler | None = None
     world_size: int = 1
 
-    def step(self, x: Tensor, y: Tensor, lengths: Tensor | None = None,
-             batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+    def step(
+        self, x: Tensor, y: Tensor, lengths: Tensor | None = None, batch_size: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Forward, backward, update on this process's share ``(x, y)`` of a global batch of ``batch_size``
         (default: ``len(y)``). Returns the share's summed loss and number correct (device tensors)."""
         self.model.train()
@@ -85,8 +85,15 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def loss_and_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
-                         precision: str = "32", lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def loss_and_predictions(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "32",
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy and the predicted classes over ``(x, y)``, in batches; both stay on the device."""
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
@@ -98,8 +105,15 @@ def loss_and_predictions(model: nn.Module, x: Tensor, y: Tensor, batch_size: int
     return loss_sum, torch.cat(predictions)
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device,
-             precision: str = "32", lengths: Tensor | None = None) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "32",
+    lengths: Tensor | None = None,
+) -> EvalResult:
     """Mean cross-entropy, accuracy and predictions over ``(x, y)``, in batches of ``batch_size``."""
     loss_sum, pred = loss_and_predictions(model, x, y, batch_size, device, precision, lengths)
     n = len(y)

@@ -67,9 +67,18 @@ def _sweep_dir() -> Path | None:
 class MLflow:
     """The run's MLflow run: see the module docstring. Every call goes to ``tracking_uri``'s store."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None, config: dict | None = None,
-                 images: bool = True, tracking_uri: str | None = None, experiment: str = "birnn",
-                 log_checkpoints: bool = True, request_retries: int = 0, request_timeout_s: int = 10):
+    def __init__(
+        self,
+        run_dir: Path,
+        purge_step: int | None = None,
+        config: dict | None = None,
+        images: bool = True,
+        tracking_uri: str | None = None,
+        experiment: str = "birnn",
+        log_checkpoints: bool = True,
+        request_retries: int = 0,
+        request_timeout_s: int = 10,
+    ):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(request_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(request_timeout_s))
         self.run_dir, self.images, self.log_checkpoints = run_dir, images, log_checkpoints
@@ -128,7 +137,7 @@ class MLflow:
         run_id = run.info.run_id
         params = [Param(k, str(v)) for k, v in hparams(config).items()]
         for i in range(0, len(params), BATCH):
-            self.client.log_batch(run_id, params=params[i:i + BATCH])
+            self.client.log_batch(run_id, params=params[i : i + BATCH])
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / RECORD).write_text(json.dumps({"run_id": run_id, "tracking_uri": self.uri}) + "\n")
         return run_id
@@ -139,8 +148,17 @@ class MLflow:
         with self._store():
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
-    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
-                   kind: str = "image", lengths: Tensor | None = None) -> None:
+    def evaluation(
+        self,
+        step: int,
+        split: str,
+        result: EvalResult,
+        x: Tensor,
+        y: Tensor,
+        classes: list[str],
+        kind: str = "image",
+        lengths: Tensor | None = None,
+    ) -> None:
         self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
         if split != "test" or not self.images:
             return

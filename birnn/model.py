@@ -7,7 +7,7 @@ the recurrence, and every readout reads each sample at its own length.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +61,13 @@ class _LastStepPath:
         top_in = rnn.input_size if top == 0 else 2 * hidden
         self.dropout = rnn.dropout
         # Built on the meta device (no memory, no RNG draws), then pointed at rnn's parameters.
-        self.lower = (module(rnn.input_size, hidden, top, batch_first=True, bidirectional=True,
-                             dropout=rnn.dropout, device="meta") if top else None)
+        self.lower = (
+            module(
+                rnn.input_size, hidden, top, batch_first=True, bidirectional=True, dropout=rnn.dropout, device="meta"
+            )
+            if top
+            else None
+        )
         self.top_forward = module(top_in, hidden, 1, batch_first=True, device="meta")
         self.top_backward = cell(top_in, hidden, device="meta")
         if self.lower is not None:
@@ -104,14 +109,27 @@ class RNNClassifier(nn.Module):
     model (``lstm.*``, ``fc.*``); a GRU's are ``gru.*``.
     """
 
-    def __init__(self, input_size: int, num_classes: int, hidden_size: int = 128, num_layers: int = 2,
-                 bidirectional: bool = True, dropout: float = 0.0, readout: str = "last",
-                 backward_shortcut: bool = True, cell: str = "lstm"):
+    def __init__(
+        self,
+        input_size: int,
+        num_classes: int,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        readout: str = "last",
+        backward_shortcut: bool = True,
+        cell: str = "lstm",
+    ):
         super().__init__()
         check_options(hidden_size, num_layers, dropout, readout, cell)
         self.readout, self.cell = readout, cell
-        self.add_module(cell, CELLS[cell][0](input_size, hidden_size, num_layers, batch_first=True,
-                                             bidirectional=bidirectional, dropout=dropout))
+        self.add_module(
+            cell,
+            CELLS[cell][0](
+                input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional, dropout=dropout
+            ),
+        )
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
         shortcut = backward_shortcut and readout == "last" and bidirectional
         # Not a submodule: it only borrows the recurrent module's parameters.
@@ -177,8 +195,7 @@ def _innermost(error: BaseException) -> BaseException:
     return error
 
 
-def build_model(cfg: DictConfig, input_size: int, num_classes: int,
-                allow: Iterable[str] | None = None) -> nn.Module:
+def build_model(cfg: DictConfig, input_size: int, num_classes: int, allow: Iterable[str] | None = None) -> nn.Module:
     """The model ``cfg`` (the ``model`` node) names: ``cfg._target_(input_size=..., num_classes=..., **keys)``.
 
     Training (``allow`` None) instantiates the user's own config with Hydra. Restoring a checkpoint passes
@@ -200,10 +217,14 @@ def build_model(cfg: DictConfig, input_size: int, num_classes: int,
         if isinstance(cause, BirnnError):
             raise cause from None
         if isinstance(cause, ImportError):
-            raise BirnnError(f"model._target_={target} cannot be imported ({type(cause).__name__}: "
-                             f"{first_line(cause)}); install it or put its module on the path (the working "
-                             "directory counts).") from None
-        raise BirnnError(f"model._target_={target} cannot be built: {type(cause).__name__}: {first_line(cause)}") from None
+            raise BirnnError(
+                f"model._target_={target} cannot be imported ({type(cause).__name__}: "
+                f"{first_line(cause)}); install it or put its module on the path (the working "
+                "directory counts)."
+            ) from None
+        raise BirnnError(
+            f"model._target_={target} cannot be built: {type(cause).__name__}: {first_line(cause)}"
+        ) from None
     except Exception as e:  # a user's model may raise anything; one line names it
         raise BirnnError(f"model._target_={target} cannot be built: {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(model, nn.Module):

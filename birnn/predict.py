@@ -1,4 +1,4 @@
-"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image, array or series files with a trained model.
+"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image, array or series files with a model.
 
 Each image (PNG or JPEG, any size; a folder stands for the files in it) becomes one input the way the
 training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -95,8 +95,12 @@ def load_array(path: Path, features: int, steps: int | None) -> torch.Tensor:
         shape, dtype = _npy_header(path)
         if dtype.kind not in "fiu":
             raise UnreadableInput(f"dtype {dtype}: expected numbers shaped {expected}")
-        if len(shape) != 2 or shape[1] != features or (steps is not None and shape[0] != steps) \
-                or not 0 < shape[0] <= MAX_STEPS:
+        if (
+            len(shape) != 2
+            or shape[1] != features
+            or (steps is not None and shape[0] != steps)
+            or not 0 < shape[0] <= MAX_STEPS
+        ):
             raise UnreadableInput(f"shape {shape}: the model takes one sample shaped {expected}")
         array = np.load(path, allow_pickle=False)
     except UnreadableInput:
@@ -147,8 +151,9 @@ def out_of_range(x: torch.Tensor, restored: Restored) -> str | None:
     return None
 
 
-def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu",
-            allow: Sequence[str] = ()) -> list[dict]:
+def predict(
+    checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu", allow: Sequence[str] = ()
+) -> list[dict]:
     """Per input ``{file, prediction, label, probability}`` (series of a ``.ts`` file also ``index``), or
     ``{file, error}`` when a file cannot be read."""
     restored = restore(checkpoint, allow=allow)
@@ -169,7 +174,7 @@ def predict(checkpoint: Path, paths: Sequence[Path], invert: str = "auto", devic
             results += [{"file": str(path), "index": i} for i in range(len(found))]
         else:
             results.append({"file": str(path)})
-        for record, x in zip(results[len(results) - len(found):], found):
+        for record, x in zip(results[len(results) - len(found) :], found):
             warning = out_of_range(x, restored) if path.suffix.lower() in ARRAY_SUFFIXES else None
             if warning:
                 record["warning"] = warning
@@ -218,16 +223,25 @@ def show(results: list[dict], as_json: bool) -> None:
 
 @console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=console.prog("birnn.predict"),
-                                     description="Classify image files (PNG/JPEG), .npy arrays or .ts series "
-                                                 "with a trained model.")
+    parser = argparse.ArgumentParser(
+        prog=console.prog("birnn.predict"),
+        description="Classify image files (PNG/JPEG), .npy arrays or .ts series with a trained model.",
+    )
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
-    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH",
-                        help="image files, .npy files (one sample each), .ts files (many series each) "
-                             "or folders of them")
+    parser.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="image files, .npy files (one sample each), .ts files (many series each) or folders of them",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
-    parser.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                        help="make dark-on-light images light-on-dark like the data (default: auto, from the border)")
+    parser.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="make dark-on-light images light-on-dark like the data (default: auto, from the border)",
+    )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
     add_allow_option(parser)
     args = parser.parse_args(argv)

@@ -22,9 +22,10 @@ import os
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -87,8 +88,9 @@ def natural_key(path: Path) -> list:
 
 
 def load_job(run_dir: Path, root: Path) -> Job:
-    parsed = OverridesParser.create().parse_overrides(OmegaConf.to_container(
-        OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")))
+    parsed = OverridesParser.create().parse_overrides(
+        OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    )
     metrics_path, status_path = run_dir / "metrics.json", run_dir / STATUS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     if status_path.is_file():
@@ -98,10 +100,14 @@ def load_job(run_dir: Path, root: Path) -> Job:
     if record["status"] not in ("completed", "pruned"):
         metrics = {}  # a failed relaunch must not show the metrics of an earlier run
     name = Path(os.path.relpath(run_dir, root)).as_posix()
-    return Job(name=run_dir.name if name == "." else name,
-               status=record["status"], error=record["error"],
-               overrides={o.key_or_group: o.get_value_element_as_str() for o in parsed},
-               values={o.key_or_group: o.value() for o in parsed}, metrics=metrics)
+    return Job(
+        name=run_dir.name if name == "." else name,
+        status=record["status"],
+        error=record["error"],
+        overrides={o.key_or_group: o.get_value_element_as_str() for o in parsed},
+        values={o.key_or_group: o.value() for o in parsed},
+        metrics=metrics,
+    )
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:
@@ -128,8 +134,9 @@ class Summary:
 
     def __init__(self, jobs: list[Job], metric: str | None = None):
         self.metric = metric or default_metric(jobs)
-        if not any(number(job.metrics.get(self.metric)) is not None for job in jobs) and \
-                any(job.status == "completed" for job in jobs):
+        if not any(number(job.metrics.get(self.metric)) is not None for job in jobs) and any(
+            job.status == "completed" for job in jobs
+        ):
             known = sorted({k for job in jobs for k, v in job.metrics.items() if number(v) is not None})
             raise BirnnError(f"metric {self.metric!r} is in no run's metrics.json; choose one of {', '.join(known)}")
         self.keys = swept_keys(jobs)
@@ -154,15 +161,24 @@ class Summary:
     def selection_note(self) -> str:
         """Which metric ranked the jobs, and whether the test split took part in that choice."""
         if self.metric.startswith("test"):
-            return (f"Ranked on {self.metric}: the test split chose the best job, so its test scores are no longer "
-                    "an unbiased estimate (give the runs a validation split: data.val_size or data.folds).")
+            return (
+                f"Ranked on {self.metric}: the test split chose the best job, so its test scores are no longer "
+                "an unbiased estimate (give the runs a validation split: data.val_size or data.folds)."
+            )
         return f"Ranked on {self.metric}; {NOT_SELECTED} test scores are reported, not used for selection."
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"job": job.name, "status": job.status, "error": job.error,
-                 **{k: job.overrides.get(k, "") for k in self.keys},
-                 **{m: job.metrics.get(m, "") for m in self.metric_columns}, "ranked_on": self.metric}
-                for job in self.jobs]
+        return [
+            {
+                "job": job.name,
+                "status": job.status,
+                "error": job.error,
+                **{k: job.overrides.get(k, "") for k in self.keys},
+                **{m: job.metrics.get(m, "") for m in self.metric_columns},
+                "ranked_on": self.metric,
+            }
+            for job in self.jobs
+        ]
 
     @property
     def replicates(self) -> list[str]:
@@ -201,29 +217,46 @@ class Summary:
         counts = ", ".join(f"{n} {status}" for status, n in Counter(job.status for job in self.jobs).items())
         columns = self.columns[:-1]  # ranked_on: said once, in the note
         rows = [[cell(c, r[c]) for c in columns] for r in self.rows()]
-        text = [f"{len(self.jobs)} jobs ({counts}), best first by {self.metric}.", "", self.selection_note, "",
-                table([self.header(c) for c in columns], rows)]
+        text = [
+            f"{len(self.jobs)} jobs ({counts}), best first by {self.metric}.",
+            "",
+            self.selection_note,
+            "",
+            table([self.header(c) for c in columns], rows),
+        ]
         groups = self.seed_groups() if self.replicates else []
         if groups:
             columns = list(groups[0])
             over = " and ".join(REPLICATES[k] for k in self.replicates)
-            text += ["", f"Mean ± std over {over}:", "",
-                     table([self.header(c) for c in columns], [[mean_std(c, r[c]) for c in columns] for r in groups])]
+            text += [
+                "",
+                f"Mean ± std over {over}:",
+                "",
+                table([self.header(c) for c in columns], [[mean_std(c, r[c]) for c in columns] for r in groups]),
+            ]
         return "\n".join(text) + "\n"
 
     def plot(self):  # -> matplotlib.figure.Figure
         """The metric against each swept numeric key, one curve per value of the other keys (mean ± std over seeds)."""
         from matplotlib.figure import Figure
 
-        xkeys = [k for k in self.keys if k not in REPLICATES and self.ranked  # nothing to plot when every job failed
-                 and all(number(job.values.get(k)) is not None for job in self.ranked)]
+        xkeys = [
+            k
+            for k in self.keys
+            if k not in REPLICATES
+            and self.ranked  # nothing to plot when every job failed
+            and all(number(job.values.get(k)) is not None for job in self.ranked)
+        ]
         fig = Figure(figsize=(5.5 * max(1, len(xkeys)), 4), layout="constrained")
         axes = fig.subplots(1, max(1, len(xkeys)), squeeze=False)[0]
         if not self.ranked:
             axes[0].text(0.5, 0.5, "no completed jobs", ha="center", va="center")
         elif not xkeys:  # nothing numeric swept: one bar per job
-            axes[0].bar(range(len(self.ranked)), [job.metrics[self.metric] for job in self.ranked],
-                        tick_label=[job.name for job in self.ranked])
+            axes[0].bar(
+                range(len(self.ranked)),
+                [job.metrics[self.metric] for job in self.ranked],
+                tick_label=[job.name for job in self.ranked],
+            )
             axes[0].set_xlabel("job")
         for ax, key in zip(axes, xkeys):
             others = [k for k in self.keys if k != key and k not in REPLICATES]
@@ -233,9 +266,14 @@ class Summary:
                 curve.setdefault(number(job.values[key]), []).append(job.metrics[self.metric])
             for label, points in curves.items():
                 xs = sorted(points)
-                ax.errorbar(xs, [statistics.fmean(points[x]) for x in xs], marker="o", capsize=3,
-                            yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs],
-                            label=", ".join(f"{k}={v}" for k, v in zip(others, label)) or None)
+                ax.errorbar(
+                    xs,
+                    [statistics.fmean(points[x]) for x in xs],
+                    marker="o",
+                    capsize=3,
+                    yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs],
+                    label=", ".join(f"{k}={v}" for k, v in zip(others, label)) or None,
+                )
             xs = [x for points in curves.values() for x in points]
             if min(xs) > 0 and (key.split(".")[-1] == "lr" or max(xs) / min(xs) >= 100):
                 ax.set_xscale("log")
@@ -243,8 +281,9 @@ class Summary:
             if others:
                 ax.legend(fontsize="small")
             if self.replicates:
-                ax.set_title(f"mean ± std over {' and '.join(REPLICATES[k] for k in self.replicates)}",
-                             fontsize="medium")
+                ax.set_title(
+                    f"mean ± std over {' and '.join(REPLICATES[k] for k in self.replicates)}", fontsize="medium"
+                )
         for ax in axes:
             ax.set_ylabel(self.metric)
             ax.grid(alpha=0.3)
@@ -287,10 +326,15 @@ def summarize(run_dirs: list[Path], folder: Path, metric: str | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=console.prog("birnn.report"), description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep dir, or run dirs")
-    parser.add_argument("--metric", help="sort key, best first (default: best_val_accuracy when present, "
-                                         "else test_accuracy)")
-    parser.add_argument("--out", type=Path, help="where to write the summary files (default: the one sweep dir "
-                                                 "given, else the folder that holds all the runs)")
+    parser.add_argument(
+        "--metric", help="sort key, best first (default: best_val_accuracy when present, else test_accuracy)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the summary files (default: the one sweep dir "
+        "given, else the folder that holds all the runs)",
+    )
     args = parser.parse_args(argv)
     try:
         runs = find_runs([path.resolve() for path in args.paths])

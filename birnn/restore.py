@@ -8,19 +8,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn import checkpoint
-from birnn.config import (RNN_CLASSIFIER, AdamConfig, AdamWConfig, Config, DataConfig, DeviceConfig, ModelComponentConfig,
-                          ModelConfig, SGDConfig, TrainerConfig, UEADataConfig, data_schema, validate)
-from birnn.data import load_data, spec as data_spec
+from birnn.config import (
+    RNN_CLASSIFIER,
+    AdamConfig,
+    AdamWConfig,
+    Config,
+    DataConfig,
+    DeviceConfig,
+    ModelComponentConfig,
+    ModelConfig,
+    SGDConfig,
+    TrainerConfig,
+    UEADataConfig,
+    data_schema,
+    validate,
+)
+from birnn.data import load_data
+from birnn.data import spec as data_spec
 from birnn.errors import BirnnError
 from birnn.model import build_model
 
@@ -64,10 +78,17 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
     data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
     # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
     own_model = stored.get("model", {}).get("_target_", RNN_CLASSIFIER) == RNN_CLASSIFIER
-    schema = OmegaConf.structured(Config(model=ModelConfig() if own_model else data_schema(ModelComponentConfig),
-                                         data=data_schema(data), scheduler=None, device=DeviceConfig(),
-                                         trainer=TrainerConfig(), optimizer=optimizer() if optimizer else {},
-                                         tracker={}))
+    schema = OmegaConf.structured(
+        Config(
+            model=ModelConfig() if own_model else data_schema(ModelComponentConfig),
+            data=data_schema(data),
+            scheduler=None,
+            device=DeviceConfig(),
+            trainer=TrainerConfig(),
+            optimizer=optimizer() if optimizer else {},
+            tracker={},
+        )
+    )
     try:
         cfg = OmegaConf.merge(schema, stored)
     except OmegaConfBaseException as e:
@@ -96,13 +117,18 @@ def trusted(overrides: Sequence[str], allow: Sequence[str]) -> tuple[str, ...]:
 
 def check_overrides(overrides: Sequence[str]) -> None:
     """Refuse overrides that would make the restored model or its inputs differ from the trained ones."""
-    changed = [o.partition("=")[0] for o in overrides
-               if o.startswith(("model.", "model=", "data.normalize=", "data.patch=", "seed="))
-               and not o.startswith("model.backward_shortcut=")]  # the shortcut computes the same outputs
+    changed = [
+        o.partition("=")[0]
+        for o in overrides
+        if o.startswith(("model.", "model=", "data.normalize=", "data.patch=", "seed="))
+        and not o.startswith("model.backward_shortcut=")
+    ]  # the shortcut computes the same outputs
     if changed:
-        raise BirnnError(f"{', '.join(changed)} would change the model or its inputs, and the result would not "
-                         "be this checkpoint's. Overrides here may only say where the data is and how to run "
-                         "(data.root, data.path, device, data.eval_batch_size, ...).")
+        raise BirnnError(
+            f"{', '.join(changed)} would change the model or its inputs, and the result would not "
+            "be this checkpoint's. Overrides here may only say where the data is and how to run "
+            "(data.root, data.path, device, data.eval_batch_size, ...)."
+        )
 
 
 def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()) -> Restored:
@@ -123,16 +149,23 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])
     if bad:
-        raise BirnnError(f"{path} holds non-finite weights ({bad}): the model cannot classify anything. Use an "
-                         "earlier checkpoint of that run.")
+        raise BirnnError(
+            f"{path} holds non-finite weights ({bad}): the model cannot classify anything. Use an "
+            "earlier checkpoint of that run."
+        )
     return Restored(path, state, cfg, model.eval(), (steps, features), list(spec["classes"]), spec, allow)
 
 
 def add_allow_option(parser: argparse.ArgumentParser) -> None:
     """``--allow MODULE`` (repeatable): let the checkpoint's config name code from MODULE (``birnn.trust``)."""
-    parser.add_argument("--allow", action="append", default=[], metavar="MODULE",
-                        help="trust MODULE: the checkpoint's config may name loaders or models from it "
-                             "(nothing a checkpoint names outside birnn is imported otherwise)")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="trust MODULE: the checkpoint's config may name loaders or models from it "
+        "(nothing a checkpoint names outside birnn is imported otherwise)",
+    )
 
 
 @contextmanager

@@ -2,8 +2,8 @@
 
 ``birnn.train.train`` is the loop and its policy (when to log, checkpoint, evaluate and stop); a ``Run``
 holds what trains (model, optimizer, schedule, data), where it stands (``Progress``), how it resumes, and
-how it is recorded (checkpoints, trackers, ``metrics.json``). Ranks are the business of ``birnn.distributed.Dist``: every process holds a ``Run``,
-the main one writes the records.
+how it is recorded (checkpoints, trackers, ``metrics.json``). Ranks are the business of
+``birnn.distributed.Dist``: every process holds a ``Run``, the main one writes the records.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from hydra.utils import instantiate
@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 
 from birnn import checkpoint
 from birnn.config import flatten, to_plain, upgrade
-from birnn.data import Batch, Splits, load_data, num_batches, shuffled_batches, spec as data_spec
+from birnn.data import Batch, Splits, load_data, num_batches, shuffled_batches
+from birnn.data import spec as data_spec
 from birnn.device import effective_precision, setup_device, synchronize
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
@@ -35,8 +36,15 @@ from birnn.tracking import Trackers, provenance, write_metrics
 log = logging.getLogger("birnn.train")
 
 # Keys that may change when a run is resumed; everything else must match the checkpoint's config.
-RESUMABLE = ("data.root", "data.download", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
-             "trainer.log_images", "trainer.test_on", "trainer.test_every_epoch")
+RESUMABLE = (
+    "data.root",
+    "data.download",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps",
+    "trainer.log_images",
+    "trainer.test_on",
+    "trainer.test_every_epoch",
+)
 STEP_COUNT_KEYS = ("trainer.epochs", "trainer.max_steps")  # resumable unless a scheduler depends on them
 
 
@@ -58,12 +66,17 @@ def check_resumable(cfg: DictConfig, stored: dict) -> None:
     """Refuse (before touching the run dir) a resume whose config differs in a key that changes the run."""
     allowed = RESUMABLE + (STEP_COUNT_KEYS if cfg.scheduler is None else ())
     now, then = flatten(to_plain(cfg)), flatten(upgrade(stored))
-    changed = sorted(k for k in now.keys() | then.keys()
-                     if now.get(k) != then.get(k) and k not in allowed and not k.startswith(("device.", "tracker.")))
+    changed = sorted(
+        k
+        for k in now.keys() | then.keys()
+        if now.get(k) != then.get(k) and k not in allowed and not k.startswith(("device.", "tracker."))
+    )
     if changed:
         diffs = ", ".join(f"{k} ({then.get(k)!r} -> {now.get(k)!r})" for k in changed)
-        raise BirnnError(f"Cannot resume: the config differs from the checkpoint's in {diffs}. Use the "
-                         "original overrides, or start a new run (a fresh hydra.run.dir).")
+        raise BirnnError(
+            f"Cannot resume: the config differs from the checkpoint's in {diffs}. Use the "
+            "original overrides, or start a new run (a fresh hydra.run.dir)."
+        )
 
 
 def check_state(state: dict, path: Path) -> None:
@@ -73,8 +86,12 @@ def check_state(state: dict, path: Path) -> None:
     rng = state.get("rng")
     if unknown:
         raise BirnnError(f"{path} records progress fields this birnn does not know ({', '.join(unknown)}).")
-    if not (isinstance(rng, dict) and "shuffle" in rng and isinstance(rng.get("ranks"), list)
-            and isinstance(state.get("optimizer"), dict)):
+    if not (
+        isinstance(rng, dict)
+        and "shuffle" in rng
+        and isinstance(rng.get("ranks"), list)
+        and isinstance(state.get("optimizer"), dict)
+    ):
         raise BirnnError(f"{path} lacks the optimizer or random state a resume needs.")
 
 
@@ -84,9 +101,11 @@ def check_same_data(then: dict | None, now: dict, path: Path) -> None:
         return
     changed = [k for k in ("input_shape", "classes", "normalization", "kind") if k in then and then[k] != now.get(k)]
     if changed:
-        raise BirnnError(f"Cannot resume from {path}: the data differs from what it was trained on "
-                         f"({', '.join(changed)} changed; was the data file replaced?). Restore the original data, "
-                         "or start a new run (a fresh hydra.run.dir).")
+        raise BirnnError(
+            f"Cannot resume from {path}: the data differs from what it was trained on "
+            f"({', '.join(changed)} changed; was the data file replaced?). Restore the original data, "
+            "or start a new run (a fresh hydra.run.dir)."
+        )
 
 
 @dataclass
@@ -119,15 +138,15 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     total_steps = int(min(tcfg.epochs * steps_per_epoch, tcfg.max_steps or math.inf))
     scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps)
     scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "16" else None
-    stepper = Stepper(dist.wrap(model, device), optimizer, device, tcfg.precision, tcfg.grad_clip, scheduler,
-                      scaler, dist.world_size)
+    stepper = Stepper(
+        dist.wrap(model, device), optimizer, device, tcfg.precision, tcfg.grad_clip, scheduler, scaler, dist.world_size
+    )
     return Setup(data, model, optimizer, scheduler, scaler, stepper, steps_per_epoch, total_steps)
 
 
 def rng_state(device: torch.device) -> dict:
     """This process's random state (the torch CPU generator and, on CUDA, its device's)."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+    return {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
 
 
 @dataclass
@@ -163,8 +182,17 @@ class Run:
         if resumed:
             self._resume(*resumed)
         self.epoch_shuffle_state = self.shuffle.get_state()  # the running epoch's permutation is drawn from here
-        self.tracker = Trackers(cfg.tracker, run_dir, purge_step=self.progress.global_step + 1 if resumed else None,
-                                config=self.config, images=cfg.trainer.log_images) if dist.is_main else None
+        self.tracker = (
+            Trackers(
+                cfg.tracker,
+                run_dir,
+                purge_step=self.progress.global_step + 1 if resumed else None,
+                config=self.config,
+                images=cfg.trainer.log_images,
+            )
+            if dist.is_main
+            else None
+        )
         last_eval = self.progress.history[-1] if self.progress.history else {}
         self.metrics = {k: v for k, v in last_eval.items() if k not in ("epoch", "step")}
         self.window = Window(self.progress.global_step + 1)
@@ -194,9 +222,12 @@ class Run:
         rng = state["rng"]
         ranks = rng["ranks"]
         if len(ranks) != self.dist.world_size and self.dist.is_main:
-            log.warning("Resuming a %d-process run with %d processes: the global batch and the data order are "
-                        "unchanged; dropout draws differ from an uninterrupted run.", len(ranks),
-                        self.dist.world_size)
+            log.warning(
+                "Resuming a %d-process run with %d processes: the global batch and the data order are "
+                "unchanged; dropout draws differ from an uninterrupted run.",
+                len(ranks),
+                self.dist.world_size,
+            )
         if self.dist.rank < len(ranks):
             mine = ranks[self.dist.rank]
             torch.set_rng_state(mine["torch"])
@@ -205,20 +236,29 @@ class Run:
         self.shuffle.set_state(rng["shuffle"])
         self.progress = Progress(**state["progress"])
         patience = self.cfg.trainer.early_stopping_patience
-        done = (self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
-                or (patience and self.progress.epochs_without_improvement >= patience))
+        done = (
+            self.progress.epoch >= self.cfg.trainer.epochs
+            or self.progress.global_step >= self.total_steps
+            or (patience and self.progress.epochs_without_improvement >= patience)
+        )
         if state["finished"] and done:
             self.finished = state["metrics"]
             return
-        log.info("Resuming from %s: epoch %d, step %d.", path, min(self.progress.epoch + 1, self.cfg.trainer.epochs),
-                 self.progress.global_step)
+        log.info(
+            "Resuming from %s: epoch %d, step %d.",
+            path,
+            min(self.progress.epoch + 1, self.cfg.trainer.epochs),
+            self.progress.global_step,
+        )
 
     def describe(self) -> str:
         d = self.data
         world = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
-        return (f"Training {self.cfg.data._target_.rsplit('.', 1)[-1]} on {self.device}{world}: {len(d.train_y)} "
-                f"train / {len(d.test_y)} test samples, {self.steps_per_epoch} steps per epoch, "
-                f"{sum(p.numel() for p in self.model.parameters())} parameters.")
+        return (
+            f"Training {self.cfg.data._target_.rsplit('.', 1)[-1]} on {self.device}{world}: {len(d.train_y)} "
+            f"train / {len(d.test_y)} test samples, {self.steps_per_epoch} steps per epoch, "
+            f"{sum(p.numel() for p in self.model.parameters())} parameters."
+        )
 
     @property
     def done(self) -> bool:
@@ -228,8 +268,15 @@ class Run:
         """This rank's share of the running epoch's batches, from the first one not yet trained on."""
         self.epoch_shuffle_state = self.shuffle.get_state()
         d = self.data
-        return shuffled_batches(d.train_x, d.train_y, self.cfg.data.batch_size, self.shuffle,
-                                start=self.progress.step_in_epoch, lengths=d.train_lengths, dist=self.dist)
+        return shuffled_batches(
+            d.train_x,
+            d.train_y,
+            self.cfg.data.batch_size,
+            self.shuffle,
+            start=self.progress.step_in_epoch,
+            lengths=d.train_lengths,
+            dist=self.dist,
+        )
 
     def step(self, batch: Batch) -> None:
         """One optimizer step on ``batch`` (gradients averaged over ranks as over one global batch)."""
@@ -254,10 +301,17 @@ class Run:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             last = checkpoint.load_latest(self.ckpt_dir, check_state) if self.dist.is_main else None
-            kept = f"the last good checkpoint ({last[1]}, step {last[0]['progress']['global_step']}) is kept" \
-                if last else "no checkpoint had been written yet" if self.dist.is_main else "rank 0 keeps the last"
-            raise BirnnError(f"Loss became NaN/inf at step {w.first_step + int(bad[0, 0])}; training stopped and "
-                             f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0.")
+            kept = (
+                f"the last good checkpoint ({last[1]}, step {last[0]['progress']['global_step']}) is kept"
+                if last
+                else "no checkpoint had been written yet"
+                if self.dist.is_main
+                else "rank 0 keeps the last"
+            )
+            raise BirnnError(
+                f"Loss became NaN/inf at step {w.first_step + int(bad[0, 0])}; training stopped and "
+                f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0."
+            )
         return losses, totals[1].sum().item()
 
     def train_scores(self) -> dict[str, float]:
@@ -265,8 +319,11 @@ class Run:
         losses, correct = self.window_totals()
         w = self.window
         self.window = Window(self.progress.global_step + 1)
-        return {"train/loss": losses.sum().item() / w.samples, "train/accuracy": correct / w.samples,
-                "train/lr": self.optimizer.param_groups[0]["lr"]}
+        return {
+            "train/loss": losses.sum().item() / w.samples,
+            "train/accuracy": correct / w.samples,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+        }
 
     def track(self, scores: dict[str, float]) -> None:
         """Send scores at the current step to the trackers (the main rank's)."""
@@ -285,21 +342,28 @@ class Run:
         self.window_totals()  # never save a model that a NaN/inf loss has reached
         bad = checkpoint.non_finite(self.model.state_dict())
         if bad:  # the last step's update can make weights non-finite before any loss shows it
-            raise BirnnError(f"The weights became NaN/inf at step {self.progress.global_step} ({bad}); training "
-                             f"stopped without saving them, earlier checkpoints in {self.ckpt_dir} are kept. Try a "
-                             "lower optimizer.lr or trainer.grad_clip=1.0.")
+            raise BirnnError(
+                f"The weights became NaN/inf at step {self.progress.global_step} ({bad}); training "
+                f"stopped without saving them, earlier checkpoints in {self.ckpt_dir} are kept. Try a "
+                "lower optimizer.lr or trainer.grad_clip=1.0."
+            )
         ranks = self.dist.gather(rng_state(self.device))
         self._clock()
         path = None
         if self.dist.is_main:
             state = {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "rng": {"shuffle": self.epoch_shuffle_state, "ranks": ranks},
-                "progress": asdict(self.progress), "config": self.config, "metrics": metrics,
-                "data": data_spec(self.data), "world_size": self.dist.world_size,
-                "finished": metrics is not None, "provenance": provenance(),
+                "progress": asdict(self.progress),
+                "config": self.config,
+                "metrics": metrics,
+                "data": data_spec(self.data),
+                "world_size": self.dist.world_size,
+                "finished": metrics is not None,
+                "provenance": provenance(),
             }
             for name in names or (checkpoint.LAST,):
                 path = checkpoint.save(state, self.ckpt_dir, name)
@@ -311,9 +375,15 @@ class Run:
         d = self.data
         x, y, lengths = (d.test_x, d.test_y, d.test_lengths) if split == "test" else (d.val_x, d.val_y, d.val_lengths)
         part = self.dist.shard(len(y))
-        loss_sum, predictions = loss_and_predictions(self.model, x[part], y[part], self.cfg.data.eval_batch_size,
-                                                     self.device, self.cfg.trainer.precision,
-                                                     lengths[part] if lengths is not None else None)
+        loss_sum, predictions = loss_and_predictions(
+            self.model,
+            x[part],
+            y[part],
+            self.cfg.data.eval_batch_size,
+            self.device,
+            self.cfg.trainer.precision,
+            lengths[part] if lengths is not None else None,
+        )
         loss_sum, correct = self.dist.sum(torch.stack([loss_sum, (predictions == y[part]).sum().to(loss_sum)]))
         predictions = self.dist.cat(predictions)
         result = EvalResult(loss_sum.item() / len(y), correct.item() / len(y), predictions)
@@ -336,8 +406,9 @@ class Run:
         p = self.progress
         self.metrics = scores
         p.history.append({"epoch": p.epoch, "step": p.global_step, **scores})
-        improved = "val_accuracy" in scores and (p.best_val_accuracy is None
-                                                 or scores["val_accuracy"] > p.best_val_accuracy)
+        improved = "val_accuracy" in scores and (
+            p.best_val_accuracy is None or scores["val_accuracy"] > p.best_val_accuracy
+        )
         if improved:
             p.best_val_accuracy = scores["val_accuracy"]
             p.epochs_without_improvement = 0
@@ -367,7 +438,9 @@ class Run:
             **self.test_pass(),
             "test_on": self.cfg.trainer.get("test_on", "last"),
             **({"best_val_accuracy": p.best_val_accuracy} if self.data.val_x is not None else {}),
-            "epochs": p.epoch, "steps": p.global_step, "world_size": self.dist.world_size,
+            "epochs": p.epoch,
+            "steps": p.global_step,
+            "world_size": self.dist.world_size,
             "train_seconds": p.train_seconds,
             "train_samples_per_second": p.samples / p.train_seconds if p.train_seconds else 0.0,
             "history": p.history,
@@ -375,8 +448,12 @@ class Run:
         }
         self.save(metrics=self.metrics)
         self.write_records(self.metrics)
-        log.info("Test accuracy %.4f (%.2f%%); run dir %s", self.metrics["test_accuracy"],
-                 100 * self.metrics["test_accuracy"], self.run_dir)
+        log.info(
+            "Test accuracy %.4f (%.2f%%); run dir %s",
+            self.metrics["test_accuracy"],
+            100 * self.metrics["test_accuracy"],
+            self.run_dir,
+        )
         return self.metrics
 
     def complete(self) -> dict:
@@ -390,8 +467,9 @@ class Run:
         if complete:
             log.info("%s already holds a finished run; nothing to do.", self.run_dir)
         else:
-            log.info("%s holds a finished run without its metrics.json; writing it from the final checkpoint.",
-                     self.run_dir)
+            log.info(
+                "%s holds a finished run without its metrics.json; writing it from the final checkpoint.", self.run_dir
+            )
             self.write_records(metrics)
         return metrics
 
@@ -402,8 +480,10 @@ class Run:
         try:
             write_metrics(self.run_dir, metrics)
         except OSError as e:
-            raise BirnnError(f"Could not write {self.run_dir / 'metrics.json'}: {e.strerror or e}. The final "
-                             "checkpoint is saved: free space and run the same command again to write it.") from None
+            raise BirnnError(
+                f"Could not write {self.run_dir / 'metrics.json'}: {e.strerror or e}. The final "
+                "checkpoint is saved: free space and run the same command again to write it."
+            ) from None
         self.tracker.finish(self.config, metrics)
 
     def close(self) -> None:

@@ -8,9 +8,9 @@ restart) get in. Only one process per run dir takes it: the main rank of a distr
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
@@ -35,8 +35,10 @@ def lock(folder: Path, what: str = "run dir") -> FileLock:
     try:
         held.acquire()
     except Timeout:
-        raise Busy(f"{folder} is in use by another birnn process (one writer per {what}): wait for it to end, "
-                   f"or choose another {'hydra.sweep.dir' if what == 'sweep dir' else 'hydra.run.dir'}.") from None
+        raise Busy(
+            f"{folder} is in use by another birnn process (one writer per {what}): wait for it to end, "
+            f"or choose another {'hydra.sweep.dir' if what == 'sweep dir' else 'hydra.run.dir'}."
+        ) from None
     return held
 
 
@@ -61,8 +63,9 @@ def remove_new_dirs(folder: Path, stop: Path) -> None:
 
 
 @contextmanager
-def claim(run_dir: Path, record: Path | None, log_file: Path | None, hold: bool = True,
-          clean: bool = True) -> Iterator[Callable[[], None]]:
+def claim(
+    run_dir: Path, record: Path | None, log_file: Path | None, hold: bool = True, clean: bool = True
+) -> Iterator[Callable[[], None]]:
     """Hold ``run_dir`` for the run; until the yielded ``started()`` is called, a failure removes what this run
     wrote there (the whole dir if it is new, else its ``.hydra/resume-N`` record and its log lines) and a
     BirnnError becomes ``Refused``. ``hold=False``: a non-main rank, which neither locks nor cleans.

@@ -17,8 +17,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 from birnn.errors import BirnnError, first_line
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 100,
-                  min_lr_ratio: float = 0.0) -> LRScheduler:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 100, min_lr_ratio: float = 0.0
+) -> LRScheduler:
     """Linear warm-up from lr / warmup_steps to lr over ``warmup_steps`` steps, then cosine decay to
     ``lr * min_lr_ratio`` at ``total_steps`` (torch's LinearLR, then CosineAnnealingLR)."""
     if warmup_steps < 0:

@@ -17,9 +17,9 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import hydra
 import optuna
@@ -41,9 +41,12 @@ from birnn.space import as_override, distribution, suggest
 
 log = logging.getLogger("birnn.search")
 
-PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-           "hyperband": optuna.pruners.HyperbandPruner}
+PRUNERS = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_KEYS = ("search", "hparams_search")  # overrides of the study itself, not of its trials
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -56,9 +59,13 @@ def open_storage(cfg: DictConfig, study_dir: Path) -> optuna.storages.BaseStorag
         if "://" not in url:  # a journal file, e.g. on a shared disk
             return JournalStorage(JournalFileBackend(url))
         sqlite = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        return RDBStorage(url, engine_kwargs=sqlite, heartbeat_interval=cfg.heartbeat_interval_s,
-                          grace_period=cfg.heartbeat_grace_s,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(cfg.max_retries))
+        return RDBStorage(
+            url,
+            engine_kwargs=sqlite,
+            heartbeat_interval=cfg.heartbeat_interval_s,
+            grace_period=cfg.heartbeat_grace_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(cfg.max_retries),
+        )
     except Exception as e:  # SQLAlchemy, drivers, file system: say which storage and why, in one line
         raise BirnnError(f"Cannot open the study storage {url}: {first_line(e)}") from None
 
@@ -86,16 +93,22 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
     with FileLock(study_dir / ".open.lock"):
         for attempt in range(3):
             try:
-                study = optuna.create_study(study_name=s.study_name, storage=open_storage(s, study_dir),
-                                            sampler=sampler, pruner=pruner, direction="maximize",
-                                            load_if_exists=True)
+                study = optuna.create_study(
+                    study_name=s.study_name,
+                    storage=open_storage(s, study_dir),
+                    sampler=sampler,
+                    pruner=pruner,
+                    direction="maximize",
+                    load_if_exists=True,
+                )
                 break
             except BirnnError:
                 raise
             except Exception as e:
                 if attempt == 2:
-                    raise BirnnError(f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: "
-                                     f"{first_line(e)}") from None
+                    raise BirnnError(
+                        f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: {first_line(e)}"
+                    ) from None
                 time.sleep(1 + attempt)
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # a restarted worker must not replay its seeded sequence over the trials already run
@@ -106,15 +119,20 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
         study.set_user_attr("search_space", space)
         study.set_user_attr("trial_overrides", base)
         attrs = study.user_attrs
-    problems = [f"direction {study.direction.name.lower()} (birnn maximizes validation accuracy)"
-                ] if study.direction != optuna.study.StudyDirection.MAXIMIZE else []
+    problems = (
+        [f"direction {study.direction.name.lower()} (birnn maximizes validation accuracy)"]
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE
+        else []
+    )
     if attrs["search_space"] != space:
         problems.append(f"search space {attrs['search_space']} (now {space})")
     if attrs["trial_overrides"] != base:
         problems.append(f"trial overrides {attrs['trial_overrides']} (now {base})")
     if problems:
-        raise BirnnError(f"Study {s.study_name!r} in {s.storage or study_dir} was created with a different "
-                         f"{'; '.join(problems)}. Use the original command, or a new search.study_name.")
+        raise BirnnError(
+            f"Study {s.study_name!r} in {s.storage or study_dir} was created with a different "
+            f"{'; '.join(problems)}. Use the original command, or a new search.study_name."
+        )
     return study
 
 
@@ -165,15 +183,21 @@ class Objective:
                 cfg = self.config(overrides)
                 if root is not None:
                     found = checkpoint.load_latest(run_dir / "checkpoints")
-                    log.info("Trial %d continues trial %d %s", trial.number, root,
-                             f"from its checkpoint ({found[1].name}, epoch {found[0]['progress']['epoch']}, step "
-                             f"{found[0]['progress']['global_step']})" if found else "from the start (no checkpoint)")
+                    log.info(
+                        "Trial %d continues trial %d %s",
+                        trial.number,
+                        root,
+                        f"from its checkpoint ({found[1].name}, epoch {found[0]['progress']['epoch']}, step "
+                        f"{found[0]['progress']['global_step']})"
+                        if found
+                        else "from the start (no checkpoint)",
+                    )
                 record = run_dir / ".hydra"
                 if not (record / "overrides.yaml").is_file():
                     record.mkdir(parents=True, exist_ok=True)
                     OmegaConf.save(cfg, record / "config.yaml")
                     OmegaConf.save(OmegaConf.create(overrides), record / "overrides.yaml")
-                log.info("Trial %d in %s: %s", trial.number, run_dir, " ".join(overrides[len(self.base):]))
+                log.info("Trial %d in %s: %s", trial.number, run_dir, " ".join(overrides[len(self.base) :]))
                 pruned = Pruning(trial, cfg.trainer.epochs)
                 with rundir.claim(run_dir, None, None, clean=False):  # one writer per trial dir
                     metrics = train(cfg, run_dir, on_evaluation=pruned)
@@ -199,8 +223,7 @@ class Objective:
     def retry_later(self, trial: optuna.Trial) -> None:
         """An interrupted trial (Ctrl-C, SIGTERM; its checkpoint is saved) is queued to continue at the next start."""
         RetryHeartbeatStaleTrialCallback(self.search.max_retries)(trial.study, frozen(trial))
-        log.warning("Search interrupted in trial %d; the same command continues it from its checkpoint.",
-                    trial.number)
+        log.warning("Search interrupted in trial %d; the same command continues it from its checkpoint.", trial.number)
 
 
 def frozen(trial: optuna.Trial) -> FrozenTrial:
@@ -230,8 +253,9 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
     return {state: states.count(state) for state in TrialState}
 
 
-def work(study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, heartbeat: bool,
-         after_trial=None) -> None:
+def work(
+    study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, heartbeat: bool, after_trial=None
+) -> None:
     """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died
     (``heartbeat``: the storage has one; Optuna 5's journal storage has none)."""
     while True:
@@ -260,8 +284,9 @@ def write_outputs(study: optuna.Study, study_dir: Path, final: bool) -> None:
         atomic_write(study_dir / "study.md", lambda f: f.write(study_markdown(study, trials).encode()))
         if not final:
             return
-        runs = sorted({Path(t.user_attrs["run_dir"]) for t in trials if "run_dir" in t.user_attrs},
-                      key=report.natural_key)
+        runs = sorted(
+            {Path(t.user_attrs["run_dir"]) for t in trials if "run_dir" in t.user_attrs}, key=report.natural_key
+        )
         runs = [r for r in runs if (r / ".hydra" / "overrides.yaml").is_file()]
         if runs:
             report.summarize(runs, study_dir)
@@ -270,22 +295,38 @@ def write_outputs(study: optuna.Study, study_dir: Path, final: bool) -> None:
 
 def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     n = Counter(t.state.name for t in trials)
-    lines = [f"# Study {study.study_name}", "", f"{len(trials)} trials: "
-             + ", ".join(f"{k} {v}" for k, v in sorted(n.items())) + ".", ""]
+    lines = [
+        f"# Study {study.study_name}",
+        "",
+        f"{len(trials)} trials: " + ", ".join(f"{k} {v}" for k, v in sorted(n.items())) + ".",
+        "",
+    ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
-        lines += [f"Best trial {best.number} ({best.user_attrs.get('run_dir')}): best validation accuracy "
-                  f"{best.value:.4f}, test accuracy {best.user_attrs.get('test_accuracy', float('nan')):.4f} "
-                  "(its tested checkpoint; test not used for selection).", "",
-                  "Best parameters: " + ", ".join(f"{k}={v}" for k, v in best.params.items()), ""]
+        lines += [
+            f"Best trial {best.number} ({best.user_attrs.get('run_dir')}): best validation accuracy "
+            f"{best.value:.4f}, test accuracy {best.user_attrs.get('test_accuracy', float('nan')):.4f} "
+            "(its tested checkpoint; test not used for selection).",
+            "",
+            "Best parameters: " + ", ".join(f"{k}={v}" for k, v in best.params.items()),
+            "",
+        ]
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     columns = ["trial", "state", *keys, "best_val_accuracy", "test_accuracy †", "epochs", "run dir", "retry of"]
-    rows = [[str(t.number), t.state.name, *(str(t.params.get(k, "")) for k in keys),
-             f"{t.value:.4f}" if t.value is not None and not math.isnan(t.value) else "",
-             f"{t.user_attrs['test_accuracy']:.4f}" if "test_accuracy" in t.user_attrs else "",
-             str(t.user_attrs.get("epochs", "")), Path(t.user_attrs.get("run_dir", "")).name,
-             retried(t)] for t in trials]
+    rows = [
+        [
+            str(t.number),
+            t.state.name,
+            *(str(t.params.get(k, "")) for k in keys),
+            f"{t.value:.4f}" if t.value is not None and not math.isnan(t.value) else "",
+            f"{t.user_attrs['test_accuracy']:.4f}" if "test_accuracy" in t.user_attrs else "",
+            str(t.user_attrs.get("epochs", "")),
+            Path(t.user_attrs.get("run_dir", "")).name,
+            retried(t),
+        ]
+        for t in trials
+    ]
     return "\n".join([*lines, report.table(columns, rows), "", "† not used for selection.", ""])
 
 
@@ -320,8 +361,10 @@ def run(cfg: DictConfig) -> None:
         raise BirnnError("No search configured: name a search space, e.g. hparams_search=optuna")
     s = cfg.search
     if s.n_trials <= 0 or s.heartbeat_interval_s <= 0 or s.heartbeat_grace_s <= 0 or s.max_retries < 0:
-        raise BirnnError("search.n_trials, search.heartbeat_interval_s and search.heartbeat_grace_s must be > 0, "
-                         "search.max_retries >= 0")
+        raise BirnnError(
+            "search.n_trials, search.heartbeat_interval_s and search.heartbeat_grace_s must be > 0, "
+            "search.max_retries >= 0"
+        )
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study_dir = Path(s.dir).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -331,12 +374,23 @@ def run(cfg: DictConfig) -> None:
     study = open_study(cfg, base, study_dir)
     optuna.logging.enable_propagation()  # Optuna's messages go to train.log too
     optuna.logging.disable_default_handler()
-    log.info("Worker %d on study %r (%s): %d of %d trials done.", s.worker, s.study_name, s.storage or study_dir,
-             sum(counts(study)[st] for st in DONE), s.n_trials)
+    log.info(
+        "Worker %d on study %r (%s): %d of %d trials done.",
+        s.worker,
+        s.study_name,
+        s.storage or study_dir,
+        sum(counts(study)[st] for st in DONE),
+        s.n_trials,
+    )
     try:
-        work(study, objective, s.n_trials, poll_s=min(5.0, s.heartbeat_interval_s),
-             heartbeat="://" in (s.storage or "://"),
-             after_trial=lambda study, _: write_outputs(study, study_dir, final=False))
+        work(
+            study,
+            objective,
+            s.n_trials,
+            poll_s=min(5.0, s.heartbeat_interval_s),
+            heartbeat="://" in (s.storage or "://"),
+            after_trial=lambda study, _: write_outputs(study, study_dir, final=False),
+        )
     finally:
         write_outputs(study, study_dir, final=True)
     log.info("Study %r done; summary in %s", s.study_name, study_dir / "study.md")

@@ -25,5 +25,8 @@ def resolve(cfg: DictConfig, compared: bool) -> None:
         cfg.trainer.test_every_epoch = not compared
     if compared and not has_validation(cfg.data):
         cfg.data.val_fraction = SWEEP_VAL_FRACTION
-        log.info("Compared runs rank on validation: holding out data.val_fraction=%s of the training split "
-                 "(set data.val_size, data.val_fraction or data.folds to choose another).", SWEEP_VAL_FRACTION)
+        log.info(
+            "Compared runs rank on validation: holding out data.val_fraction=%s of the training split "
+            "(set data.val_size, data.val_fraction or data.folds to choose another).",
+            SWEEP_VAL_FRACTION,
+        )

@@ -54,9 +54,13 @@ def _classification(train: Path) -> bool:
 
 def bundled_problems() -> list[str]:
     """Names of the bundled classification problems (a ``<name>_TRAIN.ts`` and ``_TEST.ts`` each)."""
-    return sorted(d.name for d in bundled_root().iterdir()
-                  if (d / f"{d.name}_TEST.ts").is_file() and (d / f"{d.name}_TRAIN.ts").is_file()
-                  and _classification(d / f"{d.name}_TRAIN.ts"))
+    return sorted(
+        d.name
+        for d in bundled_root().iterdir()
+        if (d / f"{d.name}_TEST.ts").is_file()
+        and (d / f"{d.name}_TRAIN.ts").is_file()
+        and _classification(d / f"{d.name}_TRAIN.ts")
+    )
 
 
 def read_ts(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -80,8 +84,9 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
         raise BirnnError(f"{path} is not a readable .ts file: series {empty} has no values")
     huge = next((i for i, s in enumerate(series) if np.isinf(s).any()), None)
     if huge is not None:
-        raise BirnnError(f"{path}: series {huge} holds inf or values beyond float32's range (|x| > 3.4e38): "
-                         "fix or remove it")
+        raise BirnnError(
+            f"{path}: series {huge} holds inf or values beyond float32's range (|x| > 3.4e38): fix or remove it"
+        )
     has_labels = meta["classlabel"] and len(labels) == len(series)
     return series, np.asarray(labels).astype(str) if has_labels else None
 
@@ -121,7 +126,8 @@ def _files(root: str | None, name: str | None) -> tuple[Path, Path]:
             f"UEA/UCR problem {name!r} not found in {where}: looked for {train} and {test}. "
             f"Bundled: {', '.join(bundled_problems())}; for any other, download the archive from "
             f"{ARCHIVE_URL} and set data.root to the folder holding <name>/<name>_TRAIN.ts (birnn does not "
-            "download it).")
+            "download it)."
+        )
     return train, test
 
 
@@ -133,8 +139,10 @@ def load_uea(root: str | None = None, download: bool = False, name: str | None =
     every series of both splits has the same length.
     """
     if download:
-        raise BirnnError(f"data.download=true: birnn does not download archive problems; download the archive "
-                         f"from {ARCHIVE_URL} and set data.root to it")
+        raise BirnnError(
+            f"data.download=true: birnn does not download archive problems; download the archive "
+            f"from {ARCHIVE_URL} and set data.root to it"
+        )
     train_file, test_file = _files(root, name)
     train, train_labels = read_ts(train_file)
     test, test_labels = read_ts(test_file)
@@ -147,8 +155,10 @@ def load_uea(root: str | None = None, download: bool = False, name: str | None =
     classes = sorted(set(train_labels.tolist()), key=_label_order)
     unseen = sorted(set(test_labels.tolist()) - set(classes), key=_label_order)
     if unseen:
-        raise BirnnError(f"{test_file} has labels never seen in training: {', '.join(unseen)} "
-                         f"(training classes: {', '.join(classes)})")
+        raise BirnnError(
+            f"{test_file} has labels never seen in training: {', '.join(unseen)} "
+            f"(training classes: {', '.join(classes)})"
+        )
     means = channel_means(train)
     train, test = fill_missing(train, means), fill_missing(test, means)
     lengths = [torch.tensor([len(s) for s in split], dtype=torch.int64) for split in (train, test)]
@@ -156,10 +166,14 @@ def load_uea(root: str | None = None, download: bool = False, name: str | None =
     variable = bool((torch.cat(lengths) != steps).any())
     index = {c: i for i, c in enumerate(classes)}
     return Splits(
-        train_x=pad(train, steps), train_y=torch.tensor([index[c] for c in train_labels], dtype=torch.int64),
-        test_x=pad(test, steps), test_y=torch.tensor([index[c] for c in test_labels], dtype=torch.int64),
-        classes=classes, train_lengths=lengths[0] if variable else None,
-        test_lengths=lengths[1] if variable else None, kind="series",
+        train_x=pad(train, steps),
+        train_y=torch.tensor([index[c] for c in train_labels], dtype=torch.int64),
+        test_x=pad(test, steps),
+        test_y=torch.tensor([index[c] for c in test_labels], dtype=torch.int64),
+        classes=classes,
+        train_lengths=lengths[0] if variable else None,
+        test_lengths=lengths[1] if variable else None,
+        kind="series",
     )
 
 
@@ -176,7 +190,9 @@ def read_series(path: Path, features: int, normalization: dict | None = None) ->
     missing = next((i for i, s in enumerate(series) if np.isnan(s).any()), None)
     if missing is not None:
         if not normalization:
-            raise BirnnError(f"series {missing} has missing values; only a model trained with data.normalize=true "
-                             "stores the training means they are filled with")
+            raise BirnnError(
+                f"series {missing} has missing values; only a model trained with data.normalize=true "
+                "stores the training means they are filled with"
+            )
         series = fill_missing(series, np.asarray(normalization["mean"], dtype=np.float32))
     return [torch.from_numpy(s) for s in series]

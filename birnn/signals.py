@@ -18,7 +18,7 @@ class GracefulStop:
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", None)):
             if sig is None:
                 continue

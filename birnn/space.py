@@ -9,8 +9,7 @@ from typing import Any
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from birnn.errors import BirnnError, first_line
 
@@ -34,8 +33,10 @@ def distribution(key: str, spec: str) -> BaseDistribution:
         if all(isinstance(v, int) for v in (value.start, value.end)):
             return IntDistribution(value.start, value.end, log=log)
         return FloatDistribution(value.start, value.end, log=log)
-    raise BirnnError(f"search.params.{key}: {spec!r} is not a search range; use choice(...), range(...) or "
-                     "interval(...), with tag(log, ...) for a log scale")
+    raise BirnnError(
+        f"search.params.{key}: {spec!r} is not a search range; use choice(...), range(...) or "
+        "interval(...), with tag(log, ...) for a log scale"
+    )
 
 
 def suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:

@@ -38,8 +38,12 @@ log = logging.getLogger("birnn.train")
 def provenance() -> dict:
     """birnn and torch versions, and the git commit of the birnn checkout when there is one."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(birnn.__file__).parent,
-                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(birnn.__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"birnn_version": birnn.__version__, "torch_version": str(torch.__version__), "git_commit": commit}
@@ -51,8 +55,15 @@ def hparams(config: dict) -> dict[str, bool | int | float | str]:
     return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flat.items()}
 
 
-def pictures(split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str], kind: str = "image",
-             lengths: Tensor | None = None) -> dict[str, Figure]:
+def pictures(
+    split: str,
+    result: EvalResult,
+    x: Tensor,
+    y: Tensor,
+    classes: list[str],
+    kind: str = "image",
+    lengths: Tensor | None = None,
+) -> dict[str, Figure]:
     """The confusion matrix and the first misclassified inputs of one pass, by tag (``test/confusion_matrix``).
 
     ``MAX_MISCLASSIFIED`` images, or for ``kind="series"`` ``MAX_MISCLASSIFIED_SERIES`` line plots (each cut
@@ -63,13 +74,14 @@ def pictures(split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list
     figures = {f"{split}/confusion_matrix": confusion_figure(matrix, classes)}
     wrong = (pred != y).nonzero().squeeze(1)
     if len(wrong):
-        shown = wrong[:MAX_MISCLASSIFIED_SERIES if kind == "series" else MAX_MISCLASSIFIED]
+        shown = wrong[: MAX_MISCLASSIFIED_SERIES if kind == "series" else MAX_MISCLASSIFIED]
         inputs = x[shown].float().cpu().numpy()
         true, predicted = [classes[i] for i in y[shown].tolist()], [classes[i] for i in pred[shown].tolist()]
         if kind == "series":
             steps = [len(s) for s in inputs] if lengths is None else lengths[shown].tolist()
-            figures[f"{split}/misclassified"] = misclassified_series_figure([s[:n] for s, n in zip(inputs, steps)],
-                                                                           true, predicted, total=len(wrong))
+            figures[f"{split}/misclassified"] = misclassified_series_figure(
+                [s[:n] for s, n in zip(inputs, steps)], true, predicted, total=len(wrong)
+            )
         else:
             figures[f"{split}/misclassified"] = misclassified_figure(inputs, true, predicted, total=len(wrong))
     return figures
@@ -85,8 +97,17 @@ class Tracker(Protocol):
 
     def scalars(self, step: int, values: dict[str, float]) -> None: ...
 
-    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
-                   kind: str = "image", lengths: Tensor | None = None) -> None: ...
+    def evaluation(
+        self,
+        step: int,
+        split: str,
+        result: EvalResult,
+        x: Tensor,
+        y: Tensor,
+        classes: list[str],
+        kind: str = "image",
+        lengths: Tensor | None = None,
+    ) -> None: ...
 
     def finish(self, config: dict, metrics: dict) -> None: ...
 
@@ -100,8 +121,7 @@ class TensorBoard:
     resolved config) is recorded as text at the step the run starts (or resumes) from.
     """
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None, config: dict | None = None,
-                 images: bool = True):
+    def __init__(self, run_dir: Path, purge_step: int | None = None, config: dict | None = None, images: bool = True):
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.images = images
         if config is not None:
@@ -111,8 +131,17 @@ class TensorBoard:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
-                   kind: str = "image", lengths: Tensor | None = None) -> None:
+    def evaluation(
+        self,
+        step: int,
+        split: str,
+        result: EvalResult,
+        x: Tensor,
+        y: Tensor,
+        classes: list[str],
+        kind: str = "image",
+        lengths: Tensor | None = None,
+    ) -> None:
         """Record one evaluation pass over ``(x, y)``; a test pass also as pictures (``pictures``)."""
         self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
         if split != "test" or not self.images:
@@ -125,8 +154,9 @@ class TensorBoard:
 
         ``run_name="."`` writes them into the run dir itself, not into a timestamped sub-run.
         """
-        final = {f"hparams/{k}": v for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        final = {
+            f"hparams/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         self.writer.add_hparams(hparams(config), final, run_name=".", global_step=metrics.get("steps"))
         self.writer.flush()
 
@@ -142,41 +172,61 @@ class Trackers:
     (BirnnError, e.g. a missing optional package) still stops the run before it trains.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, purge_step: int | None = None, config: dict | None = None,
-                 images: bool = True):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        purge_step: int | None = None,
+        config: dict | None = None,
+        images: bool = True,
+    ):
         self.active: dict[str, Tracker] = {}
         for name, node in cfg.items():
             try:
-                self.active[str(name)] = instantiate(node, _partial_=True)(run_dir, purge_step=purge_step,
-                                                                           config=config, images=images)
+                self.active[str(name)] = instantiate(node, _partial_=True)(
+                    run_dir, purge_step=purge_step, config=config, images=images
+                )
             except InstantiationException as e:
                 if isinstance(e.__cause__, BirnnError):
                     raise e.__cause__ from None
                 self._warn(str(name), e.__cause__ or e)
             except BirnnError:
                 raise
-            except Exception as e:  # noqa: BLE001  (a tracker never costs the run)
+            except Exception as e:
                 self._warn(str(name), e)
 
     def _warn(self, name: str, error: BaseException) -> None:
         reason = first_line(error)
-        log.warning("Tracker %s failed (%s: %s); it is off for the rest of this run (metrics.json and the "
-                    "checkpoints are unaffected).", name, type(error).__name__,
-                    reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "...")
+        log.warning(
+            "Tracker %s failed (%s: %s); it is off for the rest of this run (metrics.json and the "
+            "checkpoints are unaffected).",
+            name,
+            type(error).__name__,
+            reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "...",
+        )
 
     def _each(self, method: str, *args, **kwargs) -> None:
         for name, tracker in list(self.active.items()):
             try:
                 getattr(tracker, method)(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001  (dropped without another call: its store may hang or fail again)
+            except Exception as e:
                 del self.active[name]
                 self._warn(name, e)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self._each("scalars", step, values)
 
-    def evaluation(self, step: int, split: str, result: EvalResult, x: Tensor, y: Tensor, classes: list[str],
-                   kind: str = "image", lengths: Tensor | None = None) -> None:
+    def evaluation(
+        self,
+        step: int,
+        split: str,
+        result: EvalResult,
+        x: Tensor,
+        y: Tensor,
+        classes: list[str],
+        kind: str = "image",
+        lengths: Tensor | None = None,
+    ) -> None:
         self._each("evaluation", step, split, result, x, y, classes, kind, lengths)
 
     def finish(self, config: dict, metrics: dict) -> None:

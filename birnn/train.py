@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,8 +31,12 @@ from birnn.signals import GracefulStop
 log = logging.getLogger("birnn.train")
 
 
-def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], bool] | None = None,
-          started: Callable[[], None] = lambda: None) -> dict:
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    on_evaluation: Callable[[list[dict]], bool] | None = None,
+    started: Callable[[], None] = lambda: None,
+) -> dict:
     """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics.
 
     The whole policy is here, top to bottom: step, log, checkpoint, evaluate at each epoch end, stop early.
@@ -52,15 +56,26 @@ def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], 
         test_every_epoch = t.get("test_every_epoch") is not False
         with GracefulStop() as stop:
             while not run.done:
-                bar = tqdm(run.epoch_batches(), total=run.steps_per_epoch, initial=p.step_in_epoch,
-                           disable=None if dist.is_main else True, desc=f"Epoch {p.epoch + 1}/{t.epochs}",
-                           leave=False)
+                bar = tqdm(
+                    run.epoch_batches(),
+                    total=run.steps_per_epoch,
+                    initial=p.step_in_epoch,
+                    disable=None if dist.is_main else True,
+                    desc=f"Epoch {p.epoch + 1}/{t.epochs}",
+                    leave=False,
+                )
                 for batch in bar:
                     run.step(batch)
                     if p.global_step % t.log_every_n_steps == 0:
                         scores = run.train_scores()
-                        log.info("Epoch [%d/%d], Step [%d/%d], Loss: %.4f", p.epoch + 1, t.epochs, p.step_in_epoch,
-                                 run.steps_per_epoch, scores["train/loss"])
+                        log.info(
+                            "Epoch [%d/%d], Step [%d/%d], Loss: %.4f",
+                            p.epoch + 1,
+                            t.epochs,
+                            p.step_in_epoch,
+                            run.steps_per_epoch,
+                            scores["train/loss"],
+                        )
                         run.track(scores)
                         bar.set_postfix(loss=f"{scores['train/loss']:.4f}", acc=f"{scores['train/accuracy']:.3f}")
                     stop.requested = dist.agree(stop.requested or 0) or None  # every rank stops at the same step
@@ -69,8 +84,14 @@ def train(cfg: DictConfig, run_dir: Path, on_evaluation: Callable[[list[dict]], 
                     if stop.requested or (every and p.global_step % every == 0 and not last_step):
                         path = run.save()
                         if stop.requested:
-                            log.warning("Stopped by %s at step %d; checkpoint saved to %s. To resume, run the same "
-                                        "command with hydra.run.dir=%s", stop.name, p.global_step, path, run_dir)
+                            log.warning(
+                                "Stopped by %s at step %d; checkpoint saved to %s. To resume, run the same "
+                                "command with hydra.run.dir=%s",
+                                stop.name,
+                                p.global_step,
+                                path,
+                                run_dir,
+                            )
                             stop.hand_over()
                     if p.global_step >= run.total_steps:
                         break
@@ -113,8 +134,10 @@ def keep_hydra_record(argv: list[str]) -> list[str]:
     records = [p for d in dirs for p in [d / ".hydra", *d.glob("*/.hydra")] if (p / "config.yaml").exists()]
     if not records:
         return argv
-    n = 1 + max((int(p.name.split("-")[1]) for r in records for p in r.glob("resume-*")
-                 if p.name.split("-")[1].isdigit()), default=0)
+    n = 1 + max(
+        (int(p.name.split("-")[1]) for r in records for p in r.glob("resume-*") if p.name.split("-")[1].isdigit()),
+        default=0,
+    )
     return [*argv, f"hydra.output_subdir=.hydra/resume-{n}"]
 
 
@@ -133,11 +156,14 @@ def run(cfg: DictConfig) -> float:
     record = run_dir / hc.output_subdir if hc.output_subdir else None
     log_file = OmegaConf.select(hc, "job_logging.handlers.file.filename")
     main_rank = (distributed.world_env() or {"rank": 0})["rank"] == 0
-    with rundir.claim(run_dir, record, Path(log_file) if log_file else None, hold=main_rank,
-                      clean=hc.mode != RunMode.MULTIRUN) as started:
+    with rundir.claim(
+        run_dir, record, Path(log_file) if log_file else None, hold=main_rank, clean=hc.mode != RunMode.MULTIRUN
+    ) as started:
         if cfg.get("search") is not None:
-            raise BirnnError("hparams_search=... configures a search: run it with python -m birnn.search (the "
-                             "same overrides), not birnn.train")
+            raise BirnnError(
+                "hparams_search=... configures a search: run it with python -m birnn.search (the "
+                "same overrides), not birnn.train"
+            )
         selection.resolve(cfg, compared=hc.mode == RunMode.MULTIRUN)
         validate(cfg)
         if _publish_run_dir is not None:
@@ -166,8 +192,11 @@ def main() -> None:
 def explicit_dirs_held(argv: list[str]) -> Iterator[None]:
     """Lock the run or sweep dir named on the command line before Hydra writes anything into it, so that a
     second birnn on the same dir is refused at once; a dir this made and nothing filled is removed again."""
-    named = [(Path(value), "sweep dir" if key == "hydra.sweep.dir" else "run dir")
-             for key, _, value in (a.partition("=") for a in argv[1:]) if key in ("hydra.run.dir", "hydra.sweep.dir")]
+    named = [
+        (Path(value), "sweep dir" if key == "hydra.sweep.dir" else "run dir")
+        for key, _, value in (a.partition("=") for a in argv[1:])
+        if key in ("hydra.run.dir", "hydra.sweep.dir")
+    ]
     made = [d.resolve() for d, _ in named if not d.exists()]
     held = []
 
@@ -204,10 +233,12 @@ def main_distributed(rank: int) -> None:
     args = sys.argv[1:]
     if any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args):
         if rank == 0:
-            print("error: a multirun (-m) cannot run under torchrun: every process would run every job. Run "
-                  "the sweep with a launcher that starts one distributed job per point instead, e.g. "
-                  "hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=N (README \"Distributed\").",
-                  file=sys.stderr)
+            print(
+                "error: a multirun (-m) cannot run under torchrun: every process would run every job. Run "
+                "the sweep with a launcher that starts one distributed job per point instead, e.g. "
+                'hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=N (README "Distributed").',
+                file=sys.stderr,
+            )
         raise SystemExit(2)
     distributed.init_default_group()
     if rank != 0:
@@ -215,14 +246,21 @@ def main_distributed(rank: int) -> None:
         if run_dir is None:
             raise SystemExit(1)  # rank 0 stopped before training and said why
         keep = [a for a in args if not a.startswith(("hydra.run.dir=", "hydra.output_subdir=", "hydra/job_logging="))]
-        sys.argv = [sys.argv[0], *keep, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null",
-                    "hydra/job_logging=none"]
+        sys.argv = [
+            sys.argv[0],
+            *keep,
+            f"hydra.run.dir={run_dir}",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=none",
+        ]
         run()
         return
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     record = RUN_RECORDS / run_id
     explicit = any(a.startswith("hydra.run.dir=") for a in args)
-    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) + int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) + int(
+        os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    )
     published = False
 
     def publish(run_dir: Path) -> None:
@@ -235,8 +273,10 @@ def main_distributed(rank: int) -> None:
 
     try:
         if run_id == "none" and restarts and not explicit:
-            raise BirnnError("torchrun --max-restarts with --rdzv-backend=c10d needs --rdzv-id=<unique id> (or "
-                             "hydra.run.dir=<dir>) so that restarted workers resume this run's dir, not a new one.")
+            raise BirnnError(
+                "torchrun --max-restarts with --rdzv-backend=c10d needs --rdzv-id=<unique id> (or "
+                "hydra.run.dir=<dir>) so that restarted workers resume this run's dir, not a new one."
+            )
         if not explicit and run_id != "none" and record.is_file():
             sys.argv.append(f"hydra.run.dir={record.read_text()}")
         sys.argv = keep_hydra_record(sys.argv)

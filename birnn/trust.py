@@ -10,19 +10,27 @@ command line (``data._target_=...``). Anything else is refused before it is impo
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from hydra._internal.utils import _locate
 
 from birnn.errors import BirnnError, first_line
 
 # birnn's own loaders, models and schedules: importing and calling these runs no code from the checkpoint.
-BUILTIN = frozenset({
-    "birnn.data.load_mnist", "birnn.data.load_fashion_mnist", "birnn.data.load_digits",
-    "birnn.arrays.load_arrays", "birnn.sequences.load_uea",
-    "birnn.model.RNNClassifier",
-    "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD",
-})
+BUILTIN = frozenset(
+    {
+        "birnn.data.load_mnist",
+        "birnn.data.load_fashion_mnist",
+        "birnn.data.load_digits",
+        "birnn.arrays.load_arrays",
+        "birnn.sequences.load_uea",
+        "birnn.model.RNNClassifier",
+        "torch.optim.Adam",
+        "torch.optim.AdamW",
+        "torch.optim.SGD",
+    }
+)
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
@@ -38,16 +46,20 @@ def resolve(target: Any, key: str, allow: Iterable[str] = ()) -> Callable:
         raise BirnnError(f"The checkpoint's {key} is {target!r}, not a dotted name: refusing to load it.")
     if not allowed(target, allow):
         module = target.rsplit(".", 1)[0]
-        raise BirnnError(f"The checkpoint's {key} names {target}, which is not part of birnn: nothing a "
-                         f"checkpoint names is imported unless you allow it. If you trust that code, add "
-                         f"--allow {module}.")
+        raise BirnnError(
+            f"The checkpoint's {key} names {target}, which is not part of birnn: nothing a "
+            f"checkpoint names is imported unless you allow it. If you trust that code, add "
+            f"--allow {module}."
+        )
     try:
         found = _locate(target)  # get_method's lookup, without the error it logs before raising
     except Exception as e:
         while e.__cause__ is not None:  # the ImportError under hydra's "Error loading ..." wrapper
             e = e.__cause__
-        raise BirnnError(f"{key}={target} cannot be imported here ({type(e).__name__}: {first_line(e)}); install "
-                         "or put its module on the path (the working directory counts).") from None
+        raise BirnnError(
+            f"{key}={target} cannot be imported here ({type(e).__name__}: {first_line(e)}); install "
+            "or put its module on the path (the working directory counts)."
+        ) from None
     if not callable(found):
         raise BirnnError(f"The checkpoint's {key}={target} is not callable.")
     return found

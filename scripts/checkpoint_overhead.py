@@ -32,9 +32,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         default_every = compose("config").trainer.checkpoint_every_n_steps
         for r in range(args.rounds):
-            for every in ((0, args.every) if r % 2 == 0 else (args.every, 0)):
-                cfg = compose("config", overrides=[*args.overrides, f"trainer.max_steps={args.steps}",
-                                                   f"trainer.checkpoint_every_n_steps={every}"])
+            for every in (0, args.every) if r % 2 == 0 else (args.every, 0):
+                cfg = compose(
+                    "config",
+                    overrides=[
+                        *args.overrides,
+                        f"trainer.max_steps={args.steps}",
+                        f"trainer.checkpoint_every_n_steps={every}",
+                    ],
+                )
                 validate(cfg)
                 seconds[every].append(train(cfg, Path(tmp) / f"{r}-{every}")["train_seconds"])
     base, with_ckpt = statistics.median(seconds[0]), statistics.median(seconds[args.every])
@@ -42,9 +48,13 @@ def main() -> None:
     per_save = (with_ckpt - base) / extra_saves
     per_step = base / args.steps
     print(f"without step checkpoints: {base:.2f} s for {args.steps} steps ({per_step * 1000:.1f} ms/step)")
-    print(f"every {args.every} steps:  {with_ckpt:.2f} s ({extra_saves} more checkpoints, "
-          f"{per_save * 1000:.1f} ms each); ratio {with_ckpt / base:.4f}")
-    print(f"default cadence (every {default_every} steps): overhead {100 * per_save / (default_every * per_step):.2f} %")
+    print(
+        f"every {args.every} steps:  {with_ckpt:.2f} s ({extra_saves} more checkpoints, "
+        f"{per_save * 1000:.1f} ms each); ratio {with_ckpt / base:.4f}"
+    )
+    print(
+        f"default cadence (every {default_every} steps): overhead {100 * per_save / (default_every * per_step):.2f} %"
+    )
 
 
 if __name__ == "__main__":

@@ -61,16 +61,20 @@ def main() -> None:
         run(lengths, 3)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.rounds):
-        for name in (variants if r % 2 == 0 else reversed(list(variants))):
+        for name in variants if r % 2 == 0 else reversed(list(variants)):
             seconds[name].append(run(variants[name], args.steps))
     median = {name: statistics.median(s) for name, s in seconds.items()}
     m = cfg.model
-    print(f"{m.cell} {m.num_layers}x{m.hidden_size} readout={m.readout} shortcut={m.backward_shortcut}, "
-          f"batch {args.batch} x {steps} steps x {features} features on {device} "
-          f"({torch.get_num_threads()} threads), median of {args.rounds} rounds x {args.steps} steps:")
-    print(f"model(x) (no packing): {median['unpacked'] * 1000:.1f} ms/step; "
-          f"model(x, full lengths) (packed): {median['packed'] * 1000:.1f} ms/step; "
-          f"ratio packed/unpacked {median['packed'] / median['unpacked']:.2f}")
+    print(
+        f"{m.cell} {m.num_layers}x{m.hidden_size} readout={m.readout} shortcut={m.backward_shortcut}, "
+        f"batch {args.batch} x {steps} steps x {features} features on {device} "
+        f"({torch.get_num_threads()} threads), median of {args.rounds} rounds x {args.steps} steps:"
+    )
+    print(
+        f"model(x) (no packing): {median['unpacked'] * 1000:.1f} ms/step; "
+        f"model(x, full lengths) (packed): {median['packed'] * 1000:.1f} ms/step; "
+        f"ratio packed/unpacked {median['packed'] / median['unpacked']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,11 +36,16 @@ def main() -> None:
                 validate(cfg)
                 acc[precision] = train(cfg, Path(tmp) / f"{seed}-{precision}")["test_accuracy"]
             diffs.append(100 * (acc[args.against] - acc["32"]))
-            print(f"seed {seed}: fp32 {acc['32']:.4f}  {args.against} {acc[args.against]:.4f}  "
-                  f"diff {diffs[-1]:+.2f} points", flush=True)
+            print(
+                f"seed {seed}: fp32 {acc['32']:.4f}  {args.against} {acc[args.against]:.4f}  "
+                f"diff {diffs[-1]:+.2f} points",
+                flush=True,
+            )
     spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    print(f"mean diff {statistics.mean(diffs):+.2f} points (std {spread:.2f}, min {min(diffs):+.2f}, "
-          f"max {max(diffs):+.2f}) over {len(diffs)} seeds")
+    print(
+        f"mean diff {statistics.mean(diffs):+.2f} points (std {spread:.2f}, min {min(diffs):+.2f}, "
+        f"max {max(diffs):+.2f}) over {len(diffs)} seeds"
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,13 @@ def describe(splits: Splits) -> dict:
     else:
         both = [*splits.train_lengths.tolist(), *splits.test_lengths.tolist()]
         lengths = f"{min(both)}-{max(both)}"
-    return {"channels": splits.input_size, "lengths": lengths, "train": len(splits.train_y),
-            "test": len(splits.test_y), "classes": splits.num_classes}
+    return {
+        "channels": splits.input_size,
+        "lengths": lengths,
+        "train": len(splits.train_y),
+        "test": len(splits.test_y),
+        "classes": splits.num_classes,
+    }
 
 
 def read_published(path: Path) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], list[str]]]:
@@ -92,18 +97,37 @@ def table(rows: list[dict], published: dict, sources: dict, versus: tuple[str, .
     here = {(r["problem"], m): a for r in rows for m, a in r.get("baselines", {}).items()}
     scores = {**published, **here}
     methods = list(dict.fromkeys([*(m for m, _ in sources), *(m for _, m in here)]))
-    head = ["problem", "channels", "lengths", "train / test", "classes", "birnn test accuracy", "epochs",
-            "seconds", *methods, *(f"birnn - {m.split(',')[0]}" for m in versus)]
+    head = [
+        "problem",
+        "channels",
+        "lengths",
+        "train / test",
+        "classes",
+        "birnn test accuracy",
+        "epochs",
+        "seconds",
+        *methods,
+        *(f"birnn - {m.split(',')[0]}" for m in versus),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         acc = r["accuracies"]
         spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
-        cells = [r["problem"], r["channels"], r["lengths"], f"{r['train']} / {r['test']}", r["classes"],
-                 f"{statistics.mean(acc):.3f}{spread}" + (f" ({len(acc)} seeds)" if len(acc) > 1 else ""),
-                 r["epochs"], f"{statistics.mean(r['seconds']):.1f}",
-                 *(f"{scores[r['problem'], m]:.3f}" if (r["problem"], m) in scores else "" for m in methods),
-                 *(f"{100 * (statistics.mean(acc) - scores[r['problem'], m]):+.1f}" if (r["problem"], m) in scores
-                   else "" for m in versus)]
+        cells = [
+            r["problem"],
+            r["channels"],
+            r["lengths"],
+            f"{r['train']} / {r['test']}",
+            r["classes"],
+            f"{statistics.mean(acc):.3f}{spread}" + (f" ({len(acc)} seeds)" if len(acc) > 1 else ""),
+            r["epochs"],
+            f"{statistics.mean(r['seconds']):.1f}",
+            *(f"{scores[r['problem'], m]:.3f}" if (r["problem"], m) in scores else "" for m in methods),
+            *(
+                f"{100 * (statistics.mean(acc) - scores[r['problem'], m]):+.1f}" if (r["problem"], m) in scores else ""
+                for m in versus
+            ),
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = [f"- {m} ({', '.join(problems)}): {s}" for (m, s), problems in sources.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
@@ -113,10 +137,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", nargs="+", default=DEFAULT_PROBLEMS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--published", type=Path, default=PUBLISHED,
-                        help="CSV of published accuracies: problem,method,accuracy,source (default: %(default)s)")
-    parser.add_argument("--baselines", action="store_true",
-                        help="also train aeon's 1-NN DTW and ROCKET on each problem's default split")
+    parser.add_argument(
+        "--published",
+        type=Path,
+        default=PUBLISHED,
+        help="CSV of published accuracies: problem,method,accuracy,source (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--baselines", action="store_true", help="also train aeon's 1-NN DTW and ROCKET on each problem's default split"
+    )
     parser.add_argument("--out", type=Path, default=Path("uea_table.md"))
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. device=cpu")
     args = parser.parse_args()
@@ -127,16 +156,18 @@ def main() -> None:
             splits = load_uea(name=name)
             row = {"problem": name, **describe(splits), "accuracies": [], "seconds": []}
             for seed in args.seeds:
-                overrides = [*PRESET, f"data.name={name}", "trainer.log_images=false",
-                             f"seed={seed}", *args.overrides]
+                overrides = [*PRESET, f"data.name={name}", "trainer.log_images=false", f"seed={seed}", *args.overrides]
                 cfg = compose("config", overrides=overrides)
                 validate(cfg)
                 metrics = train(cfg, Path(tmp) / f"{name}-{seed}")
                 row["accuracies"].append(metrics["test_accuracy"])
                 row["seconds"].append(metrics["train_seconds"])
                 row["epochs"] = metrics["epochs"]
-                print(f"{name} seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
-                      f"({metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s)", flush=True)
+                print(
+                    f"{name} seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
+                    f"({metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s)",
+                    flush=True,
+                )
             if args.baselines:
                 row["baselines"] = baselines(splits)
                 print(f"{name}: " + ", ".join(f"{m} {a:.4f}" for m, a in row["baselines"].items()), flush=True)

@@ -65,5 +65,6 @@ def mnist_root(tmp_path: Path) -> Path:
 def run_cli(*args: str, cwd: Path, timeout: int = 240, module: str = "birnn.train") -> subprocess.CompletedProcess:
     """Run a birnn command line in a subprocess (the real entry point)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

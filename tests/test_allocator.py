@@ -37,8 +37,14 @@ print("mmap" if libc.mallinfo2().hblks > before else "heap")
 
 
 def block_source(*overrides: str) -> str:
-    out = subprocess.run([sys.executable, "-c", PROBE, *overrides], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 

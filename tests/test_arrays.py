@@ -17,8 +17,15 @@ from birnn.restore import restore
 from birnn.train import train
 from conftest import make_cfg
 
-FAST = ["data=arrays", "device=cpu", "device.num_threads=1", "model.hidden_size=16", "model.num_layers=1",
-        "trainer.log_images=false", "optimizer.lr=0.01"]
+FAST = [
+    "data=arrays",
+    "device=cpu",
+    "device.num_threads=1",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "trainer.log_images=false",
+    "optimizer.lr=0.01",
+]
 
 
 def waves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,8 +39,14 @@ def waves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def arrays(**changes) -> dict:
     (xa, ya), (xb, yb) = waves(120, 0), waves(40, 1)
-    return {"x_train": xa, "y_train": ya, "x_test": xb, "y_test": yb, "classes": np.array(["falling", "rising"]),
-            **changes}
+    return {
+        "x_train": xa,
+        "y_train": ya,
+        "x_test": xb,
+        "y_test": yb,
+        "classes": np.array(["falling", "rising"]),
+        **changes,
+    }
 
 
 def save(path: Path, content: dict) -> Path:
@@ -61,18 +74,26 @@ def test_classes_default_to_label_numbers(tmp_path):
     assert load_arrays(path=str(save(tmp_path / "d.npz", content))).classes == ["0", "1", "2"]
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"y_test": None}, "has no y_test"),
-    ({"x_train": np.zeros((120, 10))}, "x_train in {file} has shape (120, 10); expected (N, steps, features)"),
-    ({"y_train": np.zeros(120)}, "y_train in {file} has dtype float64"),
-    ({"y_train": np.zeros(7, dtype=int)}, "expected integer labels of shape (120,)"),
-    ({"y_test": np.full(40, 2)}, "y_test in {file} holds label 2, outside classes"),
-    ({"y_train": np.full(120, -1)}, "y_train in {file} holds label -1, outside classes"),
-    ({"x_test": np.zeros((40, 10, 3))}, "x_train has 2 features per step but x_test has 3"),
-    ({"x_test": np.where(np.arange(10)[None, :, None] == 3, np.nan, waves(40, 1)[0])},
-     "x_test in {file} holds NaN, inf or values beyond float32's range (first in sample 0)"),
-    ({"x_train": np.full((120, 10, 2), np.inf)}, "x_train in {file} holds NaN, inf or values beyond float32's range"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"y_test": None}, "has no y_test"),
+        ({"x_train": np.zeros((120, 10))}, "x_train in {file} has shape (120, 10); expected (N, steps, features)"),
+        ({"y_train": np.zeros(120)}, "y_train in {file} has dtype float64"),
+        ({"y_train": np.zeros(7, dtype=int)}, "expected integer labels of shape (120,)"),
+        ({"y_test": np.full(40, 2)}, "y_test in {file} holds label 2, outside classes"),
+        ({"y_train": np.full(120, -1)}, "y_train in {file} holds label -1, outside classes"),
+        ({"x_test": np.zeros((40, 10, 3))}, "x_train has 2 features per step but x_test has 3"),
+        (
+            {"x_test": np.where(np.arange(10)[None, :, None] == 3, np.nan, waves(40, 1)[0])},
+            "x_test in {file} holds NaN, inf or values beyond float32's range (first in sample 0)",
+        ),
+        (
+            {"x_train": np.full((120, 10, 2), np.inf)},
+            "x_train in {file} holds NaN, inf or values beyond float32's range",
+        ),
+    ],
+)
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])
 def test_bad_arrays_get_one_clear_line(tmp_path, suffix, changes, message):
     path = save(tmp_path / f"d{suffix}", arrays(**changes))
@@ -107,7 +128,9 @@ def test_normalize_fits_the_training_split_after_the_holdout(tmp_path):
     splits = load_data(cfg.data, torch.device("cpu"))
     stats = splits.normalization
     flat = raw.train_x.reshape(-1, 2).double()  # the training split only: the held-out samples excluded
-    assert stats["mean"] == pytest.approx(flat.mean(0).tolist()) and stats["std"] == pytest.approx(flat.std(0, correction=0).tolist())
+    assert stats["mean"] == pytest.approx(flat.mean(0).tolist()) and stats["std"] == pytest.approx(
+        flat.std(0, correction=0).tolist()
+    )
     assert abs(stats["mean"][0] - 50) < 2 and abs(stats["mean"][1] + 20) < 1
     standardized = splits.train_x.reshape(-1, 2)
     assert standardized.mean(0).abs().max() < 1e-4 and (standardized.std(0, correction=0) - 1).abs().max() < 1e-4
@@ -122,8 +145,16 @@ def padded_series(root: str = "data", download: bool = False) -> Splits:
     """Variable-length data as a loader gives it: zero padding beyond each sample's length."""
     x = torch.tensor([[[1.0], [3.0], [0.0]], [[5.0], [7.0], [9.0]], [[2.0], [0.0], [0.0]]])
     lengths = torch.tensor([2, 3, 1])
-    return Splits(x, torch.tensor([0, 1, 0]), x[:2].clone(), torch.tensor([0, 1]), ["a", "b"],
-                  train_lengths=lengths, test_lengths=lengths[:2].clone(), kind="series")
+    return Splits(
+        x,
+        torch.tensor([0, 1, 0]),
+        x[:2].clone(),
+        torch.tensor([0, 1]),
+        ["a", "b"],
+        train_lengths=lengths,
+        test_lengths=lengths[:2].clone(),
+        kind="series",
+    )
 
 
 def test_normalize_counts_valid_steps_only_and_keeps_padding_zero():
@@ -140,7 +171,7 @@ def test_normalize_counts_valid_steps_only_and_keeps_padding_zero():
     assert sorted(held.train_lengths.tolist() + held.val_lengths.tolist()) == [1, 2, 3]
     kept = torch.cat([padded_series().train_x[i, :n, 0] for i, n in enumerate([2, 3, 1]) if n != held.val_lengths[0]])
     assert held.normalization["mean"] == pytest.approx([kept.mean().item()])
-    assert (held.val_x[0, int(held.val_lengths[0]):] == 0).all()
+    assert (held.val_x[0, int(held.val_lengths[0]) :] == 0).all()
 
 
 def test_constant_features_are_only_centred():
@@ -208,8 +239,10 @@ def test_export_bakes_the_standardization_in(normalized_run, capsys):
     run, _ = normalized_run
     ckpt = run / "checkpoints" / "last.pt"
     export.main([str(ckpt), "--format", "pt2"])
-    assert "as raw values (the training split's per-feature standardization is built into the model)" \
+    assert (
+        "as raw values (the training split's per-feature standardization is built into the model)"
         in capsys.readouterr().out
+    )
     program = torch.export.load(str(ckpt.parent / "model.pt2")).module()
     raw = torch.tensor(waves(40, 1)[0], dtype=torch.float32)
     restored = restore(ckpt)

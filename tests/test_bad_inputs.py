@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_arrays import arrays, save
 
 from birnn import checkpoint
 from birnn.arrays import load_arrays
@@ -18,7 +19,6 @@ from birnn.predict import predict
 from birnn.restore import restore
 from birnn.train import train
 from conftest import FAST, make_cfg, run_cli
-from test_arrays import arrays, save
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +26,22 @@ def series_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A model trained on normalized series (data=arrays, 10 steps x 2 features), and its data file."""
     folder = tmp_path_factory.mktemp("series")
     data = save(folder / "d.npz", arrays())
-    train(make_cfg(*FAST, "data=arrays", f"data.path={data}", "data.normalize=true", "trainer.max_steps=4"),
-          folder / "run")
+    train(
+        make_cfg(*FAST, "data=arrays", f"data.path={data}", "data.normalize=true", "trainer.max_steps=4"),
+        folder / "run",
+    )
     return folder / "run", data
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"classes": None, "y_test": np.full(40, 10**9)}, "label 1000000000: without a classes list"),
-    ({"x_train": np.zeros((120, 0, 2), dtype=np.float32)}, "none of them 0"),
-    ({"x_test": np.zeros((40, 10, 0), dtype=np.float32)}, "none of them 0"),
-    ({"x_train": np.full((120, 10, 2), 1e39)}, "beyond float32's range"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"classes": None, "y_test": np.full(40, 10**9)}, "label 1000000000: without a classes list"),
+        ({"x_train": np.zeros((120, 0, 2), dtype=np.float32)}, "none of them 0"),
+        ({"x_test": np.zeros((40, 10, 0), dtype=np.float32)}, "none of them 0"),
+        ({"x_train": np.full((120, 10, 2), 1e39)}, "beyond float32's range"),
+    ],
+)
 def test_absurd_arrays_are_refused(tmp_path, changes, message):
     with pytest.raises(BirnnError, match=message):
         load_arrays(path=str(save(tmp_path / "d.npz", arrays(**changes))))
@@ -44,8 +49,12 @@ def test_absurd_arrays_are_refused(tmp_path, changes, message):
 
 def test_pt_files_with_unusual_tensors(tmp_path):
     content = {k: torch.as_tensor(v) for k, v in arrays(classes=None).items() if v is not None}
-    unusual = {**content, "x_train": content["x_train"].to(torch.bfloat16),
-               "x_test": content["x_test"].float().requires_grad_(), "y_train": content["y_train"].to_sparse()}
+    unusual = {
+        **content,
+        "x_train": content["x_train"].to(torch.bfloat16),
+        "x_test": content["x_test"].float().requires_grad_(),
+        "y_train": content["y_train"].to_sparse(),
+    }
     torch.save(unusual, tmp_path / "unusual.pt")
     splits = load_arrays(path=str(tmp_path / "unusual.pt"))  # all readable as plain arrays
     assert splits.train_x.dtype == torch.float32 and splits.train_y.tolist() == content["y_train"].tolist()
@@ -101,8 +110,9 @@ def test_evaluate_refuses_overrides_that_change_the_model(series_run, tmp_path):
 def test_resume_on_changed_data_is_refused(series_run, tmp_path):
     _, data = series_run
     path = save(tmp_path / "d.npz", arrays())
-    cfg = make_cfg(*FAST, "data=arrays", f"data.path={path}", "data.normalize=true", "trainer.max_steps=2",
-                   "trainer.epochs=3")
+    cfg = make_cfg(
+        *FAST, "data=arrays", f"data.path={path}", "data.normalize=true", "trainer.max_steps=2", "trainer.epochs=3"
+    )
     train(cfg, tmp_path / "run")
     save(path, arrays(x_train=arrays()["x_train"] * 2))  # the file behind data.path is replaced
     cfg.trainer.max_steps = 4

@@ -12,8 +12,23 @@ from conftest import FAST
 
 def test_bench_quick_on_digits_writes_all_fields(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    result = main(["--quick", "--rounds", "1", "--steps", "2", "--eval-every", "10", "--target", "0.3",
-                   "--out", str(out), *FAST, "trainer.max_steps=40"])
+    result = main(
+        [
+            "--quick",
+            "--rounds",
+            "1",
+            "--steps",
+            "2",
+            "--eval-every",
+            "10",
+            "--target",
+            "0.3",
+            "--out",
+            str(out),
+            *FAST,
+            "trainer.max_steps=40",
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["ratios"] == result["ratios"]
     for side in ("reference", "birnn"):

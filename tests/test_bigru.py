@@ -27,8 +27,9 @@ def test_bigru_option_and_cell_choice():
 @pytest.fixture(scope="module")
 def gru_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("gru")
-    metrics = train(make_cfg(*FAST, "model=bigru", "model.num_layers=1", "trainer.epochs=8", "optimizer.lr=0.01"),
-                    run_dir)
+    metrics = train(
+        make_cfg(*FAST, "model=bigru", "model.num_layers=1", "trainer.epochs=8", "optimizer.lr=0.01"), run_dir
+    )
     return run_dir / "checkpoints" / "last.pt", metrics
 
 
@@ -98,6 +99,6 @@ def test_evaluate_passes_the_test_lengths(gru_ckpt, tmp_path):
     torch.save({**restored.state, "config": config}, ckpt)
     data = ragged_digits()
     with torch.inference_mode():
-        alone = torch.cat([restored.model(data.test_x[i: i + 1, :n]) for i, n in enumerate(data.test_lengths)])
+        alone = torch.cat([restored.model(data.test_x[i : i + 1, :n]) for i, n in enumerate(data.test_lengths)])
     expected = (alone.argmax(1) == data.test_y).sum().item() / len(data.test_y)
     assert evaluate_checkpoint(ckpt, ["device=cpu"], allow=["test_bigru"])["test_accuracy"] == expected

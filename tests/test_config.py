@@ -8,8 +8,8 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from birnn.config import validate
 from birnn.device import setup_device
-from birnn.model import build_model
 from birnn.errors import BirnnError
+from birnn.model import build_model
 from conftest import make_cfg
 
 
@@ -31,26 +31,45 @@ def test_data_option_carries_trainer_settings_and_the_command_line_wins():
     assert make_cfg("data=fashion_mnist").trainer.epochs == 2
 
 
-@pytest.mark.parametrize("group,option,key,value", [
-    ("optimizer", "adamw", "weight_decay", 0.01),
-    ("optimizer", "sgd", "momentum", 0.9),
-    ("scheduler", "cosine", "_target_", "birnn.schedule.warmup_cosine"),
-    ("scheduler", "onecycle", "_target_", "torch.optim.lr_scheduler.OneCycleLR"),
-    ("device", "cpu", "type", "cpu"),
-])
+@pytest.mark.parametrize(
+    "group,option,key,value",
+    [
+        ("optimizer", "adamw", "weight_decay", 0.01),
+        ("optimizer", "sgd", "momentum", 0.9),
+        ("scheduler", "cosine", "_target_", "birnn.schedule.warmup_cosine"),
+        ("scheduler", "onecycle", "_target_", "torch.optim.lr_scheduler.OneCycleLR"),
+        ("device", "cpu", "type", "cpu"),
+    ],
+)
 def test_group_options_compose(group, option, key, value):
     assert make_cfg(f"{group}={option}")[group][key] == value
 
 
-@pytest.mark.parametrize("override,error,cause,message", [
-    ("model.hidden_size=abc", ConfigCompositionException, ValidationError,
-     "Value 'abc' of type 'str' could not be converted to Integer"),
-    ("model.hiden_size=3", ConfigCompositionException, ConfigAttributeError, "Key 'hiden_size' not in 'ModelConfig'"),
-    ("optimizer.lrr=0.1", ConfigCompositionException, ConfigAttributeError, "Key 'lrr' not in 'AdamConfig'"),
-    ("data=nope", MissingConfigException, type(None), "Could not find 'data/nope'"),
-    ("trainer.epochs=1.5", ConfigCompositionException, ValidationError,
-     "Value '1.5' of type 'float' could not be converted to Integer"),
-])
+@pytest.mark.parametrize(
+    "override,error,cause,message",
+    [
+        (
+            "model.hidden_size=abc",
+            ConfigCompositionException,
+            ValidationError,
+            "Value 'abc' of type 'str' could not be converted to Integer",
+        ),
+        (
+            "model.hiden_size=3",
+            ConfigCompositionException,
+            ConfigAttributeError,
+            "Key 'hiden_size' not in 'ModelConfig'",
+        ),
+        ("optimizer.lrr=0.1", ConfigCompositionException, ConfigAttributeError, "Key 'lrr' not in 'AdamConfig'"),
+        ("data=nope", MissingConfigException, type(None), "Could not find 'data/nope'"),
+        (
+            "trainer.epochs=1.5",
+            ConfigCompositionException,
+            ValidationError,
+            "Value '1.5' of type 'float' could not be converted to Integer",
+        ),
+    ],
+)
 def test_composition_rejects(override, error, cause, message):
     with pytest.raises(error) as info:
         make_cfg(override)
@@ -58,32 +77,56 @@ def test_composition_rejects(override, error, cause, message):
     assert message in str(info.value.__cause__ or info.value)
 
 
-@pytest.mark.parametrize("preset,expected", [
-    ("tutorial", {"data._target_": "birnn.data.load_mnist", "model.num_layers": 2, "trainer.epochs": 2}),
-    ("fast", {"model.num_layers": 1, "model.readout": "final", "trainer.precision": "bf16", "optimizer.lr": 0.02}),
-    ("japanese_vowels", {"data._target_": "birnn.sequences.load_uea", "data.name": "JapaneseVowels",
-                         "data.batch_size": 32, "data.normalize": True, "model.hidden_size": 64,
-                         "model.readout": "final", "trainer.epochs": 50}),
-    ("basic_motions", {"data._target_": "birnn.sequences.load_uea", "data.name": "BasicMotions",
-                       "data.batch_size": 32, "data.normalize": True, "model.hidden_size": 64,
-                       "model.readout": "mean", "trainer.epochs": 100}),
-])
+@pytest.mark.parametrize(
+    "preset,expected",
+    [
+        ("tutorial", {"data._target_": "birnn.data.load_mnist", "model.num_layers": 2, "trainer.epochs": 2}),
+        ("fast", {"model.num_layers": 1, "model.readout": "final", "trainer.precision": "bf16", "optimizer.lr": 0.02}),
+        (
+            "japanese_vowels",
+            {
+                "data._target_": "birnn.sequences.load_uea",
+                "data.name": "JapaneseVowels",
+                "data.batch_size": 32,
+                "data.normalize": True,
+                "model.hidden_size": 64,
+                "model.readout": "final",
+                "trainer.epochs": 50,
+            },
+        ),
+        (
+            "basic_motions",
+            {
+                "data._target_": "birnn.sequences.load_uea",
+                "data.name": "BasicMotions",
+                "data.batch_size": 32,
+                "data.normalize": True,
+                "model.hidden_size": 64,
+                "model.readout": "mean",
+                "trainer.epochs": 100,
+            },
+        ),
+    ],
+)
 def test_presets_compose_and_validate(preset, expected):
     cfg = make_cfg(f"experiment={preset}")
     assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
     validate(cfg)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optimizer.lr=0", "optimizer.lr must be a finite number > 0"),
-    ("optimizer.lr=-0.1", "optimizer.lr must be a finite number > 0"),
-    ("data.batch_size=0", "data.batch_size must be > 0"),
-    ("trainer.epochs=0", "trainer.epochs must be > 0"),
-    ("trainer.epochs=-2", "trainer.epochs must be > 0"),
-    ("trainer.precision=8", "trainer.precision must be one of"),
-    ("trainer.early_stopping_patience=2", "needs a validation split"),
-    ("device.type=tpu", "device.type must be one of"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=0", "optimizer.lr must be a finite number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be a finite number > 0"),
+        ("data.batch_size=0", "data.batch_size must be > 0"),
+        ("trainer.epochs=0", "trainer.epochs must be > 0"),
+        ("trainer.epochs=-2", "trainer.epochs must be > 0"),
+        ("trainer.precision=8", "trainer.precision must be one of"),
+        ("trainer.early_stopping_patience=2", "needs a validation split"),
+        ("device.type=tpu", "device.type must be one of"),
+    ],
+)
 def test_range_checks(override, message):
     cfg = make_cfg(override)
     with pytest.raises(BirnnError) as info:
@@ -97,13 +140,16 @@ def test_every_problem_is_reported_at_once():
     assert "data.batch_size" in str(info.value) and "optimizer.lr" in str(info.value)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.hidden_size=-1", "model.hidden_size must be in 1..65536"),
-    ("model.num_layers=0", "model.num_layers must be in 1..64"),
-    ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
-    ("model.readout=first", "model.readout must be one of"),
-    ("model.cell=rnn", "model.cell must be one of lstm, gru; got 'rnn'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.hidden_size=-1", "model.hidden_size must be in 1..65536"),
+        ("model.num_layers=0", "model.num_layers must be in 1..64"),
+        ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
+        ("model.readout=first", "model.readout must be one of"),
+        ("model.cell=rnn", "model.cell must be one of lstm, gru; got 'rnn'"),
+    ],
+)
 def test_birnns_model_checks_its_own_keys(override, message):
     """RNNClassifier's keys are checked where it is built, not in validate (a user's model has other keys)."""
     cfg = make_cfg(override)

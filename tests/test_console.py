@@ -23,7 +23,8 @@ HYDRA_NOISE = ("Error executing job", "HYDRA_FULL_ERROR", "To append to your con
         (["modle=bigru"], "error: modle is not a config key. Did you mean model?"),
         (
             ["optimizer.lr=0", "trainer.epochs=0"],
-            "error: Invalid config: optimizer.lr must be a finite number > 0, got 0.0; trainer.epochs must be > 0, got 0",
+            "error: Invalid config: optimizer.lr must be a finite number > 0, got 0.0; "
+            "trainer.epochs must be > 0, got 0",
         ),
         (["data=nope"], "error: Could not find 'data/nope' (options: arrays, digits, fashion_mnist, mnist, uea)"),
         (
@@ -47,7 +48,8 @@ def test_a_failed_sweep_job_names_itself_and_the_summary(tmp_path):
     last = proc.stderr.splitlines()[-1]
     assert last.startswith("error: job 0 (optimizer.lr=0 data=digits ")  # Hydra's own spelling of the overrides
     assert last.endswith(
-        f"): Invalid config: optimizer.lr must be a finite number > 0, got 0.0. Sweep dir {sweep}; its summary: {sweep / 'summary.md'}"
+        f"): Invalid config: optimizer.lr must be a finite number > 0, got 0.0. "
+        f"Sweep dir {sweep}; its summary: {sweep / 'summary.md'}"
     )
     assert "| 0 | failed |" in (sweep / "summary.md").read_text()  # every job failed: a summary all the same
 

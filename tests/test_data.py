@@ -1,11 +1,9 @@
 """Data loaders on IDX files the tests write (torchvision's real parsing path), digits, batching."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from birnn.data import (IDX_FILES, load_data, load_digits, load_fashion_mnist, load_mnist, shuffled_batches)
+from birnn.data import IDX_FILES, load_data, load_digits, load_fashion_mnist, load_mnist, shuffled_batches
 from birnn.errors import BirnnError
 from conftest import make_cfg, tiny_idx_images, write_idx
 

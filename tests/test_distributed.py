@@ -25,15 +25,33 @@ from conftest import FAST, ROOT, make_cfg, run_cli
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # 1,438 digits less one held out = 1,437 training samples in global batches of 100: the last batch (37) splits
 # 19/18 between two processes, so the unequal-share loss scaling runs end to end.
-RUN = [*FAST, "data.val_size=1", "trainer.epochs=4", "trainer.checkpoint_every_n_steps=7",
-       "trainer.log_every_n_steps=5"]
+RUN = [
+    *FAST,
+    "data.val_size=1",
+    "trainer.epochs=4",
+    "trainer.checkpoint_every_n_steps=7",
+    "trainer.log_every_n_steps=5",
+]
 WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2, restarts: int = 0, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", f"--max-restarts={restarts}",
-                             "-m", "birnn.train", *args], cwd=cwd, env=env, text=True, **popen)
+    return subprocess.Popen(
+        [
+            TORCHRUN,
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            f"--max-restarts={restarts}",
+            "-m",
+            "birnn.train",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        text=True,
+        **popen,
+    )
 
 
 def finished(proc: subprocess.Popen, timeout: int = 180) -> tuple[int, str, str]:
@@ -82,7 +100,10 @@ def test_a_distributed_run_has_one_run_dir_written_by_rank_0(two_process_run):
     cwd = two_process_run.parents[2]
     assert run_dirs(cwd) == [two_process_run]
     assert sorted(p.name for p in (two_process_run / ".hydra").iterdir()) == [
-        "config.yaml", "hydra.yaml", "overrides.yaml"]
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    ]
     log = (two_process_run / "train.log").read_text()
     assert log.count("Epoch 4: test_loss") == 1 and "x 2 processes" in log
     events = list(two_process_run.glob("events.out.tfevents.*"))
@@ -91,8 +112,7 @@ def test_a_distributed_run_has_one_run_dir_written_by_rank_0(two_process_run):
 
 
 def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_run, tmp_path):
-    proc = torchrun(*RUN, cwd=tmp_path, restarts=1, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE)
+    proc = torchrun(*RUN, cwd=tmp_path, restarts=1, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "outputs").rglob("last.pt")) and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -107,8 +127,14 @@ def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_r
 
 def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_one_process(tmp_path):
     run_dir = tmp_path / "run"
-    proc = torchrun(*RUN, "trainer.epochs=1000", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = torchrun(
+        *RUN,
+        "trainer.epochs=1000",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -136,8 +162,10 @@ def test_multirun_under_torchrun_is_refused(tmp_path):
 
 
 def test_global_batch_must_divide_among_processes():
-    with pytest.raises(BirnnError, match="data.batch_size=99 is the global batch and must be divisible by the "
-                                         "number of processes \\(2\\)"):
+    with pytest.raises(
+        BirnnError,
+        match="data.batch_size=99 is the global batch and must be divisible by the number of processes \\(2\\)",
+    ):
         Dist(rank=1, world_size=2).check_batch(99)
     Dist(rank=1, world_size=2).check_batch(100)
 
@@ -186,8 +214,16 @@ def test_a_silent_peer_stops_the_others_after_the_timeout():
 
 
 def test_submitit_local_runs_each_job_as_one_two_task_ddp_run(tmp_path):
-    proc = run_cli("-m", "optimizer.lr=0.003,0.01", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-                   *FAST, "trainer.max_steps=6", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    proc = run_cli(
+        "-m",
+        "optimizer.lr=0.003,0.01",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        *FAST,
+        "trainer.max_steps=6",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     for job in ("0", "1"):
         run_dir = tmp_path / "sweep" / job

@@ -47,11 +47,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("birnn", "conf"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     (wheel,) = (tmp / "dist").glob("birnn-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp / "site"), str(wheel)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(tmp / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert not (tmp / "site" / "conf").exists()  # configs ship inside the package, no top-level `conf`
     return tmp / "site"
 
@@ -64,8 +72,13 @@ def run_installed(site: Path, cwd: Path, *command: str) -> subprocess.CompletedP
 
 
 def test_wheel_trains_evaluates_and_reports_from_any_directory(site, tmp_path):
-    where = run_installed(site, tmp_path, "python", "-c",
-                          "import birnn, birnn.config; print(birnn.__file__); print(birnn.config.CONFIG_DIR)")
+    where = run_installed(
+        site,
+        tmp_path,
+        "python",
+        "-c",
+        "import birnn, birnn.config; print(birnn.__file__); print(birnn.config.CONFIG_DIR)",
+    )
     assert where.stdout.split() == [str(site / "birnn" / "__init__.py"), str(site / "birnn" / "conf")]
 
     done = run_installed(site, tmp_path, "birnn-train", "data=digits", "trainer.epochs=1", *FAST)

@@ -40,7 +40,7 @@ def test_padded_batch_equals_each_sample_alone(cell, num_layers, shortcut, reado
 
     logits = batched(x, lengths)
     F.cross_entropy(logits, y, reduction="sum").backward()
-    alone = torch.cat([plain(x[i: i + 1, :n]) for i, n in enumerate(LENGTHS)])
+    alone = torch.cat([plain(x[i : i + 1, :n]) for i, n in enumerate(LENGTHS)])
     F.cross_entropy(alone, y, reduction="sum").backward()
 
     assert (logits - alone).abs().max() <= 1e-5
@@ -64,7 +64,7 @@ def test_patched_padded_batch_equals_each_sample_patched_alone(k, shortcut, read
 
     logits = batched(patch(x, k, lengths), patch_lengths(lengths, k))
     F.cross_entropy(logits, y, reduction="sum").backward()
-    alone = torch.cat([plain(patch(x[i: i + 1, :n], k)) for i, n in enumerate(LENGTHS)])
+    alone = torch.cat([plain(patch(x[i : i + 1, :n], k)) for i, n in enumerate(LENGTHS)])
     F.cross_entropy(alone, y, reduction="sum").backward()
 
     assert (logits - alone).abs().max() <= 1e-5
@@ -78,7 +78,7 @@ def test_unidirectional_readouts_respect_lengths(cell):
     x, lengths, _ = _padded_batch(0)
     for readout in ("last", "final", "mean"):
         model = RNNClassifier(FEATURES, CLASSES, hidden_size=5, bidirectional=False, readout=readout, cell=cell)
-        alone = torch.cat([model(x[i: i + 1, :n]) for i, n in enumerate(LENGTHS)])
+        alone = torch.cat([model(x[i : i + 1, :n]) for i, n in enumerate(LENGTHS)])
         assert (model(x, lengths) - alone).abs().max() <= 1e-5, readout
 
 
@@ -86,8 +86,11 @@ def test_no_packing_without_lengths(monkeypatch):
     """Fixed-length data never reaches pack_padded_sequence; full lengths give the same logits."""
     torch.manual_seed(0)
     x = torch.rand(3, 6, FEATURES)
-    models = [RNNClassifier(FEATURES, CLASSES, hidden_size=5, readout=r, cell=c)
-              for r in ("last", "final", "mean") for c in ("lstm", "gru")]
+    models = [
+        RNNClassifier(FEATURES, CLASSES, hidden_size=5, readout=r, cell=c)
+        for r in ("last", "final", "mean")
+        for c in ("lstm", "gru")
+    ]
     packed = [m(x, torch.full((3,), 6)) for m in models]
 
     def refuse(*args, **kwargs):
@@ -108,14 +111,16 @@ def test_training_step_and_evaluation_pass_lengths():
     other[junk] = -7.0
     models = [RNNClassifier(FEATURES, CLASSES, hidden_size=5, cell="gru") for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    alone = torch.cat([models[0](x[i: i + 1, :n]) for i, n in enumerate(LENGTHS)]).detach()
+    alone = torch.cat([models[0](x[i : i + 1, :n]) for i, n in enumerate(LENGTHS)]).detach()
     cpu = torch.device("cpu")
 
     result = evaluate(models[0], x, y, 4, cpu, lengths=lengths)
     assert result.predictions.tolist() == alone.argmax(1).tolist()
     assert result.loss == pytest.approx(F.cross_entropy(alone, y).item(), abs=1e-5)
-    losses = [Stepper(m, torch.optim.SGD(m.parameters(), lr=0.5), cpu).step(batch, y, lengths)[0]
-              for m, batch in zip(models, (x, other))]
+    losses = [
+        Stepper(m, torch.optim.SGD(m.parameters(), lr=0.5), cpu).step(batch, y, lengths)[0]
+        for m, batch in zip(models, (x, other))
+    ]
     assert losses[0].item() == pytest.approx(F.cross_entropy(alone, y, reduction="sum").item(), abs=1e-5)
     for p, q in zip(*(m.parameters() for m in models)):
         assert (p - q).abs().max() <= 1e-6

@@ -12,8 +12,15 @@ from birnn.model import RNNClassifier
 @pytest.mark.parametrize("readout", ["last", "final", "mean"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_output_shape(readout, bidirectional, cell):
-    model = RNNClassifier(input_size=8, num_classes=5, hidden_size=6, num_layers=2,
-                          bidirectional=bidirectional, readout=readout, cell=cell)
+    model = RNNClassifier(
+        input_size=8,
+        num_classes=5,
+        hidden_size=6,
+        num_layers=2,
+        bidirectional=bidirectional,
+        readout=readout,
+        cell=cell,
+    )
     assert isinstance(model.rnn, torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)
     assert model(torch.rand(3, 7, 8)).shape == (3, 5)
     assert model.fc.in_features == 6 * (2 if bidirectional else 1)
@@ -42,14 +49,17 @@ def test_a_checkpoint_of_the_lstm_only_model_loads():
     into the default (cell=lstm) model and compute what those weights compute."""
     torch.manual_seed(0)
     lstm, fc = torch.nn.LSTM(8, 6, 2, batch_first=True, bidirectional=True), torch.nn.Linear(12, 5)
-    saved = {**{f"lstm.{k}": v for k, v in lstm.state_dict().items()},
-             **{f"fc.{k}": v for k, v in fc.state_dict().items()}}
+    saved = {
+        **{f"lstm.{k}": v for k, v in lstm.state_dict().items()},
+        **{f"fc.{k}": v for k, v in fc.state_dict().items()},
+    }
     model = RNNClassifier(8, 5, hidden_size=6)
     load_model_state(model, saved, "old.pt")
     x = torch.rand(3, 7, 8)
     torch.testing.assert_close(model(x), fc(lstm(x)[0][:, -1]))
     assert set(RNNClassifier(8, 5, hidden_size=6, cell="gru").state_dict()) == (
-        {f"gru.{k}" for k in torch.nn.GRU(8, 6, 2, bidirectional=True).state_dict()} | {"fc.weight", "fc.bias"})
+        {f"gru.{k}" for k in torch.nn.GRU(8, 6, 2, bidirectional=True).state_dict()} | {"fc.weight", "fc.bias"}
+    )
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

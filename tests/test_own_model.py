@@ -54,9 +54,18 @@ kernel_size: 3
 hidden_size: 16
 """
 WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
-RUN = ["--config-dir", "conf", "model=convgru", "data=digits", "device=cpu", "device.num_threads=1",
-       "trainer.log_images=false", "optimizer.lr=0.01", "trainer.checkpoint_every_n_steps=7",
-       "trainer.log_every_n_steps=5"]
+RUN = [
+    "--config-dir",
+    "conf",
+    "model=convgru",
+    "data=digits",
+    "device=cpu",
+    "device.num_threads=1",
+    "trainer.log_images=false",
+    "optimizer.lr=0.01",
+    "trainer.checkpoint_every_n_steps=7",
+    "trainer.log_every_n_steps=5",
+]
 
 
 def env(*paths: Path) -> dict:
@@ -64,8 +73,9 @@ def env(*paths: Path) -> dict:
 
 
 def birnn(module: str, *args: str, cwd: Path, paths: tuple = (), timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(*paths), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env(*paths), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def metrics_of(run_dir: Path) -> dict:
@@ -93,17 +103,25 @@ def reference(project) -> Path:
 
 def test_own_model_trains_with_its_own_keys(reference):
     state = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
-    assert state["config"]["model"] == {"_target_": "convgru.ConvBiGRU", "channels": 12, "kernel_size": 3,
-                                        "hidden_size": 16}
+    assert state["config"]["model"] == {
+        "_target_": "convgru.ConvBiGRU",
+        "channels": 12,
+        "kernel_size": 3,
+        "hidden_size": 16,
+    }
     assert {k.split(".")[0] for k in state["model"]} == {"conv", "gru", "fc"}
     assert metrics_of(reference)["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
 
 
 def test_own_model_resumes_bit_exactly_after_kill_9(project, reference, tmp_path):
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "birnn.train", *RUN, "trainer.epochs=1000",
-                             f"hydra.run.dir={run_dir}"], cwd=project, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "birnn.train", *RUN, "trainer.epochs=1000", f"hydra.run.dir={run_dir}"],
+        cwd=project,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -124,9 +142,23 @@ def test_own_model_resumes_bit_exactly_after_kill_9(project, reference, tmp_path
 def test_own_model_under_torchrun_with_two_processes(project, reference, tmp_path):
     run_dir = tmp_path / "ddp"
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "birnn.train", *RUN,
-                           "trainer.epochs=4", f"hydra.run.dir={run_dir}"], cwd=project, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "birnn.train",
+            *RUN,
+            "trainer.epochs=4",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=project,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     ddp, single = metrics_of(run_dir), metrics_of(reference)
     assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"] == 60
@@ -146,15 +178,24 @@ def test_own_model_evaluates_and_predicts_from_another_directory_only_when_allow
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "model._target_=convgru.ConvBiGRU cannot be imported" in missing.stderr
 
-    evaluated = birnn("birnn.evaluate", ckpt, "--allow", "convgru", "--out", str(tmp_path / "e.json"), cwd=tmp_path,
-                      paths=(project,))
+    evaluated = birnn(
+        "birnn.evaluate", ckpt, "--allow", "convgru", "--out", str(tmp_path / "e.json"), cwd=tmp_path, paths=(project,)
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "e.json").read_text())["test_accuracy"] == metrics_of(reference)["test_accuracy"]
 
     digits = load_digits()
     np.save(tmp_path / "sample.npy", digits.test_x[0].numpy())
-    predicted = birnn("birnn.predict", ckpt, str(tmp_path / "sample.npy"), "--json", "--allow", "convgru",
-                      cwd=tmp_path, paths=(project,))
+    predicted = birnn(
+        "birnn.predict",
+        ckpt,
+        str(tmp_path / "sample.npy"),
+        "--json",
+        "--allow",
+        "convgru",
+        cwd=tmp_path,
+        paths=(project,),
+    )
     assert predicted.returncode == 0, predicted.stderr
     [result] = json.loads(predicted.stdout)
     assert result["label"] in [str(i) for i in range(10)] and 0.1 <= result["probability"] <= 1
@@ -194,14 +235,16 @@ def recording_factory(input_size, num_classes, **keys):
 
 def test_restoring_passes_stored_keys_as_plain_values():
     """A nested ``_target_`` in a checkpoint's model keys is data: never instantiated at restore time."""
-    cfg = OmegaConf.create({"_target_": "test_own_model.recording_factory",
-                            "inner": {"_target_": "builtins.print", "text": "never"}})
+    cfg = OmegaConf.create(
+        {"_target_": "test_own_model.recording_factory", "inner": {"_target_": "builtins.print", "text": "never"}}
+    )
     model = build_model(cfg, 8, 10, allow=["test_own_model"])
     assert model.keys == {"inner": {"_target_": "builtins.print", "text": "never"}}
     with pytest.raises(BirnnError, match="--allow test_own_model"):
         build_model(cfg, 8, 10, allow=[])
-    assert isinstance(build_model(OmegaConf.create({"_target_": "torch.nn.Identity"}), 8, 10),
-                      torch.nn.Identity)  # training: the user's own config
+    assert isinstance(
+        build_model(OmegaConf.create({"_target_": "torch.nn.Identity"}), 8, 10), torch.nn.Identity
+    )  # training: the user's own config
 
 
 def test_a_factory_that_returns_no_module_is_one_line():

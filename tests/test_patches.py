@@ -17,8 +17,16 @@ from birnn.restore import restore
 from birnn.train import train
 from conftest import make_cfg
 
-FAST = ["data=arrays", "device=cpu", "device.num_threads=1", "model.hidden_size=16", "model.num_layers=1",
-        "model.readout=mean", "trainer.log_images=false", "optimizer.lr=0.01"]
+FAST = [
+    "data=arrays",
+    "device=cpu",
+    "device.num_threads=1",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "model.readout=mean",
+    "trainer.log_images=false",
+    "optimizer.lr=0.01",
+]
 
 
 def test_image_rows_are_a_pixel_series_read_k_at_a_time():
@@ -71,8 +79,9 @@ def patched_run(tmp_path_factory) -> tuple[Path, Path]:
     (xa, ya), (xb, yb) = waves(120, 0), waves(40, 1)
     path = folder / "waves.npz"
     np.savez(path, x_train=xa, y_train=ya, x_test=xb, y_test=yb)
-    cfg = make_cfg(*FAST, f"data.path={path}", "data.normalize=true", "data.patch=4", "trainer.epochs=20",
-                   "data.batch_size=20")
+    cfg = make_cfg(
+        *FAST, f"data.path={path}", "data.normalize=true", "data.patch=4", "trainer.epochs=20", "data.batch_size=20"
+    )
     metrics = train(cfg, folder / "run")
     assert metrics["test_accuracy"] >= 0.9
     return folder / "run", path

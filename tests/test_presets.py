@@ -24,12 +24,15 @@ def test_fast_is_a_step_budget_whatever_the_dataset_size():
     assert make_cfg("experiment=fast", "data=fashion_mnist").trainer.max_steps == 600  # 60,000 / 100: one epoch
 
 
-@pytest.mark.parametrize("problem, patch, steps, features", [
-    ("GunPoint", 12, 13, 12),          # 150 steps, univariate: 13 patches of 12 values (the last zero-filled)
-    ("BasicMotions", 10, 10, 60),      # 100 steps, 6 channels
-    ("ItalyPowerDemand", 1, 24, 1),    # 24 steps: read whole
-    ("JapaneseVowels", 1, 29, 12),     # 7-29 steps, variable length: read whole
-])
+@pytest.mark.parametrize(
+    "problem, patch, steps, features",
+    [
+        ("GunPoint", 12, 13, 12),  # 150 steps, univariate: 13 patches of 12 values (the last zero-filled)
+        ("BasicMotions", 10, 10, 60),  # 100 steps, 6 channels
+        ("ItalyPowerDemand", 1, 24, 1),  # 24 steps: read whole
+        ("JapaneseVowels", 1, 29, 12),  # 7-29 steps, variable length: read whole
+    ],
+)
 def test_uea_preset_decides_from_the_training_split(problem, patch, steps, features):
     pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
     cfg = make_cfg("experiment=uea", f"data.name={problem}", *CPU)

@@ -45,9 +45,13 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     reference = train(make_cfg(*RUN, "trainer.epochs=6"), tmp_path / "reference")
     run_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "birnn.train", *RUN, "trainer.epochs=1000",
-                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "birnn.train", *RUN, "trainer.epochs=1000", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -62,8 +66,9 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Resuming from" in proc.stdout
     resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert {k: v for k, v in resumed.items() if k not in WALL_CLOCK} == \
-        {k: v for k, v in json.loads(json.dumps(reference)).items() if k not in WALL_CLOCK}
+    assert {k: v for k, v in resumed.items() if k not in WALL_CLOCK} == {
+        k: v for k, v in json.loads(json.dumps(reference)).items() if k not in WALL_CLOCK
+    }
     ref_weights = state_of(tmp_path / "reference")["model"]
     for name, tensor in state_of(run_dir)["model"].items():
         assert torch.equal(tensor, ref_weights[name]), name
@@ -209,8 +214,9 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
 
 
 def test_validation_split_best_checkpoint_and_early_stopping(tmp_path):
-    cfg = make_cfg(*RUN, "data.val_size=200", "trainer.epochs=30", "trainer.early_stopping_patience=1",
-                   "optimizer.lr=0.03")
+    cfg = make_cfg(
+        *RUN, "data.val_size=200", "trainer.epochs=30", "trainer.early_stopping_patience=1", "optimizer.lr=0.03"
+    )
     metrics = train(cfg, tmp_path)
     assert "val_accuracy" in metrics and "best_val_accuracy" in metrics
     best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")

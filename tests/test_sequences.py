@@ -14,15 +14,15 @@ from PIL import Image
 
 pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
 
-from birnn import evaluate, predict  # noqa: E402
-from birnn.data import load_data  # noqa: E402
-from birnn.errors import BirnnError  # noqa: E402
-from birnn.figures import misclassified_series_figure  # noqa: E402
-from birnn.loop import EvalResult  # noqa: E402
-from birnn.sequences import bundled_problems, load_uea, read_ts  # noqa: E402
-from birnn.tracking import TensorBoard  # noqa: E402
-from birnn.train import train  # noqa: E402
-from conftest import make_cfg, run_cli  # noqa: E402
+from birnn import evaluate, predict
+from birnn.data import load_data
+from birnn.errors import BirnnError
+from birnn.figures import misclassified_series_figure
+from birnn.loop import EvalResult
+from birnn.sequences import bundled_problems, load_uea, read_ts
+from birnn.tracking import TensorBoard
+from birnn.train import train
+from conftest import make_cfg, run_cli
 
 Series = list[list[float | None]]  # channels x steps; None = a missing value ("?")
 
@@ -32,14 +32,21 @@ def write_ts(path: Path, series: list[Series], labels: list[str]) -> Path:
     channels, lengths = len(series[0]), {len(s[0]) for s in series}
     missing = any(v is None for s in series for ch in s for v in ch)
     header = [
-        "# written by tests/test_sequences.py", "@problemName Tiny", "@timeStamps false",
-        f"@missing {str(missing).lower()}", f"@univariate {str(channels == 1).lower()}", f"@dimensions {channels}",
+        "# written by tests/test_sequences.py",
+        "@problemName Tiny",
+        "@timeStamps false",
+        f"@missing {str(missing).lower()}",
+        f"@univariate {str(channels == 1).lower()}",
+        f"@dimensions {channels}",
         f"@equalLength {str(len(lengths) == 1).lower()}",
         *([f"@seriesLength {lengths.pop()}"] if len(lengths) == 1 else []),
-        f"@classLabel true {' '.join(sorted(set(labels)))}", "@data",
+        f"@classLabel true {' '.join(sorted(set(labels)))}",
+        "@data",
     ]
-    rows = [":".join(",".join("?" if v is None else f"{v:g}" for v in ch) for ch in s) + f":{label}"
-            for s, label in zip(series, labels)]
+    rows = [
+        ":".join(",".join("?" if v is None else f"{v:g}" for v in ch) for ch in s) + f":{label}"
+        for s, label in zip(series, labels)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(header + rows) + "\n")
     return path
@@ -53,8 +60,12 @@ def ramps(n: int, length: int | list[int], seed: int) -> tuple[list[Series], lis
         steps = length if isinstance(length, int) else length[i % len(length)]
         sign = 1 if i % 2 == 0 else -1
         t = np.linspace(0, 1, steps)
-        series.append([list(np.round(sign * t + 0.1 * rng.standard_normal(steps), 3)),
-                       list(np.round(rng.standard_normal(steps), 3))])
+        series.append(
+            [
+                list(np.round(sign * t + 0.1 * rng.standard_normal(steps), 3)),
+                list(np.round(rng.standard_normal(steps), 3)),
+            ]
+        )
         labels.append("Up" if sign > 0 else "Down")
     return series, labels
 
@@ -127,16 +138,25 @@ def test_bundled_problems_need_no_root():
     assert splits.classes == ["badminton", "running", "standing", "walking"]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("unknown_bundled", r"'Nope' not found in the problems bundled with aeon: looked for .*Nope_TRAIN.ts and "
-                        r".*Nope_TEST.ts\. Bundled: .*JapaneseVowels"),
-    ("unknown_root", r"'Nope' not found in data.root=.*: looked for .*/Nope/Nope_TRAIN.ts and .*/Nope/Nope_TEST.ts"),
-    ("no_name", r"data=uea needs a problem: data.name=NAME \(bundled: .*BasicMotions"),
-    ("download", r"data.download=true: birnn does not download archive problems; download the archive from "),
-    ("malformed", r"Bad_TRAIN.ts is not a readable .ts file: Inconsistent number of dimensions in case 2"),
-    ("not_a_number", r"Bad_TRAIN.ts is not a readable .ts file: could not convert string to float: 'abc'"),
-    ("unseen_label", r"Bad_TEST.ts has labels never seen in training: sideways \(training classes: down, up\)"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "unknown_bundled",
+            r"'Nope' not found in the problems bundled with aeon: looked for .*Nope_TRAIN.ts and "
+            r".*Nope_TEST.ts\. Bundled: .*JapaneseVowels",
+        ),
+        (
+            "unknown_root",
+            r"'Nope' not found in data.root=.*: looked for .*/Nope/Nope_TRAIN.ts and .*/Nope/Nope_TEST.ts",
+        ),
+        ("no_name", r"data=uea needs a problem: data.name=NAME \(bundled: .*BasicMotions"),
+        ("download", r"data.download=true: birnn does not download archive problems; download the archive from "),
+        ("malformed", r"Bad_TRAIN.ts is not a readable .ts file: Inconsistent number of dimensions in case 2"),
+        ("not_a_number", r"Bad_TRAIN.ts is not a readable .ts file: could not convert string to float: 'abc'"),
+        ("unseen_label", r"Bad_TEST.ts has labels never seen in training: sideways \(training classes: down, up\)"),
+    ],
+)
 def test_bad_inputs_are_one_clear_line(tmp_path, case, message):
     root, name = str(tmp_path), "Bad"
     train, test = ramps(4, 5, seed=0), ramps(2, 5, seed=1)
@@ -146,8 +166,12 @@ def test_bad_inputs_are_one_clear_line(tmp_path, case, message):
         lines = path.read_text().splitlines()
         lines[-3] = lines[-3].split(":", 1)[1] if case == "malformed" else lines[-3].replace(",", ",abc,", 1)
         path.write_text("\n".join(lines) + "\n")
-    kwargs = {"unknown_bundled": {"name": "Nope"}, "unknown_root": {"root": root, "name": "Nope"}, "no_name": {},
-              "download": {"name": "BasicMotions", "download": True}}.get(case, {"root": root, "name": name})
+    kwargs = {
+        "unknown_bundled": {"name": "Nope"},
+        "unknown_root": {"root": root, "name": "Nope"},
+        "no_name": {},
+        "download": {"name": "BasicMotions", "download": True},
+    }.get(case, {"root": root, "name": name})
     with pytest.raises(BirnnError, match=message) as error:
         load_uea(**kwargs)
     assert "\n" not in str(error.value)
@@ -162,9 +186,20 @@ def test_the_cli_reports_a_missing_problem_in_one_line(tmp_path):
 
 def test_predict_reads_ts_files(tmp_path, capsys):
     root = problem(tmp_path, "Tiny", ramps(40, 8, seed=0), ramps(20, 8, seed=1))
-    cfg = make_cfg("data=uea", "data.name=Tiny", f"data.root={root}", "device=cpu", "device.num_threads=1",
-                   "model.hidden_size=16", "model.num_layers=1", "model.readout=mean", "trainer.epochs=15",
-                   "trainer.log_images=false", "data.batch_size=8", "optimizer.lr=0.01")
+    cfg = make_cfg(
+        "data=uea",
+        "data.name=Tiny",
+        f"data.root={root}",
+        "device=cpu",
+        "device.num_threads=1",
+        "model.hidden_size=16",
+        "model.num_layers=1",
+        "model.readout=mean",
+        "trainer.epochs=15",
+        "trainer.log_images=false",
+        "data.batch_size=8",
+        "optimizer.lr=0.01",
+    )
     metrics = train(cfg, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     spec = torch.load(ckpt, weights_only=True)["data"]
@@ -191,9 +226,21 @@ def test_predict_reads_ts_files(tmp_path, capsys):
 def test_patched_variable_length_model_predicts_and_evaluates_raw_ts_series(tmp_path):
     """data.patch=3 on series of 5-9 steps: predict on the raw .ts file and evaluate both give the run's accuracy."""
     root = problem(tmp_path, "Tiny", ramps(40, [5, 7, 9], seed=0), ramps(21, [6, 8, 9], seed=1))
-    cfg = make_cfg("data=uea", "data.name=Tiny", f"data.root={root}", "data.patch=3", "device=cpu",
-                   "device.num_threads=1", "model.hidden_size=16", "model.num_layers=1", "model.readout=mean",
-                   "trainer.epochs=15", "trainer.log_images=false", "data.batch_size=8", "optimizer.lr=0.01")
+    cfg = make_cfg(
+        "data=uea",
+        "data.name=Tiny",
+        f"data.root={root}",
+        "data.patch=3",
+        "device=cpu",
+        "device.num_threads=1",
+        "model.hidden_size=16",
+        "model.num_layers=1",
+        "model.readout=mean",
+        "trainer.epochs=15",
+        "trainer.log_images=false",
+        "data.batch_size=8",
+        "optimizer.lr=0.01",
+    )
     metrics = train(cfg, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     spec = torch.load(ckpt, weights_only=True)["data"]
@@ -209,8 +256,12 @@ def test_misclassified_series_picture(tmp_path):
     figure = misclassified_series_figure(series, ["a", "b", "a", "c"], ["b", "a", "c", "a"], total=10)
     visible = [ax for ax in figure.axes if ax.axison]
     assert len(visible) == 4 and len(figure.axes) == 6  # a 2 x 3 grid, two empty panels hidden
-    assert [ax.get_title() for ax in visible] == ["true a \u2192 predicted b", "true b \u2192 predicted a",
-                                                  "true a \u2192 predicted c", "true c \u2192 predicted a"]
+    assert [ax.get_title() for ax in visible] == [
+        "true a \u2192 predicted b",
+        "true b \u2192 predicted a",
+        "true a \u2192 predicted c",
+        "true c \u2192 predicted a",
+    ]
     assert [len(ax.lines) for ax in visible] == [3] * 4  # one line per channel
     assert [len(ax.lines[0].get_xdata()) for ax in visible] == [5, 9, 7, 4]
 
@@ -220,8 +271,16 @@ def test_misclassified_series_picture(tmp_path):
     x = torch.zeros(3, 9, 3)
     y, pred = torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1])
     tracker = TensorBoard(tmp_path, images=True)
-    tracker.evaluation(7, "test", EvalResult(loss=0.5, accuracy=2 / 3, predictions=pred), x, y, ["p", "q"],
-                       kind="series", lengths=torch.tensor([9, 4, 6]))
+    tracker.evaluation(
+        7,
+        "test",
+        EvalResult(loss=0.5, accuracy=2 / 3, predictions=pred),
+        x,
+        y,
+        ["p", "q"],
+        kind="series",
+        lengths=torch.tensor([9, 4, 6]),
+    )
     tracker.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from birnn.device import cpu_bf16_recurrence
 from birnn.errors import BirnnError
 from birnn.schedule import build_scheduler
-from birnn.device import cpu_bf16_recurrence
 from birnn.train import train
 from conftest import FAST, make_cfg
 
@@ -53,8 +53,9 @@ def old_cosine_factor(step, total_steps, warmup_steps, min_lr_ratio):
 @pytest.mark.parametrize("total,warmup,floor", [(110, 10, 0.1), (50, 0, 0.0), (20, 1, 0.5), (30, 40, 0.0)])
 def test_cosine_on_torchs_schedulers_computes_the_old_formula(total, warmup, floor):
     seen = lrs(["scheduler=cosine", f"scheduler.warmup_steps={warmup}", f"scheduler.min_lr_ratio={floor}"], total)
-    assert seen == pytest.approx([0.01 * old_cosine_factor(s, total, warmup, floor) for s in range(total)],
-                                 rel=1e-12, abs=1e-15)
+    assert seen == pytest.approx(
+        [0.01 * old_cosine_factor(s, total, warmup, floor) for s in range(total)], rel=1e-12, abs=1e-15
+    )
 
 
 def test_bad_schedule_values_are_one_line():
@@ -90,5 +91,9 @@ def test_presets_compose(preset):
     if preset == "tutorial":
         assert cfg == make_cfg()
     else:
-        assert cfg.trainer.precision == "bf16" and cfg.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR" and cfg.model.readout == "final"
+        assert (
+            cfg.trainer.precision == "bf16"
+            and cfg.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
+            and cfg.model.readout == "final"
+        )
         assert make_cfg(f"experiment={preset}", "data=digits").data._target_ == "birnn.data.load_digits"

@@ -41,10 +41,19 @@ def by_state(study: optuna.Study, state: TrialState) -> list:
 
 # --- selection on validation -------------------------------------------------------------------------------
 
+
 def test_test_on_best_scores_the_best_val_checkpoint_once(tmp_path):
     run = tmp_path / "run"
-    proc = run_cli(*FAST, "trainer.epochs=4", "data.val_size=300", "optimizer.lr=0.03", "trainer.test_on=best",
-                   "trainer.test_every_epoch=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli(
+        *FAST,
+        "trainer.epochs=4",
+        "data.val_size=300",
+        "optimizer.lr=0.03",
+        "trainer.test_on=best",
+        "trainer.test_every_epoch=false",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     m = metrics(run)
     assert all("test_accuracy" not in e for e in m["history"])  # no per-epoch test pass
@@ -58,8 +67,9 @@ def test_test_on_best_scores_the_best_val_checkpoint_once(tmp_path):
 def test_a_single_run_scores_test_every_epoch_and_a_multirun_does_not(tmp_path):
     cfg = make_cfg(*FAST)
     assert cfg.trainer.test_every_epoch is None and cfg.trainer.test_on == "last"
-    proc = run_cli("-m", *FAST, "trainer.epochs=2", "optimizer.lr=0.01", f"hydra.sweep.dir={tmp_path / 's'}",
-                   cwd=tmp_path)
+    proc = run_cli(
+        "-m", *FAST, "trainer.epochs=2", "optimizer.lr=0.01", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     m = metrics(tmp_path / "s" / "0")
     assert [sorted(e) for e in m["history"]] == [["epoch", "step", "val_accuracy", "val_loss"]] * 2
@@ -67,18 +77,22 @@ def test_a_single_run_scores_test_every_epoch_and_a_multirun_does_not(tmp_path):
     assert "holding out data.val_fraction=0.1" in (tmp_path / "s" / "0" / "train.log").read_text()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (("trainer.test_on=best",), "trainer.test_on=best needs a validation split"),
-    (("data.folds=5", "data.val_size=100"), "data.folds and data.val_size/data.val_fraction exclude each other"),
-    (("data.folds=5", "data.fold=5"), "data.fold must be in [0, data.folds)"),
-    (("data.folds=1",), "data.folds must be 0 (off) or > 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("trainer.test_on=best",), "trainer.test_on=best needs a validation split"),
+        (("data.folds=5", "data.val_size=100"), "data.folds and data.val_size/data.val_fraction exclude each other"),
+        (("data.folds=5", "data.fold=5"), "data.fold must be in [0, data.folds)"),
+        (("data.folds=1",), "data.folds must be 0 (off) or > 1"),
+    ],
+)
 def test_bad_selection_settings_are_refused(overrides, message):
     with pytest.raises(BirnnError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         validate(make_cfg(*FAST, *overrides))
 
 
 # --- cross-validation --------------------------------------------------------------------------------------
+
 
 def test_stratified_folds_are_disjoint_and_cover_the_training_split():
     train_y = load_digits().train_y
@@ -109,14 +123,23 @@ def test_five_fold_cv_on_digits_gives_mean_and_std_over_folds(tmp_path):
 
 # --- the search --------------------------------------------------------------------------------------------
 
+
 def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
     study_dir = tmp_path / "study"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     args = search_args(study_dir, "search.n_trials=8", "search.heartbeat_interval_s=2", "search.heartbeat_grace_s=20")
     # worker 0 first creates the study; worker 1 joins it a moment later
-    workers = [subprocess.Popen([sys.executable, "-m", "birnn.search", *args, f"search.worker={i}"], cwd=tmp_path,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in (0, 1)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "birnn.search", *args, f"search.worker={i}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     study = load(study_dir)
@@ -135,12 +158,25 @@ def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
 
 def test_kill_9_of_the_driver_then_the_same_command_finishes_the_study(tmp_path):
     study_dir = tmp_path / "study"
-    args = [*FAST, "trainer.epochs=6", "data.batch_size=20", TINY_SPACE, "search.pruner=none",
-            f"search.dir={study_dir}", "search.n_trials=3", "search.heartbeat_interval_s=1",
-            "search.heartbeat_grace_s=2"]
+    args = [
+        *FAST,
+        "trainer.epochs=6",
+        "data.batch_size=20",
+        TINY_SPACE,
+        "search.pruner=none",
+        f"search.dir={study_dir}",
+        "search.n_trials=3",
+        "search.heartbeat_interval_s=1",
+        "search.heartbeat_grace_s=2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    driver = subprocess.Popen([sys.executable, "-m", "birnn.search", *args], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "birnn.search", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = study_dir / "trials" / "1" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and driver.poll() is None and time.monotonic() < deadline:
@@ -162,7 +198,8 @@ def test_kill_9_of_the_driver_then_the_same_command_finishes_the_study(tmp_path)
     [retry] = [t for t in complete if t.system_attrs.get("failed_trial") == 1]
     assert retry.params == dead.params and retry.user_attrs["run_dir"] == str(study_dir / "trials" / "1")
     assert sorted(p.name for p in (study_dir / "trials").iterdir()) == sorted(
-        {Path(t.user_attrs["run_dir"]).name for t in complete})  # the retry used trial 1's own run dir
+        {Path(t.user_attrs["run_dir"]).name for t in complete}
+    )  # the retry used trial 1's own run dir
     log = (study_dir / "trials" / "1" / "train.log").read_text()
     assert f"Trial {retry.number} continues trial 1 from its checkpoint" in log and "Resuming from" in log
     assert metrics(study_dir / "trials" / "1")["epochs"] == 6
@@ -171,9 +208,18 @@ def test_kill_9_of_the_driver_then_the_same_command_finishes_the_study(tmp_path)
 def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
     study_dir = tmp_path / "study"
     poor = "search.params={optimizer.lr:'choice(0.03,0.00001)',model.hidden_size:null,data.batch_size:null}"
-    proc = run_cli(*FAST, "trainer.epochs=4", poor, "search.pruner=median",
-                   "search.pruners.median={n_startup_trials:1,n_warmup_steps:0}", "search.n_trials=6",
-                   f"search.dir={study_dir}", cwd=tmp_path, module="birnn.search", timeout=300)
+    proc = run_cli(
+        *FAST,
+        "trainer.epochs=4",
+        poor,
+        "search.pruner=median",
+        "search.pruners.median={n_startup_trials:1,n_warmup_steps:0}",
+        "search.n_trials=6",
+        f"search.dir={study_dir}",
+        cwd=tmp_path,
+        module="birnn.search",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     study = load(study_dir)
     pruned = by_state(study, TrialState.PRUNED)
@@ -190,8 +236,9 @@ def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
 def test_one_worker_on_a_fresh_storage_samples_the_same_trials(tmp_path):
     params = []
     for name in ("a", "b"):
-        proc = run_cli(*search_args(tmp_path / name, "search.n_trials=2", "trainer.epochs=1"), cwd=tmp_path,
-                       module="birnn.search")
+        proc = run_cli(
+            *search_args(tmp_path / name, "search.n_trials=2", "trainer.epochs=1"), cwd=tmp_path, module="birnn.search"
+        )
         assert proc.returncode == 0, proc.stderr
         params.append([t.params for t in load(tmp_path / name).get_trials()])
     assert params[0] == params[1] and params[0][0] != params[0][1]
@@ -199,17 +246,24 @@ def test_one_worker_on_a_fresh_storage_samples_the_same_trials(tmp_path):
 
 def test_bad_search_input_is_one_clear_line_and_loses_nothing(tmp_path):
     study_dir = tmp_path / "study"
-    proc = run_cli(*search_args(study_dir, "search.n_trials=1", "trainer.epochs=1"), cwd=tmp_path,
-                   module="birnn.search")
+    proc = run_cli(
+        *search_args(study_dir, "search.n_trials=1", "trainer.epochs=1"), cwd=tmp_path, module="birnn.search"
+    )
     assert proc.returncode == 0, proc.stderr
     before = (study_dir / "study.db").read_bytes()
     cases = [
-        (search_args(study_dir, "search.n_trials=1", "search.params={model.hiddn:'choice(8,16)'}"),
-         "search.params.model.hiddn is not a config key"),
-        (search_args(study_dir, "search.n_trials=1", "search.params={optimizer.lr:'choice(0.01,0.02)'}"),
-         "was created with a different search space"),
-        (search_args(tmp_path / "other", "search.storage=sqlite:////nonexistent/dir/s.db"),
-         "Cannot open the study storage sqlite:////nonexistent/dir/s.db"),
+        (
+            search_args(study_dir, "search.n_trials=1", "search.params={model.hiddn:'choice(8,16)'}"),
+            "search.params.model.hiddn is not a config key",
+        ),
+        (
+            search_args(study_dir, "search.n_trials=1", "search.params={optimizer.lr:'choice(0.01,0.02)'}"),
+            "was created with a different search space",
+        ),
+        (
+            search_args(tmp_path / "other", "search.storage=sqlite:////nonexistent/dir/s.db"),
+            "Cannot open the study storage sqlite:////nonexistent/dir/s.db",
+        ),
     ]
     for args, message in cases:
         proc = run_cli(*args, cwd=tmp_path, module="birnn.search")

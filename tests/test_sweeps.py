@@ -45,8 +45,9 @@ def metrics(run_dir: Path) -> dict:
 def lr_sweep(tmp_path_factory) -> Path:
     """The card's learning-rate sweep preset (three jobs, no -m) on digits, each job a submitit_local process."""
     tmp = tmp_path_factory.mktemp("lr")
-    proc = run_cli("experiment=sweep_lr", "hydra/launcher=submitit_local", *TINY, f"hydra.sweep.dir={tmp / 'sweep'}",
-                   cwd=tmp)
+    proc = run_cli(
+        "experiment=sweep_lr", "hydra/launcher=submitit_local", *TINY, f"hydra.sweep.dir={tmp / 'sweep'}", cwd=tmp
+    )
     assert proc.returncode == 0, proc.stderr
     return tmp / "sweep"
 
@@ -59,15 +60,34 @@ def seed_sweep(tmp_path_factory) -> tuple[Path, object]:
     """
     tmp = tmp_path_factory.mktemp("seeds")
     no_threads = [a for a in FAST if not a.startswith("device.num_threads")]
-    proc = run_cli("-m", "optimizer.lr=0.01,-1", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                   *no_threads, "trainer.max_steps=4", f"hydra.sweep.dir={tmp / 'sweep'}", cwd=tmp)
+    proc = run_cli(
+        "-m",
+        "optimizer.lr=0.01,-1",
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *no_threads,
+        "trainer.max_steps=4",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+        cwd=tmp,
+    )
     return tmp / "sweep", proc
 
 
 def test_sweep_summary_csv_matches_every_job(lr_sweep):
     rows = read_csv(lr_sweep / "summary.csv")
-    assert list(rows[0]) == ["job", "status", "error", "optimizer.lr", "test_accuracy", "test_loss", "train_seconds",
-                             "val_accuracy", "best_val_accuracy", "ranked_on"]
+    assert list(rows[0]) == [
+        "job",
+        "status",
+        "error",
+        "optimizer.lr",
+        "test_accuracy",
+        "test_loss",
+        "train_seconds",
+        "val_accuracy",
+        "best_val_accuracy",
+        "ranked_on",
+    ]
     assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
     assert {r["ranked_on"] for r in rows} == {"best_val_accuracy"}  # the card's sweep ranks on validation
     ranked = [float(r["best_val_accuracy"]) for r in rows]
@@ -82,8 +102,10 @@ def test_sweep_summary_csv_matches_every_job(lr_sweep):
     assert lrs == {"0": 1e-3, "1": 3e-3, "2": 1e-2}
     md = (lr_sweep / "summary.md").read_text()
     assert "Ranked on best_val_accuracy; † test scores are reported, not used for selection." in md
-    assert ("| job | status | error | optimizer.lr | test_accuracy † | test_loss † | train_seconds | val_accuracy | "
-            "best_val_accuracy |") in md
+    assert (
+        "| job | status | error | optimizer.lr | test_accuracy † | test_loss † | train_seconds | val_accuracy | "
+        "best_val_accuracy |"
+    ) in md
     best = rows[0]
     assert f"| {best['job']} | completed |  | {best['optimizer.lr']} | {float(best['test_accuracy']):.4f} |" in md
     assert "Mean ± std over seeds" not in md
@@ -103,8 +125,9 @@ def test_event_files_hold_hparams_with_final_metrics(lr_sweep):
         assert hparams["model.hidden_size"].number_value == 16
         assert hparams["data._target_"].string_value == "birnn.data.load_digits"
         final = events.Scalars("hparams/test_accuracy")
-        assert [(e.step, e.value) for e in final] == [(metrics(run_dir)["steps"], pytest.approx(metrics(run_dir)[
-            "test_accuracy"]))]
+        assert [(e.step, e.value) for e in final] == [
+            (metrics(run_dir)["steps"], pytest.approx(metrics(run_dir)["test_accuracy"]))
+        ]
 
 
 def test_report_cli_rebuilds_the_summary_without_creating_run_dirs(lr_sweep, tmp_path, monkeypatch, capsys):
@@ -141,8 +164,10 @@ def test_failed_jobs_are_marked_and_the_others_summarized(seed_sweep):
         assert by_job[job]["error"] == "BirnnError: Invalid config: optimizer.lr must be a finite number > 0, got -1.0"
         assert not (sweep / job / "metrics.json").exists()
     assert json.loads((sweep / "2" / "status.json").read_text())["status"] == "failed"
-    assert "| 2 | failed | BirnnError: Invalid config: optimizer.lr must be a finite number > 0, got -1.0 | -1 | 0 |" in \
-        (sweep / "summary.md").read_text()
+    assert (
+        "| 2 | failed | BirnnError: Invalid config: optimizer.lr must be a finite number > 0, got -1.0 | -1 | 0 |"
+        in (sweep / "summary.md").read_text()
+    )
 
 
 def test_seed_sweep_gets_mean_and_std_over_seeds(seed_sweep):
@@ -152,8 +177,10 @@ def test_seed_sweep_gets_mean_and_std_over_seeds(seed_sweep):
     md = (sweep / "summary.md").read_text()
     means = md.split("Mean ± std over seeds:")[1]
     assert "| optimizer.lr | seeds | test_accuracy † | test_loss † | train_seconds |" in means
-    assert (f"| 0.01 | 2 | {statistics.fmean(accuracies):.4f} ± {statistics.stdev(accuracies):.4f} | "
-            f"{statistics.fmean(losses):.4f} ± {statistics.stdev(losses):.4f} |") in means
+    assert (
+        f"| 0.01 | 2 | {statistics.fmean(accuracies):.4f} ± {statistics.stdev(accuracies):.4f} | "
+        f"{statistics.fmean(losses):.4f} ± {statistics.stdev(losses):.4f} |"
+    ) in means
     assert "| -1 |" not in means  # no completed seed to average
 
 
@@ -167,8 +194,9 @@ def test_joblib_launcher_shares_the_cores_between_parallel_jobs(seed_sweep):
 def test_threads_per_job_follows_the_joblib_launcher():
     try:
         for n_jobs, expected in ((-1, 1), (1, CORES), (10**6, 1)):
-            HydraConfig.instance().set_config(compose_with_hydra("hydra/launcher=joblib",
-                                                                  f"hydra.launcher.n_jobs={n_jobs}"))
+            HydraConfig.instance().set_config(
+                compose_with_hydra("hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}")
+            )
             assert threads_per_job() == expected
         HydraConfig.instance().set_config(compose_with_hydra())
         assert threads_per_job() is None  # the basic launcher runs one job at a time
@@ -186,8 +214,12 @@ def test_submitit_local_ran_each_job_as_its_own_process(lr_sweep):
 def test_slurm_launcher_config_documents_the_cluster_keys():
     launcher = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.cpus_per_task) == \
-        ("gpu", 240, 1, 8)
+    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.cpus_per_task) == (
+        "gpu",
+        240,
+        1,
+        8,
+    )
     assert launcher.max_num_timeout > 0  # a timed-out job is requeued (and resumes in place)
 
 

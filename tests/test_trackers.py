@@ -43,8 +43,12 @@ def test_a_failing_tracker_costs_one_warning_never_the_run(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="birnn.train"):
         metrics = train(cfg, tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [("Tracker broken failed (ConnectionError: server down); it is off for the rest of this run "
-                         "(metrics.json and the checkpoints are unaffected).")]
+    assert warnings == [
+        (
+            "Tracker broken failed (ConnectionError: server down); it is off for the rest of this run "
+            "(metrics.json and the checkpoints are unaffected)."
+        )
+    ]
     assert metrics["steps"] == 4 and (tmp_path / "metrics.json").is_file()
     assert list(tmp_path.glob("events.out.tfevents.*"))  # the other tracker (tensorboard) carried on
 
@@ -57,6 +61,7 @@ def test_trackers_are_built_from_the_group_options():
 
 # --- MLflow ---------------------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,8 +71,9 @@ def free_port() -> int:
 def rest(url: str, endpoint: str, body: dict | None = None) -> dict:
     """MLflow's REST API: POST ``body`` as JSON, or GET without one."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{endpoint}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{endpoint}", data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -77,9 +83,25 @@ def mlflow_server(tmp_path):
     pytest.importorskip("mlflow")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -96,8 +118,16 @@ def mlflow_server(tmp_path):
 def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_warning(mlflow_server, tmp_path):
     url, server = mlflow_server
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", *RUN, "optimizer.lr=0.003,0.01", "tracker=mlflow", f"tracker.mlflow.tracking_uri={url}",
-                   f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "-m",
+        *RUN,
+        "optimizer.lr=0.003,0.01",
+        "tracker=mlflow",
+        f"tracker.mlflow.tracking_uri={url}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Tracker mlflow failed" not in proc.stdout + proc.stderr
 
@@ -121,13 +151,21 @@ def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_
         assert run["info"]["status"] == "FINISHED"
         assert Path(run_dir, "mlflow_run.json").is_file()
     assert {p["value"] for c in children.values() for p in c["data"]["params"] if p["key"] == "optimizer.lr"} == {
-        "0.003", "0.01"}
+        "0.003",
+        "0.01",
+    }
 
     server.terminate()
     server.wait(timeout=30)
     run_dir = tmp_path / "down"
-    proc = run_cli(*RUN, "tracker=mlflow", f"tracker.mlflow.tracking_uri={url}", f"hydra.run.dir={run_dir}",
-                   cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        *RUN,
+        "tracker=mlflow",
+        f"tracker.mlflow.tracking_uri={url}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
     assert output.count("WARNING") == 1 and "Tracker mlflow failed" in output
@@ -137,8 +175,17 @@ def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_
 def test_parallel_jobs_share_the_default_sqlite_store(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    proc = run_cli("-m", *RUN, "seed=0,1,2", "tracker=mlflow", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "-m",
+        *RUN,
+        "seed=0,1,2",
+        "tracker=mlflow",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=3",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Tracker mlflow failed" not in proc.stdout + proc.stderr and "database is locked" not in proc.stderr
     from mlflow.tracking import MlflowClient
@@ -148,8 +195,11 @@ def test_parallel_jobs_share_the_default_sqlite_store(tmp_path, monkeypatch):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 4 and len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
     assert {r.data.params["seed"] for r in children} == {"0", "1", "2"}
-    assert all(r.data.metrics["test_accuracy"] == json.loads(
-        (Path(r.data.tags["birnn.run_dir"]) / "metrics.json").read_text())["test_accuracy"] for r in children)
+    assert all(
+        r.data.metrics["test_accuracy"]
+        == json.loads((Path(r.data.tags["birnn.run_dir"]) / "metrics.json").read_text())["test_accuracy"]
+        for r in children
+    )
 
 
 def test_a_resumed_run_continues_its_own_mlflow_run(tmp_path):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from birnn import checkpoint
@@ -13,7 +14,6 @@ from birnn.loop import evaluate
 from birnn.model import build_model
 from birnn.train import train
 from conftest import FAST, make_cfg, run_cli
-from omegaconf import OmegaConf
 
 RUN = [*FAST, "trainer.epochs=3"]
 
@@ -33,8 +33,17 @@ def test_run_dir_holds_every_artifact(cli_run):
     log = (cli_run / "train.log").read_text()
     assert "Epoch [1/3], Step [5/15], Loss: " in log
     metrics = json.loads((cli_run / "metrics.json").read_text())
-    for key in ("test_accuracy", "test_loss", "epochs", "steps", "train_seconds", "train_samples_per_second",
-                "birnn_version", "torch_version", "git_commit"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "epochs",
+        "steps",
+        "train_seconds",
+        "train_samples_per_second",
+        "birnn_version",
+        "torch_version",
+        "git_commit",
+    ):
         assert key in metrics
     assert metrics["epochs"] == 3 and metrics["steps"] == 45 and 0 < metrics["test_accuracy"] <= 1
     state = torch.load(cli_run / "checkpoints" / "last.pt", weights_only=True)
@@ -80,10 +89,16 @@ def test_two_job_multirun_and_relaunch_skips_finished_jobs(tmp_path):
     assert (sweep / "0" / ".hydra" / "resume-1" / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["data=digits", "model.hidden_size=-1"], "model.hidden_size must be in 1..65536"),  # checked where the model is built
-    (["data=mnist", "data.download=false", "data.root=empty"], "MNIST is not in"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["data=digits", "model.hidden_size=-1"],
+            "model.hidden_size must be in 1..65536",
+        ),  # checked where the model is built
+        (["data=mnist", "data.download=false", "data.root=empty"], "MNIST is not in"),
+    ],
+)
 def test_bad_input_exits_nonzero_without_traceback(tmp_path, args, message):
     proc = run_cli(*args, "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode != 0

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from birnn import checkpoint, run as run_module
+from birnn import checkpoint
+from birnn import run as run_module
 from birnn.errors import BirnnError
 from birnn.loop import Stepper
 from birnn.train import train
@@ -49,9 +50,12 @@ def crafted(trained: Path, folder: Path, keep_spec: bool) -> tuple[Path, Path]:
     state = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
     state.pop("checksum")
     state["config"]["data"] = {
-        **state["config"]["data"], "_target_": "hydra.utils.instantiate",
-        "config": {"_target_": "builtins.dict",
-                   "payload": {"_target_": "torch.load", "f": str(payload), "weights_only": False}},
+        **state["config"]["data"],
+        "_target_": "hydra.utils.instantiate",
+        "config": {
+            "_target_": "builtins.dict",
+            "payload": {"_target_": "torch.load", "f": str(payload), "weights_only": False},
+        },
     }
     if not keep_spec:
         del state["data"]
@@ -60,22 +64,29 @@ def crafted(trained: Path, folder: Path, keep_spec: bool) -> tuple[Path, Path]:
     return path, marker
 
 
-@pytest.mark.parametrize("command, keep_spec", [
-    ("birnn.evaluate", True), ("birnn.predict", False), ("birnn.export", False)])
+@pytest.mark.parametrize(
+    "command, keep_spec", [("birnn.evaluate", True), ("birnn.predict", False), ("birnn.export", False)]
+)
 def test_a_crafted_checkpoint_runs_no_code(trained, tmp_path, command, keep_spec):
     evil, marker = crafted(trained, tmp_path, keep_spec)
     np_input = tmp_path / "x.npy"
     __import__("numpy").save(np_input, __import__("numpy").zeros((8, 8), dtype="float32"))
-    args = {"birnn.evaluate": [str(evil)], "birnn.predict": [str(evil), str(np_input)],
-            "birnn.export": [str(evil), "--format", "pt2"]}[command]
+    args = {
+        "birnn.evaluate": [str(evil)],
+        "birnn.predict": [str(evil), str(np_input)],
+        "birnn.export": [str(evil), "--format", "pt2"],
+    }[command]
     proc = run_cli(*args, cwd=tmp_path, module=command)
     assert proc.returncode == 2, proc.stderr
     assert not marker.exists()
     assert "hydra.utils.instantiate, which is not part of birnn" in proc.stderr
     assert "--allow hydra.utils" in proc.stderr and "Traceback" not in proc.stderr
     # the user can name a loader on the command line, and then it is theirs: still no marker from the payload
-    named = run_cli(str(evil), "data._target_=birnn.data.load_digits", cwd=tmp_path, module="birnn.evaluate") \
-        if command == "birnn.evaluate" else None
+    named = (
+        run_cli(str(evil), "data._target_=birnn.data.load_digits", cwd=tmp_path, module="birnn.evaluate")
+        if command == "birnn.evaluate"
+        else None
+    )
     if named is not None:
         assert not marker.exists()
 
@@ -92,6 +103,7 @@ def test_allowed_modules_and_builtins():
 
 def test_killed_before_metrics_json_the_rerun_finishes_the_records(tmp_path, monkeypatch):
     """Killed (here: the disk full) between the final checkpoint and metrics.json: the rerun writes it."""
+
     def full_disk(run_dir, metrics):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -114,8 +126,14 @@ def test_killed_before_metrics_json_the_rerun_finishes_the_records(tmp_path, mon
 
 def _start(run_dir: Path, cwd: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "birnn.train", *RUN, *extra, f"hydra.run.dir={run_dir}"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "birnn.train", *RUN, *extra, f"hydra.run.dir={run_dir}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_second_run_on_a_busy_run_dir_is_refused_and_a_dead_one_leaves_no_lock(tmp_path):
@@ -149,9 +167,22 @@ def test_two_runs_started_together_on_one_dir_one_is_refused(tmp_path):
 def test_a_second_sweep_on_a_busy_sweep_dir_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "birnn.train", "-m", *FAST, "trainer.epochs=1000",
-                              "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "birnn.train",
+            "-m",
+            *FAST,
+            "trainer.epochs=1000",
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (sweep / "0" / "checkpoints").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -162,8 +193,7 @@ def test_a_second_sweep_on_a_busy_sweep_dir_is_refused(tmp_path):
 
 
 def test_refused_runs_leave_nothing(tmp_path):
-    for bad in ("optimizer.lr=0", "device=cuda" if not torch.cuda.is_available() else "optimizer.lr=-1",
-                "data=mnist"):
+    for bad in ("optimizer.lr=0", "device=cuda" if not torch.cuda.is_available() else "optimizer.lr=-1", "data=mnist"):
         proc = run_cli(*RUN, bad, "data.download=false" if bad == "data=mnist" else "seed=0", cwd=tmp_path)
         assert proc.returncode != 0
     assert not (tmp_path / "outputs").exists()
@@ -181,10 +211,10 @@ def _zero_inside_the_largest_tensor(path: Path) -> None:
     with zipfile.ZipFile(path) as z:
         info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     raw = bytearray(path.read_bytes())
-    name_len = int.from_bytes(raw[info.header_offset + 26: info.header_offset + 28], "little")
-    extra_len = int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30], "little")
+    name_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
     start = info.header_offset + 30 + name_len + extra_len
-    raw[start + 64: start + 64 + 4096] = bytes(4096)
+    raw[start + 64 : start + 64 + 4096] = bytes(4096)
     path.write_bytes(bytes(raw))
 
 
@@ -204,10 +234,12 @@ def test_a_flipped_block_inside_the_tensors_falls_back_to_previous(tmp_path, cap
 def test_non_finite_learning_rates_and_absurd_values_are_refused():
     from birnn.config import validate
 
-    for bad, message in (("optimizer.lr=inf", "optimizer.lr must be a finite number > 0"),
-                         ("optimizer.lr=nan", "optimizer.lr must be a finite number > 0"),
-                         ("device.num_threads=100000", "device.num_threads must be"),
-                         ("seed=100000000000000000000000", "seed must be")):
+    for bad, message in (
+        ("optimizer.lr=inf", "optimizer.lr must be a finite number > 0"),
+        ("optimizer.lr=nan", "optimizer.lr must be a finite number > 0"),
+        ("device.num_threads=100000", "device.num_threads must be"),
+        ("seed=100000000000000000000000", "seed must be"),
+    ):
         try:
             cfg = make_cfg(*FAST, bad)
         except Exception as e:  # an int beyond 64 bits may already fail composition: then say so clearly

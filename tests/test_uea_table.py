@@ -11,8 +11,8 @@ import torch
 
 pytest.importorskip("aeon", reason="the archive table needs the timeseries extra")
 
-from birnn.data import Splits  # noqa: E402
-from birnn.sequences import load_uea  # noqa: E402
+from birnn.data import Splits
+from birnn.sequences import load_uea
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "uea_table.py"
 spec = importlib.util.spec_from_file_location("uea_table", SCRIPT)
@@ -75,19 +75,47 @@ def test_rerun_compares_variable_length_series_at_their_own_lengths():
     train_x, train_lengths = ramps([5, 6, 30, 31], [True, True, False, False])
     test_x, test_lengths = ramps([30, 31, 5, 6], [True, True, False, False])
     labels = torch.tensor([0, 0, 1, 1])
-    splits = Splits(train_x=train_x, train_y=labels, test_x=test_x, test_y=labels, classes=["up", "down"],
-                    train_lengths=train_lengths, test_lengths=test_lengths, kind="series")
+    splits = Splits(
+        train_x=train_x,
+        train_y=labels,
+        test_x=test_x,
+        test_y=labels,
+        classes=["up", "down"],
+        train_lengths=train_lengths,
+        test_lengths=test_lengths,
+        kind="series",
+    )
     here = uea_table.baselines(splits, kernels=100)
     assert here["1-NN DTW, here"] == 1.0  # 0.75 when the padded series are compared
     assert set(here) == {"1-NN DTW, here", "ROCKET, here"}  # ROCKET, which refuses unequal lengths, got padded ones
 
 
 def test_table_puts_published_and_rerun_columns_beside_birnn_and_lists_sources():
-    rows = [{"problem": "A", "channels": 2, "lengths": "3-9", "train": 4, "test": 5, "classes": 2,
-             "accuracies": [0.5, 0.7], "seconds": [1.0, 3.0], "epochs": 7,
-             "baselines": {"1-NN DTW, here": 0.25, "ROCKET, here": 1.0}},
-            {"problem": "B", "channels": 1, "lengths": "9", "train": 4, "test": 5, "classes": 3,
-             "accuracies": [0.9], "seconds": [2.0], "epochs": 7}]
+    rows = [
+        {
+            "problem": "A",
+            "channels": 2,
+            "lengths": "3-9",
+            "train": 4,
+            "test": 5,
+            "classes": 2,
+            "accuracies": [0.5, 0.7],
+            "seconds": [1.0, 3.0],
+            "epochs": 7,
+            "baselines": {"1-NN DTW, here": 0.25, "ROCKET, here": 1.0},
+        },
+        {
+            "problem": "B",
+            "channels": 1,
+            "lengths": "9",
+            "train": 4,
+            "test": 5,
+            "classes": 3,
+            "accuracies": [0.9],
+            "seconds": [2.0],
+            "epochs": 7,
+        },
+    ]
     published = {("B", "ROCKET, published"): 0.875}
     sources = {("ROCKET, published", "Paper X"): ["B"]}
     lines = uea_table.table(rows, published, sources).splitlines()
@@ -98,10 +126,25 @@ def test_table_puts_published_and_rerun_columns_beside_birnn_and_lists_sources()
 
 
 def test_gap_columns_are_birnn_minus_the_method_in_points():
-    rows = [{"problem": "B", "channels": 1, "lengths": "9", "train": 4, "test": 5, "classes": 3,
-             "accuracies": [0.9, 0.8], "seconds": [2.0, 2.0], "epochs": 7}]
+    rows = [
+        {
+            "problem": "B",
+            "channels": 1,
+            "lengths": "9",
+            "train": 4,
+            "test": 5,
+            "classes": 3,
+            "accuracies": [0.9, 0.8],
+            "seconds": [2.0, 2.0],
+            "epochs": 7,
+        }
+    ]
     published = {("B", "ROCKET, published"): 0.875}
-    lines = uea_table.table(rows, published, {("ROCKET, published", "Paper X"): ["B"]},
-                            versus=("ROCKET, published", "InceptionTime, published")).splitlines()
+    lines = uea_table.table(
+        rows,
+        published,
+        {("ROCKET, published", "Paper X"): ["B"]},
+        versus=("ROCKET, published", "InceptionTime, published"),
+    ).splitlines()
     assert lines[0].endswith("| ROCKET, published | birnn - ROCKET | birnn - InceptionTime |")
     assert lines[2].endswith("| 0.875 | -2.5 |  |")

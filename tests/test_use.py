@@ -25,8 +25,15 @@ from birnn.scores import confusion_matrix, per_class
 from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-TRAIN = ["data=digits", "device=cpu", "device.num_threads=1", "model.hidden_size=64", "model.num_layers=1",
-         "trainer.epochs=30", "optimizer.lr=0.01"]
+TRAIN = [
+    "data=digits",
+    "device=cpu",
+    "device.num_threads=1",
+    "model.hidden_size=64",
+    "model.num_layers=1",
+    "trainer.epochs=30",
+    "optimizer.lr=0.01",
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +77,17 @@ def test_evaluate_takes_overrides_and_out(ckpt, tmp_path, capsys):
     assert f"Wrote {out}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing.pt"], "No checkpoint at missing.pt"),
-    (["corrupt.pt"], "corrupt.pt is not a readable birnn checkpoint (not a file torch.save wrote)"),
-    (["CKPT", "data.nope=1"], "Bad override: data.nope"),
-    (["CKPT", "data.eval_batch_size=many"], "data.eval_batch_size"),
-    (["CKPT", "device=gpu"], "device.type must be one of"),
-    (["CKPT", "device"], "not key=value"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.pt"], "No checkpoint at missing.pt"),
+        (["corrupt.pt"], "corrupt.pt is not a readable birnn checkpoint (not a file torch.save wrote)"),
+        (["CKPT", "data.nope=1"], "Bad override: data.nope"),
+        (["CKPT", "data.eval_batch_size=many"], "data.eval_batch_size"),
+        (["CKPT", "device=gpu"], "device.type must be one of"),
+        (["CKPT", "device"], "not key=value"),
+    ],
+)
 def test_evaluate_user_errors(ckpt, tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
@@ -97,9 +107,15 @@ def test_device_override_means_device_type(ckpt):
 
 def test_restore_without_a_stored_data_spec_asks_the_loader(ckpt, tmp_path):
     state = torch.load(ckpt, weights_only=True)
-    assert state.pop("data") == {"input_shape": [8, 8], "features": 8, "max_length": 8,
-                                 "classes": [str(i) for i in range(10)], "normalization": None,
-                                 "kind": "image", "patch": 1}
+    assert state.pop("data") == {
+        "input_shape": [8, 8],
+        "features": 8,
+        "max_length": 8,
+        "classes": [str(i) for i in range(10)],
+        "normalization": None,
+        "kind": "image",
+        "patch": 1,
+    }
     state.pop("checksum")  # older checkpoints had neither
     torch.save(state, tmp_path / "old.pt")
     restored = restore(tmp_path / "old.pt")
@@ -160,12 +176,15 @@ def test_predict_polarity_and_resize(tmp_path):
     as_trained = predict.load_image(tmp_path / "scan.png", (8, 8), "auto")
     assert as_trained.shape == (8, 8)
     torch.testing.assert_close(as_trained, original, atol=1 / 255, rtol=0)
-    torch.testing.assert_close(predict.load_image(tmp_path / "scan.png", (8, 8), "no"), 1 - original,
-                               atol=1 / 255, rtol=0)
-    torch.testing.assert_close(predict.load_image(tmp_path / "mnist-like.png", (8, 8), "auto"), original,
-                               atol=1 / 255, rtol=0)
-    torch.testing.assert_close(predict.load_image(tmp_path / "mnist-like.png", (8, 8), "yes"), 1 - original,
-                               atol=1 / 255, rtol=0)
+    torch.testing.assert_close(
+        predict.load_image(tmp_path / "scan.png", (8, 8), "no"), 1 - original, atol=1 / 255, rtol=0
+    )
+    torch.testing.assert_close(
+        predict.load_image(tmp_path / "mnist-like.png", (8, 8), "auto"), original, atol=1 / 255, rtol=0
+    )
+    torch.testing.assert_close(
+        predict.load_image(tmp_path / "mnist-like.png", (8, 8), "yes"), 1 - original, atol=1 / 255, rtol=0
+    )
 
 
 def test_predict_prints_a_table_and_reports_bad_files_on_stderr(ckpt, tmp_path, capsys):
@@ -183,10 +202,18 @@ def test_predict_prints_a_table_and_reports_bad_files_on_stderr(ckpt, tmp_path, 
 
 def test_predict_table_shows_class_names_not_indices(capsys):
     # a .ts problem's classes are the file's labels, sorted: class index 0 is named "1"
-    predict.show([{"file": "a.ts", "index": 0, "prediction": 0, "label": "1", "probability": 0.9},
-                  {"file": "a.ts", "index": 1, "prediction": 8, "label": "9", "probability": 0.5}], as_json=False)
+    predict.show(
+        [
+            {"file": "a.ts", "index": 0, "prediction": 0, "label": "1", "probability": 0.9},
+            {"file": "a.ts", "index": 1, "prediction": 8, "label": "9", "probability": 0.5},
+        ],
+        as_json=False,
+    )
     assert [line.split() for line in capsys.readouterr().out.splitlines()] == [
-        ["file", "prediction", "probability"], ["a.ts[0]", "1", "0.9000"], ["a.ts[1]", "9", "0.5000"]]
+        ["file", "prediction", "probability"],
+        ["a.ts[0]", "1", "0.9000"],
+        ["a.ts[1]", "9", "0.5000"],
+    ]
 
 
 def test_predict_with_no_readable_image_fails(ckpt, tmp_path, capsys):

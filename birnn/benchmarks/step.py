@@ -82,8 +82,10 @@ def reference_datasets(cfg: DictConfig, splits: Splits) -> tuple[Dataset, Datase
     classes = {"birnn.data.load_mnist": datasets.MNIST, "birnn.data.load_fashion_mnist": datasets.FashionMNIST}
     if cfg.data._target_ in classes and not cfg.data.val_size:
         cls = classes[cfg.data._target_]
-        return (cls(cfg.data.root, train=True, transform=transforms.ToTensor()),
-                cls(cfg.data.root, train=False, transform=transforms.ToTensor()))
+        return (
+            cls(cfg.data.root, train=True, transform=transforms.ToTensor()),
+            cls(cfg.data.root, train=False, transform=transforms.ToTensor()),
+        )
     return PilImages(splits.train_x, splits.train_y), PilImages(splits.test_x, splits.test_y)
 
 
@@ -153,8 +155,9 @@ def reference(cfg: DictConfig, splits: Splits, device: torch.device) -> Contende
                 correct += (predicted == labels).sum().item()
         return correct / total
 
-    return Contender("reference", train_steps, eval_pass, 100, len(test_set), device,
-                     2 * num_batches(len(train_set), 100))
+    return Contender(
+        "reference", train_steps, eval_pass, 100, len(test_set), device, 2 * num_batches(len(train_set), 100)
+    )
 
 
 def birnn(cfg: DictConfig, device: torch.device) -> Contender:
@@ -170,11 +173,11 @@ def birnn(cfg: DictConfig, device: torch.device) -> Contender:
             run.stepper.step(batch.x, batch.y)
 
     def eval_pass() -> float:
-        return evaluate(run.model, data.test_x, data.test_y, cfg.data.eval_batch_size, device,
-                        cfg.trainer.precision).accuracy
+        return evaluate(
+            run.model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, cfg.trainer.precision
+        ).accuracy
 
-    return Contender("birnn", train_steps, eval_pass, cfg.data.batch_size, len(data.test_y), device,
-                     run.total_steps)
+    return Contender("birnn", train_steps, eval_pass, cfg.data.batch_size, len(data.test_y), device, run.total_steps)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -205,13 +208,18 @@ def serve(conn, side: str, overrides: list[str]) -> None:
                 result = None
             elif command == "info":
                 device = contender.device
-                result = {"batch_size": contender.batch_size, "n_test": contender.n_test,
-                          "total_steps": contender.total_steps, "device": str(device),
-                          "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                          "cpu_threads": torch.get_num_threads(),
-                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                          "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
-                          if device.type == "cuda" else None}
+                result = {
+                    "batch_size": contender.batch_size,
+                    "n_test": contender.n_test,
+                    "total_steps": contender.total_steps,
+                    "device": str(device),
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "cpu_threads": torch.get_num_threads(),
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20
+                    if device.type == "cuda"
+                    else None,
+                }
             elif command == "train":
                 result = contender.timed(functools.partial(contender.train_steps, args[0]))[0]
             elif command == "eval":
@@ -273,8 +281,10 @@ def throughput(a: Worker, b: Worker, rounds: int, steps: int) -> dict:
         speed[w.side] = {
             "train_samples_per_second": statistics.median(steps * info["batch_size"] / t for t in s["train"]),
             "eval_samples_per_second": statistics.median(info["n_test"] / t for t in s["eval"]),
-            "train_seconds_per_round": s["train"], "eval_seconds_per_round": s["eval"],
-            "peak_rss_mb": info["peak_rss_mb"], "peak_gpu_memory_mb": info["peak_gpu_memory_mb"],
+            "train_seconds_per_round": s["train"],
+            "eval_seconds_per_round": s["eval"],
+            "peak_rss_mb": info["peak_rss_mb"],
+            "peak_gpu_memory_mb": info["peak_gpu_memory_mb"],
         }
     return speed
 
@@ -311,11 +321,20 @@ def with_default_data(overrides: list[str]) -> list[str]:
 
 def machine(info: dict) -> dict:
     cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    return {"platform": platform.platform(), "processor": models[0] if models else platform.machine(),
-            "cpu_cores": len(models) or None, "cpu_threads": info["cpu_threads"], "device": info["device"],
-            "device_name": info["device_name"], "torch": str(torch.__version__)}
+    models = (
+        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if cpuinfo.exists()
+        else []
+    )
+    return {
+        "platform": platform.platform(),
+        "processor": models[0] if models else platform.machine(),
+        "cpu_cores": len(models) or None,
+        "cpu_threads": info["cpu_threads"],
+        "device": info["device"],
+        "device_name": info["device_name"],
+        "torch": str(torch.__version__),
+    }
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
@@ -341,15 +360,20 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return {
         "machine": machine(info),
         "command": " ".join(["python -m birnn.bench", *sys.argv[1:]]) if args.from_cli else None,
-        "overrides": overrides, "config": to_plain(cfg),
-        "rounds": args.rounds, "steps_per_round": args.steps, "eval_every": args.eval_every,
+        "overrides": overrides,
+        "config": to_plain(cfg),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "eval_every": args.eval_every,
         "throughput": speed,
         "process_peak_rss_mb": max(r["peak_rss_mb"], o["peak_rss_mb"]),
         "time_to_accuracy": {
             "target": target,
             "target_source": "given" if args.target is not None else "reference accuracy after its 2 epochs",
-            "reference_seconds": ref_tta, "birnn_seconds": our_tta,
-            "reference": ref_run, "birnn": our_run,
+            "reference_seconds": ref_tta,
+            "birnn_seconds": our_tta,
+            "reference": ref_run,
+            "birnn": our_run,
         },
         "ratios": {
             "train": ratio(o["train_samples_per_second"], r["train_samples_per_second"]),

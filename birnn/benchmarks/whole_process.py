@@ -51,12 +51,17 @@ def tutorial_data(cfg: DictConfig, splits: Splits, tmp: Path) -> tuple[str, str]
     Debian's ``.gz`` files in place, too)."""
     dataset = IDX_DATASETS.get(cfg.data._target_, "MNIST")
     root = Path(cfg.data.root).resolve()
-    if cfg.data._target_ in IDX_DATASETS and not cfg.data.val_size \
-            and all((root / dataset / "raw" / f).is_file() for f in IDX_FILES):
+    if (
+        cfg.data._target_ in IDX_DATASETS
+        and not cfg.data.val_size
+        and all((root / dataset / "raw" / f).is_file() for f in IDX_FILES)
+    ):
         return dataset, str(root)
     if splits.kind != "image" or splits.train_lengths is not None or splits.num_classes > 256:
-        raise BirnnError(f"--whole-process needs fixed-size image data for the tutorial script; "
-                         f"{cfg.data._target_} gives {splits.kind} data")
+        raise BirnnError(
+            f"--whole-process needs fixed-size image data for the tutorial script; "
+            f"{cfg.data._target_} gives {splits.kind} data"
+        )
     raw = tmp / "data" / dataset / "raw"
     write_idx(raw, splits.train_x, splits.train_y, "train")
     write_idx(raw, splits.test_x, splits.test_y, "t10k")
@@ -73,8 +78,13 @@ def measure(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
         raise BirnnError(f"{' '.join(cmd[:3])} ... failed (exit {os.waitstatus_to_exitcode(status)}): {tail[0]}")
-    return {"wall_seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "sys_seconds": usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "minor_faults": usage.ru_minflt}
+    return {
+        "wall_seconds": wall,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "sys_seconds": usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "minor_faults": usage.ru_minflt,
+    }
 
 
 def run_whole_process(cfg: DictConfig, overrides: list[str], rounds: int, epochs: int | None) -> dict:
@@ -89,12 +99,24 @@ def run_whole_process(cfg: DictConfig, overrides: list[str], rounds: int, epochs
         load = {"before": os.getloadavg()}
         for r in range(rounds):
             seed = cfg.seed + r
-            tutorial = [sys.executable, str(TUTORIAL), *map(str, (seed, steps, features, splits.num_classes,
-                                                                  epochs or 2)), dataset, root]
+            tutorial = [
+                sys.executable,
+                str(TUTORIAL),
+                *map(str, (seed, steps, features, splits.num_classes, epochs or 2)),
+                dataset,
+                root,
+            ]
             run_dir = tmp / f"birnn_{r}"
-            ours = [sys.executable, "-m", "birnn.train", *overrides, f"seed={seed}", f"hydra.run.dir={run_dir}",
-                    *([f"trainer.epochs={epochs}"] if epochs else [])]
-            for side in (("tutorial", "birnn") if r % 2 == 0 else ("birnn", "tutorial")):
+            ours = [
+                sys.executable,
+                "-m",
+                "birnn.train",
+                *overrides,
+                f"seed={seed}",
+                f"hydra.run.dir={run_dir}",
+                *([f"trainer.epochs={epochs}"] if epochs else []),
+            ]
+            for side in ("tutorial", "birnn") if r % 2 == 0 else ("birnn", "tutorial"):
                 if side == "tutorial":
                     m = measure(tutorial, tmp, clean_env, tmp / f"tutorial_{r}.log")
                     m["accuracy"] = float(TUTORIAL_ACCURACY.findall((tmp / f"tutorial_{r}.log").read_text())[-1]) / 100
@@ -103,39 +125,64 @@ def run_whole_process(cfg: DictConfig, overrides: list[str], rounds: int, epochs
                     m["accuracy"] = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
                 runs[side].append({"seed": seed, **m})
         load["after"] = os.getloadavg()
-    summary = {side: {**{f: statistics.median(run[f] for run in rs) for f in FIELDS},
-                      "accuracy": statistics.mean(run["accuracy"] for run in rs)} for side, rs in runs.items()}
+    summary = {
+        side: {
+            **{f: statistics.median(run[f] for run in rs) for f in FIELDS},
+            "accuracy": statistics.mean(run["accuracy"] for run in rs),
+        }
+        for side, rs in runs.items()
+    }
     diffs = [o["accuracy"] - t["accuracy"] for o, t in zip(runs["birnn"], runs["tutorial"])]
     t, o = summary["tutorial"], summary["birnn"]
     return {
-        "rounds": rounds, "seeds": [cfg.seed + r for r in range(rounds)], "load_average": load,
-        "median": summary, "runs": runs,
-        "ratios": {"wall": t["wall_seconds"] / o["wall_seconds"], "cpu": t["cpu_seconds"] / o["cpu_seconds"],
-                   "sys": t["sys_seconds"] / o["sys_seconds"] if o["sys_seconds"] else None,
-                   "peak_rss": o["peak_rss_mb"] / t["peak_rss_mb"]},
-        "accuracy_difference": {"per_seed": diffs, "mean": statistics.mean(diffs),
-                                "std": statistics.stdev(diffs) if len(diffs) > 1 else None},
+        "rounds": rounds,
+        "seeds": [cfg.seed + r for r in range(rounds)],
+        "load_average": load,
+        "median": summary,
+        "runs": runs,
+        "ratios": {
+            "wall": t["wall_seconds"] / o["wall_seconds"],
+            "cpu": t["cpu_seconds"] / o["cpu_seconds"],
+            "sys": t["sys_seconds"] / o["sys_seconds"] if o["sys_seconds"] else None,
+            "peak_rss": o["peak_rss_mb"] / t["peak_rss_mb"],
+        },
+        "accuracy_difference": {
+            "per_seed": diffs,
+            "mean": statistics.mean(diffs),
+            "std": statistics.stdev(diffs) if len(diffs) > 1 else None,
+        },
     }
 
 
 def report(result: dict) -> list[str]:
     """The table and the last line printed for a whole-process benchmark."""
     med, ratios, diff = result["median"], result["ratios"], result["accuracy_difference"]
-    lines = [f"{'median of ' + str(result['rounds']):16} {'wall s':>8} {'CPU s':>8} {'sys s':>7} "
-             f"{'peak RSS MB':>12} {'minor faults':>13} {'test accuracy':>14}"]
+    lines = [
+        f"{'median of ' + str(result['rounds']):16} {'wall s':>8} {'CPU s':>8} {'sys s':>7} "
+        f"{'peak RSS MB':>12} {'minor faults':>13} {'test accuracy':>14}"
+    ]
     for side in ("tutorial", "birnn"):
         m = med[side]
-        lines.append(f"{side:16} {m['wall_seconds']:8.1f} {m['cpu_seconds']:8.1f} {m['sys_seconds']:7.1f} "
-                     f"{m['peak_rss_mb']:12.0f} {m['minor_faults']:13.0f} {m['accuracy']:14.4f}")
+        lines.append(
+            f"{side:16} {m['wall_seconds']:8.1f} {m['cpu_seconds']:8.1f} {m['sys_seconds']:7.1f} "
+            f"{m['peak_rss_mb']:12.0f} {m['minor_faults']:13.0f} {m['accuracy']:14.4f}"
+        )
     sys_ratio = "n/a" if ratios["sys"] is None else f"{ratios['sys']:.2f}x"
-    lines.append(f"{'tutorial/birnn':16} {ratios['wall']:7.2f}x {ratios['cpu']:7.2f}x {sys_ratio:>7} "
-                 f"{ratios['peak_rss']:11.2f}x {'':>13} {100 * diff['mean']:+11.2f} pt")
+    lines.append(
+        f"{'tutorial/birnn':16} {ratios['wall']:7.2f}x {ratios['cpu']:7.2f}x {sys_ratio:>7} "
+        f"{ratios['peak_rss']:11.2f}x {'':>13} {100 * diff['mean']:+11.2f} pt"
+    )
     spread = "" if diff["std"] is None else f", std {100 * diff['std']:.2f} pt"
     per_seed = " ".join(f"{100 * d:+.2f}" for d in diff["per_seed"])
-    lines.append(f"accuracy birnn - tutorial per seed {result['seeds']}: {per_seed} pt{spread}  "
-                 f"(peak RSS ratio is birnn/tutorial)")
-    lines.append(f"load average before {result['load_average']['before'][0]:.2f}, "
-                 f"after {result['load_average']['after'][0]:.2f}")
-    lines.append(f"speedup whole_process={ratios['wall']:.2f} "
-                 f"accuracy={med['birnn']['accuracy']:.4f}/{med['tutorial']['accuracy']:.4f}")
+    lines.append(
+        f"accuracy birnn - tutorial per seed {result['seeds']}: {per_seed} pt{spread}  "
+        f"(peak RSS ratio is birnn/tutorial)"
+    )
+    lines.append(
+        f"load average before {result['load_average']['before'][0]:.2f}, after {result['load_average']['after'][0]:.2f}"
+    )
+    lines.append(
+        f"speedup whole_process={ratios['wall']:.2f} "
+        f"accuracy={med['birnn']['accuracy']:.4f}/{med['tutorial']['accuracy']:.4f}"
+    )
     return lines
