@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from birnn.benchmarks.step import compose_config, machine, run_benchmark, with_default_data
-from birnn.benchmarks.whole_process import report as whole_process_report
-from birnn.benchmarks.whole_process import run_whole_process
+from birnn.benchmarks.whole_process import run_whole_process, summary_lines
 from birnn.errors import BirnnError
 
 
@@ -85,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{m['processor']}, {m['cpu_cores']} cores, {m['cpu_threads']} threads, torch {m['torch']}, "
             f"overrides {' '.join(result['overrides'])}"
         )
-        print("\n".join(whole_process_report(result)[:-1]))
+        print("\n".join(summary_lines(result)[:-1]))
         print(f"wrote {args.out}")
-        print(whole_process_report(result)[-1])
+        print(summary_lines(result)[-1])
         return result
     r, o = result["throughput"]["reference"], result["throughput"]["birnn"]
     tta = result["time_to_accuracy"]

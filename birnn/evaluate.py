@@ -18,7 +18,7 @@ from birnn.config import import_from_cwd
 from birnn.data import load_data
 from birnn.device import effective_precision, setup_device
 from birnn.errors import BirnnError
-from birnn.loop import evaluate
+from birnn.loop import eval_pass
 from birnn.restore import add_allow_option, restore, user_errors
 from birnn.scores import confusion_matrix, per_class
 
@@ -36,7 +36,7 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequen
         )
     model = restored.model.to(device)
     precision = effective_precision(cfg.trainer.precision, device)
-    result = evaluate(
+    result = eval_pass(
         model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, precision, lengths=data.test_lengths
     )
     matrix = confusion_matrix(data.test_y, result.predictions, data.num_classes)
@@ -54,7 +54,7 @@ def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequen
     }
 
 
-def report(scores: dict) -> str:
+def as_text(scores: dict) -> str:
     """The scores as text: totals, a per-class table and the confusion matrix."""
 
     def score(value: float | None) -> str:
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import_from_cwd()  # a loader named by the checkpoint's data._target_ may live in the working directory
     with user_errors():
         scores = evaluate_checkpoint(args.checkpoint, args.overrides, args.allow)
-        print(report(scores))
+        print(as_text(scores))
         out = args.out or args.checkpoint.parent / "evaluation.json"
         try:
             atomic_write(out, lambda f: f.write(json.dumps(scores, indent=2).encode() + b"\n"))

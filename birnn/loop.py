@@ -105,7 +105,7 @@ def loss_and_predictions(
     return loss_sum, torch.cat(predictions)
 
 
-def evaluate(
+def eval_pass(
     model: nn.Module,
     x: Tensor,
     y: Tensor,

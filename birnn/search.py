@@ -355,7 +355,7 @@ def write_plots(study: optuna.Study, study_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def run(cfg: DictConfig) -> None:
+def job(cfg: DictConfig) -> None:
     """One worker of the study ``search.study_name``."""
     if cfg.get("search") is None:
         raise BirnnError("No search configured: name a search space, e.g. hparams_search=optuna")
@@ -401,7 +401,7 @@ def main() -> None:
     if not any(a.startswith(("hparams_search=", "+hparams_search=")) for a in sys.argv[1:]):
         sys.argv.append("hparams_search=optuna")
     try:
-        run()
+        job()
     except KeyboardInterrupt:
         print("Search interrupted; run the same command to continue it.", file=sys.stderr)
         raise SystemExit(130) from None

@@ -146,7 +146,7 @@ _publish_run_dir: Callable[[Path], None] | None = None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def run(cfg: DictConfig) -> float:
+def job(cfg: DictConfig) -> float:
     """One Hydra job. Returns the sweep objective: the best validation accuracy (test only without a val split).
 
     The job holds its run dir (one writer); refused before training, it leaves nothing there.
@@ -180,7 +180,7 @@ def main() -> None:
             if env is None:
                 with explicit_dirs_held(sys.argv):
                     sys.argv = keep_hydra_record(sys.argv)
-                    console.run_hydra(run)
+                    console.run_hydra(job)
             else:
                 main_distributed(env["rank"])
     except KeyboardInterrupt:
@@ -253,7 +253,7 @@ def main_distributed(rank: int) -> None:
             "hydra.output_subdir=null",
             "hydra/job_logging=none",
         ]
-        run()
+        job()
         return
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     record = RUN_RECORDS / run_id
@@ -282,7 +282,7 @@ def main_distributed(rank: int) -> None:
         sys.argv = keep_hydra_record(sys.argv)
         _publish_run_dir = publish
         with explicit_dirs_held(sys.argv):
-            run()
+            job()
     except BirnnError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import birnn.model
-from birnn.loop import Stepper, evaluate
+from birnn.loop import Stepper, eval_pass
 from birnn.model import RNNClassifier
 from birnn.patches import patch, patch_lengths
 
@@ -114,7 +114,7 @@ def test_training_step_and_evaluation_pass_lengths():
     alone = torch.cat([models[0](x[i : i + 1, :n]) for i, n in enumerate(LENGTHS)]).detach()
     cpu = torch.device("cpu")
 
-    result = evaluate(models[0], x, y, 4, cpu, lengths=lengths)
+    result = eval_pass(models[0], x, y, 4, cpu, lengths=lengths)
     assert result.predictions.tolist() == alone.argmax(1).tolist()
     assert result.loss == pytest.approx(F.cross_entropy(alone, y).item(), abs=1e-5)
     losses = [

@@ -213,7 +213,7 @@ def test_predict_reads_ts_files(tmp_path, capsys):
     accuracy = np.mean([r["label"] == t for r, t in zip(records, truth)])
     assert accuracy == pytest.approx(metrics["test_accuracy"])  # the same model on the same series
     errors = {Path(r["file"]).name: r["error"] for r in results if "error" in r}
-    assert "no such file" in errors["absent.ts"]
+    assert "No such file or directory" in errors["absent.ts"]
     if spec["normalization"] is None:  # trained without standardization: no training means to fill with
         assert "series 0 has missing values" in errors["gaps.ts"]
     else:

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from birnn import checkpoint
 from birnn.data import load_data
-from birnn.loop import evaluate
+from birnn.loop import eval_pass
 from birnn.model import build_model
 from birnn.train import train
 from conftest import FAST, make_cfg, run_cli
@@ -65,7 +65,7 @@ def test_checkpoint_reload_reproduces_test_accuracy(cli_run):
     data = load_data(cfg.data, torch.device("cpu"))
     model = build_model(cfg.model, data.input_size, data.num_classes)
     checkpoint.load_model_state(model, state["model"], "last.pt")
-    result = evaluate(model, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
+    result = eval_pass(model, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
     assert result.accuracy == json.loads((cli_run / "metrics.json").read_text())["test_accuracy"]
 
 

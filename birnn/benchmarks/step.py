@@ -36,7 +36,7 @@ from birnn.config import to_plain, validate
 from birnn.data import Splits, load_data, num_batches, shuffled_batches
 from birnn.device import setup_device, synchronize
 from birnn.errors import BirnnError
-from birnn.loop import evaluate
+from birnn.loop import eval_pass as birnn_eval_pass
 from birnn.run import build
 
 
@@ -173,7 +173,7 @@ def birnn(cfg: DictConfig, device: torch.device) -> Contender:
             run.stepper.step(batch.x, batch.y)
 
     def eval_pass() -> float:
-        return evaluate(
+        return birnn_eval_pass(
             run.model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, cfg.trainer.precision
         ).accuracy
 

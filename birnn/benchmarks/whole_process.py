@@ -154,7 +154,7 @@ def run_whole_process(cfg: DictConfig, overrides: list[str], rounds: int, epochs
     }
 
 
-def report(result: dict) -> list[str]:
+def summary_lines(result: dict) -> list[str]:
     """The table and the last line printed for a whole-process benchmark."""
     med, ratios, diff = result["median"], result["ratios"], result["accuracy_difference"]
     lines = [
