@@ -14,7 +14,7 @@ train: venv
 	$(PY) -m birnn.train $(ARGS)
 
 test: venv
-	$(PY) -m pytest tests -n 2 --dist loadfile
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20
 
 bench: venv
 	$(PY) -m birnn.bench $(ARGS)
