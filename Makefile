@@ -7,13 +7,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[test,optuna,export,timeseries,mlflow,docs,lint]"
 	touch $@
 
-.PHONY: venv train test bench lint docs
+.PHONY: venv train test test-all bench lint docs
 venv: $(VENV)/.installed
 
 train: venv
 	$(PY) -m birnn.train $(ARGS)
 
-test: venv
+test: venv  # the suite without the tests marked slow (end-to-end: servers, several processes, kills)
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20 -m "not slow"
+
+test-all: venv  # every test: what CI runs
 	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20
 
 bench: venv

@@ -5,6 +5,8 @@ accuracy line."""
 
 import json
 
+import pytest
+
 from birnn.bench import main
 from birnn.benchmarks.step import TutorialBiRNN
 from conftest import FAST
@@ -54,6 +56,7 @@ def test_reference_model_is_the_tutorials():
     assert sum(p.numel() for p in model.parameters()) == lstm + 2570
 
 
+@pytest.mark.slow
 def test_whole_process_bench_on_digits_prints_its_fields(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the tutorial script too: the suite shares 2 cores
     out = tmp_path / "whole.json"

@@ -111,6 +111,7 @@ def test_a_distributed_run_has_one_run_dir_written_by_rank_0(two_process_run):
     assert {p.name for p in (two_process_run / "checkpoints").iterdir()} == {"last.pt", "previous.pt", "best.pt"}
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_run, tmp_path):
     proc = torchrun(*RUN, cwd=tmp_path, restarts=1, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -125,6 +126,7 @@ def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_r
     assert metrics_of(run_dir) == metrics_of(two_process_run)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_one_process(tmp_path):
     run_dir = tmp_path / "run"
     proc = torchrun(
@@ -213,6 +215,7 @@ def test_a_silent_peer_stops_the_others_after_the_timeout():
         p.kill()
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_each_job_as_one_two_task_ddp_run(tmp_path):
     proc = run_cli(
         "-m",

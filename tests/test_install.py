@@ -71,6 +71,7 @@ def run_installed(site: Path, cwd: Path, *command: str) -> subprocess.CompletedP
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_wheel_trains_evaluates_and_reports_from_any_directory(site, tmp_path):
     where = run_installed(
         site,

@@ -113,6 +113,7 @@ def test_own_model_trains_with_its_own_keys(reference):
     assert metrics_of(reference)["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
 
 
+@pytest.mark.slow
 def test_own_model_resumes_bit_exactly_after_kill_9(project, reference, tmp_path):
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -139,6 +140,7 @@ def test_own_model_resumes_bit_exactly_after_kill_9(project, reference, tmp_path
         assert torch.equal(weight, expected[name]), name
 
 
+@pytest.mark.slow
 def test_own_model_under_torchrun_with_two_processes(project, reference, tmp_path):
     run_dir = tmp_path / "ddp"
     torchrun = str(Path(sys.executable).parent / "torchrun")

@@ -124,6 +124,7 @@ def test_five_fold_cv_on_digits_gives_mean_and_std_over_folds(tmp_path):
 # --- the search --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
     study_dir = tmp_path / "study"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -156,6 +157,7 @@ def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
     assert (study_dir / "history.png").is_file() and (study_dir / "importance.png").is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_driver_then_the_same_command_finishes_the_study(tmp_path):
     study_dir = tmp_path / "study"
     args = [
@@ -233,6 +235,7 @@ def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
     assert "PRUNED" in (study_dir / "study.md").read_text()
 
 
+@pytest.mark.slow
 def test_one_worker_on_a_fresh_storage_samples_the_same_trials(tmp_path):
     params = []
     for name in ("a", "b"):
@@ -244,6 +247,7 @@ def test_one_worker_on_a_fresh_storage_samples_the_same_trials(tmp_path):
     assert params[0] == params[1] and params[0][0] != params[0][1]
 
 
+@pytest.mark.slow
 def test_bad_search_input_is_one_clear_line_and_loses_nothing(tmp_path):
     study_dir = tmp_path / "study"
     proc = run_cli(

@@ -115,6 +115,7 @@ def mlflow_server(tmp_path):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_warning(mlflow_server, tmp_path):
     url, server = mlflow_server
     sweep = tmp_path / "sweep"
@@ -172,6 +173,7 @@ def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_
     assert (run_dir / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_parallel_jobs_share_the_default_sqlite_store(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

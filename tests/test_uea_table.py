@@ -48,6 +48,7 @@ def test_published_figures_cover_the_equal_length_default_problems_with_a_source
         assert all((p, method) in scores for p in problems)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["BasicMotions", "ItalyPowerDemand"])  # multivariate (DTW_D), univariate
 def test_rerun_reproduces_the_published_default_split_figures(published, problem):
     scores, _ = published
