@@ -7,6 +7,8 @@ import os
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,13 @@ def mnist_root(tmp_path: Path) -> Path:
     write_idx(raw, *tiny_idx_images(300, 0), "train")
     write_idx(raw, *tiny_idx_images(100, 1), "t10k")
     return tmp_path / "data"
+
+
+def wait_for(ready: Callable[[], bool], timeout: float = 120) -> None:
+    """Poll ``ready()`` every 2 ms until it holds or ``timeout`` seconds pass (a subprocess reaching a point)."""
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 240, module: str = "birnn.train") -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from birnn.data import load_data, shuffled_batches
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, run_cli
+from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # 1,438 digits less one held out = 1,437 training samples in global batches of 100: the last batch (37) splits
@@ -114,9 +114,7 @@ def test_a_distributed_run_has_one_run_dir_written_by_rank_0(two_process_run):
 @pytest.mark.slow
 def test_kill_9_of_a_worker_restarts_the_group_in_the_same_run_dir(two_process_run, tmp_path):
     proc = torchrun(*RUN, cwd=tmp_path, restarts=1, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "outputs").rglob("last.pt")) and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_for(lambda: list((tmp_path / "outputs").rglob("last.pt")))
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     os.kill(int(workers[-1]), signal.SIGKILL)
     rc, _, err = finished(proc)
@@ -137,9 +135,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_one_process
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists())
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
     rc, _, err = finished(proc, timeout=60)
     assert rc != 0

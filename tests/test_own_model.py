@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from birnn.evaluate import evaluate_checkpoint
 from birnn.model import build_model
 from birnn.restore import Restored, restore
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg
+from conftest import FAST, ROOT, make_cfg, wait_for
 
 MODULE = '''
 import torch
@@ -123,9 +122,7 @@ def test_own_model_resumes_bit_exactly_after_kill_9(project, reference, tmp_path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists())
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["progress"]

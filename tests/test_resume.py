@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from birnn.errors import BirnnError
 from birnn.loop import Stepper
 from birnn.model import RNNClassifier
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, run_cli
+from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
 
 WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
 RUN = [*FAST, "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=4"]
@@ -52,9 +51,7 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists())
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = state_of(run_dir)["progress"]

@@ -9,7 +9,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from birnn import run as run_module
 from birnn.errors import BirnnError
 from birnn.loop import Stepper
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, run_cli
+from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
 
 RUN = [*FAST, "trainer.epochs=2", "trainer.checkpoint_every_n_steps=7"]
 
@@ -139,9 +138,7 @@ def _start(run_dir: Path, cwd: Path, *extra: str) -> subprocess.Popen:
 def test_a_second_run_on_a_busy_run_dir_is_refused_and_a_dead_one_leaves_no_lock(tmp_path):
     run_dir = tmp_path / "run"
     first = _start(run_dir, tmp_path, "trainer.epochs=1000")
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists())
     before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if "checkpoints" not in p.parts)
     second = run_cli(*RUN, "trainer.epochs=1000", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=60)
     assert second.returncode == 2
@@ -183,9 +180,7 @@ def test_a_second_sweep_on_a_busy_sweep_dir_is_refused(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while not (sweep / "0" / "checkpoints").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: (sweep / "0" / "checkpoints").exists())
     second = run_cli("-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=60)
     first.send_signal(signal.SIGKILL)
     first.wait()
