@@ -9,7 +9,8 @@ size, readout and step budget come from the training split; nothing is set per p
 ``data.name=NAME``. Extra arguments are config overrides applied to every run.
 
 Columns: problem, channels, series lengths, train/test sizes, birnn test accuracy (mean ± std over seeds),
-epochs, training seconds (mean per seed), then one column per published method and, with ``--baselines``,
+epochs, training seconds (mean per seed), the problem's wall seconds (every seed, data loading and testing
+included; with ``--baselines`` theirs too), then one column per published method and, with ``--baselines``,
 aeon's 1-NN DTW and ROCKET trained here on the same default split, then birnn's gap in points to ROCKET and
 InceptionTime. Published accuracies come from ``--published``, a CSV with the columns
 ``problem,method,accuracy,source`` (default: ``uea_published.csv`` beside this script, the bake-off papers'
@@ -22,6 +23,7 @@ import argparse
 import csv
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -106,6 +108,7 @@ def table(rows: list[dict], published: dict, sources: dict, versus: tuple[str, .
         "birnn test accuracy",
         "epochs",
         "seconds",
+        "problem wall s",
         *methods,
         *(f"birnn - {m.split(',')[0]}" for m in versus),
     ]
@@ -122,6 +125,7 @@ def table(rows: list[dict], published: dict, sources: dict, versus: tuple[str, .
             f"{statistics.mean(acc):.3f}{spread}" + (f" ({len(acc)} seeds)" if len(acc) > 1 else ""),
             r["epochs"],
             f"{statistics.mean(r['seconds']):.1f}",
+            f"{r['wall']:.0f}",
             *(f"{scores[r['problem'], m]:.3f}" if (r["problem"], m) in scores else "" for m in methods),
             *(
                 f"{100 * (statistics.mean(acc) - scores[r['problem'], m]):+.1f}" if (r["problem"], m) in scores else ""
@@ -151,8 +155,10 @@ def main() -> None:
     args = parser.parse_args()
     published, sources = read_published(args.published)
     rows = []
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         for name in args.problems:
+            problem_start = time.perf_counter()
             splits = load_uea(name=name)
             row = {"problem": name, **describe(splits), "accuracies": [], "seconds": []}
             for seed in args.seeds:
@@ -171,10 +177,12 @@ def main() -> None:
             if args.baselines:
                 row["baselines"] = baselines(splits)
                 print(f"{name}: " + ", ".join(f"{m} {a:.4f}" for m, a in row["baselines"].items()), flush=True)
+            row["wall"] = time.perf_counter() - problem_start
             rows.append(row)
     text = table(rows, published, sources, VERSUS)
     args.out.write_text(text)
-    print(f"\n{text}\nwrote {args.out}")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\n{text}\nwrote {args.out}; the whole table took {minutes:.1f} min")
 
 
 if __name__ == "__main__":

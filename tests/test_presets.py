@@ -38,6 +38,8 @@ def test_uea_preset_decides_from_the_training_split(problem, patch, steps, featu
     cfg = make_cfg("experiment=uea", f"data.name={problem}", *CPU)
     validate(cfg)
     assert cfg.data.patch == "auto" and cfg.trainer.grad_clip == 1.0 and cfg.trainer.max_steps == 500
+    assert cfg.trainer.test_every_epoch is False  # the test split is read once, at the end
+    assert (cfg.model.num_layers, cfg.model.readout) == (1, "final")  # chosen by cross-validation on training splits
     setup = build(cfg, torch.device("cpu"))
     assert setup.data.patch == patch and setup.data.train_x.shape[1:] == (steps, features)
     assert setup.total_steps == 500

@@ -103,6 +103,7 @@ def test_table_puts_published_and_rerun_columns_beside_birnn_and_lists_sources()
             "accuracies": [0.5, 0.7],
             "seconds": [1.0, 3.0],
             "epochs": 7,
+            "wall": 12.4,
             "baselines": {"1-NN DTW, here": 0.25, "ROCKET, here": 1.0},
         },
         {
@@ -115,14 +116,15 @@ def test_table_puts_published_and_rerun_columns_beside_birnn_and_lists_sources()
             "accuracies": [0.9],
             "seconds": [2.0],
             "epochs": 7,
+            "wall": 3.0,
         },
     ]
     published = {("B", "ROCKET, published"): 0.875}
     sources = {("ROCKET, published", "Paper X"): ["B"]}
     lines = uea_table.table(rows, published, sources).splitlines()
-    assert lines[0].endswith("| seconds | ROCKET, published | 1-NN DTW, here | ROCKET, here |")
-    assert lines[2] == "| A | 2 | 3-9 | 4 / 5 | 2 | 0.600 ± 0.141 (2 seeds) | 7 | 2.0 |  | 0.250 | 1.000 |"
-    assert lines[3] == "| B | 1 | 9 | 4 / 5 | 3 | 0.900 | 7 | 2.0 | 0.875 |  |  |"
+    assert lines[0].endswith("| seconds | problem wall s | ROCKET, published | 1-NN DTW, here | ROCKET, here |")
+    assert lines[2] == "| A | 2 | 3-9 | 4 / 5 | 2 | 0.600 ± 0.141 (2 seeds) | 7 | 2.0 | 12 |  | 0.250 | 1.000 |"
+    assert lines[3] == "| B | 1 | 9 | 4 / 5 | 3 | 0.900 | 7 | 2.0 | 3 | 0.875 |  |  |"
     assert lines[-1] == "- ROCKET, published (B): Paper X"
 
 
@@ -138,6 +140,7 @@ def test_gap_columns_are_birnn_minus_the_method_in_points():
             "accuracies": [0.9, 0.8],
             "seconds": [2.0, 2.0],
             "epochs": 7,
+            "wall": 5.0,
         }
     ]
     published = {("B", "ROCKET, published"): 0.875}
