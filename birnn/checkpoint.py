@@ -113,9 +113,13 @@ def save(state: dict, folder: Path, name: str = LAST) -> Path:
     return path
 
 
-def load(path: Path) -> dict:
+def load(path: Path, unverified: bool = False) -> dict:
     """Load a birnn checkpoint with ``weights_only=True`` onto the CPU; a clear BirnnError if it is not one,
-    is damaged (unreadable, checksum mismatch) or lacks what birnn needs."""
+    is damaged (unreadable, checksum mismatch) or lacks what birnn needs.
+
+    A file without a checksum (written before birnn wrote them, or with that key damaged) is refused unless
+    ``unverified`` (the user's ``--allow-unverified`` / ``trainer.allow_unverified=true``).
+    """
     if path.exists() and not path.is_file():
         raise BirnnError(f"{path} is not a regular file, so not a checkpoint.")
     try:
@@ -129,6 +133,12 @@ def load(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BirnnError(f"{path} is not a birnn checkpoint (expected format {FORMAT!r}).")
     stored = state.pop("checksum", None)
+    if stored is None and not unverified:
+        raise BirnnError(
+            f"{path} has no checksum, so its content cannot be verified (a file from a birnn before checksums, "
+            "2026-11-29, or a damaged one). If you trust it: --allow-unverified (evaluate, predict, export) or "
+            "trainer.allow_unverified=true (resuming a run)."
+        )
     if stored is not None and stored != digest(state):
         raise BirnnError(f"{path} is damaged: its content does not match its checksum.")
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
@@ -154,17 +164,20 @@ def remove_stale(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_latest(folder: Path, check: Callable[[dict, Path], None] | None = None) -> tuple[dict, Path] | None:
+def load_latest(
+    folder: Path, check: Callable[[dict, Path], None] | None = None, unverified: bool = False
+) -> tuple[dict, Path] | None:
     """The newest valid checkpoint in ``folder`` (``last.pt``, else ``previous.pt``), or None if there is none.
 
-    ``check`` raises BirnnError for a checkpoint its reader cannot use. A corrupt, damaged or unusable
-    ``last.pt`` falls back to ``previous.pt`` with a warning; if nothing valid is left, BirnnError.
+    ``check`` raises BirnnError for a checkpoint its reader cannot use; ``unverified`` as in ``load``. A
+    corrupt, damaged or unusable ``last.pt`` falls back to ``previous.pt`` with a warning; if nothing valid is
+    left, BirnnError.
     """
     candidates = [p for p in (folder / LAST, folder / PREVIOUS) if p.exists()]
     errors = []
     for path in candidates:
         try:
-            state = load(path)
+            state = load(path, unverified)
             if check is not None:
                 check(state, path)
         except BirnnError as e:

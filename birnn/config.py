@@ -180,6 +180,8 @@ class TrainerConfig:
     test_on: str = "last"  # last | best (best.pt, chosen on validation): the checkpoint the final test pass scores
     # Score the test split at every epoch end; null: true for a single run, false in a multirun or a search.
     test_every_epoch: bool | None = None
+    # resume from a checkpoint without a checksum (written by a birnn before 2026-11-29): only if you trust the file
+    allow_unverified: bool = False
 
 
 @dataclass
@@ -342,6 +344,31 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
+
+
+OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
+DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
+
+
+def typed(stored: dict) -> DictConfig:
+    """A stored (plain) config typed by the schemas its ``_target_`` names pick: keys added to birnn since it
+    was written take their defaults, a wrong type raises OmegaConf's error."""
+    optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
+    data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
+    # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
+    own_model = stored.get("model", {}).get("_target_", RNN_CLASSIFIER) == RNN_CLASSIFIER
+    schema = OmegaConf.structured(
+        Config(
+            model=ModelConfig() if own_model else data_schema(ModelComponentConfig),
+            data=data_schema(data),
+            scheduler=None,
+            device=DeviceConfig(),
+            trainer=TrainerConfig(),
+            optimizer=optimizer() if optimizer else {},
+            tracker={},
+        )
+    )
+    return OmegaConf.merge(schema, stored)
 
 
 def upgrade(stored: dict) -> dict:

@@ -19,13 +19,15 @@ from birnn.data import load_data
 from birnn.device import effective_precision, setup_device
 from birnn.errors import BirnnError
 from birnn.loop import eval_pass
-from birnn.restore import add_allow_option, restore, user_errors
+from birnn.restore import add_trust_options, restore, user_errors
 from birnn.scores import confusion_matrix, per_class
 
 
-def evaluate_checkpoint(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()) -> dict:
+def evaluate_checkpoint(
+    path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = (), unverified: bool = False
+) -> dict:
     """Test loss, accuracy, per-class precision/recall and the confusion matrix of the model in ``path``."""
-    restored = restore(path, overrides, allow)
+    restored = restore(path, overrides, allow, unverified)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
     # the stored statistics and patch size, not refitted; the loader only if the trust rule lets it in
@@ -102,11 +104,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="changes to the checkpoint's config, e.g. data.root=/data device=cpu",
     )
     parser.add_argument("--out", type=Path, help="JSON file to write (default: evaluation.json beside CHECKPOINT)")
-    add_allow_option(parser)
+    add_trust_options(parser)
     args = parser.parse_args(argv)
     import_from_cwd()  # a loader named by the checkpoint's data._target_ may live in the working directory
     with user_errors():
-        scores = evaluate_checkpoint(args.checkpoint, args.overrides, args.allow)
+        scores = evaluate_checkpoint(args.checkpoint, args.overrides, args.allow, args.allow_unverified)
         print(as_text(scores))
         out = args.out or args.checkpoint.parent / "evaluation.json"
         try:

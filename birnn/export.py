@@ -24,7 +24,7 @@ from birnn.config import import_from_cwd
 from birnn.errors import BirnnError, first_line
 from birnn.normalize import Standardized
 from birnn.patches import Patched
-from birnn.restore import Restored, add_allow_option, restore, user_errors
+from birnn.restore import Restored, add_trust_options, restore, user_errors
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check
@@ -112,11 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default) or pt2 (torch.export)")
     parser.add_argument("--out", type=Path, help="file to write (default: model.onnx / model.pt2 beside CHECKPOINT)")
-    add_allow_option(parser)
+    add_trust_options(parser)
     args = parser.parse_args(argv)
     import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
-        restored = restore(args.checkpoint, allow=args.allow)
+        restored = restore(args.checkpoint, allow=args.allow, unverified=args.allow_unverified)
         out, difference = export(restored, args.format, args.out)
     steps, features = restored.input_shape
     scale = (

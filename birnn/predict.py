@@ -28,7 +28,7 @@ from birnn.device import setup_device
 from birnn.errors import BirnnError
 from birnn.normalize import apply as standardize
 from birnn.patches import patch
-from birnn.restore import Restored, add_allow_option, restore, user_errors
+from birnn.restore import Restored, add_trust_options, restore, user_errors
 from birnn.sequences import read_series
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -152,11 +152,16 @@ def out_of_range(x: torch.Tensor, restored: Restored) -> str | None:
 
 
 def predict(
-    checkpoint: Path, paths: Sequence[Path], invert: str = "auto", device: str = "cpu", allow: Sequence[str] = ()
+    checkpoint: Path,
+    paths: Sequence[Path],
+    invert: str = "auto",
+    device: str = "cpu",
+    allow: Sequence[str] = (),
+    unverified: bool = False,
 ) -> list[dict]:
     """Per input ``{file, prediction, label, probability}`` (series of a ``.ts`` file also ``index``), or
     ``{file, error}`` when a file cannot be read."""
-    restored = restore(checkpoint, allow=allow)
+    restored = restore(checkpoint, allow=allow, unverified=unverified)
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     results, inputs = [], []
     for path, error in image_files(paths):
@@ -243,11 +248,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="make dark-on-light images light-on-dark like the data (default: auto, from the border)",
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
-    add_allow_option(parser)
+    add_trust_options(parser)
     args = parser.parse_args(argv)
     import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
-        results = predict(args.checkpoint, args.paths, args.invert, args.device, args.allow)
+        results = predict(args.checkpoint, args.paths, args.invert, args.device, args.allow, args.allow_unverified)
         show(results, args.json)
         if all("error" in r for r in results):
             raise BirnnError("no image could be classified")

@@ -18,28 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn import checkpoint
-from birnn.config import (
-    RNN_CLASSIFIER,
-    AdamConfig,
-    AdamWConfig,
-    Config,
-    DataConfig,
-    DeviceConfig,
-    ModelComponentConfig,
-    ModelConfig,
-    SGDConfig,
-    TrainerConfig,
-    UEADataConfig,
-    data_schema,
-    validate,
-)
+from birnn.config import typed, validate
 from birnn.data import load_data
 from birnn.data import spec as data_spec
 from birnn.errors import BirnnError
 from birnn.model import build_model
-
-OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
-DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
 
 
 @dataclass
@@ -66,31 +49,49 @@ class Restored:
         return int(self.spec.get("patch", 1))
 
 
+def interpolation(value: object, key: str = "config") -> str | None:
+    """The first key of a stored config whose key or value holds an interpolation (``${...}``), else None.
+
+    birnn stores configs resolved, so a ``${...}`` in a checkpoint can only come from a crafted file.
+    """
+    if isinstance(value, str):
+        return key if "${" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        found = interpolation(str(k), f"{key}.{k}") or interpolation(v, f"{key}.{k}")
+        if found:
+            return found
+    return None
+
+
 def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
-    """The stored config, typed by its schemas, with ``key=value`` overrides; ``device=X`` means ``device.type=X``."""
+    """The stored config, typed by its schemas, with ``key=value`` overrides; ``device=X`` means ``device.type=X``.
+
+    A stored interpolation (``${...}``) is refused, resolving nothing; ``data.download`` is off unless an
+    override turns it on: a received file never makes birnn download or create data folders.
+    """
+    found = interpolation(stored)
+    if found:
+        raise BirnnError(
+            f"The checkpoint's {found} holds an interpolation (${{...}}), which birnn never stores: refusing "
+            "to resolve anything from this file."
+        )
+    data = stored.get("data")
+    if isinstance(data, dict) and "download" in data:  # an override may turn it back on
+        stored = {**stored, "data": {**data, "download": False}}
     items = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BirnnError(f"Override {item!r} is not key=value (e.g. data.root=/data or device=cpu).")
         items.append(f"device.type={value}" if key == "device" else item)
-    optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
-    data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
-    # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
-    own_model = stored.get("model", {}).get("_target_", RNN_CLASSIFIER) == RNN_CLASSIFIER
-    schema = OmegaConf.structured(
-        Config(
-            model=ModelConfig() if own_model else data_schema(ModelComponentConfig),
-            data=data_schema(data),
-            scheduler=None,
-            device=DeviceConfig(),
-            trainer=TrainerConfig(),
-            optimizer=optimizer() if optimizer else {},
-            tracker={},
-        )
-    )
     try:
-        cfg = OmegaConf.merge(schema, stored)
+        cfg = typed(stored)
     except OmegaConfBaseException as e:
         raise BirnnError(f"The checkpoint's config does not fit this birnn version: {_reason(e)}") from None
     OmegaConf.set_struct(cfg, True)
@@ -131,15 +132,16 @@ def check_overrides(overrides: Sequence[str]) -> None:
         )
 
 
-def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()) -> Restored:
+def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = (), unverified: bool = False) -> Restored:
     """Load ``path``, merge ``overrides`` into its config and rebuild its model in eval mode.
 
     Nothing the checkpoint names is imported unless ``birnn.trust`` lets it in (``allow``: the user's
-    ``--allow`` modules). Non-finite weights are refused: such a model answers nothing but NaN.
+    ``--allow`` modules). A file without a checksum loads only with ``unverified`` (``--allow-unverified``).
+    Non-finite weights are refused: such a model answers nothing but NaN.
     """
     check_overrides(overrides)
     allow = trusted(overrides, allow)
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, unverified)
     cfg = merge_overrides(state["config"], overrides)
     spec = state.get("data")
     if spec is None:  # checkpoints written before the data spec was stored: ask the loader
@@ -156,8 +158,9 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     return Restored(path, state, cfg, model.eval(), (steps, features), list(spec["classes"]), spec, allow)
 
 
-def add_allow_option(parser: argparse.ArgumentParser) -> None:
-    """``--allow MODULE`` (repeatable): let the checkpoint's config name code from MODULE (``birnn.trust``)."""
+def add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """``--allow MODULE`` (repeatable): let the checkpoint's config name code from MODULE (``birnn.trust``);
+    ``--allow-unverified``: accept a checkpoint without a checksum."""
     parser.add_argument(
         "--allow",
         action="append",
@@ -165,6 +168,11 @@ def add_allow_option(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE",
         help="trust MODULE: the checkpoint's config may name loaders or models from it "
         "(nothing a checkpoint names outside birnn is imported otherwise)",
+    )
+    parser.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="accept a checkpoint without a checksum (written by a birnn before 2026-11-29): only a file you trust",
     )
 
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from birnn import checkpoint
-from birnn.config import flatten, to_plain, upgrade
+from birnn import checkpoint, rundir
+from birnn.config import flatten, to_plain, typed, upgrade
 from birnn.data import Batch, Splits, load_data, num_batches, shuffled_batches
 from birnn.data import spec as data_spec
 from birnn.device import effective_precision, setup_device, synchronize
 from birnn.distributed import Dist
-from birnn.errors import BirnnError
+from birnn.errors import BirnnError, first_line
 from birnn.loop import EvalResult, Stepper, loss_and_predictions
 from birnn.model import build_model
 from birnn.schedule import build_scheduler
@@ -44,6 +45,7 @@ RESUMABLE = (
     "trainer.log_images",
     "trainer.test_on",
     "trainer.test_every_epoch",
+    "trainer.allow_unverified",
 )
 STEP_COUNT_KEYS = ("trainer.epochs", "trainer.max_steps")  # resumable unless a scheduler depends on them
 
@@ -65,7 +67,11 @@ class Progress:
 def check_resumable(cfg: DictConfig, stored: dict) -> None:
     """Refuse (before touching the run dir) a resume whose config differs in a key that changes the run."""
     allowed = RESUMABLE + (STEP_COUNT_KEYS if cfg.scheduler is None else ())
-    now, then = flatten(to_plain(cfg)), flatten(upgrade(stored))
+    try:  # keys added since the checkpoint was written take their defaults: they were the behaviour then
+        then = flatten(to_plain(typed(upgrade(stored))))
+    except OmegaConfBaseException as e:
+        raise BirnnError(f"Cannot resume: the checkpoint's config does not fit this birnn ({first_line(e)}).") from None
+    now = flatten(to_plain(cfg))
     changed = sorted(
         k
         for k in now.keys() | then.keys()
@@ -204,7 +210,7 @@ class Run:
         if self.dist.is_main:
             try:
                 checkpoint.remove_stale(self.ckpt_dir)  # the run dir is ours: temp files are a killed write's
-                found = checkpoint.load_latest(self.ckpt_dir, check_state)
+                found = checkpoint.load_latest(self.ckpt_dir, check_state, self.cfg.trainer.allow_unverified)
             except BirnnError as e:
                 error = str(e)
         found, error = self.dist.broadcast((found, error))
@@ -300,7 +306,11 @@ class Run:
         losses = totals[0]
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
-            last = checkpoint.load_latest(self.ckpt_dir, check_state) if self.dist.is_main else None
+            last = (
+                checkpoint.load_latest(self.ckpt_dir, check_state, self.cfg.trainer.allow_unverified)
+                if self.dist.is_main
+                else None
+            )
             kept = (
                 f"the last good checkpoint ({last[1]}, step {last[0]['progress']['global_step']}) is kept"
                 if last
@@ -351,6 +361,7 @@ class Run:
         self._clock()
         path = None
         if self.dist.is_main:
+            rundir.check(self.run_dir)  # still this run's dir: nobody removed or replaced it to get in
             state = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),

@@ -1,22 +1,28 @@
 """One writer per run dir, and nothing left behind by a run that was refused before it trained.
 
-The lock is an ``flock`` on ``<dir>/.lock`` (``filelock``): the kernel drops it when its process dies, so a
-crashed or killed run leaves no stale lock, and its legitimate successors (a SLURM requeue, a torchrun
-restart) get in. Only one process per run dir takes it: the main rank of a distributed run.
+The lock is an ``flock`` on the run dir's own descriptor: nothing inside the dir can be deleted or swapped to
+let a second writer in, and the kernel drops the lock when its process dies, so a crashed or killed run leaves
+no stale lock and its legitimate successors (a SLURM requeue, a torchrun restart) get in. On a file system
+that cannot lock a directory (some NFS and Lustre mounts) the lock falls back to ``<dir>/.lock``, and
+``check`` (called before every checkpoint write) verifies that the held file is still the one at that path.
+Only one process per run dir takes it: the main rank of a distributed run.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from birnn.errors import BirnnError
 
 LOCK = ".lock"
+_HELD: dict[Path, Held] = {}  # this process's locks, by resolved dir (re-entrant)
 
 
 class Refused(BirnnError):
@@ -27,19 +33,84 @@ class Busy(Refused):
     """Another live process holds the run dir (or sweep dir)."""
 
 
-def lock(folder: Path, what: str = "run dir") -> FileLock:
+class Held:
+    """A held run-dir lock: the locked descriptor (the dir, or its ``.lock`` file) and how often it was taken."""
+
+    def __init__(self, folder: Path, fd: int, path: Path):
+        self.folder, self.fd, self.path, self.count = folder, fd, path, 1
+
+    def check(self) -> None:
+        """BirnnError if the locked dir or lock file is no longer the one at its path (deleted, replaced)."""
+        try:
+            now = os.lstat(self.path)
+        except OSError:
+            now = None
+        held = os.fstat(self.fd)
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise BirnnError(
+                f"{self.path} was deleted or replaced while this run held it: another process may be writing "
+                f"{self.folder}. Stopping without writing there."
+            )
+
+    def release(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            _HELD.pop(self.folder, None)
+            os.close(self.fd)  # closing the descriptor drops the flock
+
+
+def _busy(folder: Path, what: str) -> Busy:
+    return Busy(
+        f"{folder} is in use by another birnn process (one writer per {what}): wait for it to end, "
+        f"or choose another {'hydra.sweep.dir' if what == 'sweep dir' else 'hydra.run.dir'}."
+    )
+
+
+def _lock_file(folder: Path) -> int:
+    """Open ``<folder>/.lock`` for the fallback lock: a regular file, never through a link."""
+    path = folder / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise BirnnError(f"{path} cannot be used as the run dir's lock ({e.strerror}): remove it.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BirnnError(f"{path} is not a regular file, so it cannot be the run dir's lock: remove it.")
+    return fd
+
+
+def lock(folder: Path, what: str = "run dir") -> Held:
     """Lock ``folder`` for this process (re-entrant); Busy at once when another process holds it."""
     folder = folder.resolve()
+    if folder in _HELD:
+        _HELD[folder].count += 1
+        return _HELD[folder]
     folder.mkdir(parents=True, exist_ok=True)
-    held = FileLock(folder / LOCK, is_singleton=True, blocking=False)
     try:
-        held.acquire()
-    except Timeout:
-        raise Busy(
-            f"{folder} is in use by another birnn process (one writer per {what}): wait for it to end, "
-            f"or choose another {'hydra.sweep.dir' if what == 'sweep dir' else 'hydra.run.dir'}."
-        ) from None
-    return held
+        fd, path = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), folder
+    except OSError as e:
+        raise BirnnError(f"{folder} cannot be opened as a {what} ({e.strerror}).") from None
+    for attempt in ("dir", "file"):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(folder, what) from None
+        except OSError as e:  # this file system cannot flock a directory: lock a file in it instead
+            os.close(fd)
+            if attempt == "file" or e.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise BirnnError(f"Cannot lock {path} ({e.strerror}).") from None
+            fd, path = _lock_file(folder), folder / LOCK
+    _HELD[folder] = Held(folder, fd, path)
+    return _HELD[folder]
+
+
+def check(folder: Path) -> None:
+    """Before a write into ``folder``: BirnnError unless this process still holds it (a no-op if it never did)."""
+    held = _HELD.get(folder.resolve())
+    if held is not None:
+        held.check()
 
 
 def _fresh(run_dir: Path, record: Path | None, log_file: Path | None) -> bool:

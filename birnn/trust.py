@@ -2,13 +2,20 @@
 
 A checkpoint someone sends you carries its run's config, and a config names callables (``data._target_``,
 ``model._target_``, ...). Training resolves them from the user's own config. Restoring from a checkpoint
-(evaluate, predict, export) resolves a stored name only when it is one of birnn's own (``BUILTIN``) or the
-user allowed it: ``--allow MODULE`` (its module or a module inside it) or the name given again on the
-command line (``data._target_=...``). Anything else is refused before it is imported.
+(evaluate, predict, export) resolves a stored name only when
+
+- it is one of birnn's own (``BUILTIN``, exact names), or a name the user gave exactly (a ``_target_=...``
+  override on the command line, or ``--allow`` of the full name); or
+- the user allowed its module with ``--allow MODULE`` and the object the name resolves to is a class or a
+  function *defined* in MODULE or a module inside it (its ``__module__``). Reaching something else through
+  an allowed module's attributes (``mymodels.torch.hub.load``, ``birnn.model.instantiate``) is refused.
+
+Anything else is refused before it is imported; nothing on the built-in list instantiates further targets.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -34,9 +41,25 @@ BUILTIN = frozenset(
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
+def _inside(module: str | None, allowed: str) -> bool:
+    return isinstance(module, str) and (module == allowed or module.startswith(f"{allowed}."))
+
+
 def allowed(target: str, allow: Iterable[str] = ()) -> bool:
-    """Whether ``target`` is birnn's own or inside a module the user allowed."""
-    return target in BUILTIN or any(target == m or target.startswith(f"{m}.") for m in allow)
+    """Whether ``target`` may be looked up at all: birnn's own, named exactly, or under an allowed module.
+
+    A name under an allowed module passes only this first check: ``resolve`` then requires the object to be
+    defined there.
+    """
+    return target in BUILTIN or any(target == m or _inside(target, m) for m in allow)
+
+
+def _defined_in_allowed(found: Any, target: str, allow: Iterable[str]) -> bool:
+    """Whether ``found`` (what ``target`` resolved to) is a class or function defined in an allowed module."""
+    if target in BUILTIN or target in allow:
+        return True
+    kind_ok = inspect.isclass(found) or inspect.isfunction(found)
+    return kind_ok and any(_inside(target, m) and _inside(getattr(found, "__module__", None), m) for m in allow)
 
 
 def resolve(target: Any, key: str, allow: Iterable[str] = ()) -> Callable:
@@ -60,6 +83,12 @@ def resolve(target: Any, key: str, allow: Iterable[str] = ()) -> Callable:
             f"{key}={target} cannot be imported here ({type(e).__name__}: {first_line(e)}); install "
             "or put its module on the path (the working directory counts)."
         ) from None
+    if not _defined_in_allowed(found, target, allow):
+        where = getattr(found, "__module__", None) or type(found).__name__
+        raise BirnnError(
+            f"The checkpoint's {key} names {target}, which is not a class or function defined in the module "
+            f"you allowed (it comes from {where}): --allow trusts what a module defines, not what it imports."
+        )
     if not callable(found):
         raise BirnnError(f"The checkpoint's {key}={target} is not callable.")
     return found

@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from birnn import export
+from birnn.config import RNN_CLASSIFIER
 from birnn.data import load_digits
 from birnn.errors import BirnnError
 from birnn.evaluate import evaluate_checkpoint
@@ -251,6 +252,9 @@ def test_a_factory_that_returns_no_module_is_one_line():
         build_model(OmegaConf.create({"_target_": "builtins.dict"}), 8, 10)
 
 
+UNVERIFIED = ["trainer.allow_unverified=true"]  # checkpoints from before checksums need the user's word
+
+
 def test_birnns_old_checkpoints_still_evaluate_and_resume(tmp_path):
     """A checkpoint written before models and schedulers were components: no model._target_, scheduler.name."""
     run_dir = tmp_path / "old"
@@ -261,15 +265,17 @@ def test_birnns_old_checkpoints_still_evaluate_and_resume(tmp_path):
     del config["model"]["_target_"], config["tracker"]
     config["scheduler"] = {"name": "onecycle", "warmup_steps": 0, "min_lr_ratio": 0.0, "pct_start": 0.3}
     torch.save({**state, "finished": False}, run_dir / "checkpoints" / "last.pt")
-    assert restore(run_dir / "checkpoints" / "last.pt").cfg.model._target_ == "birnn.model.RNNClassifier"
-    evaluated = evaluate_checkpoint(run_dir / "checkpoints" / "last.pt", ["device=cpu"])
+    assert restore(run_dir / "checkpoints" / "last.pt", unverified=True).cfg.model._target_ == RNN_CLASSIFIER
+    evaluated = evaluate_checkpoint(run_dir / "checkpoints" / "last.pt", ["device=cpu"], unverified=True)
     assert evaluated["test_accuracy"] == metrics["test_accuracy"]
     # the old one-cycle schedule is today's: the (unfinished) run resumes and finishes in place
-    resumed = train(make_cfg(*FAST, "trainer.max_steps=4", "scheduler=onecycle"), run_dir)
+    resumed = train(make_cfg(*FAST, *UNVERIFIED, "trainer.max_steps=4", "scheduler=onecycle"), run_dir)
     assert resumed["steps"] == 4 and resumed["test_accuracy"] == metrics["test_accuracy"]
 
     config["scheduler"] = {"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.0, "pct_start": 0.3}
     torch.save({**state, "finished": False}, run_dir / "checkpoints" / "last.pt")
     with pytest.raises(BirnnError, match="old scheduler.name=cosine") as info:
-        train(make_cfg(*FAST, "trainer.max_steps=4", "scheduler=cosine", "scheduler.warmup_steps=2"), run_dir)
+        train(
+            make_cfg(*FAST, *UNVERIFIED, "trainer.max_steps=4", "scheduler=cosine", "scheduler.warmup_steps=2"), run_dir
+        )
     assert "\n" not in str(info.value)

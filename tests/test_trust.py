@@ -46,8 +46,7 @@ def crafted(trained: Path, folder: Path, keep_spec: bool) -> tuple[Path, Path]:
     """A checkpoint whose ``data._target_`` would unpickle a file that writes a marker, if it ever ran."""
     marker, payload = folder / "MARKER", folder / "payload.pkl"
     payload.write_bytes(pickle.dumps(Marker(marker)))
-    state = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
-    state.pop("checksum")
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
     state["config"]["data"] = {
         **state["config"]["data"],
         "_target_": "hydra.utils.instantiate",
@@ -58,9 +57,12 @@ def crafted(trained: Path, folder: Path, keep_spec: bool) -> tuple[Path, Path]:
     }
     if not keep_spec:
         del state["data"]
-    path = folder / "evil.pt"
-    torch.save(state, path)
-    return path, marker
+    return resave(state, folder / "evil.pt"), marker
+
+
+def resave(state: dict, path: Path) -> Path:
+    """Write a crafted ``state`` as a checkpoint with a valid checksum (anyone can compute one)."""
+    return checkpoint.save({k: v for k, v in state.items() if k != "format"}, path.parent, path.name)
 
 
 @pytest.mark.parametrize(
@@ -274,3 +276,149 @@ def test_predict_and_evaluate_refuse_non_finite_weights(trained, tmp_path):
     for module, args in (("birnn.predict", [str(path), str(x)]), ("birnn.evaluate", [str(path)])):
         proc = run_cli(*args, cwd=tmp_path, module=module)
         assert proc.returncode == 2 and "non-finite weights (fc.weight: 1 of" in proc.stderr, proc.stderr
+
+
+def _module(root: Path, name: str, source: str) -> None:
+    path = root / (name.replace(".", "/") + ".py")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for parent in path.parents:  # packages on the way
+        if parent == root:
+            break
+        (parent / "__init__.py").touch()
+    path.write_text(source)
+
+
+def test_allow_module_trusts_what_it_defines_not_what_it_imports(tmp_path, monkeypatch):
+    from birnn import trust
+
+    _module(tmp_path, "mymodels", "import torch\nimport os\nclass ConvBiGRU:\n    pass\ndef helper():\n    pass\n")
+    _module(tmp_path, "mypkg.data", "from hydra.utils import instantiate\ndef load(root, download):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert trust.resolve("mymodels.ConvBiGRU", "model._target_", ["mymodels"]).__name__ == "ConvBiGRU"
+    assert trust.resolve("mypkg.data.load", "data._target_", ["mypkg"]).__name__ == "load"
+    for target, allow, home in (
+        ("mymodels.torch.hub.load", "mymodels", "torch.hub"),
+        ("mymodels.os.system", "mymodels", "posix"),
+        ("mypkg.data.instantiate", "mypkg", "hydra"),
+        ("birnn.model.instantiate", "birnn", "hydra"),
+        ("birnn.checkpoint.torch.load", "birnn", "torch"),
+    ):
+        with pytest.raises(BirnnError, match=f"not a class or function defined in the module you allowed.*{home}"):
+            trust.resolve(target, "model._target_", [allow])
+    # a name the user gives exactly stays exact: it trusts that one name, nothing beside it
+    assert trust.resolve("mymodels.helper", "model._target_", ["mymodels.helper"]).__name__ == "helper"
+    with pytest.raises(BirnnError, match="not part of birnn"):
+        trust.resolve("mymodels.ConvBiGRU", "model._target_", ["mymodels.helper"])
+
+
+def test_allow_does_not_reach_torch_hub_through_an_allowed_module(trained, tmp_path):
+    """The attack: --allow mymodels, data._target_=mymodels.torch.hub.load on a local repo whose hubconf runs."""
+    repo, marker = tmp_path / "repo", tmp_path / "MARKER"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(f"open({str(marker)!r}, 'w').close()\ndependencies = []\n")
+    (tmp_path / "mymodels.py").write_text("import torch\n")
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    state["config"]["data"] = {
+        **state["config"]["data"],
+        "_target_": "mymodels.torch.hub.load",
+        "repo_or_dir": str(repo),
+        "model": "x",
+        "source": "local",
+    }
+    evil = resave(state, tmp_path / "evil.pt")
+    proc = run_cli(str(evil), "--allow", "mymodels", cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 2 and not marker.exists()
+    assert proc.stderr.count("\n") == 1 and "it comes from torch.hub" in proc.stderr, proc.stderr
+
+
+def test_a_stored_interpolation_is_refused_and_nothing_is_created(trained, tmp_path, monkeypatch):
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    state["config"]["data"]["root"] = "cache/${oc.env:SECRET_TOKEN}"
+    evil = resave(state, tmp_path / "evil.pt")
+    proc = run_cli(str(evil), cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "config.data.root holds an interpolation" in proc.stderr and not (tmp_path / "cache").exists()
+
+
+def test_a_received_file_never_makes_evaluate_download(trained, tmp_path):
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    state["config"]["data"] = {**state["config"]["data"], "_target_": "birnn.data.load_mnist"}
+    state["config"]["data"].update(root=str(tmp_path / "elsewhere"), download=True)
+    evil = resave(state, tmp_path / "evil.pt")
+    proc = run_cli(str(evil), cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 2 and "data.download=false" in proc.stderr, proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_checkpoint_without_its_checksum_is_refused_unless_the_user_accepts_it(trained, tmp_path):
+    """One damaged byte in the key name used to turn verification off (evaluate and resume accepted it)."""
+    state = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
+    state["checksux"] = state.pop("checksum")
+    state["model"]["fc.bias"] += 1.0
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save(state, run_dir / "checkpoints" / "last.pt")
+    evil = run_dir / "checkpoints" / "last.pt"
+    proc = run_cli(str(evil), cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 2 and "has no checksum" in proc.stderr and "--allow-unverified" in proc.stderr
+    assert run_cli(str(evil), "--allow-unverified", cwd=tmp_path, module="birnn.evaluate").returncode == 0
+    resumed = run_cli(*RUN, "trainer.epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode != 0 and "has no checksum" in resumed.stderr, resumed.stderr
+
+
+def test_deleting_the_lock_file_lets_no_second_writer_in(tmp_path):
+    run_dir = tmp_path / "run"
+    first = _start(run_dir, tmp_path, "trainer.epochs=1000")
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists())
+        for leftover in (run_dir / ".lock",):  # what an older birnn locked: removing it must change nothing
+            leftover.unlink(missing_ok=True)
+        second = run_cli(*RUN, "trainer.epochs=1000", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=60)
+        assert second.returncode == 2 and "is in use by another birnn process" in second.stderr, second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+def test_where_a_directory_cannot_be_locked_the_lock_file_is_checked_before_every_write(tmp_path, monkeypatch):
+    from birnn import rundir
+
+    real = rundir.fcntl.flock
+
+    def no_directory_locks(fd, op):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EBADF, "Bad file descriptor")  # what flock on a directory gives on NFS
+        return real(fd, op)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", no_directory_locks)
+    run_dir = tmp_path / "run"
+    held = rundir.lock(run_dir)
+    try:
+        assert (run_dir / ".lock").is_file()
+        rundir.check(run_dir)
+        (run_dir / ".lock").unlink()
+        (run_dir / ".lock").mkdir()  # swapped for a directory: noticed before the next write
+        with pytest.raises(BirnnError, match="was deleted or replaced while this run held it"):
+            rundir.check(run_dir)
+    finally:
+        held.release()
+    with pytest.raises(BirnnError, match=r"\.lock cannot be used as the run dir.s lock \(Is a directory\)"):
+        rundir.lock(run_dir)
+    (run_dir / ".lock").rmdir()
+    (run_dir / ".lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BirnnError, match=r"\.lock cannot be used as the run dir's lock"):
+        rundir.lock(run_dir)
+
+
+def test_a_run_dir_replaced_under_a_run_stops_it_before_it_writes(tmp_path):
+    from birnn import rundir
+
+    run_dir = tmp_path / "run"
+    held = rundir.lock(run_dir)
+    try:
+        run_dir.rename(tmp_path / "moved")
+        run_dir.mkdir()
+        with pytest.raises(BirnnError, match="was deleted or replaced"):
+            rundir.check(run_dir)
+    finally:
+        held.release()

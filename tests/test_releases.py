@@ -1,0 +1,55 @@
+"""Checkpoints written by earlier releases (tests/fixtures/README.md) evaluate, predict, export and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST, run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RELEASES = {"digits-252ba19.pt": ["--allow-unverified"], "digits-17dab9d.pt": []}  # the older one has no checksum
+RUN = [*FAST, "trainer.epochs=4"]  # the fixtures' run, less trainer.max_steps
+
+
+@pytest.mark.parametrize("name", RELEASES)
+def test_an_earlier_release_checkpoint_evaluates_predicts_and_exports(name, tmp_path):
+    ckpt, flags = FIXTURES / name, RELEASES[name]
+    out = tmp_path / "evaluation.json"
+    proc = run_cli(str(ckpt), *flags, "--out", str(out), cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["test_accuracy"] == pytest.approx(0.3510, abs=1e-4)
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros((8, 8), dtype="float32"))
+    proc = run_cli(str(ckpt), str(sample), *flags, "--json", cwd=tmp_path, module="birnn.predict")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["prediction"] in range(10)
+    onnx = tmp_path / "model.onnx"
+    proc = run_cli(str(ckpt), *flags, "--out", str(onnx), cwd=tmp_path, module="birnn.export")
+    assert proc.returncode == 0 and onnx.stat().st_size > 0, proc.stderr
+
+
+def test_the_release_before_checksums_needs_the_users_word(tmp_path):
+    proc = run_cli(str(FIXTURES / "digits-252ba19.pt"), cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 2 and "has no checksum" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", RELEASES)
+def test_a_run_of_an_earlier_release_resumes_exactly(name, tmp_path):
+    """Keys added since (data.val_fraction, data.patch, ...) take their defaults, which were the behaviour then."""
+    run_dir = tmp_path / "old"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(FIXTURES / name, run_dir / "checkpoints" / "last.pt")
+    trust = ["trainer.allow_unverified=true"] if RELEASES[name] else []
+    resumed = run_cli(*RUN, "trainer.max_steps=50", *trust, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    fresh = run_cli(*RUN, "trainer.max_steps=50", f"hydra.run.dir={tmp_path / 'fresh'}", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    wall = {"train_seconds", "train_samples_per_second"}
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, tmp_path / "fresh"))
+    assert {k: v for k, v in a.items() if k not in wall} == {k: v for k, v in b.items() if k not in wall}
