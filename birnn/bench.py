@@ -19,7 +19,7 @@ import torch
 
 from birnn.benchmarks.step import compose_config, machine, run_benchmark, with_default_data
 from birnn.benchmarks.whole_process import run_whole_process, summary_lines
-from birnn.errors import BirnnError
+from birnn.schema.errors import BirnnError
 
 
 def whole_process(args: argparse.Namespace) -> dict:

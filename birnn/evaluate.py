@@ -12,15 +12,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from birnn import console
-from birnn.checkpoint import atomic_write
-from birnn.config import import_from_cwd
-from birnn.data import load_data
-from birnn.device import effective_precision, setup_device
-from birnn.errors import BirnnError
-from birnn.loop import eval_pass
-from birnn.restore import add_trust_options, restore, user_errors
-from birnn.scores import confusion_matrix, per_class
+from birnn.data.pipeline import load_data
+from birnn.engine.checkpoint import atomic_write
+from birnn.engine.loop import eval_pass
+from birnn.engine.restore import add_trust_options, restore, user_errors
+from birnn.records.scores import confusion_matrix, per_class
+from birnn.schema import console
+from birnn.schema.config import import_from_cwd
+from birnn.schema.errors import BirnnError
+from birnn.system.device import effective_precision, setup_device
 
 
 def evaluate_checkpoint(

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from birnn import console
-from birnn.config import import_from_cwd
-from birnn.errors import BirnnError, first_line
-from birnn.normalize import Standardized
-from birnn.patches import Patched
-from birnn.restore import Restored, add_trust_options, restore, user_errors
+from birnn.data.normalize import Standardized
+from birnn.data.patches import Patched
+from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
+from birnn.schema import console
+from birnn.schema.config import import_from_cwd
+from birnn.schema.errors import BirnnError, first_line
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check

@@ -22,14 +22,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
-from birnn import console
-from birnn.config import DEVICES, DeviceConfig, import_from_cwd
-from birnn.device import setup_device
-from birnn.errors import BirnnError
-from birnn.normalize import apply as standardize
-from birnn.patches import patch
-from birnn.restore import Restored, add_trust_options, restore, user_errors
-from birnn.sequences import read_series
+from birnn.data.normalize import apply as standardize
+from birnn.data.patches import patch
+from birnn.data.uea import read_series
+from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
+from birnn.schema import console
+from birnn.schema.config import DEVICES, DeviceConfig, import_from_cwd
+from birnn.schema.errors import BirnnError
+from birnn.system.device import setup_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy",)

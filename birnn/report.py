@@ -1,7 +1,7 @@
 """Sweep summaries: ``summary.csv``, ``summary.md`` and ``summary.png`` from the records of finished runs.
 
 A run dir counts as a job when it holds ``.hydra/overrides.yaml``. Its status comes from ``status.json``
-(written by ``birnn.callbacks.SweepSummary`` at the end of every job, failed ones included); a run with no
+(written by ``birnn.records.callbacks.SweepSummary`` at the end of every job, failed ones included); a run with no
 record is ``completed`` when it holds ``metrics.json``, else ``incomplete`` (still running, or killed).
 The swept keys are the override keys whose values differ between the jobs. Jobs are ranked on their best
 validation accuracy when they have one (model selection never looks at the test split; the tables say so),
@@ -30,9 +30,9 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from birnn import console
-from birnn.checkpoint import atomic_write
-from birnn.errors import BirnnError
+from birnn.engine.checkpoint import atomic_write
+from birnn.schema import console
+from birnn.schema.errors import BirnnError
 
 STATUS_FILE = "status.json"
 METRICS = ("test_accuracy", "test_loss", "train_seconds")

@@ -32,12 +32,14 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from birnn import checkpoint, report, rundir, selection
-from birnn.callbacks import locked
-from birnn.checkpoint import atomic_write
-from birnn.config import CONFIG_DIR, import_from_cwd, validate
-from birnn.errors import BirnnError, first_line
-from birnn.space import as_override, distribution, suggest
+from birnn import report
+from birnn.engine import checkpoint, rundir
+from birnn.engine.checkpoint import atomic_write
+from birnn.records.callbacks import locked
+from birnn.schema.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.schema.errors import BirnnError, first_line
+from birnn.studies import selection
+from birnn.studies.space import as_override, distribution, suggest
 
 log = logging.getLogger("birnn.search")
 

@@ -3,7 +3,7 @@
 Config -> data on the device -> model -> optimizer -> epochs of shuffled batches, with test (and val)
 passes at every epoch end -> TensorBoard, checkpoints and ``metrics.json`` in the run dir. Started
 again on a run dir that holds a checkpoint, it resumes exactly where that checkpoint left off. The run's
-state lives in ``birnn.run.Run``; ranks in ``birnn.distributed``; this module is the loop and the entry.
+state lives in ``birnn.engine.run.Run``; ranks in ``birnn.system.distributed``; this module is the loop and the entry.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from birnn import checkpoint, console, distributed, rundir, selection
-from birnn.config import CONFIG_DIR, import_from_cwd, validate
-from birnn.distributed import Dist
-from birnn.errors import BirnnError
-from birnn.run import Run
-from birnn.signals import GracefulStop
+from birnn.engine import checkpoint, rundir
+from birnn.engine.run import Run
+from birnn.engine.signals import GracefulStop
+from birnn.schema import console
+from birnn.schema.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.schema.errors import BirnnError
+from birnn.studies import selection
+from birnn.system import distributed
+from birnn.system.distributed import Dist
 
 log = logging.getLogger("birnn.train")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from birnn.config import validate
+from birnn.schema.config import validate
 from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

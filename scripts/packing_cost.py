@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from birnn.config import validate
-from birnn.model import build_model
+from birnn.models.rnn import build_model
+from birnn.schema.config import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

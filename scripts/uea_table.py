@@ -28,10 +28,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-import birnn.config  # noqa: F401  (registers the schemas)
-from birnn.config import validate
+import birnn.schema.config  # noqa: F401  (registers the schemas)
 from birnn.data import Splits
-from birnn.sequences import bundled_problems, load_uea
+from birnn.data.uea import bundled_problems, load_uea
+from birnn.schema.config import validate
 from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import birnn.config  # noqa: F401  (registers the structured-config schemas)
+import birnn.schema.config  # noqa: F401  (registers the structured-config schemas)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from birnn import device as device_module
-from birnn.device import setup_device
+from birnn.system import device as device_module
+from birnn.system.device import setup_device
 from conftest import ROOT, make_cfg
 
 glibc = pytest.mark.skipif(not hasattr(os, "confstr") or sys.platform != "linux", reason="glibc only")
@@ -19,7 +19,7 @@ PROBE = """
 import ctypes, sys
 sys.path.insert(0, "tests")
 from conftest import make_cfg
-from birnn.device import setup_device
+from birnn.system.device import setup_device
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

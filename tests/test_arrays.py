@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from birnn import evaluate, export, normalize, predict
-from birnn.arrays import load_arrays
-from birnn.data import Splits, load_data, spec
-from birnn.errors import BirnnError
-from birnn.restore import restore
+from birnn import evaluate, export, predict
+from birnn.data import normalize
+from birnn.data.arrays import load_arrays
+from birnn.data.pipeline import Splits, load_data, spec
+from birnn.engine.restore import restore
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import make_cfg
 
@@ -182,7 +183,7 @@ def test_constant_features_are_only_centred():
 
 def test_unknown_data_key_is_one_clear_error(tmp_path):
     cfg = make_cfg(*FAST, f"data.path={tmp_path / 'd.npz'}", "data.pth=x")
-    with pytest.raises(BirnnError, match=r"data.pth is not a key of birnn.arrays.load_arrays \(it takes root, "):
+    with pytest.raises(BirnnError, match=r"data.pth is not a key of birnn.data.load_arrays \(it takes root, "):
         load_data(cfg.data, torch.device("cpu"))
 
 

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from test_arrays import arrays, save
 
-from birnn import checkpoint
-from birnn.arrays import load_arrays
-from birnn.errors import BirnnError
+from birnn.data.arrays import load_arrays
+from birnn.engine import checkpoint
+from birnn.engine.restore import restore
 from birnn.predict import predict
-from birnn.restore import restore
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import FAST, make_cfg, run_cli
 
@@ -86,7 +86,7 @@ def test_predict_refuses_what_does_not_fit_the_model(series_run, tmp_path):
 
 
 def test_ts_files_with_inf_or_no_values(tmp_path):
-    from birnn.sequences import read_ts
+    from birnn.data.uea import read_ts
 
     head = "@problemName t\n@timeStamps false\n@univariate true\n@equalLength false\n@classLabel true a b\n@data\n"
     (tmp_path / "inf.ts").write_text(head + "1.0,2.0,1e39:a\n1.0,2.0,3.0:b\n")

@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 from birnn import export
 from birnn.data import Splits, load_digits
-from birnn.errors import BirnnError
+from birnn.engine.restore import Restored, restore
 from birnn.evaluate import evaluate_checkpoint
-from birnn.model import RNNClassifier, build_model
-from birnn.restore import Restored, restore
+from birnn.models.rnn import RNNClassifier, build_model
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import FAST, make_cfg
 

@@ -6,10 +6,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from birnn.config import validate
-from birnn.device import setup_device
-from birnn.errors import BirnnError
-from birnn.model import build_model
+from birnn.models.rnn import build_model
+from birnn.schema.config import validate
+from birnn.schema.errors import BirnnError
+from birnn.system.device import setup_device
 from conftest import make_cfg
 
 
@@ -21,7 +21,7 @@ def test_defaults_reproduce_the_tutorial():
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.003
     assert cfg.trainer.epochs == 2 and cfg.trainer.grad_clip is None and cfg.trainer.precision == "32"
     assert cfg.scheduler is None and cfg.device.type == "auto" and cfg.seed == 0
-    assert cfg.model._target_ == "birnn.model.RNNClassifier" and list(cfg.tracker) == ["tensorboard"]
+    assert cfg.model._target_ == "birnn.models.RNNClassifier" and list(cfg.tracker) == ["tensorboard"]
     validate(cfg)
 
 
@@ -36,7 +36,7 @@ def test_data_option_carries_trainer_settings_and_the_command_line_wins():
     [
         ("optimizer", "adamw", "weight_decay", 0.01),
         ("optimizer", "sgd", "momentum", 0.9),
-        ("scheduler", "cosine", "_target_", "birnn.schedule.warmup_cosine"),
+        ("scheduler", "cosine", "_target_", "birnn.engine.schedule.warmup_cosine"),
         ("scheduler", "onecycle", "_target_", "torch.optim.lr_scheduler.OneCycleLR"),
         ("device", "cpu", "type", "cpu"),
     ],
@@ -85,7 +85,7 @@ def test_composition_rejects(override, error, cause, message):
         (
             "japanese_vowels",
             {
-                "data._target_": "birnn.sequences.load_uea",
+                "data._target_": "birnn.data.load_uea",
                 "data.name": "JapaneseVowels",
                 "data.batch_size": 32,
                 "data.normalize": True,
@@ -97,7 +97,7 @@ def test_composition_rejects(override, error, cause, message):
         (
             "basic_motions",
             {
-                "data._target_": "birnn.sequences.load_uea",
+                "data._target_": "birnn.data.load_uea",
                 "data.name": "BasicMotions",
                 "data.batch_size": 32,
                 "data.normalize": True,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from birnn.evaluate import evaluate_checkpoint
-from birnn.model import RNNClassifier
+from birnn.models.rnn import RNNClassifier
 from birnn.train import train
 from conftest import make_cfg
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from birnn.data import IDX_FILES, load_data, load_digits, load_fashion_mnist, load_mnist, shuffled_batches
-from birnn.errors import BirnnError
+from birnn.data.pipeline import IDX_FILES, load_data, load_digits, load_fashion_mnist, load_mnist, shuffled_batches
+from birnn.schema.errors import BirnnError
 from conftest import make_cfg, tiny_idx_images, write_idx
 
 
@@ -60,7 +60,7 @@ def test_load_data_holds_out_validation(tmp_path):
 
 
 def test_unknown_loader_is_a_clear_error():
-    cfg = make_cfg("data=digits", "data._target_=birnn.data.nope")
+    cfg = make_cfg("data=digits", "data._target_=birnn.data.pipeline.nope")
     with pytest.raises(BirnnError, match="not an importable loader"):
         load_data(cfg.data, torch.device("cpu"))
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from birnn.data import load_data, shuffled_batches
-from birnn.distributed import Dist
-from birnn.errors import BirnnError
+from birnn.data.pipeline import load_data, shuffled_batches
+from birnn.schema.errors import BirnnError
+from birnn.system.distributed import Dist
 from birnn.train import train
 from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
 

@@ -78,7 +78,7 @@ def test_wheel_trains_evaluates_and_reports_from_any_directory(site, tmp_path):
         tmp_path,
         "python",
         "-c",
-        "import birnn, birnn.config; print(birnn.__file__); print(birnn.config.CONFIG_DIR)",
+        "import birnn, birnn.schema.config; print(birnn.__file__); print(birnn.schema.config.CONFIG_DIR)",
     )
     assert where.stdout.split() == [str(site / "birnn" / "__init__.py"), str(site / "birnn" / "conf")]
 

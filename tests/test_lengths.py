@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import birnn.model
-from birnn.loop import Stepper, eval_pass
-from birnn.model import RNNClassifier
-from birnn.patches import patch, patch_lengths
+import birnn.models.rnn
+from birnn.data.patches import patch, patch_lengths
+from birnn.engine.loop import Stepper, eval_pass
+from birnn.models.rnn import RNNClassifier
 
 LENGTHS = [7, 1, 4, 7, 2, 5]  # the longest, a single step, and everything between, unsorted
 FEATURES, CLASSES = 3, 4
@@ -96,7 +96,7 @@ def test_no_packing_without_lengths(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("packed a batch that has no lengths")
 
-    monkeypatch.setattr(birnn.model, "pack_padded_sequence", refuse)
+    monkeypatch.setattr(birnn.models.rnn, "pack_padded_sequence", refuse)
     for model, logits in zip(models, packed):
         assert (model(x) - logits).abs().max() <= 1e-5
 

@@ -4,8 +4,8 @@ nn.LSTM / nn.GRU."""
 import pytest
 import torch
 
-from birnn.checkpoint import load_model_state
-from birnn.model import RNNClassifier
+from birnn.engine.checkpoint import load_model_state
+from birnn.models.rnn import RNNClassifier
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -16,12 +16,12 @@ import torch
 from omegaconf import OmegaConf
 
 from birnn import export
-from birnn.config import RNN_CLASSIFIER
 from birnn.data import load_digits
-from birnn.errors import BirnnError
+from birnn.engine.restore import Restored, restore
 from birnn.evaluate import evaluate_checkpoint
-from birnn.model import build_model
-from birnn.restore import Restored, restore
+from birnn.models.rnn import build_model
+from birnn.schema.config import RNN_CLASSIFIER
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import FAST, ROOT, make_cfg, wait_for
 

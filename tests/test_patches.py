@@ -1,4 +1,4 @@
-"""``data.patch=k`` (birnn/patches.py): k steps read as one in training, checkpoints, evaluate, predict, export."""
+"""``data.patch=k`` (birnn/data/patches.py): k steps read as one in training, checkpoints, evaluate, predict, export."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from birnn import evaluate, export, normalize, patches, predict
-from birnn.config import validate
-from birnn.data import load_data, load_digits
-from birnn.errors import BirnnError
-from birnn.restore import restore
+from birnn import evaluate, export, predict
+from birnn.data import normalize, patches
+from birnn.data.pipeline import load_data, load_digits
+from birnn.engine.restore import restore
+from birnn.schema.config import validate
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import make_cfg
 

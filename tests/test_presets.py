@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from birnn.config import validate
-from birnn.run import build
+from birnn.engine.run import build
+from birnn.schema.config import validate
 from conftest import make_cfg
 
 CPU = ["device=cpu", "device.num_threads=1"]

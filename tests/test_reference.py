@@ -7,7 +7,7 @@ import importlib.util
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from birnn.config import CONFIG_DIR
+from birnn.schema.config import CONFIG_DIR
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")

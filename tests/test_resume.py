@@ -12,10 +12,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from birnn import checkpoint
-from birnn.errors import BirnnError
-from birnn.loop import Stepper
-from birnn.model import RNNClassifier
+from birnn.engine import checkpoint
+from birnn.engine.loop import Stepper
+from birnn.models.rnn import RNNClassifier
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
 

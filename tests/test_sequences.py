@@ -15,12 +15,12 @@ from PIL import Image
 pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
 
 from birnn import evaluate, predict
-from birnn.data import load_data
-from birnn.errors import BirnnError
-from birnn.figures import misclassified_series_figure
-from birnn.loop import EvalResult
-from birnn.sequences import bundled_problems, load_uea, read_ts
-from birnn.tracking import TensorBoard
+from birnn.data.pipeline import load_data
+from birnn.data.uea import bundled_problems, load_uea, read_ts
+from birnn.engine.loop import EvalResult
+from birnn.records.figures import misclassified_series_figure
+from birnn.records.tracking import TensorBoard
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import make_cfg, run_cli
 
@@ -125,7 +125,7 @@ def test_data_uea_config_composes_and_loads(tmp_path):
     splits = load_data(cfg.data, torch.device("cpu"))
     assert splits.train_x.shape == (8, 6, 2) and splits.test_lengths.tolist() == [5, 6, 5, 6]
     typo = make_cfg("data=uea", "data.nam=Tiny", f"data.root={root}")  # refused before anything loads
-    with pytest.raises(BirnnError, match="data.nam is not a key of birnn.sequences.load_uea"):
+    with pytest.raises(BirnnError, match="data.nam is not a key of birnn.data.load_uea"):
         load_data(typo.data, torch.device("cpu"))
 
 

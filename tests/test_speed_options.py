@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from birnn.device import cpu_bf16_recurrence
-from birnn.errors import BirnnError
-from birnn.schedule import build_scheduler
+from birnn.engine.schedule import build_scheduler
+from birnn.schema.errors import BirnnError
+from birnn.system.device import cpu_bf16_recurrence
 from birnn.train import train
 from conftest import FAST, make_cfg
 
@@ -84,7 +84,7 @@ def test_scheduler_state_resumes(tmp_path):
 
 @pytest.mark.parametrize("preset", ["tutorial", "fast"])
 def test_presets_compose(preset):
-    from birnn.config import validate
+    from birnn.schema.config import validate
 
     cfg = make_cfg(f"experiment={preset}")
     validate(cfg)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from birnn.config import validate
-from birnn.data import holdout, load_digits
-from birnn.errors import BirnnError
+from birnn.data.pipeline import holdout, load_digits
+from birnn.schema.config import validate
+from birnn.schema.errors import BirnnError
 from conftest import FAST, ROOT, make_cfg, run_cli
 
 TINY_SPACE = "search.params={optimizer.lr:'tag(log,interval(0.003,0.03))',model.hidden_size:null,data.batch_size:null}"

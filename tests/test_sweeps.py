@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from birnn import report
-from birnn.device import threads_per_job
+from birnn.system.device import threads_per_job
 from conftest import CONF, FAST, run_cli
 
 TINY = [*FAST, "trainer.epochs=1"]

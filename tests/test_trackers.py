@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from birnn.tracking import Trackers, hparams
+from birnn.records.tracking import Trackers, hparams
 from birnn.train import train
 from conftest import FAST, make_cfg, run_cli
 

@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from birnn import checkpoint
-from birnn.data import load_data
-from birnn.loop import eval_pass
-from birnn.model import build_model
+from birnn.data.pipeline import load_data
+from birnn.engine import checkpoint
+from birnn.engine.loop import eval_pass
+from birnn.models.rnn import build_model
 from birnn.train import train
 from conftest import FAST, make_cfg, run_cli
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from birnn import checkpoint
-from birnn import run as run_module
-from birnn.errors import BirnnError
-from birnn.loop import Stepper
+from birnn.engine import checkpoint
+from birnn.engine import run as run_module
+from birnn.engine.loop import Stepper
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
 
@@ -93,10 +93,10 @@ def test_a_crafted_checkpoint_runs_no_code(trained, tmp_path, command, keep_spec
 
 
 def test_allowed_modules_and_builtins():
-    from birnn import trust
+    from birnn.schema import trust
 
     assert trust.allowed("birnn.data.load_digits")
-    assert not trust.allowed("birnn.data.get_method")
+    assert not trust.allowed("birnn.data.pipeline.get_method")
     assert trust.allowed("mymodels.conv.Net", ["mymodels"]) and not trust.allowed("mymodelsx.Net", ["mymodels"])
     with pytest.raises(BirnnError, match="not a dotted name"):
         trust.resolve("os.system; rm", "data._target_")
@@ -229,7 +229,7 @@ def test_a_flipped_block_inside_the_tensors_falls_back_to_previous(tmp_path, cap
 
 
 def test_non_finite_learning_rates_and_absurd_values_are_refused():
-    from birnn.config import validate
+    from birnn.schema.config import validate
 
     for bad, message in (
         ("optimizer.lr=inf", "optimizer.lr must be a finite number > 0"),
@@ -244,7 +244,7 @@ def test_non_finite_learning_rates_and_absurd_values_are_refused():
             continue
         with pytest.raises(BirnnError, match=message):
             validate(cfg)
-    from birnn.model import check_options
+    from birnn.models.rnn import check_options
 
     with pytest.raises(BirnnError, match="model.hidden_size must be in 1..65536, got 1000000000"):
         check_options(1_000_000_000, 2, 0.0, "last", "lstm")
@@ -289,7 +289,7 @@ def _module(root: Path, name: str, source: str) -> None:
 
 
 def test_allow_module_trusts_what_it_defines_not_what_it_imports(tmp_path, monkeypatch):
-    from birnn import trust
+    from birnn.schema import trust
 
     _module(tmp_path, "mymodels", "import torch\nimport os\nclass ConvBiGRU:\n    pass\ndef helper():\n    pass\n")
     _module(tmp_path, "mypkg.data", "from hydra.utils import instantiate\ndef load(root, download):\n    pass\n")
@@ -300,8 +300,8 @@ def test_allow_module_trusts_what_it_defines_not_what_it_imports(tmp_path, monke
         ("mymodels.torch.hub.load", "mymodels", "torch.hub"),
         ("mymodels.os.system", "mymodels", "posix"),
         ("mypkg.data.instantiate", "mypkg", "hydra"),
-        ("birnn.model.instantiate", "birnn", "hydra"),
-        ("birnn.checkpoint.torch.load", "birnn", "torch"),
+        ("birnn.models.rnn.instantiate", "birnn", "hydra"),
+        ("birnn.engine.checkpoint.torch.load", "birnn", "torch"),
     ):
         with pytest.raises(BirnnError, match=f"not a class or function defined in the module you allowed.*{home}"):
             trust.resolve(target, "model._target_", [allow])
@@ -381,7 +381,7 @@ def test_deleting_the_lock_file_lets_no_second_writer_in(tmp_path):
 
 
 def test_where_a_directory_cannot_be_locked_the_lock_file_is_checked_before_every_write(tmp_path, monkeypatch):
-    from birnn import rundir
+    from birnn.engine import rundir
 
     real = rundir.fcntl.flock
 
@@ -411,7 +411,7 @@ def test_where_a_directory_cannot_be_locked_the_lock_file_is_checked_before_ever
 
 
 def test_a_run_dir_replaced_under_a_run_stops_it_before_it_writes(tmp_path):
-    from birnn import rundir
+    from birnn.engine import rundir
 
     run_dir = tmp_path / "run"
     held = rundir.lock(run_dir)

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("aeon", reason="the archive table needs the timeseries extra")
 
 from birnn.data import Splits
-from birnn.sequences import load_uea
+from birnn.data.uea import load_uea
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "uea_table.py"
 spec = importlib.util.spec_from_file_location("uea_table", SCRIPT)

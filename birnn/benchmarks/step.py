@@ -31,13 +31,13 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from birnn.config import CONFIG_DIR as CONF
-from birnn.config import to_plain, validate
-from birnn.data import Splits, load_data, num_batches, shuffled_batches
-from birnn.device import setup_device, synchronize
-from birnn.errors import BirnnError
-from birnn.loop import eval_pass as birnn_eval_pass
-from birnn.run import build
+from birnn.data.pipeline import Splits, load_data, num_batches, shuffled_batches
+from birnn.engine.loop import eval_pass as birnn_eval_pass
+from birnn.engine.run import build
+from birnn.schema.config import CONFIG_DIR as CONF
+from birnn.schema.config import to_plain, validate
+from birnn.schema.errors import BirnnError
+from birnn.system.device import setup_device, synchronize
 
 
 class TutorialBiRNN(nn.Module):

@@ -25,8 +25,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from birnn.data import IDX_FILES, Splits, load_data
-from birnn.errors import BirnnError
+from birnn.data.pipeline import IDX_FILES, Splits, load_data
+from birnn.schema.errors import BirnnError
 
 TUTORIAL = Path(__file__).with_name("tutorial_main.py")  # the tutorial's own script
 TUTORIAL_ACCURACY = re.compile(r"Test Accuracy of the model on the 10000 test images: ([0-9.]+) %")

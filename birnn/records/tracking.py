@@ -19,12 +19,12 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 import birnn
-from birnn.checkpoint import atomic_write
-from birnn.config import flatten
-from birnn.errors import BirnnError, first_line
-from birnn.figures import confusion_figure, misclassified_figure, misclassified_series_figure
-from birnn.loop import EvalResult
-from birnn.scores import confusion_matrix
+from birnn.engine.checkpoint import atomic_write
+from birnn.engine.loop import EvalResult
+from birnn.records.figures import confusion_figure, misclassified_figure, misclassified_series_figure
+from birnn.records.scores import confusion_matrix
+from birnn.schema.config import flatten
+from birnn.schema.errors import BirnnError, first_line
 
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
 MAX_MISCLASSIFIED_SERIES = 6  # line plots of misclassified series

@@ -17,9 +17,10 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from birnn import normalize, patches, trust
-from birnn.distributed import Dist
-from birnn.errors import BirnnError
+from birnn.data import normalize, patches
+from birnn.schema import trust
+from birnn.schema.errors import BirnnError
+from birnn.system.distributed import Dist
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -67,7 +68,7 @@ class Splits:
     longest), None when every sample has all steps. ``normalization``: per-feature ``{"mean": [...],
     "std": [...]}`` already applied to the inputs (set by ``load_data``), None when not standardized.
     ``kind``: ``image`` (rows of an image, values in [0, 1]; pictures show images) or ``series`` (any
-    sequences; pictures show line plots). ``patch``: the steps read as one (``birnn.patches``, set by
+    sequences; pictures show line plots). ``patch``: the steps read as one (``birnn.data.patches``, set by
     ``load_data``); ``raw_shape``: ``(steps, features)`` of the inputs before patching, None when unpatched.
     """
 
@@ -204,7 +205,7 @@ def load_data(
     With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. ``allow`` given
-    means ``cfg`` came from a checkpoint: its loader must pass the trust rule (``birnn.trust``) with those
+    means ``cfg`` came from a checkpoint: its loader must pass the trust rule (``birnn.schema.trust``) with those
     allowed modules.
     """
     kwargs = {
@@ -254,7 +255,7 @@ def load_data(
 
 
 def _patched(splits: Splits, k: int) -> Splits:
-    """Every split read ``k`` steps at a time (``birnn.patches.patch``), lengths ``ceil(length / k)``."""
+    """Every split read ``k`` steps at a time (``birnn.data.patches.patch``), lengths ``ceil(length / k)``."""
     changed: dict = {"patch": k, "raw_shape": tuple(int(n) for n in splits.test_x.shape[1:])}
     for s in ("train", "test", "val"):
         x, lengths = getattr(splits, f"{s}_x"), getattr(splits, f"{s}_lengths")

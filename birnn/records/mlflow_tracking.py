@@ -20,9 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from torch import Tensor
 
-from birnn.errors import BirnnError
-from birnn.loop import EvalResult
-from birnn.tracking import hparams, pictures
+from birnn.engine.loop import EvalResult
+from birnn.records.tracking import hparams, pictures
+from birnn.schema.errors import BirnnError
 
 try:
     from mlflow.entities import Metric, Param, RunStatus

@@ -7,7 +7,7 @@ features ``j * C .. (j + 1) * C - 1``). A series that k does not divide gets a l
 (the channel means, once ``data.normalize`` has standardized it); variable-length series keep
 ``ceil(length / k)`` steps and their padding is zeroed first, so a sample patched in a padded batch equals
 the sample patched alone. ``load_data`` patches after standardization; checkpoints record k in their data spec
-(``birnn.data.spec``), and evaluate, predict and export (``Patched``) apply it to raw inputs.
+(``birnn.data.pipeline.spec``), and evaluate, predict and export (``Patched``) apply it to raw inputs.
 
 ``data.patch=auto`` picks k from the training split alone (``auto_size``).
 """

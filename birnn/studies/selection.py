@@ -12,7 +12,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from birnn.config import has_validation
+from birnn.schema.config import has_validation
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from birnn.errors import BirnnError
+from birnn.schema.errors import BirnnError
 
 LOCK = ".lock"
 _HELD: dict[Path, Held] = {}  # this process's locks, by resolved dir (re-entrant)

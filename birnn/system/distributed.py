@@ -24,7 +24,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
-from birnn.errors import BirnnError
+from birnn.schema.errors import BirnnError
 
 log = logging.getLogger(__name__)
 

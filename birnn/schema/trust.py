@@ -8,7 +8,7 @@ A checkpoint someone sends you carries its run's config, and a config names call
   override on the command line, or ``--allow`` of the full name); or
 - the user allowed its module with ``--allow MODULE`` and the object the name resolves to is a class or a
   function *defined* in MODULE or a module inside it (its ``__module__``). Reaching something else through
-  an allowed module's attributes (``mymodels.torch.hub.load``, ``birnn.model.instantiate``) is refused.
+  an allowed module's attributes (``mymodels.torch.hub.load``, ``birnn.models.rnn.instantiate``, Hydra's) is refused.
 
 Anything else is refused before it is imported; nothing on the built-in list instantiates further targets.
 """
@@ -22,7 +22,8 @@ from typing import Any
 
 from hydra._internal.utils import _locate
 
-from birnn.errors import BirnnError, first_line
+from birnn.schema.config import RENAMED
+from birnn.schema.errors import BirnnError, first_line
 
 # birnn's own loaders, models and schedules: importing and calling these runs no code from the checkpoint.
 BUILTIN = frozenset(
@@ -30,9 +31,9 @@ BUILTIN = frozenset(
         "birnn.data.load_mnist",
         "birnn.data.load_fashion_mnist",
         "birnn.data.load_digits",
-        "birnn.arrays.load_arrays",
-        "birnn.sequences.load_uea",
-        "birnn.model.RNNClassifier",
+        "birnn.data.load_arrays",
+        "birnn.data.load_uea",
+        "birnn.models.RNNClassifier",
         "torch.optim.Adam",
         "torch.optim.AdamW",
         "torch.optim.SGD",
@@ -65,6 +66,7 @@ def _defined_in_allowed(found: Any, target: str, allow: Iterable[str]) -> bool:
 def resolve(target: Any, key: str, allow: Iterable[str] = ()) -> Callable:
     """The callable a checkpoint names at ``key`` (e.g. ``data._target_``), if the trust rule lets it in."""
     allow = tuple(allow)
+    target = RENAMED.get(target, target) if isinstance(target, str) else target  # birnn's own, moved since
     if not isinstance(target, str) or not _DOTTED.fullmatch(target):
         raise BirnnError(f"The checkpoint's {key} is {target!r}, not a dotted name: refusing to load it.")
     if not allowed(target, allow):

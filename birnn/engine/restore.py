@@ -1,6 +1,6 @@
 """Rebuild a trained model from a checkpoint: the shared start of ``evaluate``, ``predict`` and ``export``.
 
-The config stored in the checkpoint is typed again with the schemas of ``birnn.config`` and merged with
+The config stored in the checkpoint is typed again with the schemas of ``birnn.schema.config`` and merged with
 ``key=value`` overrides (``OmegaConf.from_dotlist``), so a typo or a wrong type is one clear error.
 """
 
@@ -17,12 +17,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from birnn import checkpoint
-from birnn.config import typed, validate
-from birnn.data import load_data
-from birnn.data import spec as data_spec
-from birnn.errors import BirnnError
-from birnn.model import build_model
+from birnn.data.pipeline import load_data
+from birnn.data.pipeline import spec as data_spec
+from birnn.engine import checkpoint
+from birnn.models.rnn import build_model
+from birnn.schema.config import typed, validate
+from birnn.schema.errors import BirnnError
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Restored:
     model: torch.nn.Module  # built from cfg.model: its _target_ (birnn's RNNClassifier if none) and keys
     input_shape: tuple[int, int]  # (steps, features) of one raw input, before patching
     classes: list[str]
-    spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.spec`` (less in old checkpoints)
+    spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.pipeline.spec`` (less in old checkpoints)
     allow: tuple[str, ...] = ()  # modules (and targets) the user allows this checkpoint's config to name
 
     @property
@@ -45,7 +45,7 @@ class Restored:
 
     @property
     def patch(self) -> int:
-        """The steps the model reads as one (``birnn.patches``); 1 for checkpoints from before patches."""
+        """The steps the model reads as one (``birnn.data.patches``); 1 for checkpoints from before patches."""
         return int(self.spec.get("patch", 1))
 
 
@@ -111,7 +111,7 @@ def _reason(e: OmegaConfBaseException) -> str:
 
 
 def trusted(overrides: Sequence[str], allow: Sequence[str]) -> tuple[str, ...]:
-    """The ``--allow`` modules plus every ``_target_`` the user names on the command line (``birnn.trust``)."""
+    """The ``--allow`` modules plus every ``_target_`` the user names on the command line (``birnn.schema.trust``)."""
     named = [value for key, _, value in (o.partition("=") for o in overrides) if key.endswith("_target_")]
     return (*allow, *named)
 
@@ -135,7 +135,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
 def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = (), unverified: bool = False) -> Restored:
     """Load ``path``, merge ``overrides`` into its config and rebuild its model in eval mode.
 
-    Nothing the checkpoint names is imported unless ``birnn.trust`` lets it in (``allow``: the user's
+    Nothing the checkpoint names is imported unless ``birnn.schema.trust`` lets it in (``allow``: the user's
     ``--allow`` modules). A file without a checksum loads only with ``unverified`` (``--allow-unverified``).
     Non-finite weights are refused: such a model answers nothing but NaN.
     """
@@ -159,7 +159,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
 
 
 def add_trust_options(parser: argparse.ArgumentParser) -> None:
-    """``--allow MODULE`` (repeatable): let the checkpoint's config name code from MODULE (``birnn.trust``);
+    """``--allow MODULE`` (repeatable): let the checkpoint's config name code from MODULE (``birnn.schema.trust``);
     ``--allow-unverified``: accept a checkpoint without a checksum."""
     parser.add_argument(
         "--allow",

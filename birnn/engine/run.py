@@ -3,7 +3,7 @@
 ``birnn.train.train`` is the loop and its policy (when to log, checkpoint, evaluate and stop); a ``Run``
 holds what trains (model, optimizer, schedule, data), where it stands (``Progress``), how it resumes, and
 how it is recorded (checkpoints, trackers, ``metrics.json``). Ranks are the business of
-``birnn.distributed.Dist``: every process holds a ``Run``, the main one writes the records.
+``birnn.system.distributed.Dist``: every process holds a ``Run``, the main one writes the records.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from birnn import checkpoint, rundir
-from birnn.config import flatten, to_plain, typed, upgrade
-from birnn.data import Batch, Splits, load_data, num_batches, shuffled_batches
-from birnn.data import spec as data_spec
-from birnn.device import effective_precision, setup_device, synchronize
-from birnn.distributed import Dist
-from birnn.errors import BirnnError, first_line
-from birnn.loop import EvalResult, Stepper, loss_and_predictions
-from birnn.model import build_model
-from birnn.schedule import build_scheduler
-from birnn.tracking import Trackers, provenance, write_metrics
+from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches
+from birnn.data.pipeline import spec as data_spec
+from birnn.engine import checkpoint, rundir
+from birnn.engine.loop import EvalResult, Stepper, loss_and_predictions
+from birnn.engine.schedule import build_scheduler
+from birnn.models.rnn import build_model
+from birnn.records.tracking import Trackers, provenance, write_metrics
+from birnn.schema.config import flatten, to_plain, typed, upgrade
+from birnn.schema.errors import BirnnError, first_line
+from birnn.system.device import effective_precision, setup_device, synchronize
+from birnn.system.distributed import Dist
 
 log = logging.getLogger("birnn.train")
 

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from birnn import trust
-from birnn.errors import BirnnError, first_line
+from birnn.schema import trust
+from birnn.schema.errors import BirnnError, first_line
 
 READOUTS = ("last", "final", "mean")
 _GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -199,7 +199,7 @@ def build_model(cfg: DictConfig, input_size: int, num_classes: int, allow: Itera
     """The model ``cfg`` (the ``model`` node) names: ``cfg._target_(input_size=..., num_classes=..., **keys)``.
 
     Training (``allow`` None) instantiates the user's own config with Hydra. Restoring a checkpoint passes
-    ``allow``: the stored ``_target_`` is resolved under the trust rule (``birnn.trust``) and called with the
+    ``allow``: the stored ``_target_`` is resolved under the trust rule (``birnn.schema.trust``) and called with the
     stored keys as plain values, so nothing nested in them is instantiated.
     """
     target = cfg.get("_target_")

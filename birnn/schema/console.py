@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from birnn.errors import BirnnError
+from birnn.schema.errors import BirnnError
 
 INTERNAL_GROUPS = "schema/"  # structured-config schemas: composed by the YAMLs, never chosen by a user
 

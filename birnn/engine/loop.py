@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from birnn.data import sequential_batches
+from birnn.data.pipeline import sequential_batches
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from birnn import report
-from birnn.rundir import Refused
+from birnn.engine.rundir import Refused
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,15 @@ def locked(folder: Path) -> Iterator[None]:
 
 
 class MLflowParent(Callback):
-    """``tracker=mlflow``: when a multirun ends, mark its MLflow parent run finished (``birnn.mlflow_tracking``)."""
+    """``tracker=mlflow``: when a multirun ends, mark its MLflow parent run finished
+    (``birnn.records.mlflow_tracking``)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.runtime.cwd) / str(config.hydra.sweep.dir)
         if not (sweep_dir / "mlflow_parent.json").is_file():
             return
         try:
-            from birnn.mlflow_tracking import end_parent
+            from birnn.records.mlflow_tracking import end_parent
 
             end_parent(sweep_dir)
         except Exception as e:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from birnn.data import Splits
-from birnn.errors import BirnnError, first_line
+from birnn.data.pipeline import Splits
+from birnn.schema.errors import BirnnError, first_line
 
 INSTALL_HINT = 'pip install -e ".[timeseries]"'
 ARCHIVE_URL = "https://timeseriesclassification.com"

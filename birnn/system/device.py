@@ -9,8 +9,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from birnn.allocator import tune_allocator
-from birnn.errors import BirnnError
+from birnn.schema.errors import BirnnError
+from birnn.system.allocator import tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
     """``auto`` is cuda, else mps, else cpu; an explicit choice that is not available is an error.
 
-    On the CPU, with ``tune_allocator``, glibc's allocator is tuned first (``birnn.allocator``): call this
+    On the CPU, with ``tune_allocator``, glibc's allocator is tuned first (``birnn.system.allocator``): call this
     before loading data so the whole run's allocations benefit.
     """
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}

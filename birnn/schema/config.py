@@ -7,6 +7,7 @@ before any data loads. ``validate`` then checks ranges and choices.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -17,15 +18,26 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from birnn.errors import BirnnError
+from birnn.schema.errors import BirnnError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 TEST_ON = ("last", "best")
-RNN_CLASSIFIER = "birnn.model.RNNClassifier"  # the model of checkpoints written before model._target_
+log = logging.getLogger("birnn")
+RNN_CLASSIFIER = "birnn.models.RNNClassifier"  # the model of checkpoints written before model._target_
+# Where birnn's own components moved when the modules became packages (2026-12): checkpoints and configs that
+# name the old homes keep working (a user's config gets one warning per name).
+RENAMED = {
+    "birnn.model.RNNClassifier": RNN_CLASSIFIER,
+    "birnn.arrays.load_arrays": "birnn.data.load_arrays",
+    "birnn.sequences.load_uea": "birnn.data.load_uea",
+    "birnn.schedule.warmup_cosine": "birnn.engine.schedule.warmup_cosine",
+    "birnn.tracking.TensorBoard": "birnn.records.tracking.TensorBoard",
+    "birnn.mlflow_tracking.MLflow": "birnn.records.mlflow_tracking.MLflow",
+}
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # birnn/
 # The config tree: ``birnn/conf/`` in an installed wheel (package data built from the repository's
 # ``conf/``), else the ``conf/`` beside this package (a checkout, editable or on PYTHONPATH). Found from this
 # file, not by importing ``birnn.conf``, so it never depends on which editable install's finder wins.
@@ -53,7 +65,7 @@ class ModelComponentConfig:
 
 @dataclass
 class ModelConfig:
-    """birnn's own model, ``birnn.model.RNNClassifier`` (model=bilstm, model=bigru): its keys are typed."""
+    """birnn's own model, ``birnn.models.RNNClassifier`` (model=bilstm, model=bigru): its keys are typed."""
 
     _target_: str = RNN_CLASSIFIER
     hidden_size: int = 128  # units per direction in each recurrent layer
@@ -82,10 +94,10 @@ class DataConfig:
     val_size: int = 0  # training samples held out for validation (0 = the tutorial: none)
     split_seed: int = 0
     normalize: bool = False  # per-feature standardization with the training split's mean and std
-    # k steps read as one step of k x features (birnn/patches.py); auto: from the training split's length
+    # k steps read as one step of k x features (birnn/data/patches.py); auto: from the training split's length
     patch: Any = 1
     # Validation split as a fraction of the training split (when val_size is 0). A multirun or a search whose
-    # jobs set neither gets SWEEP_VAL_FRACTION (birnn/selection.py).
+    # jobs set neither gets SWEEP_VAL_FRACTION (birnn/studies/selection.py).
     val_fraction: float = 0.0
     folds: int = 0  # K > 1: stratified K-fold over the training split; fold `fold` is the validation split
     fold: int = 0
@@ -93,9 +105,9 @@ class DataConfig:
 
 @dataclass
 class UEADataConfig(DataConfig):
-    """``data=uea``: a UCR/UEA archive problem in its ``.ts`` format (``birnn/sequences.py``)."""
+    """``data=uea``: a UCR/UEA archive problem in its ``.ts`` format (``birnn/data/uea.py``)."""
 
-    _target_: str = "birnn.sequences.load_uea"
+    _target_: str = "birnn.data.load_uea"
     root: str | None = None  # null: the problems bundled with aeon; else a local copy of the archive
     download: bool = False  # true is refused: birnn does not download archive problems
     name: str | None = None  # required: the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
@@ -135,12 +147,14 @@ class SGDConfig:
 
 @dataclass
 class CosineConfig:
-    """``scheduler=cosine``: linear warm-up to optimizer.lr, then cosine decay (``birnn.schedule.warmup_cosine``).
+    """``scheduler=cosine``: linear warm-up to optimizer.lr, then cosine decay
+    (``birnn.engine.schedule.warmup_cosine``).
 
-    A scheduler is a partial: ``birnn.run`` calls it as ``target(optimizer, total_steps=N, **the other keys)``.
+    A scheduler is a partial: ``birnn.engine.run`` calls it as ``target(optimizer, total_steps=N, **the other
+    keys)``.
     """
 
-    _target_: str = "birnn.schedule.warmup_cosine"
+    _target_: str = "birnn.engine.schedule.warmup_cosine"
     _partial_: bool = True
     warmup_steps: int = 100  # linear warm-up to optimizer.lr over this many steps
     min_lr_ratio: float = 0.0  # decays to optimizer.lr * min_lr_ratio at the last step
@@ -164,7 +178,9 @@ class DeviceConfig:
     cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels for the batch shapes
     # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
     dist_timeout_s: float = 300.0
-    tune_allocator: bool = True  # CPU + glibc: keep freed memory in the heap (birnn/allocator.py); no effect on CUDA
+    tune_allocator: bool = (
+        True  # CPU + glibc: keep freed memory in the heap (birnn/system/allocator.py); no effect on CUDA
+    )
 
 
 @dataclass
@@ -188,14 +204,14 @@ class TrainerConfig:
 class TensorBoardConfig:
     """``tracker=tensorboard`` (the default): event files in the run dir (``tensorboard --logdir outputs``)."""
 
-    _target_: str = "birnn.tracking.TensorBoard"
+    _target_: str = "birnn.records.tracking.TensorBoard"
 
 
 @dataclass
 class MLflowConfig:
-    """``tracker=mlflow``: one MLflow run per birnn run (``birnn.mlflow_tracking``; needs ``birnn[mlflow]``)."""
+    """``tracker=mlflow``: one MLflow run per birnn run (``birnn.records.mlflow_tracking``; needs ``birnn[mlflow]``)."""
 
-    _target_: str = "birnn.mlflow_tracking.MLflow"
+    _target_: str = "birnn.records.mlflow_tracking.MLflow"
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/outputs/mlflow.db
     experiment: str = "birnn"  # the MLflow experiment the runs go to
     log_checkpoints: bool = True  # upload checkpoints/*.pt as artifacts when the run finishes
@@ -262,8 +278,36 @@ def register_schemas() -> None:
 register_schemas()
 
 
+def renamed(tree: Any) -> Any:
+    """``tree`` (plain containers) with every ``_target_`` that names an old home of birnn's own (``RENAMED``)
+    naming the new one."""
+    if isinstance(tree, dict):
+        return {k: RENAMED.get(v, v) if k == "_target_" else renamed(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [renamed(v) for v in tree]
+    return tree
+
+
+def rename_targets(node: DictConfig, where: str = "") -> None:
+    """Point every ``_target_`` of a composed config that names an old home (``RENAMED``) at the new one,
+    with one warning per name."""
+    for key in node:
+        if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            rename_targets(value, f"{where}{key}.")
+        elif key == "_target_" and value in RENAMED:
+            log.warning("%s_target_=%s has moved to %s; use the new name.", where, value, RENAMED[value])
+            node[key] = RENAMED[value]
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check ranges and choices right after composition; raise one BirnnError listing every problem."""
+    """Check ranges and choices right after composition; raise one BirnnError listing every problem.
+
+    Old homes of birnn's components are renamed first (``rename_targets``).
+    """
+    rename_targets(cfg)
     d, o, t = cfg.data, cfg.optimizer, cfg.trainer
     checks = [
         (d.batch_size > 0, f"data.batch_size must be > 0, got {d.batch_size}"),
@@ -353,6 +397,7 @@ DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options w
 def typed(stored: dict) -> DictConfig:
     """A stored (plain) config typed by the schemas its ``_target_`` names pick: keys added to birnn since it
     was written take their defaults, a wrong type raises OmegaConf's error."""
+    stored = renamed(stored)
     optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
     data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
     # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
@@ -377,7 +422,7 @@ def upgrade(stored: dict) -> dict:
     A model without ``_target_`` is birnn's RNNClassifier. The old ``scheduler.name`` switch becomes today's
     component where the saved schedule state fits it (none, onecycle); the old cosine (a ``LambdaLR``) does not.
     """
-    stored = {**stored, "model": {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}}
+    stored = renamed({**stored, "model": {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}})
     old = stored.get("scheduler") or {}
     if "name" not in old:
         return stored

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from birnn.data import Splits
-from birnn.errors import BirnnError, first_line
+from birnn.data.pipeline import Splits
+from birnn.schema.errors import BirnnError, first_line
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 100_000  # without ``classes``, labels beyond this are a mistake (10**9 would mean 10**9 names)

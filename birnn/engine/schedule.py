@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from birnn.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, first_line
 
 
 def warmup_cosine(

@@ -20,7 +20,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from birnn.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from birnn.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, first_line
 
 
 def distribution(key: str, spec: str) -> BaseDistribution:

@@ -1,0 +1,13 @@
+"""Data: every source (torchvision IDX, digits, arrays, UCR/UEA), normalization, patches, splits and batches.
+
+A new source is a loader ``(root, download, **kwargs) -> Splits`` in a module here, named by ``data._target_``;
+what happens to every source's splits (hold-out, standardization, patches, batching) is in ``pipeline.py``.
+Imports ``birnn.schema`` and ``birnn.system`` only. The names below are the public ones
+(``birnn.data.load_digits``, ``from birnn.data import Splits``).
+"""
+
+from birnn.data.arrays import load_arrays
+from birnn.data.pipeline import Splits, load_data, load_digits, load_fashion_mnist, load_mnist
+from birnn.data.uea import load_uea
+
+__all__ = ["Splits", "load_arrays", "load_data", "load_digits", "load_fashion_mnist", "load_mnist", "load_uea"]
