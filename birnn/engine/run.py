@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches
+from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint, rundir
 from birnn.engine.loop import EvalResult, Stepper, loss_and_predictions
@@ -388,7 +388,7 @@ class Run:
         part = self.dist.shard(len(y))
         loss_sum, predictions = loss_and_predictions(
             self.model,
-            x[part],
+            subset(x, part),
             y[part],
             self.cfg.data.eval_batch_size,
             self.device,
