@@ -214,3 +214,90 @@ def test_two_processes_on_a_pack_equal_one(digits_pack, tmp_path):
     one = weights(tmp_path / "single")
     for name, w in weights(ddp_dir).items():
         torch.testing.assert_close(w, one[name], atol=1e-5, rtol=0, msg=name)
+
+
+def write_tables(tmp_path, rows=20):
+    """A CSV pair with one column per step, and a Parquet pair with a list column per channel and lengths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header = "label,s0,s1,s2\n"
+    body = "".join(f"{i % 2},{i},{i + 0.5},{-i}\n" for i in range(rows))
+    (tmp_path / "train.csv").write_text(header + body)
+    (tmp_path / "test.csv").write_text(header + body[: body.index("\n", 40) + 1])
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 9)):
+        lengths = rng.integers(1, 6, n)
+        table = pa.table(
+            {
+                "a": [rng.normal(size=k).tolist() for k in lengths],
+                "b": [rng.normal(size=k).tolist() for k in lengths],
+                "label": rng.integers(0, 3, n),
+                "steps": lengths,
+            }
+        )
+        pq.write_table(table, tmp_path / f"{split}.parquet", row_group_size=7)
+
+
+def test_parquet_and_csv_files_pack_block_by_block(tmp_path):
+    import pyarrow.parquet as pq
+
+    write_tables(tmp_path)
+    proc = run_cli("csv", "--train", "train.csv", "--test", "test.csv", cwd=tmp_path, module="birnn.pack")
+    assert proc.returncode == 0, proc.stderr
+    splits = load_packed(path=str(tmp_path / "csv"))
+    assert splits.train_x.shape == (20, 3, 1) and splits.classes == ["0", "1"]
+    assert splits.train_x[torch.tensor([3])].flatten().tolist() == [3, 3.5, -3]
+    proc = run_cli(
+        "pq",
+        "--train",
+        "train.parquet",
+        "--test",
+        "test.parquet",
+        "--length",
+        "steps",
+        cwd=tmp_path,
+        module="birnn.pack",
+    )
+    assert proc.returncode == 0, proc.stderr
+    splits = load_packed(path=str(tmp_path / "pq"))
+    rows = pq.read_table(tmp_path / "train.parquet").to_pylist()
+    assert splits.train_lengths.tolist() == [r["steps"] for r in rows]
+    x = splits.train_x[torch.arange(30)]
+    for i, r in enumerate(rows):
+        expected = torch.tensor([r["a"], r["b"]], dtype=torch.float32).T
+        assert torch.equal(x[i, : r["steps"]], expected) and not x[i, r["steps"] :].any()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("label,", "y,"), "train.csv: no column 'label' (it has y, s0, s1, s2)"),
+        (lambda t: t.replace("\n0,4,4.5,", "\n0,4,abc,"), "train.csv row 5 column s1: 'abc' is not a number"),
+        (
+            lambda t: t.replace("\n1,3,3.5,-3\n", "\n1,3,3.5\n"),
+            "train.csv: CSV parse error: Row #5: Expected 4 columns, got 3",
+        ),
+    ],
+)
+def test_bad_table_rows_name_the_file_row_and_column(tmp_path, edit, message):
+    write_tables(tmp_path)
+    path = tmp_path / "train.csv"
+    path.write_text(edit(path.read_text()))
+    line = one_error_line(
+        run_cli("out", "--train", "train.csv", "--test", "test.csv", cwd=tmp_path, module="birnn.pack")
+    )
+    assert message in line
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_a_ragged_list_row_names_its_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": [[1.0, 2.0], [1.0, 2.0], [3.0]], "label": [0, 1, 0]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    pq.write_table(table.slice(0, 2), tmp_path / "test.parquet")
+    cmd = ["out", "--train", "train.parquet", "--test", "test.parquet"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
+    assert "train.parquet row 3 column a: 1 values; expected 2" in line
