@@ -18,28 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn import checkpoint
-from birnn.config import (
-    RNN_CLASSIFIER,
-    AdamConfig,
-    AdamWConfig,
-    Config,
-    DataConfig,
-    DeviceConfig,
-    ModelComponentConfig,
-    ModelConfig,
-    SGDConfig,
-    TrainerConfig,
-    UEADataConfig,
-    data_schema,
-    validate,
-)
+from birnn.config import TYPED_GROUPS, Config, DeviceConfig, TrainerConfig, schema_for, validate
 from birnn.data import load_data
 from birnn.data import spec as data_spec
 from birnn.errors import BirnnError
 from birnn.model import build_model
-
-OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
-DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
 
 
 @dataclass
@@ -74,20 +57,9 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
         if not sep or not key:
             raise BirnnError(f"Override {item!r} is not key=value (e.g. data.root=/data or device=cpu).")
         items.append(f"device.type={value}" if key == "device" else item)
-    optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
-    data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
-    # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
-    own_model = stored.get("model", {}).get("_target_", RNN_CLASSIFIER) == RNN_CLASSIFIER
+    groups = {group: schema_for(group, stored.get(group, {})) for group in TYPED_GROUPS}
     schema = OmegaConf.structured(
-        Config(
-            model=ModelConfig() if own_model else data_schema(ModelComponentConfig),
-            data=data_schema(data),
-            scheduler=None,
-            device=DeviceConfig(),
-            trainer=TrainerConfig(),
-            optimizer=optimizer() if optimizer else {},
-            tracker={},
-        )
+        Config(**groups, scheduler=None, device=DeviceConfig(), trainer=TrainerConfig(), tracker={})
     )
     try:
         cfg = OmegaConf.merge(schema, stored)

@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from birnn import checkpoint, report, rundir, selection
 from birnn.callbacks import locked
 from birnn.checkpoint import atomic_write
-from birnn.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
 from birnn.errors import BirnnError, first_line
 from birnn.space import as_override, distribution, suggest
 
@@ -165,6 +165,7 @@ class Objective:
             cfg = compose(config_name="config", overrides=overrides)
         except Exception as e:  # Hydra's composition errors name the bad override
             raise BirnnError(f"Cannot compose a trial with {overrides}: {first_line(e)}") from None
+        apply_schemas(cfg)
         selection.resolve(cfg, compared=True)
         validate(cfg)
         return cfg
@@ -369,6 +370,7 @@ def job(cfg: DictConfig) -> None:
     study_dir = Path(s.dir).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     base = trial_overrides(list(HydraConfig.get().overrides.task))
+    apply_schemas(cfg)  # search.params may name keys a data file written without its schema line leaves out
     objective = Objective(cfg, base, study_dir)
     objective.config(base)  # a bad trial override fails here, before the study is touched
     study = open_study(cfg, base, study_dir)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from birnn import checkpoint, console, distributed, rundir, selection
-from birnn.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
 from birnn.distributed import Dist
 from birnn.errors import BirnnError
 from birnn.run import Run
@@ -164,6 +164,7 @@ def job(cfg: DictConfig) -> float:
                 "hparams_search=... configures a search: run it with python -m birnn.search (the "
                 "same overrides), not birnn.train"
             )
+        apply_schemas(cfg)
         selection.resolve(cfg, compared=hc.mode == RunMode.MULTIRUN)
         validate(cfg)
         if _publish_run_dir is not None:
