@@ -103,7 +103,8 @@ def train(
                     scores |= run.evaluate("val")
                 improved = run.record(scores)
                 shown = p.epoch + (p.step_in_epoch > 0)  # a max_steps stop mid-epoch: the epoch it stopped in
-                log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                if scores:  # none without a test pass during training and a validation split
+                    log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
                 run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
                 patience = t.early_stopping_patience
                 if patience and p.epochs_without_improvement >= patience:

@@ -1,6 +1,7 @@
 """End to end through the real CLI: run dir artifacts, a multirun, reload, and clean error exits."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,13 @@ def test_in_process_run_is_deterministic(tmp_path):
     events = EventAccumulator(str(tmp_path / "a"))
     events.Reload()
     assert events.Tags()["images"] == [] and "test/accuracy" in events.Tags()["scalars"]  # log_images=false
+
+
+def test_epochs_without_scores_print_no_epoch_line(tmp_path, caplog):
+    cfg = make_cfg(*FAST, "trainer.epochs=2", "trainer.log_every_n_steps=10", "trainer.test_every_epoch=false")
+    with caplog.at_level(logging.INFO, logger="birnn.train"):
+        train(cfg, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records]
+    assert "Epoch [2/2], Step [15/15], Loss: " in "\n".join(lines)
+    assert not [line for line in lines if line.startswith("Epoch ") and line.rstrip().endswith(":")]
+    assert [line for line in lines if line.startswith("Test accuracy")]  # the one test pass, at the end
