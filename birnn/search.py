@@ -255,21 +255,30 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def work(
-    study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, heartbeat: bool, after_trial=None
+    study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, grace_s: int | None, after_trial=None
 ) -> None:
-    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died
-    (``heartbeat``: the storage has one; Optuna 5's journal storage has none)."""
+    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died: those
+    whose heartbeat is ``grace_s`` old (None: the storage has no heartbeat, as Optuna 5's journal storage)."""
+    said = 0  # the running trials this worker last said it waits for
     while True:
-        if heartbeat:
+        if grace_s is not None:
             optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL, retried as WAITING
         n = counts(study)
         done, running, waiting = sum(n[s] for s in DONE), n[TrialState.RUNNING], n[TrialState.WAITING]
         if done >= n_trials:
             return
         if not waiting and done + running >= n_trials:
-            if not heartbeat:
+            if grace_s is None:
                 log.info("The last %d trials are running in other workers; this worker is done.", running)
                 return
+            if running != said:
+                log.info(
+                    "Waiting for %d trial(s) still running in other workers; a dead worker's trials are retried "
+                    "here once its heartbeat has been silent for %d s (search.heartbeat_grace_s).",
+                    running,
+                    grace_s,
+                )
+                said = running
             time.sleep(poll_s)  # wait for them: if their worker dies, its heartbeat stops and this one retries
             continue
         if n[TrialState.FAIL] - waiting >= max(n_trials, 3) and not done:
@@ -390,7 +399,7 @@ def job(cfg: DictConfig) -> None:
             objective,
             s.n_trials,
             poll_s=min(5.0, s.heartbeat_interval_s),
-            heartbeat="://" in (s.storage or "://"),
+            grace_s=s.heartbeat_grace_s if "://" in (s.storage or "://") else None,
             after_trial=lambda study, _: write_outputs(study, study_dir, final=False),
         )
     finally:
