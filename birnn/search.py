@@ -214,11 +214,12 @@ class Objective:
             except (KeyboardInterrupt, SystemExit):
                 self.retry_later(trial)
                 raise KeyboardInterrupt from None
-        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
         trial.set_user_attr("epochs", metrics["epochs"])
         report.write_status(run_dir, "pruned" if pruned.stopped else "completed")
         if pruned.stopped:
-            raise optuna.TrialPruned(f"at epoch {metrics['epochs']} of {cfg.trainer.epochs}")
+            log.info("Trial %d pruned at epoch %d of %d.", trial.number, metrics["epochs"], cfg.trainer.epochs)
+            raise optuna.TrialPruned()  # Optuna's own line for it is left out: not_optunas_pruned_line
+        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
         return metrics["best_val_accuracy"]
 
     def retry_later(self, trial: optuna.Trial) -> None:
@@ -244,9 +245,12 @@ class Pruning:
                 self.trial.report(entry["val_accuracy"], entry["epoch"])
                 self.reported.add(entry["epoch"])
         self.stopped = history[-1]["epoch"] < self.epochs and self.trial.should_prune()
-        if self.stopped:
-            log.info("Trial %d pruned after epoch %d.", self.trial.number, history[-1]["epoch"])
         return self.stopped
+
+
+def not_optunas_pruned_line(record: logging.LogRecord) -> bool:
+    """Leave out Optuna's "Trial N pruned. " line: the trial logs its own, with the epoch it stopped at."""
+    return " pruned. " not in record.getMessage()
 
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
@@ -385,6 +389,7 @@ def job(cfg: DictConfig) -> None:
     study = open_study(cfg, base, study_dir)
     optuna.logging.enable_propagation()  # Optuna's messages go to train.log too
     optuna.logging.disable_default_handler()
+    logging.getLogger("optuna.study._optimize").addFilter(not_optunas_pruned_line)
     log.info(
         "Worker %d on study %r (%s): %d of %d trials done.",
         s.worker,

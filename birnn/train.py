@@ -41,7 +41,8 @@ def train(
 
     The whole policy is here, top to bottom: step, log, checkpoint, evaluate at each epoch end, stop early.
     ``Run`` holds the state (model, optimizer, data, progress) and knows how to resume and save it.
-    ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there.
+    ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there,
+    pruned: it is not tested.
     ``started`` is called once the run is built (data loaded, checkpoint accepted): from then on it keeps its dir.
     """
     dist = Dist.start(cfg.device.type, cfg.device.dist_timeout_s)
@@ -54,6 +55,7 @@ def train(
         log.info(run.describe())
         t, p = cfg.trainer, run.progress
         test_every_epoch = t.get("test_every_epoch") is not False
+        pruned = False
         with GracefulStop() as stop:
             while not run.done:
                 bar = tqdm(
@@ -111,8 +113,9 @@ def train(
                     log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
                     break
                 if on_evaluation is not None and on_evaluation(p.history):
+                    pruned = True
                     break
-        return run.finish()
+        return run.finish(test=not pruned)
     except RuntimeError as e:
         lost = dist.lost_peer(e)
         if lost is None:

@@ -229,10 +229,15 @@ def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
     study = load(study_dir)
     pruned = by_state(study, TrialState.PRUNED)
     assert pruned and all(t.params["optimizer.lr"] == 0.00001 for t in pruned)
+    output = proc.stdout + proc.stderr
     for t in pruned:
         run_dir = Path(t.user_attrs["run_dir"])
-        assert metrics(run_dir)["epochs"] < 4  # stopped early; its run dir and records stay
+        epochs = metrics(run_dir)["epochs"]
+        assert epochs < 4  # stopped early; its run dir and records stay
         assert json.loads((run_dir / "status.json").read_text())["status"] == "pruned"
+        assert f"Trial {t.number} pruned at epoch {epochs} of 4.\n" in output
+        assert "test_accuracy" not in metrics(run_dir) and "Test accuracy" not in (run_dir / "train.log").read_text()
+    assert " pruned. " not in output
     assert len(by_state(study, TrialState.COMPLETE)) + len(pruned) == 6
     assert "| pruned |" in (study_dir / "summary.md").read_text()
     assert "PRUNED" in (study_dir / "study.md").read_text()
