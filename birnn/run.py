@@ -261,6 +261,11 @@ class Run:
         )
 
     @property
+    def epochs(self) -> int:
+        """The epochs this run trains: trainer.epochs, or fewer when trainer.max_steps ends it first."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
     def done(self) -> bool:
         return self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
 

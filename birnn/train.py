@@ -63,7 +63,7 @@ def train(
                     total=run.steps_per_epoch,
                     initial=p.step_in_epoch,
                     disable=None if dist.is_main else True,
-                    desc=f"Epoch {p.epoch + 1}/{t.epochs}",
+                    desc=f"Epoch {p.epoch + 1}/{run.epochs}",
                     leave=False,
                 )
                 for batch in bar:
@@ -73,7 +73,7 @@ def train(
                         log.info(
                             "Epoch [%d/%d], Step [%d/%d], Loss: %.4f",
                             p.epoch + 1,
-                            t.epochs,
+                            run.epochs,
                             p.step_in_epoch,
                             run.steps_per_epoch,
                             scores["train/loss"],

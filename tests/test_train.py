@@ -117,8 +117,10 @@ def test_in_process_run_is_deterministic(tmp_path):
     assert events.Tags()["images"] == [] and "test/accuracy" in events.Tags()["scalars"]  # log_images=false
 
 
-def test_epochs_without_scores_print_no_epoch_line(tmp_path, caplog):
-    cfg = make_cfg(*FAST, "trainer.epochs=2", "trainer.log_every_n_steps=10", "trainer.test_every_epoch=false")
+def test_a_step_budget_run_without_epoch_scores_logs_nothing_useless(tmp_path, caplog):
+    """experiment=uea's settings: many epochs, a step budget, no test pass during training, no validation split."""
+    budget = ["trainer.epochs=100000", "trainer.max_steps=30", "trainer.log_every_n_steps=10"]
+    cfg = make_cfg(*FAST, *budget, "trainer.test_every_epoch=false")
     with caplog.at_level(logging.INFO, logger="birnn.train"):
         train(cfg, tmp_path / "run")
     lines = [r.getMessage() for r in caplog.records]
