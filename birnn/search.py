@@ -36,7 +36,7 @@ from birnn import report
 from birnn.engine import checkpoint, rundir
 from birnn.engine.checkpoint import atomic_write
 from birnn.records.callbacks import locked
-from birnn.schema.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.schema.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
 from birnn.schema.errors import BirnnError, first_line
 from birnn.studies import selection
 from birnn.studies.space import as_override, distribution, suggest
@@ -167,6 +167,7 @@ class Objective:
             cfg = compose(config_name="config", overrides=overrides)
         except Exception as e:  # Hydra's composition errors name the bad override
             raise BirnnError(f"Cannot compose a trial with {overrides}: {first_line(e)}") from None
+        apply_schemas(cfg)
         selection.resolve(cfg, compared=True)
         validate(cfg)
         return cfg
@@ -215,11 +216,12 @@ class Objective:
             except (KeyboardInterrupt, SystemExit):
                 self.retry_later(trial)
                 raise KeyboardInterrupt from None
-        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
         trial.set_user_attr("epochs", metrics["epochs"])
         report.write_status(run_dir, "pruned" if pruned.stopped else "completed")
         if pruned.stopped:
-            raise optuna.TrialPruned(f"at epoch {metrics['epochs']} of {cfg.trainer.epochs}")
+            log.info("Trial %d pruned at epoch %d of %d.", trial.number, metrics["epochs"], cfg.trainer.epochs)
+            raise optuna.TrialPruned()  # Optuna's own line for it is left out: not_optunas_pruned_line
+        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
         return metrics["best_val_accuracy"]
 
     def retry_later(self, trial: optuna.Trial) -> None:
@@ -245,9 +247,12 @@ class Pruning:
                 self.trial.report(entry["val_accuracy"], entry["epoch"])
                 self.reported.add(entry["epoch"])
         self.stopped = history[-1]["epoch"] < self.epochs and self.trial.should_prune()
-        if self.stopped:
-            log.info("Trial %d pruned after epoch %d.", self.trial.number, history[-1]["epoch"])
         return self.stopped
+
+
+def not_optunas_pruned_line(record: logging.LogRecord) -> bool:
+    """Leave out Optuna's "Trial N pruned. " line: the trial logs its own, with the epoch it stopped at."""
+    return " pruned. " not in record.getMessage()
 
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
@@ -256,21 +261,30 @@ def counts(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def work(
-    study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, heartbeat: bool, after_trial=None
+    study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, grace_s: int | None, after_trial=None
 ) -> None:
-    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died
-    (``heartbeat``: the storage has one; Optuna 5's journal storage has none)."""
+    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died: those
+    whose heartbeat is ``grace_s`` old (None: the storage has no heartbeat, as Optuna 5's journal storage)."""
+    said = 0  # the running trials this worker last said it waits for
     while True:
-        if heartbeat:
+        if grace_s is not None:
             optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL, retried as WAITING
         n = counts(study)
         done, running, waiting = sum(n[s] for s in DONE), n[TrialState.RUNNING], n[TrialState.WAITING]
         if done >= n_trials:
             return
         if not waiting and done + running >= n_trials:
-            if not heartbeat:
+            if grace_s is None:
                 log.info("The last %d trials are running in other workers; this worker is done.", running)
                 return
+            if running != said:
+                log.info(
+                    "Waiting for %d trial(s) still running in other workers; a dead worker's trials are retried "
+                    "here once its heartbeat has been silent for %d s (search.heartbeat_grace_s).",
+                    running,
+                    grace_s,
+                )
+                said = running
             time.sleep(poll_s)  # wait for them: if their worker dies, its heartbeat stops and this one retries
             continue
         if n[TrialState.FAIL] - waiting >= max(n_trials, 3) and not done:
@@ -371,11 +385,13 @@ def job(cfg: DictConfig) -> None:
     study_dir = Path(s.dir).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
     base = trial_overrides(list(HydraConfig.get().overrides.task))
+    apply_schemas(cfg)  # search.params may name keys a data file written without its schema line leaves out
     objective = Objective(cfg, base, study_dir)
     objective.config(base)  # a bad trial override fails here, before the study is touched
     study = open_study(cfg, base, study_dir)
     optuna.logging.enable_propagation()  # Optuna's messages go to train.log too
     optuna.logging.disable_default_handler()
+    logging.getLogger("optuna.study._optimize").addFilter(not_optunas_pruned_line)
     log.info(
         "Worker %d on study %r (%s): %d of %d trials done.",
         s.worker,
@@ -390,7 +406,7 @@ def job(cfg: DictConfig) -> None:
             objective,
             s.n_trials,
             poll_s=min(5.0, s.heartbeat_interval_s),
-            heartbeat="://" in (s.storage or "://"),
+            grace_s=s.heartbeat_grace_s if "://" in (s.storage or "://") else None,
             after_trial=lambda study, _: write_outputs(study, study_dir, final=False),
         )
     finally:

@@ -2,6 +2,7 @@
 (``python -m birnn.search``): several workers on one storage, kill -9 and resume, pruning, clear errors."""
 
 import json
+import logging
 import os
 import signal
 import statistics
@@ -13,11 +14,13 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from birnn.data.pipeline import holdout, load_digits
 from birnn.schema.config import validate
 from birnn.schema.errors import BirnnError
+from birnn.search import work
 from conftest import FAST, ROOT, make_cfg, run_cli
 
 TINY_SPACE = "search.params={optimizer.lr:'tag(log,interval(0.003,0.03))',model.hidden_size:null,data.batch_size:null}"
@@ -226,13 +229,38 @@ def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
     study = load(study_dir)
     pruned = by_state(study, TrialState.PRUNED)
     assert pruned and all(t.params["optimizer.lr"] == 0.00001 for t in pruned)
+    output = proc.stdout + proc.stderr
     for t in pruned:
         run_dir = Path(t.user_attrs["run_dir"])
-        assert metrics(run_dir)["epochs"] < 4  # stopped early; its run dir and records stay
+        epochs = metrics(run_dir)["epochs"]
+        assert epochs < 4  # stopped early; its run dir and records stay
         assert json.loads((run_dir / "status.json").read_text())["status"] == "pruned"
+        assert f"Trial {t.number} pruned at epoch {epochs} of 4.\n" in output
+        assert "test_accuracy" not in metrics(run_dir) and "Test accuracy" not in (run_dir / "train.log").read_text()
+    assert " pruned. " not in output
     assert len(by_state(study, TrialState.COMPLETE)) + len(pruned) == 6
     assert "| pruned |" in (study_dir / "summary.md").read_text()
     assert "PRUNED" in (study_dir / "study.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+def test_a_worker_waiting_for_a_dead_workers_trial_says_so_once(tmp_path, caplog):
+    storage = RDBStorage(
+        f"sqlite:///{tmp_path / 'study.db'}",
+        heartbeat_interval=1,
+        grace_period=1,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(1),
+    )
+    study = optuna.create_study(storage=storage)
+    storage.record_heartbeat(study.ask()._trial_id)  # a worker that then died mid-trial
+    with caplog.at_level(logging.INFO, logger="birnn.search"):
+        work(study, lambda trial: 0.5, n_trials=1, poll_s=0.05, grace_s=1)
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Waiting")]
+    assert waits == [
+        "Waiting for 1 trial(s) still running in other workers; a dead worker's trials are retried here once its "
+        "heartbeat has been silent for 1 s (search.heartbeat_grace_s)."
+    ]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]  # retried here
 
 
 @pytest.mark.slow
