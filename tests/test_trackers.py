@@ -173,6 +173,19 @@ def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_
     assert (run_dir / "metrics.json").is_file()
 
 
+@pytest.mark.parametrize("store", ["/proc/m.db", "folder"])
+def test_a_sqlite_store_that_cannot_be_opened_costs_one_warning_never_a_hang(tmp_path, monkeypatch, store):
+    """/proc: the lock file cannot be created (the lock waited forever); a folder: MLflow retried for ~100 s."""
+    pytest.importorskip("mlflow")
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / store}")
+    proc = run_cli(*RUN, "tracker=mlflow", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert output.count("WARNING") == 1 and "Tracker mlflow failed" in output, output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 4
+
+
 @pytest.mark.slow
 def test_parallel_jobs_share_the_default_sqlite_store(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
