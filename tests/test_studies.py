@@ -18,9 +18,17 @@ from optuna.trial import TrialState
 from birnn.config import validate
 from birnn.data import holdout, load_digits
 from birnn.errors import BirnnError
+from birnn.space import distribution
 from conftest import FAST, ROOT, make_cfg, run_cli
 
 TINY_SPACE = "search.params={optimizer.lr:'tag(log,interval(0.003,0.03))',model.hidden_size:null,data.batch_size:null}"
+BAD_RANGES = {
+    "interval(3e-2,1e-4)": "`low <= high` must hold, but got (low=0.03, high=0.0001).",
+    "tag(log,interval(0,1))": "`low > 0` must hold for `log=True`, but got (low=0.0, high=1.0).",
+    "range(1,5,0)": "the step must not be 0",
+    "range(5,1)": "the range holds no values (from 5 to 1 by 1)",
+    "interval(1e-3,inf)": "the bounds must be finite numbers, got 0.001, inf",
+}
 
 
 def metrics(run_dir: Path) -> dict:
@@ -274,5 +282,31 @@ def test_bad_search_input_is_one_clear_line_and_loses_nothing(tmp_path):
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert (study_dir / "study.db").read_bytes() == before
+    assert len(list((study_dir / "workers").iterdir())) == 1  # the first worker's record only
+    assert not (tmp_path / "other").exists()
     proc = run_cli("hparams_search=optuna", *FAST, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert proc.returncode != 0 and "run it with python -m birnn.search" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", BAD_RANGES)
+def test_a_bad_search_range_is_one_clear_error(spec):
+    with pytest.raises(BirnnError) as info:
+        distribution("optimizer.lr", spec)
+    assert str(info.value) == f"search.params.optimizer.lr={spec}: {BAD_RANGES[spec]}"
+
+
+def test_ranges_convert_to_the_values_hydra_would_sweep():
+    assert distribution("k", "range(5,1,-1)") == optuna.distributions.IntDistribution(2, 5)
+    assert distribution("k", "range(1,10,3)") == optuna.distributions.IntDistribution(1, 7, step=3)
+    assert distribution("k", "tag(log,interval(1e-4,3e-2))") == optuna.distributions.FloatDistribution(
+        1e-4, 3e-2, log=True
+    )
+
+
+@pytest.mark.parametrize("spec", ["interval(1e-3,inf)", "range(1,5,0)"])
+def test_a_refused_search_writes_nothing(tmp_path, spec):
+    space = f"search.params={{optimizer.lr:'{spec}',model.hidden_size:null,data.batch_size:null}}"
+    proc = run_cli(*search_args(tmp_path / "study"), space, cwd=tmp_path, module="birnn.search")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: search.params.optimizer.lr={spec}: {BAD_RANGES[spec]}"]
+    assert list(tmp_path.iterdir()) == []  # no study.db, no workers/ (the worker's Hydra dir is removed)
