@@ -54,6 +54,7 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 OPEN_LOCK = ".open.lock"  # in the study dir: workers open the storage one at a time
 LOCK_TIMEOUT_S = 300  # the longest a worker waits for the others to open the storage
 CONNECT_TIMEOUT_S = 30  # the longest a worker waits for a database server to answer
+SKIPPED = "skipped"  # user attr of a trial started when n_trials were already running or done: never run
 # the pip package of each database driver SQLAlchemy imports (by module name)
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
 
@@ -207,6 +208,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from birnn.train import train
 
+        if self.one_too_many(trial):
+            return math.nan  # FAIL, marked skipped: never counted, never retried
         params = {k: suggest(trial, k, d) for k, d in self.space.items()}
         root = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen(trial))
         run_dir = self.study_dir / "trials" / str(trial.number if root is None else root)
@@ -255,6 +258,19 @@ class Objective:
             raise optuna.TrialPruned(f"at epoch {metrics['epochs']} of {cfg.trainer.epochs}")
         return metrics["best_val_accuracy"]
 
+    def one_too_many(self, trial: optuna.Trial) -> bool:
+        """Whether ``search.n_trials`` trials numbered before this one are running or done: workers that counted
+        the trials at the same moment each started one, and the later ones must not run (Optuna numbers trials
+        in the order the storage created them, so every worker reaches the same verdict)."""
+        states = (*DONE, TrialState.RUNNING)
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        if len(ahead) < self.search.n_trials:
+            return False
+        reason = f"{len(ahead)} trials before it were already running or done (search.n_trials={self.search.n_trials})"
+        trial.set_user_attr(SKIPPED, reason)
+        log.info("Trial %d not run: %s.", trial.number, reason)
+        return True
+
     def retry_later(self, trial: optuna.Trial) -> None:
         """An interrupted trial (Ctrl-C, SIGTERM; its checkpoint is saved) is queued to continue at the next start."""
         RetryHeartbeatStaleTrialCallback(self.search.max_retries)(trial.study, frozen(trial))
@@ -284,7 +300,8 @@ class Pruning:
 
 
 def counts(study: optuna.Study) -> dict[TrialState, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    """Trials per state, those skipped as one too many left out."""
+    states = [t.state for t in study.get_trials(deepcopy=False) if SKIPPED not in t.user_attrs]
     return {state: states.count(state) for state in TrialState}
 
 
@@ -329,6 +346,8 @@ def write_outputs(study: optuna.Study, study_dir: Path, final: bool) -> None:
 
 
 def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    skipped = [t for t in trials if SKIPPED in t.user_attrs]
+    trials = [t for t in trials if SKIPPED not in t.user_attrs]
     n = Counter(t.state.name for t in trials)
     lines = [
         f"# Study {study.study_name}",
@@ -336,6 +355,13 @@ def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
         f"{len(trials)} trials: " + ", ".join(f"{k} {v}" for k, v in sorted(n.items())) + ".",
         "",
     ]
+    if skipped:
+        lines += [
+            f"Not counted: trial{'s' if len(skipped) > 1 else ''} {', '.join(str(t.number) for t in skipped)}, "
+            "started by workers that counted the trials at the same moment and stopped before running "
+            f"({skipped[0].user_attrs[SKIPPED]}).",
+            "",
+        ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial

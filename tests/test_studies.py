@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from birnn.config import validate
 from birnn.data import holdout, load_digits
 from birnn.errors import BirnnError
+from birnn.search import SKIPPED, Objective, counts, study_markdown
 from birnn.space import distribution
 from conftest import FAST, ROOT, make_cfg, run_cli
 
@@ -310,3 +311,19 @@ def test_a_refused_search_writes_nothing(tmp_path, spec):
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"error: search.params.optimizer.lr={spec}: {BAD_RANGES[spec]}"]
     assert list(tmp_path.iterdir()) == []  # no study.db, no workers/ (the worker's Hydra dir is removed)
+
+
+def test_a_trial_started_when_n_trials_are_running_or_done_is_not_run_nor_counted(tmp_path):
+    """Workers that count the trials at the same moment may each start one: only the first n_trials run."""
+    objective = Objective(make_cfg("hparams_search=optuna", *FAST, "search.n_trials=2"), [], tmp_path)
+    study = optuna.create_study(direction="maximize")
+    dead, _ = study.ask(), study.ask()  # two workers' trials, running
+    study.tell(dead, state=TrialState.FAIL)  # one of them died: its retry still runs
+    assert not objective.one_too_many(study.ask())
+    study.optimize(objective, n_trials=1)  # a third worker's trial, started while those two run: not run
+    extra = study.trials[-1]
+    assert extra.number == 3 and extra.state == TrialState.FAIL and extra.params == {}
+    assert extra.user_attrs[SKIPPED] == "2 trials before it were already running or done (search.n_trials=2)"
+    assert counts(study)[TrialState.FAIL] == 1  # the dead trial only
+    md = study_markdown(study, study.trials)
+    assert "3 trials: FAIL 1, RUNNING 2." in md and "Not counted: trial 3, started by workers" in md
