@@ -3,7 +3,6 @@ the default SQLite store (needs the ``mlflow`` extra)."""
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import torch
 
 from birnn.tracking import Trackers, hparams
 from birnn.train import train
-from conftest import FAST, make_cfg, run_cli
+from conftest import FAST, free_port, make_cfg, run_cli
 
 RUN = [*FAST, "trainer.max_steps=4", "trainer.log_every_n_steps=2"]
 
@@ -60,12 +59,6 @@ def test_trackers_are_built_from_the_group_options():
 
 
 # --- MLflow ---------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rest(url: str, endpoint: str, body: dict | None = None) -> dict:
