@@ -144,9 +144,10 @@ def _job_name(job: JobReturn) -> str:
 
 
 def _sweep_note(job: JobReturn) -> str:
-    """Where a failed multirun job's sweep keeps its summary (the other jobs still ran)."""
+    """Where a failed multirun job's sweep keeps its summary (the other jobs still ran); a search worker's
+    sweep has none (its study dir has the study's summaries)."""
     hydra = _multirun(job)
-    if hydra is None:
+    if hydra is None or (job.cfg is not None and job.cfg.get("search") is not None):
         return ""
     sweep_dir = Path(hydra.runtime.output_dir).parents[len(Path(str(hydra.sweep.subdir)).parts) - 1]
     return f". Sweep dir {sweep_dir}; its summary: {sweep_dir / 'summary.md'}"

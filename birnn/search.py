@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -418,15 +419,20 @@ def write_plots(study: optuna.Study, study_dir: Path) -> None:
 @contextmanager
 def nothing_left_if_refused(study_dir: Path) -> Iterator[None]:
     """A worker refused before its first trial removes what it wrote: the log dir Hydra made for it under
-    ``<study dir>/workers/``, and the study dir itself when no study was ever stored there."""
+    ``<study dir>/workers/``, then each folder above it that holds nothing else (a multirun's sweep dir with its
+    ``multirun.yaml``, ``workers/``, the study dir with its ``.open.lock``, new folders within the working dir)."""
     try:
         yield
     except BirnnError:
         output_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
         if study_dir / "workers" in output_dir.parents:
-            rundir.remove_new_dirs(output_dir, study_dir)
-        if study_dir.is_dir() and {p.name for p in study_dir.iterdir()} <= {OPEN_LOCK}:
-            rundir.remove_new_dirs(study_dir, Path.cwd().resolve())
+            cwd = Path.cwd().resolve()
+            stop = cwd if cwd in study_dir.parents else study_dir.parent
+            shutil.rmtree(output_dir, ignore_errors=True)
+            for folder in output_dir.parents:
+                if folder == stop or not {p.name for p in folder.iterdir()} <= {OPEN_LOCK, "multirun.yaml"}:
+                    break
+                shutil.rmtree(folder)
         raise
 
 

@@ -56,6 +56,7 @@ def test_a_bad_config_is_one_error_line(tmp_path, args, line):
             "error: Cannot parse the override search.params={a:'choice(1,2)': no viable alternative at input",
         ),
         (["search.n_trials=0"], "error: search.n_trials, search.heartbeat_interval_s and search.heartbeat_grace_s"),
+        (["-m", "search.worker=0,1", "search.n_trials=0"], "error: job 0 (search.worker=0 search.n_trials=0 "),
         (
             ["search.storage=sqlite:////nonexistent/s.db"],
             "error: Cannot open the study storage sqlite:////nonexistent/",
@@ -64,10 +65,10 @@ def test_a_bad_config_is_one_error_line(tmp_path, args, line):
     ],
 )
 def test_every_search_error_is_one_line_and_writes_nothing(tmp_path, args, line):
-    proc = run_cli(*FAST, f"search.dir={tmp_path / 'study'}", *args, cwd=tmp_path, module="birnn.search")
+    proc = run_cli(*args, *FAST, f"search.dir={tmp_path / 'study'}", cwd=tmp_path, module="birnn.search")
     assert proc.returncode == 1
     [only] = proc.stderr.splitlines()
-    assert only.startswith(line), only
+    assert only.startswith(line) and "Sweep dir" not in only, only
     assert not any(noise in proc.stderr + proc.stdout for noise in HYDRA_NOISE)
     assert list(tmp_path.iterdir()) == []
 
