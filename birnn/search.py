@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import hydra
 import optuna
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -31,12 +32,14 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from birnn import report
 from birnn.engine import checkpoint, rundir
 from birnn.engine.checkpoint import atomic_write
 from birnn.records.callbacks import locked
-from birnn.schema.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.schema import console
+from birnn.schema.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
 from birnn.schema.errors import BirnnError, first_line
 from birnn.studies import selection
 from birnn.studies.space import as_override, distribution, suggest
@@ -52,6 +55,12 @@ PRUNERS = {
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 SEARCH_KEYS = ("search", "hparams_search")  # overrides of the study itself, not of its trials
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+OPEN_LOCK = ".open.lock"  # in the study dir: workers open the storage one at a time
+LOCK_TIMEOUT_S = 300  # the longest a worker waits for the others to open the storage
+CONNECT_TIMEOUT_S = 30  # the longest a worker waits for a database server to answer
+SKIPPED = "skipped"  # user attr of a trial started when n_trials were already running or done: never run
+# the pip package of each database driver SQLAlchemy imports (by module name)
+DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
 
 
 def open_storage(cfg: DictConfig, study_dir: Path) -> optuna.storages.BaseStorage:
@@ -60,16 +69,33 @@ def open_storage(cfg: DictConfig, study_dir: Path) -> optuna.storages.BaseStorag
     try:
         if "://" not in url:  # a journal file, e.g. on a shared disk
             return JournalStorage(JournalFileBackend(url))
-        sqlite = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         return RDBStorage(
             url,
-            engine_kwargs=sqlite,
+            engine_kwargs={"connect_args": connect_args(url)},
             heartbeat_interval=cfg.heartbeat_interval_s,
             grace_period=cfg.heartbeat_grace_s,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(cfg.max_retries),
         )
+    except BirnnError:
+        raise
     except Exception as e:  # SQLAlchemy, drivers, file system: say which storage and why, in one line
         raise BirnnError(f"Cannot open the study storage {url}: {first_line(e)}") from None
+
+
+def connect_args(url: str) -> dict:
+    """A timeout on every connection (SQLite: waiting for another writer; a server: its answer). A missing
+    database driver is named with its package (Optuna says only "Failed to import DB access module")."""
+    parsed = make_url(url)
+    try:
+        parsed.get_dialect().import_dbapi()
+    except ImportError as e:
+        hint = f"; pip install '{DRIVERS.get(e.name, e.name)}'" if e.name else ""
+        missing = f"needs a database driver that is not installed ({first_line(e)}){hint}"
+        raise BirnnError(f"search.storage={url} {missing}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return {"timeout": 60}
+    return {"connect_timeout": CONNECT_TIMEOUT_S} if backend in ("postgresql", "mysql") else {}
 
 
 def trial_overrides(task: list[str]) -> list[str]:
@@ -92,26 +118,14 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
     study_dir.mkdir(parents=True, exist_ok=True)
     # Workers started together would race to create the storage's tables and the study: one at a time here
     # (workers on other machines sharing an RDB server keep the retries).
-    with FileLock(study_dir / ".open.lock"):
-        for attempt in range(3):
-            try:
-                study = optuna.create_study(
-                    study_name=s.study_name,
-                    storage=open_storage(s, study_dir),
-                    sampler=sampler,
-                    pruner=pruner,
-                    direction="maximize",
-                    load_if_exists=True,
-                )
-                break
-            except BirnnError:
-                raise
-            except Exception as e:
-                if attempt == 2:
-                    raise BirnnError(
-                        f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: {first_line(e)}"
-                    ) from None
-                time.sleep(1 + attempt)
+    try:
+        with FileLock(study_dir / OPEN_LOCK, timeout=LOCK_TIMEOUT_S):
+            study = create_study(s, study_dir, sampler, pruner)
+    except Timeout:
+        raise BirnnError(
+            f"Another worker has been opening study {s.study_name!r} for {LOCK_TIMEOUT_S} s (it holds "
+            f"{study_dir / OPEN_LOCK}); try again, or look for a hung worker"
+        ) from None
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # a restarted worker must not replay its seeded sequence over the trials already run
         study.sampler = optuna.samplers.TPESampler(seed=s.seed + s.worker + 10007 * existing, **s.sampler_args)
@@ -136,6 +150,30 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
             f"{'; '.join(problems)}. Use the original command, or a new search.study_name."
         )
     return study
+
+
+def create_study(
+    s: DictConfig, study_dir: Path, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner
+) -> optuna.Study:
+    """Create or load the study; a failure is retried twice (workers on other machines may race to create it)."""
+    for attempt in (1, 2, 3):
+        try:
+            return optuna.create_study(
+                study_name=s.study_name,
+                storage=open_storage(s, study_dir),
+                sampler=sampler,
+                pruner=pruner,
+                direction="maximize",
+                load_if_exists=True,
+            )
+        except BirnnError:
+            raise
+        except Exception as e:
+            if attempt == 3:
+                raise BirnnError(
+                    f"Cannot open study {s.study_name!r} in {s.storage or study_dir}: {first_line(e)}"
+                ) from None
+            time.sleep(attempt)
 
 
 @contextmanager
@@ -167,6 +205,7 @@ class Objective:
             cfg = compose(config_name="config", overrides=overrides)
         except Exception as e:  # Hydra's composition errors name the bad override
             raise BirnnError(f"Cannot compose a trial with {overrides}: {first_line(e)}") from None
+        apply_schemas(cfg)
         selection.resolve(cfg, compared=True)
         validate(cfg)
         return cfg
@@ -174,6 +213,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from birnn.train import train
 
+        if self.one_too_many(trial):
+            return math.nan  # FAIL, marked skipped: never counted, never retried
         params = {k: suggest(trial, k, d) for k, d in self.space.items()}
         root = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen(trial))
         run_dir = self.study_dir / "trials" / str(trial.number if root is None else root)
@@ -215,12 +256,26 @@ class Objective:
             except (KeyboardInterrupt, SystemExit):
                 self.retry_later(trial)
                 raise KeyboardInterrupt from None
-        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
         trial.set_user_attr("epochs", metrics["epochs"])
         report.write_status(run_dir, "pruned" if pruned.stopped else "completed")
         if pruned.stopped:
-            raise optuna.TrialPruned(f"at epoch {metrics['epochs']} of {cfg.trainer.epochs}")
+            log.info("Trial %d pruned at epoch %d of %d.", trial.number, metrics["epochs"], cfg.trainer.epochs)
+            raise optuna.TrialPruned()  # Optuna's own line for it is left out: not_optunas_pruned_line
+        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
         return metrics["best_val_accuracy"]
+
+    def one_too_many(self, trial: optuna.Trial) -> bool:
+        """Whether ``search.n_trials`` trials numbered before this one are running or done: workers that counted
+        the trials at the same moment each started one, and the later ones must not run (Optuna numbers trials
+        in the order the storage created them, so every worker reaches the same verdict)."""
+        states = (*DONE, TrialState.RUNNING)
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        if len(ahead) < self.search.n_trials:
+            return False
+        reason = f"{len(ahead)} trials before it were already running or done (search.n_trials={self.search.n_trials})"
+        trial.set_user_attr(SKIPPED, reason)
+        log.info("Trial %d not run: %s.", trial.number, reason)
+        return True
 
     def retry_later(self, trial: optuna.Trial) -> None:
         """An interrupted trial (Ctrl-C, SIGTERM; its checkpoint is saved) is queued to continue at the next start."""
@@ -245,32 +300,45 @@ class Pruning:
                 self.trial.report(entry["val_accuracy"], entry["epoch"])
                 self.reported.add(entry["epoch"])
         self.stopped = history[-1]["epoch"] < self.epochs and self.trial.should_prune()
-        if self.stopped:
-            log.info("Trial %d pruned after epoch %d.", self.trial.number, history[-1]["epoch"])
         return self.stopped
 
 
+def not_optunas_pruned_line(record: logging.LogRecord) -> bool:
+    """Leave out Optuna's "Trial N pruned. " line: the trial logs its own, with the epoch it stopped at."""
+    return " pruned. " not in record.getMessage()
+
+
 def counts(study: optuna.Study) -> dict[TrialState, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    """Trials per state, those skipped as one too many left out."""
+    states = [t.state for t in study.get_trials(deepcopy=False) if SKIPPED not in t.user_attrs]
     return {state: states.count(state) for state in TrialState}
 
 
 def work(
-    study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, heartbeat: bool, after_trial=None
+    study: optuna.Study, objective: Objective, n_trials: int, poll_s: float, grace_s: int | None, after_trial=None
 ) -> None:
-    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died
-    (``heartbeat``: the storage has one; Optuna 5's journal storage has none)."""
+    """Run trials until ``n_trials`` are COMPLETE or PRUNED, taking over the trials of workers that died: those
+    whose heartbeat is ``grace_s`` old (None: the storage has no heartbeat, as Optuna 5's journal storage)."""
+    said = 0  # the running trials this worker last said it waits for
     while True:
-        if heartbeat:
+        if grace_s is not None:
             optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL, retried as WAITING
         n = counts(study)
         done, running, waiting = sum(n[s] for s in DONE), n[TrialState.RUNNING], n[TrialState.WAITING]
         if done >= n_trials:
             return
         if not waiting and done + running >= n_trials:
-            if not heartbeat:
+            if grace_s is None:
                 log.info("The last %d trials are running in other workers; this worker is done.", running)
                 return
+            if running != said:
+                log.info(
+                    "Waiting for %d trial(s) still running in other workers; a dead worker's trials are retried "
+                    "here once its heartbeat has been silent for %d s (search.heartbeat_grace_s).",
+                    running,
+                    grace_s,
+                )
+                said = running
             time.sleep(poll_s)  # wait for them: if their worker dies, its heartbeat stops and this one retries
             continue
         if n[TrialState.FAIL] - waiting >= max(n_trials, 3) and not done:
@@ -296,6 +364,8 @@ def write_outputs(study: optuna.Study, study_dir: Path, final: bool) -> None:
 
 
 def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    skipped = [t for t in trials if SKIPPED in t.user_attrs]
+    trials = [t for t in trials if SKIPPED not in t.user_attrs]
     n = Counter(t.state.name for t in trials)
     lines = [
         f"# Study {study.study_name}",
@@ -303,6 +373,13 @@ def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
         f"{len(trials)} trials: " + ", ".join(f"{k} {v}" for k, v in sorted(n.items())) + ".",
         "",
     ]
+    if skipped:
+        lines += [
+            f"Not counted: trial{'s' if len(skipped) > 1 else ''} {', '.join(str(t.number) for t in skipped)}, "
+            "started by workers that counted the trials at the same moment and stopped before running "
+            f"({skipped[0].user_attrs[SKIPPED]}).",
+            "",
+        ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
@@ -356,26 +433,48 @@ def write_plots(study: optuna.Study, study_dir: Path) -> None:
                 log.info("No %s.png: %s", name, first_line(e))
 
 
+@contextmanager
+def nothing_left_if_refused(study_dir: Path) -> Iterator[None]:
+    """A worker refused before its first trial removes what it wrote: the log dir Hydra made for it under
+    ``<study dir>/workers/``, then each folder above it that holds nothing else (a multirun's sweep dir with its
+    ``multirun.yaml``, ``workers/``, the study dir with its ``.open.lock``, new folders within the working dir)."""
+    try:
+        yield
+    except BirnnError:
+        output_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+        if study_dir / "workers" in output_dir.parents:
+            cwd = Path.cwd().resolve()
+            stop = cwd if cwd in study_dir.parents else study_dir.parent
+            shutil.rmtree(output_dir, ignore_errors=True)
+            for folder in output_dir.parents:
+                if folder == stop or not {p.name for p in folder.iterdir()} <= {OPEN_LOCK, "multirun.yaml"}:
+                    break
+                shutil.rmtree(folder)
+        raise
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def job(cfg: DictConfig) -> None:
     """One worker of the study ``search.study_name``."""
     if cfg.get("search") is None:
         raise BirnnError("No search configured: name a search space, e.g. hparams_search=optuna")
     s = cfg.search
-    if s.n_trials <= 0 or s.heartbeat_interval_s <= 0 or s.heartbeat_grace_s <= 0 or s.max_retries < 0:
-        raise BirnnError(
-            "search.n_trials, search.heartbeat_interval_s and search.heartbeat_grace_s must be > 0, "
-            "search.max_retries >= 0"
-        )
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study_dir = Path(s.dir).resolve()
-    study_dir.mkdir(parents=True, exist_ok=True)
-    base = trial_overrides(list(HydraConfig.get().overrides.task))
-    objective = Objective(cfg, base, study_dir)
-    objective.config(base)  # a bad trial override fails here, before the study is touched
-    study = open_study(cfg, base, study_dir)
+    with nothing_left_if_refused(study_dir):
+        if s.n_trials <= 0 or s.heartbeat_interval_s <= 0 or s.heartbeat_grace_s <= 0 or s.max_retries < 0:
+            raise BirnnError(
+                "search.n_trials, search.heartbeat_interval_s and search.heartbeat_grace_s must be > 0, "
+                "search.max_retries >= 0"
+            )
+        base = trial_overrides(list(HydraConfig.get().overrides.task))
+        apply_schemas(cfg)  # search.params may name keys a data file written without its schema line leaves out
+        objective = Objective(cfg, base, study_dir)
+        objective.config(base)  # a bad trial override fails here, before the study is touched
+        study = open_study(cfg, base, study_dir)
     optuna.logging.enable_propagation()  # Optuna's messages go to train.log too
     optuna.logging.disable_default_handler()
+    logging.getLogger("optuna.study._optimize").addFilter(not_optunas_pruned_line)
     log.info(
         "Worker %d on study %r (%s): %d of %d trials done.",
         s.worker,
@@ -390,7 +489,7 @@ def job(cfg: DictConfig) -> None:
             objective,
             s.n_trials,
             poll_s=min(5.0, s.heartbeat_interval_s),
-            heartbeat="://" in (s.storage or "://"),
+            grace_s=s.heartbeat_grace_s if "://" in (s.storage or "://") else None,
             after_trial=lambda study, _: write_outputs(study, study_dir, final=False),
         )
     finally:
@@ -403,7 +502,8 @@ def main() -> None:
     if not any(a.startswith(("hparams_search=", "+hparams_search=")) for a in sys.argv[1:]):
         sys.argv.append("hparams_search=optuna")
     try:
-        job()
+        with console.one_line_errors():
+            console.run_hydra(job)
     except KeyboardInterrupt:
         print("Search interrupted; run the same command to continue it.", file=sys.stderr)
         raise SystemExit(130) from None

@@ -25,7 +25,7 @@ from birnn.engine import checkpoint, rundir
 from birnn.engine.run import Run
 from birnn.engine.signals import GracefulStop
 from birnn.schema import console
-from birnn.schema.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.schema.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
 from birnn.schema.errors import BirnnError
 from birnn.studies import selection
 from birnn.system import distributed
@@ -44,7 +44,8 @@ def train(
 
     The whole policy is here, top to bottom: step, log, checkpoint, evaluate at each epoch end, stop early.
     ``Run`` holds the state (model, optimizer, data, progress) and knows how to resume and save it.
-    ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there.
+    ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there,
+    pruned: it is not tested.
     ``started`` is called once the run is built (data loaded, checkpoint accepted): from then on it keeps its dir.
     """
     dist = Dist.start(cfg.device.type, cfg.device.dist_timeout_s)
@@ -57,6 +58,7 @@ def train(
         log.info(run.describe())
         t, p = cfg.trainer, run.progress
         test_every_epoch = t.get("test_every_epoch") is not False
+        pruned = False
         with GracefulStop() as stop:
             while not run.done:
                 bar = tqdm(
@@ -64,7 +66,7 @@ def train(
                     total=run.steps_per_epoch,
                     initial=p.step_in_epoch,
                     disable=None if dist.is_main else True,
-                    desc=f"Epoch {p.epoch + 1}/{t.epochs}",
+                    desc=f"Epoch {p.epoch + 1}/{run.epochs}",
                     leave=False,
                 )
                 for batch in bar:
@@ -74,7 +76,7 @@ def train(
                         log.info(
                             "Epoch [%d/%d], Step [%d/%d], Loss: %.4f",
                             p.epoch + 1,
-                            t.epochs,
+                            run.epochs,
                             p.step_in_epoch,
                             run.steps_per_epoch,
                             scores["train/loss"],
@@ -106,15 +108,17 @@ def train(
                     scores |= run.evaluate("val")
                 improved = run.record(scores)
                 shown = p.epoch + (p.step_in_epoch > 0)  # a max_steps stop mid-epoch: the epoch it stopped in
-                log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                if scores:  # none without a test pass during training and a validation split
+                    log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
                 run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
                 patience = t.early_stopping_patience
                 if patience and p.epochs_without_improvement >= patience:
                     log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
                     break
                 if on_evaluation is not None and on_evaluation(p.history):
+                    pruned = True
                     break
-        return run.finish()
+        return run.finish(test=not pruned)
     except RuntimeError as e:
         lost = dist.lost_peer(e)
         if lost is None:
@@ -167,6 +171,7 @@ def job(cfg: DictConfig) -> float:
                 "hparams_search=... configures a search: run it with python -m birnn.search (the "
                 "same overrides), not birnn.train"
             )
+        apply_schemas(cfg)
         selection.resolve(cfg, compared=hc.mode == RunMode.MULTIRUN)
         validate(cfg)
         if _publish_run_dir is not None:

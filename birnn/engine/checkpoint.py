@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, load_reason
 from birnn.system.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ def load(path: Path, unverified: bool = False) -> dict:
     except Exception as e:
         if not zipfile.is_zipfile(path):
             raise BirnnError(f"{path} is not a readable birnn checkpoint (not a file torch.save wrote).") from None
-        raise BirnnError(f"{path} is not a readable birnn checkpoint (damaged or truncated: {_reason(e)})") from None
+        reason = load_reason(e)
+        raise BirnnError(f"{path} is not a readable birnn checkpoint (damaged or truncated: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BirnnError(f"{path} is not a birnn checkpoint (expected format {FORMAT!r}).")
     stored = state.pop("checksum", None)
@@ -120,14 +121,6 @@ def load(path: Path, unverified: bool = False) -> dict:
             f"{', '.join(wrong) or 'progress.global_step'})."
         )
     return state
-
-
-def _reason(error: Exception) -> str:
-    """torch's first line, without its advice to load with ``weights_only=False`` (never safe here)."""
-    text = first_line(error)
-    if "weights_only" in text.lower() or "weights only" in text.lower():
-        return "it holds objects other than tensors and plain values, which birnn never unpickles"
-    return text
 
 
 def remove_stale(folder: Path) -> None:

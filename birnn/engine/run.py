@@ -267,6 +267,11 @@ class Run:
         )
 
     @property
+    def epochs(self) -> int:
+        """The epochs this run trains: trainer.epochs, or fewer when trainer.max_steps ends it first."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
     def done(self) -> bool:
         return self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
 
@@ -441,12 +446,13 @@ class Run:
         finally:
             self.model.load_state_dict(current)
 
-    def finish(self) -> dict:
-        """The final metrics: saved in the last checkpoint, ``metrics.json`` and TensorBoard's HParams."""
+    def finish(self, test: bool = True) -> dict:
+        """The final metrics: saved in the last checkpoint, ``metrics.json`` and TensorBoard's HParams.
+        ``test=False`` (a pruned search trial): no final test pass."""
         p = self.progress
         self.metrics = {
             **self.metrics,
-            **self.test_pass(),
+            **(self.test_pass() if test else {}),
             "test_on": self.cfg.trainer.get("test_on", "last"),
             **({"best_val_accuracy": p.best_val_accuracy} if self.data.val_x is not None else {}),
             "epochs": p.epoch,
@@ -459,12 +465,13 @@ class Run:
         }
         self.save(metrics=self.metrics)
         self.write_records(self.metrics)
-        log.info(
-            "Test accuracy %.4f (%.2f%%); run dir %s",
-            self.metrics["test_accuracy"],
-            100 * self.metrics["test_accuracy"],
-            self.run_dir,
-        )
+        if test:
+            log.info(
+                "Test accuracy %.4f (%.2f%%); run dir %s",
+                self.metrics["test_accuracy"],
+                100 * self.metrics["test_accuracy"],
+                self.run_dir,
+            )
         return self.metrics
 
     def complete(self) -> dict:
