@@ -301,3 +301,40 @@ def test_a_ragged_list_row_names_its_row(tmp_path):
     cmd = ["out", "--train", "train.parquet", "--test", "test.parquet"]
     line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
     assert "train.parquet row 3 column a: 1 values; expected 2" in line
+
+
+PEAK = """import atexit, runpy, sys
+def peak(path):
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        out.write(str(kb))
+atexit.register(peak, sys.argv.pop(1))
+runpy.run_module("birnn.train", run_name="__main__")
+"""
+
+
+def peak_rss_of_training_on(tmp_path, megabytes: int) -> int:
+    """VmHWM (bytes) of a training + test pass on a pack of about ``megabytes`` (64 x 64 float32 samples)."""
+    rows = megabytes * 2**20 // (64 * 64 * 4)
+    pack, rng = tmp_path / f"pack{megabytes}", np.random.default_rng(0)
+    with PackWriter(pack, [str(i) for i in range(10)]) as writer:
+        for split, n in (("train", rows * 3 // 4), ("test", rows // 4)):
+            for i in range(0, n, 1024):
+                k = min(1024, n - i)
+                writer.split(split).append(rng.random((k, 64, 64), np.float32), rng.integers(0, 10, k))
+    (tmp_path / "peak.py").write_text(PEAK)
+    out = tmp_path / f"peak{megabytes}"
+    run = [
+        *packed(pack, "trainer.max_steps=20", "data.eval_batch_size=200"),
+        f"hydra.run.dir={tmp_path}/run{megabytes}",
+    ]
+    proc = run_cli(str(out), *run, cwd=tmp_path, module="peak")
+    assert proc.returncode == 0, proc.stderr
+    return int(out.read_text()) * 1024
+
+
+@pytest.mark.slow
+def test_training_on_a_256_mb_pack_peaks_within_64_mb_of_a_16_mb_one(tmp_path):
+    small, large = peak_rss_of_training_on(tmp_path, 16), peak_rss_of_training_on(tmp_path, 256)
+    assert large - small <= 64 * 2**20, (small, large)
