@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe loads (``weights_only=True``), checksums, fallback to the previous valid one.
+"""Checkpoints: atomic saves, safe loads (``weights_only=True``), checksums, fallback to the previous valid one.
 
 A checkpoint is data: it is loaded with ``weights_only=True`` (no pickled code runs) and carries a SHA-256 of
 its content (every tensor's bytes and every other value), checked on load, so a flipped block inside a
@@ -11,49 +11,21 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from birnn.schema.errors import BirnnError, load_reason
+from birnn.system.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 FORMAT = "birnn-checkpoint-v1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over ``path``.
-
-    A kill or a full disk mid-write leaves the old ``path`` untouched; the temp file is removed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 REQUIRED = {"model": dict, "config": dict, "progress": dict}  # what every reader of a checkpoint relies on
 
 

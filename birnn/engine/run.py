@@ -25,9 +25,10 @@ from omegaconf.errors import OmegaConfBaseException
 from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint, rundir
-from birnn.engine.loop import EvalResult, Stepper, loss_and_predictions
+from birnn.engine.loop import Stepper, loss_and_predictions
 from birnn.engine.schedule import build_scheduler
 from birnn.models.rnn import build_model
+from birnn.records.scores import EvalResult
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import flatten, to_plain, typed, upgrade
 from birnn.schema.errors import BirnnError, first_line
