@@ -20,10 +20,10 @@ train: $(VENV)/.installed-train
 	$(PY) -m birnn.train $(ARGS)
 
 test: $(VENV)/.installed-test  # the suite without the tests marked slow (end-to-end: servers, several processes, kills)
-	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20 -m "not slow"
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20 -v -m "not slow"
 
 test-all: $(VENV)/.installed-test  # every test: what CI runs
-	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20 -v
 
 bench: $(VENV)/.installed-train
 	$(PY) -m birnn.bench $(ARGS)

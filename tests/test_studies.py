@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from birnn.data.pipeline import holdout, load_digits
 from birnn.schema.config import validate
 from birnn.schema.errors import BirnnError
-from birnn.search import SKIPPED, Objective, counts, study_markdown, work
+from birnn.studies.objective import SKIPPED, Objective, counts, work
+from birnn.studies.outputs import study_markdown
 from birnn.studies.space import distribution
 from conftest import FAST, ROOT, free_port, make_cfg, run_cli, wait_for
 

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe loads (``weights_only=True``), checksums, fallback to the previous valid one.
+"""Checkpoints: atomic saves, safe loads (``weights_only=True``), checksums, fallback to the previous valid one.
 
 A checkpoint is data: it is loaded with ``weights_only=True`` (no pickled code runs) and carries a SHA-256 of
 its content (every tensor's bytes and every other value), checked on load, so a flipped block inside a

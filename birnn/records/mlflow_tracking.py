@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from torch import Tensor
 
-from birnn.engine.loop import EvalResult
+from birnn.records.scores import EvalResult
 from birnn.records.tracking import hparams, pictures
 from birnn.schema.errors import BirnnError
 

@@ -298,7 +298,9 @@ def schema_for(group: str, node: dict | DictConfig) -> DictConfig:
 def apply_schemas(cfg: DictConfig) -> None:
     """Type (in place) each model, data and optimizer option composed without a schema line in its defaults
     list, e.g. a user's file written for an earlier birnn: it gets the schema ``schema_for`` picks, so the keys
-    it leaves out (those added since) take their defaults and the ones it sets are type-checked."""
+    it leaves out (those added since) take their defaults and the ones it sets are type-checked. Old homes of
+    birnn's components are renamed first (``rename_targets``)."""
+    rename_targets(cfg)
     for group in TYPED_GROUPS:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is not dict:

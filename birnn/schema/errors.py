@@ -31,3 +31,11 @@ class BirnnError(CompactHydraException):
     Hydra prints a ``CompactHydraException`` as its message alone (no traceback) and exits 1; in a
     multirun the failed job is recorded and the other jobs still run.
     """
+
+
+class Refused(BirnnError):
+    """A run stopped before training; it removed what it had written (its callbacks write nothing either)."""
+
+
+class Busy(Refused):
+    """Another live process holds the run dir (or sweep dir)."""

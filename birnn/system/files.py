@@ -1,4 +1,4 @@
-"""Files written whole or not at all: ``atomic_write``."""
+"""Atomic file writes: a kill or a full disk mid-write leaves the old file as it was."""
 
 from __future__ import annotations
 
