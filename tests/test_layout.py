@@ -10,7 +10,7 @@ import tomllib
 from conftest import ROOT
 
 PACKAGE = ROOT / "birnn"
-ENTRY_POINTS = {"train", "evaluate", "predict", "export", "search", "report", "bench"}
+ENTRY_POINTS = {"train", "evaluate", "predict", "export", "search", "report", "bench", "pack"}
 # what each package may import from birnn (besides the top-level ``birnn`` itself): the layers below it
 BELOW = {
     "schema": set(),

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches
+from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint, rundir
 from birnn.engine.loop import Stepper, loss_and_predictions
@@ -316,7 +316,7 @@ class Run:
         part = self.dist.shard(len(y))
         loss_sum, predictions = loss_and_predictions(
             self.model,
-            x[part],
+            subset(x, part),
             y[part],
             self.cfg.data.eval_batch_size,
             self.device,
