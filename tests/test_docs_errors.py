@@ -35,6 +35,14 @@ COMMANDS = {
     "checkpoint names is imported unless you allow it. If you trust that code, add --allow mymodels.": (
         "python -m birnn.evaluate myproject/outputs/run/checkpoints/last.pt"
     ),
+    "error: data.patch=100 is longer than the longest training series (8 steps): ...": (
+        "python -m birnn.train data=digits data.patch=100"
+    ),
+    "error: search.storage=postgresql+psycopg2://... needs a database driver that is not installed (No module "
+    "named 'psycopg2'); pip install 'psycopg2-binary'": (
+        "python -m birnn.search hparams_search=optuna data=digits search.dir=study "
+        "search.storage=postgresql+psycopg2://birnn@127.0.0.1:5/birnn"
+    ),
 }
 
 
