@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -85,3 +86,12 @@ def run_cli(*args: str, cwd: Path, timeout: int = 240, module: str = "birnn.trai
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def write_checkpoint(state: dict, path: Path) -> Path:
+    """Write ``state`` (a loaded checkpoint, changed by a test) as-is with a valid checksum, rotating nothing."""
+    from birnn.engine import checkpoint
+
+    content = {"format": checkpoint.FORMAT, **{k: v for k, v in state.items() if k not in ("format", "checksum")}}
+    torch.save({**content, "checksum": checkpoint.digest(content)}, path)
+    return path

@@ -23,7 +23,7 @@ from PIL import Image
 
 from birnn.engine import checkpoint
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg
+from conftest import FAST, ROOT, make_cfg, write_checkpoint
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Inline examples name no command: the one that prints each.
@@ -88,7 +88,8 @@ def crafted(source: Path, target: Path, key: str, name: str) -> None:
     anyone can write one)."""
     state = checkpoint.load(source)
     state["config"][key] = {**state["config"][key], "_target_": name}
-    checkpoint.save({k: v for k, v in state.items() if k != "format"}, target.parent, target.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(state, target)
 
 
 @pytest.fixture(scope="module")
