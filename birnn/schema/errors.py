@@ -15,3 +15,10 @@ class BirnnError(CompactHydraException):
     Hydra prints a ``CompactHydraException`` as its message alone (no traceback) and exits 1; in a
     multirun the failed job is recorded and the other jobs still run.
     """
+
+
+def check_config(checks: list[tuple[bool, str]]) -> None:
+    """Raise one BirnnError listing the message of every ``(ok, message)`` check that failed."""
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))

@@ -34,6 +34,8 @@ BUILTIN = frozenset(
         "birnn.data.load_arrays",
         "birnn.data.load_uea",
         "birnn.models.RNNClassifier",
+        "birnn.models.LSTMFCN",
+        "birnn.models.InceptionTime",
         "torch.optim.Adam",
         "torch.optim.AdamW",
         "torch.optim.SGD",
