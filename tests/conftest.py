@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -69,6 +70,13 @@ def wait_for(ready: Callable[[], bool], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not ready() and time.monotonic() < deadline:
         time.sleep(0.002)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on (for a throwaway server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 240, module: str = "birnn.train") -> subprocess.CompletedProcess:

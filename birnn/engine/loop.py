@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from birnn.data.pipeline import sequential_batches
+from birnn.records.scores import EvalResult
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -75,13 +76,6 @@ class Stepper:
         if self.scheduler is not None:
             self.scheduler.step()
         return loss_sum, (logits.detach().argmax(1) == y).sum()
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    predictions: Tensor  # predicted class per sample, on the device
 
 
 @torch.inference_mode()

@@ -19,8 +19,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from birnn import report
-from birnn.engine.rundir import Refused
+from birnn.records import summary
+from birnn.schema.errors import Refused
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ class SweepSummary(Callback):
         run_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
         if not (failed and isinstance(job_return._return_value, Refused)):  # a refused run leaves nothing
-            report.write_status(
+            summary.write_status(
                 run_dir,
                 "failed" if failed else "completed",
-                report.one_line(job_return._return_value) if failed else "",
+                summary.one_line(job_return._return_value) if failed else "",
             )
         if config.hydra.mode == RunMode.MULTIRUN:
             # output_dir is <sweep dir>/<subdir>, both resolved by the job itself
@@ -64,9 +64,9 @@ class SweepSummary(Callback):
         """A broken summary is logged, never allowed to fail the job that triggered it."""
         try:
             with locked(sweep_dir):
-                report.summarize(report.find_runs([sweep_dir]), sweep_dir, self.metric)
+                summary.summarize(summary.find_runs([sweep_dir]), sweep_dir, self.metric)
         except Exception as e:
-            log.warning("Could not write the sweep summary in %s: %s", sweep_dir, report.one_line(e))
+            log.warning("Could not write the sweep summary in %s: %s", sweep_dir, summary.one_line(e))
 
 
 @contextmanager
@@ -98,4 +98,4 @@ class MLflowParent(Callback):
 
             end_parent(sweep_dir)
         except Exception as e:
-            log.warning("Could not mark the MLflow parent run of %s finished: %s", sweep_dir, report.one_line(e))
+            log.warning("Could not mark the MLflow parent run of %s finished: %s", sweep_dir, summary.one_line(e))

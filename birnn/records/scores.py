@@ -1,12 +1,23 @@
-"""Per-class scores of a classifier's predictions (scikit-learn's): the confusion matrix, precision and recall."""
+"""Scores of a classifier's predictions: one evaluation pass's result, and per class (scikit-learn's) the
+confusion matrix, precision and recall."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from sklearn import metrics
 from torch import Tensor
+
+
+@dataclass
+class EvalResult:
+    """One evaluation pass over a split."""
+
+    loss: float
+    accuracy: float
+    predictions: Tensor  # predicted class per sample, on the device
 
 
 def confusion_matrix(y: Tensor, predictions: Tensor, num_classes: int) -> Tensor:

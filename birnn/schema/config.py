@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from birnn.schema.errors import BirnnError
+from birnn.schema.errors import BirnnError, first_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
@@ -312,6 +313,40 @@ def register_schemas() -> None:
 
 register_schemas()
 
+OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
+DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
+TYPED_GROUPS = ("model", "data", "optimizer")
+
+
+def schema_for(group: str, node: dict | DictConfig) -> DictConfig:
+    """The schema of a model, data or optimizer option, chosen by its ``_target_`` (birnn's own models have theirs;
+    a model without one is birnn's RNNClassifier); an optimizer birnn has no schema for gets an empty node."""
+    target = node.get("_target_")
+    if group == "model":
+        own = MODEL_SCHEMAS.get(RNN_CLASSIFIER if target is None else target)
+        return OmegaConf.structured(own) if own else data_schema(ModelComponentConfig)
+    if group == "data":
+        return data_schema(DATA_SCHEMAS.get(target, DataConfig))
+    return OmegaConf.structured(OPTIMIZER_SCHEMAS[target]) if target in OPTIMIZER_SCHEMAS else OmegaConf.create()
+
+
+def apply_schemas(cfg: DictConfig) -> None:
+    """Type (in place) each model, data and optimizer option composed without a schema line in its defaults
+    list, e.g. a user's file written for an earlier birnn: it gets the schema ``schema_for`` picks, so the keys
+    it leaves out (those added since) take their defaults and the ones it sets are type-checked. Old homes of
+    birnn's components are renamed first (``rename_targets``)."""
+    rename_targets(cfg)
+    for group in TYPED_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is not dict:
+            continue
+        try:
+            typed = OmegaConf.merge(schema_for(group, node), node)
+        except OmegaConfBaseException as e:
+            raise BirnnError(f"Invalid config: {group}.{e.full_key}: {first_line(e)}") from None
+        with open_dict(cfg):
+            cfg[group] = typed
+
 
 def renamed(tree: Any) -> Any:
     """``tree`` (plain containers) with every ``_target_`` that names an old home of birnn's own (``RENAMED``)
@@ -425,28 +460,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
-DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
-
-
 def typed(stored: dict) -> DictConfig:
     """A stored (plain) config typed by the schemas its ``_target_`` names pick: keys added to birnn since it
     was written take their defaults, a wrong type raises OmegaConf's error."""
     stored = renamed(stored)
-    optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
-    data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
-    # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
-    own_model = MODEL_SCHEMAS.get(stored.get("model", {}).get("_target_", RNN_CLASSIFIER))
+    groups = {group: schema_for(group, stored.get(group, {})) for group in TYPED_GROUPS}
     schema = OmegaConf.structured(
-        Config(
-            model=own_model() if own_model else data_schema(ModelComponentConfig),
-            data=data_schema(data),
-            scheduler=None,
-            device=DeviceConfig(),
-            trainer=TrainerConfig(),
-            optimizer=optimizer() if optimizer else {},
-            tracker={},
-        )
+        Config(**groups, scheduler=None, device=DeviceConfig(), trainer=TrainerConfig(), tracker={})
     )
     return OmegaConf.merge(schema, stored)
 
