@@ -83,6 +83,39 @@ class ModelConfig:
 
 
 @dataclass
+class LSTMFCNConfig:
+    """``model=lstm_fcn``: LSTM-FCN (Karim et al. 2017), with MLSTM-FCN's squeeze-and-excite blocks on
+    multivariate input (Karim et al. 2019); ``birnn.models.LSTMFCN``. Defaults: the papers'."""
+
+    _target_: str = "birnn.models.LSTMFCN"
+    hidden_size: int = 8  # LSTM cells (the papers try 8, 64, 128)
+    dropout: float = 0.8  # on the LSTM's final hidden state
+    filters: list[int] = field(default_factory=lambda: [128, 256, 128])  # one Conv1d-BatchNorm-ReLU block each
+    kernel_sizes: list[int] = field(default_factory=lambda: [8, 5, 3])  # one per block
+    # squeeze-and-excite after every block but the last; null: on for input_size > 1 (MLSTM-FCN), else off
+    squeeze_excite: bool | None = None
+    reduction: int = 16  # squeeze-and-excite: channels / reduction hidden units
+
+
+@dataclass
+class InceptionTimeConfig:
+    """``model=inception_time``: one InceptionTime network (Ismail Fawaz et al. 2020; the published classifier
+    is an ensemble of five from different seeds); ``birnn.models.InceptionTime``. Defaults: the paper's."""
+
+    _target_: str = "birnn.models.InceptionTime"
+    depth: int = 6  # Inception modules
+    filters: int = 32  # per branch: each convolution and the max-pooling branch
+    kernel_sizes: list[int] = field(default_factory=lambda: [40, 20, 10])  # the reference code's (41 - 1, halved)
+    bottleneck: int = 32  # 1x1 bottleneck filters before the convolutions; 0: none (none on one input channel)
+    residual: bool = True  # a shortcut around every three modules
+
+
+MODEL_SCHEMAS: dict[str, type] = {
+    cls._target_: cls for cls in (ModelConfig, LSTMFCNConfig, InceptionTimeConfig)
+}  # birnn's own models: their keys are typed
+
+
+@dataclass
 class DataConfig:
     """The keys every data option has. The node is open (see ``data_schema``): a loader's own keys go beside
     these and reach the loader as keyword arguments, while these stay typed."""
@@ -260,6 +293,8 @@ def register_schemas() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="bilstm", node=ModelConfig)
     cs.store(group="schema/model", name="model", node=data_schema(ModelComponentConfig))
+    cs.store(group="schema/model", name="lstm_fcn", node=LSTMFCNConfig)
+    cs.store(group="schema/model", name="inception_time", node=InceptionTimeConfig)
     cs.store(group="schema/data", name="data", node=data_schema())
     cs.store(group="schema/data", name="uea", node=data_schema(UEADataConfig))
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
@@ -284,12 +319,12 @@ TYPED_GROUPS = ("model", "data", "optimizer")
 
 
 def schema_for(group: str, node: dict | DictConfig) -> DictConfig:
-    """The schema of a model, data or optimizer option, chosen by its ``_target_`` (a model without one is
-    birnn's RNNClassifier); an optimizer birnn has no schema for gets an empty node."""
+    """The schema of a model, data or optimizer option, chosen by its ``_target_`` (birnn's own models have theirs;
+    a model without one is birnn's RNNClassifier); an optimizer birnn has no schema for gets an empty node."""
     target = node.get("_target_")
     if group == "model":
-        own = target in (None, RNN_CLASSIFIER)
-        return OmegaConf.structured(ModelConfig) if own else data_schema(ModelComponentConfig)
+        own = MODEL_SCHEMAS.get(RNN_CLASSIFIER if target is None else target)
+        return OmegaConf.structured(own) if own else data_schema(ModelComponentConfig)
     if group == "data":
         return data_schema(DATA_SCHEMAS.get(target, DataConfig))
     return OmegaConf.structured(OPTIMIZER_SCHEMAS[target]) if target in OPTIMIZER_SCHEMAS else OmegaConf.create()

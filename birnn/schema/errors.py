@@ -39,3 +39,10 @@ class Refused(BirnnError):
 
 class Busy(Refused):
     """Another live process holds the run dir (or sweep dir)."""
+
+
+def check_config(checks: list[tuple[bool, str]]) -> None:
+    """Raise one BirnnError listing the message of every ``(ok, message)`` check that failed."""
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))

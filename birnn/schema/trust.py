@@ -35,6 +35,8 @@ BUILTIN = frozenset(
         "birnn.data.load_uea",
         "birnn.data.load_packed",
         "birnn.models.RNNClassifier",
+        "birnn.models.LSTMFCN",
+        "birnn.models.InceptionTime",
         "torch.optim.Adam",
         "torch.optim.AdamW",
         "torch.optim.SGD",
