@@ -27,7 +27,10 @@ HYDRA_NOISE = ("Error executing job", "HYDRA_FULL_ERROR", "To append to your con
             "error: Invalid config: optimizer.lr must be a finite number > 0, got 0.0; "
             "trainer.epochs must be > 0, got 0",
         ),
-        (["data=nope"], "error: Could not find 'data/nope' (options: arrays, digits, fashion_mnist, mnist, packed, uea)"),
+        (
+            ["data=nope"],
+            "error: Could not find 'data/nope' (options: arrays, digits, fashion_mnist, mnist, packed, uea)",
+        ),
         (
             ["model.hidden_size=abc"],
             "error: Error merging override model.hidden_size=abc: Value 'abc' of type 'str' "
