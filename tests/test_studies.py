@@ -269,7 +269,8 @@ def test_three_workers_on_postgresql_one_killed_9_finish_exactly_n_trials(tmp_pa
         running[:] = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if (Path(t.user_attrs["run_dir"]) / "checkpoints" / "last.pt").exists()
+            if "run_dir" in t.user_attrs  # a trial just started has no run dir yet
+            and (Path(t.user_attrs["run_dir"]) / "checkpoints" / "last.pt").exists()
             and not (Path(t.user_attrs["run_dir"]) / "metrics.json").exists()
         ]
         return bool(running)
