@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[test,optuna,export,timeseries,mlflow,docs,lint]"
+	$(PY) -m pip install -e ".[test,optuna,export,timeseries,mlflow,text,docs,lint]"
 	touch $@
 
 .PHONY: venv train test test-all bench lint docs

@@ -110,7 +110,7 @@ def train(
                 run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
                 patience = t.early_stopping_patience
                 if patience and p.epochs_without_improvement >= patience:
-                    log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
+                    log.info("Early stopping: %s has not improved for %d epochs.", t.monitor, patience)
                     break
                 if on_evaluation is not None and on_evaluation(p.history):
                     break
@@ -150,7 +150,8 @@ _publish_run_dir: Callable[[Path], None] | None = None
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def job(cfg: DictConfig) -> float:
-    """One Hydra job. Returns the sweep objective: the best validation accuracy (test only without a val split).
+    """One Hydra job. Returns the sweep objective: the best ``trainer.monitor`` score (test accuracy only without a
+    val split).
 
     The job holds its run dir (one writer); refused before training, it leaves nothing there.
     """
@@ -172,7 +173,7 @@ def job(cfg: DictConfig) -> float:
         if _publish_run_dir is not None:
             _publish_run_dir(run_dir)
         metrics = train(cfg, run_dir, started=started)
-    return metrics.get("best_val_accuracy", metrics["test_accuracy"])
+    return metrics.get(f"best_{cfg.trainer.monitor}", metrics["test_accuracy"])
 
 
 def main() -> None:

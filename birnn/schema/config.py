@@ -24,6 +24,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 TEST_ON = ("last", "best")
+MONITORS = ("val_accuracy", "val_f1")
 log = logging.getLogger("birnn")
 RNN_CLASSIFIER = "birnn.models.RNNClassifier"  # the model of checkpoints written before model._target_
 # Where birnn's own components moved when the modules became packages (2026-12): checkpoints and configs that
@@ -79,6 +80,8 @@ class ModelConfig:
         True  # readout=last: the last layer's backward direction runs over the final step only (exact, faster)
     )
     cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
+    embedding_dim: int = 64  # token data only: the nn.Embedding (padding ID 0) in front of the recurrence
+    crf: bool = False  # per-step labels only: a linear-chain CRF on the per-step scores (birnn/models/crf.py)
 
 
 @dataclass
@@ -198,6 +201,9 @@ class TrainerConfig:
     test_every_epoch: bool | None = None
     # resume from a checkpoint without a checksum (written by a birnn before 2026-11-29): only if you trust the file
     allow_unverified: bool = False
+    # what "best" means (best.pt, early stopping, sweep ranking, search objective): val_accuracy | val_f1 (macro-F1
+    # over classes or tags)
+    monitor: str = "val_accuracy"
 
 
 @dataclass
@@ -341,6 +347,7 @@ def validate(cfg: DictConfig) -> None:
             "trainer.early_stopping_patience needs a validation split: set data.val_size > 0 (or data.folds)",
         ),
         (t.test_on in TEST_ON, f"trainer.test_on must be one of {', '.join(TEST_ON)}; got {t.test_on!r}"),
+        (t.monitor in MONITORS, f"trainer.monitor must be one of {', '.join(MONITORS)}; got {t.monitor!r}"),
         (
             t.test_on == "last" or has_validation(d),
             "trainer.test_on=best needs a validation split: set data.val_size > 0 (or data.folds)",
