@@ -219,7 +219,8 @@ def load_data(
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. ``allow`` given
     means ``cfg`` came from a checkpoint: its loader must pass the trust rule (``birnn.schema.trust``) with those
-    allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a text loader instead of fitting one.
+    allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a text loader as ``fitted`` instead of
+    fitting one.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -233,7 +234,7 @@ def load_data(
             raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
     if tokenizer is not None:
-        kwargs["tokenizer"] = tokenizer
+        kwargs["fitted"] = tokenizer
     splits: Splits = loader(**kwargs)
     dims = 2 if splits.vocab_size is not None else 3
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:

@@ -118,6 +118,46 @@ class UEADataConfig(DataConfig):
     normalize: bool = True  # per-channel standardization with the training split's statistics
 
 
+@dataclass
+class TextDataConfig(DataConfig):
+    """``data=text``: labelled texts, tokenized (``birnn/data/text.py``, ``birnn/data/tokenize.py``)."""
+
+    _target_: str = "birnn.data.load_text"
+    download: bool = False  # unused (as is root)
+    path: str | None = None  # required: a .csv/.tsv/.jsonl file, or a folder with one folder of .txt files per class
+    test_path: str | None = None  # the test split in the same form; null: data.test_fraction of data.path
+    test_fraction: float = 0.2  # without test_path: a stratified fraction of data.path held out for test
+    test_seed: int = 0  # seeds the test_fraction draw
+    text_column: str = "text"  # CSV/TSV header name or JSONL key of the text
+    label_column: str = "label"  # ... and of the label (any string; classes are the training split's, sorted)
+    tokenizer: str = "word"  # char | word (letters/digits runs and punctuation) | bpe (needs birnn[text])
+    vocab_size: int | None = None  # most frequent tokens kept, <pad> and <unk> included; null: all (bpe: 8000)
+    min_freq: int = 1  # tokens seen fewer times in the training split become <unk>
+    lowercase: bool = True
+    max_length: int | None = None  # longer texts are truncated to this many tokens (one warning counts them)
+    batch_size: int = 32
+
+
+@dataclass
+class TaggedDataConfig(DataConfig):
+    """``data=tagged``: sentences with one tag per token (``birnn/data/tagged.py``)."""
+
+    _target_: str = "birnn.data.load_tagged"
+    download: bool = False  # unused (as is root)
+    path: str | None = None  # required: a file, or a folder whose files are all read (sorted)
+    test_path: str | None = None  # the test split in the same form; null: data.test_fraction of the sentences
+    test_fraction: float = 0.1  # without test_path: a fraction of the sentences held out for test
+    test_seed: int = 0  # seeds the test_fraction draw
+    format: str = "conll"  # conll: one token per line, blank line between sentences | slash: word/tag tokens per line
+    token_column: int = 0  # conll: the whitespace column of the token (0-based)
+    tag_column: int = -1  # conll: the column of the tag (-1: the last)
+    vocab_size: int | None = None  # most frequent words kept, <pad> and <unk> included; null: all
+    min_freq: int = 1  # words seen fewer times in the training split become <unk>
+    lowercase: bool = True
+    max_length: int | None = None  # a longer sentence is refused (naming file and line): tags are never truncated
+    batch_size: int = 32
+
+
 def data_schema(schema: type = DataConfig) -> DictConfig:
     """A schema as a node that accepts extra (loader or model) keys: struct mode off on this node only."""
     node = OmegaConf.structured(schema)
@@ -267,6 +307,8 @@ def register_schemas() -> None:
     cs.store(group="schema/model", name="model", node=data_schema(ModelComponentConfig))
     cs.store(group="schema/data", name="data", node=data_schema())
     cs.store(group="schema/data", name="uea", node=data_schema(UEADataConfig))
+    cs.store(group="schema/data", name="text", node=data_schema(TextDataConfig))
+    cs.store(group="schema/data", name="tagged", node=data_schema(TaggedDataConfig))
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
@@ -398,7 +440,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
-DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
+DATA_SCHEMAS = {
+    cls._target_: cls for cls in (UEADataConfig, TextDataConfig, TaggedDataConfig)
+}  # data options with their own keys
 
 
 def typed(stored: dict) -> DictConfig:

@@ -33,6 +33,8 @@ BUILTIN = frozenset(
         "birnn.data.load_digits",
         "birnn.data.load_arrays",
         "birnn.data.load_uea",
+        "birnn.data.load_text",
+        "birnn.data.load_tagged",
         "birnn.models.RNNClassifier",
         "torch.optim.Adam",
         "torch.optim.AdamW",
