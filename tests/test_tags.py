@@ -4,11 +4,13 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_distributed import finished, torchrun
 from test_resume import WALL_CLOCK, interrupt_at, state_of
 
 from birnn.data.arrays import load_arrays
@@ -218,3 +220,36 @@ def test_a_stopped_tagging_run_resumes_bit_identically(tags_file, tmp_path, monk
     }
     for name, tensor in state_of(tmp_path / "stopped")["model"].items():
         assert torch.equal(tensor, state_of(tmp_path / "reference")["model"][name]), name
+
+
+@pytest.mark.parametrize("crf", [False, True])
+def test_two_processes_tag_with_the_single_process_math(tags_file, tmp_path, crf):
+    overrides = [
+        "data=arrays",
+        f"data.path={tags_file}",
+        "data.batch_size=16",
+        "data.val_size=21",  # 99 training sentences: the last batch (3) splits unevenly over 2 processes
+        "device=cpu",
+        "model.hidden_size=8",
+        "model.embedding_dim=8",
+        f"model.crf={str(crf).lower()}",
+        "trainer.epochs=2",
+        "trainer.log_images=false",
+    ]
+    rc, _, err = finished(
+        torchrun(
+            *overrides,
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    )
+    assert rc == 0, err
+    single = train(make_cfg(*overrides), tmp_path / "one")
+    ddp, one = state_of(tmp_path / "ddp"), state_of(tmp_path / "one")
+    assert ddp["world_size"] == 2
+    for name, weight in one["model"].items():
+        torch.testing.assert_close(ddp["model"][name], weight, atol=1e-5, rtol=0, msg=name)
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == single["test_accuracy"] and metrics["val_f1"] == single["val_f1"]
