@@ -18,6 +18,7 @@ from birnn.data.pipeline import IGNORE
 from birnn.engine.loop import correct, loss_sum, predicted
 from birnn.models.crf import CRF
 from birnn.models.rnn import RNNClassifier
+from birnn.models.unpacked import Unpacked
 from birnn.records.scores import span_scheme, tag_scores
 from birnn.schema.errors import BirnnError
 from birnn.train import train
@@ -253,3 +254,26 @@ def test_two_processes_tag_with_the_single_process_math(tags_file, tmp_path, crf
         torch.testing.assert_close(ddp["model"][name], weight, atol=1e-5, rtol=0, msg=name)
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["test_accuracy"] == single["test_accuracy"] and metrics["val_f1"] == single["val_f1"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"readout": "last"},
+        {"readout": "final"},
+        {"readout": "mean", "cell": "gru"},
+        {"per_step": True, "num_layers": 3},
+        {"readout": "final", "bidirectional": False},
+    ],
+)
+def test_the_unpacked_model_for_export_equals_the_packed_one(options):
+    torch.manual_seed(2)
+    model = RNNClassifier(VOCAB, TAGS, hidden_size=5, vocab_size=VOCAB, embedding_dim=4, **options).eval()
+    lengths = torch.tensor(LENGTHS)
+    x = torch.randint(1, VOCAB, (len(LENGTHS), max(LENGTHS)))
+    x[torch.arange(max(LENGTHS)) >= lengths[:, None]] = 0
+    packed, unpacked = model(x, lengths), Unpacked(model)(x, lengths)
+    if model.per_step:
+        valid = torch.arange(max(LENGTHS)) < lengths[:, None]
+        packed, unpacked = packed[valid], unpacked[valid]
+    assert (packed - unpacked).abs().max() <= 1e-6

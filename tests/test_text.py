@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from birnn import evaluate, predict
+from birnn import evaluate, export, predict
 from birnn.data import tokenize
 from birnn.data.pipeline import IGNORE
 from birnn.data.tagged import load_tagged
 from birnn.data.text import load_text
+from birnn.engine.restore import restore
 from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import make_cfg
@@ -209,3 +210,15 @@ def test_a_tagging_run_from_conll_files_and_predict_tags_raw_text(tmp_path, caps
     predict.main([str(tmp_path / "run" / "checkpoints" / "last.pt"), "--text", "the great movie", "--json"])
     (result,) = json.loads(capsys.readouterr().out)
     assert result["tags"] == ["X", "ADJ", "X"] and result["label"] == "the/X great/ADJ movie/X"
+
+
+def test_export_takes_token_ids_and_lengths(text_run, tmp_path, capsys):
+    export.main([str(text_run), "--format", "pt2", "--out", str(tmp_path / "model.pt2")])
+    out = capsys.readouterr().out
+    assert "token IDs int64 (N, 6), 0-padded, and lengths int64 (N,)" in out
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    restored = restore(text_run)
+    x = torch.tensor([[5, 3, 0, 0, 0, 0], [2, 4, 6, 7, 2, 3], [9, 0, 0, 0, 0, 0]])
+    lengths = torch.tensor([2, 6, 1])
+    torch.testing.assert_close(program(x, lengths), restored.model(x, lengths))
+    torch.testing.assert_close(program(x[:1], lengths[:1]), restored.model(x[:1, :2]))  # = the sample alone
