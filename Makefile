@@ -2,29 +2,35 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[test,optuna,export,timeseries,mlflow,text,docs,lint]"
+# One venv; each target installs what it runs into it, once (a stamp per set): training needs birnn alone.
+EXTRAS_train :=
+EXTRAS_test := [test,optuna,export,timeseries,mlflow,tables,text]
+EXTRAS_lint := [lint]
+EXTRAS_docs := [docs]
+
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -e ".$(EXTRAS_$*)"
 	touch $@
 
 .PHONY: venv train test test-all bench lint docs
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed-train $(VENV)/.installed-test $(VENV)/.installed-lint $(VENV)/.installed-docs  # every extra
 
-train: venv
+train: $(VENV)/.installed-train
 	$(PY) -m birnn.train $(ARGS)
 
-test: venv  # the suite without the tests marked slow (end-to-end: servers, several processes, kills)
-	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20 -m "not slow"
+test: $(VENV)/.installed-test  # the suite without the tests marked slow (end-to-end: servers, several processes, kills)
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20 -v -m "not slow"
 
-test-all: venv  # every test: what CI runs
-	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20
+test-all: $(VENV)/.installed-test  # every test: what CI runs
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=20 -v
 
-bench: venv
+bench: $(VENV)/.installed-train
 	$(PY) -m birnn.bench $(ARGS)
 
-lint: venv
+lint: $(VENV)/.installed-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-docs: venv
+docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from birnn.data.pipeline import IGNORE, load_data
-from birnn.engine.checkpoint import atomic_write
 from birnn.engine.loop import eval_pass, label_count
 from birnn.engine.restore import add_trust_options, restore, user_errors
 from birnn.records.scores import confusion_matrix, per_class, tag_scores
@@ -21,6 +20,7 @@ from birnn.schema import console
 from birnn.schema.config import import_from_cwd
 from birnn.schema.errors import BirnnError
 from birnn.system.device import effective_precision, setup_device
+from birnn.system.files import atomic_write
 
 
 def evaluate_checkpoint(

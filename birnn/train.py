@@ -1,9 +1,8 @@
 """Hydra entry point: ``python -m birnn.train [overrides]`` (``-m`` for a multirun), also under ``torchrun``.
 
-Config -> data on the device -> model -> optimizer -> epochs of shuffled batches, with test (and val)
-passes at every epoch end -> TensorBoard, checkpoints and ``metrics.json`` in the run dir. Started
-again on a run dir that holds a checkpoint, it resumes exactly where that checkpoint left off. The run's
-state lives in ``birnn.engine.run.Run``; ranks in ``birnn.system.distributed``; this module is the loop and the entry.
+This module is the command: it composes and checks the config, holds the run dir (one writer), finds the run
+dir of a torchrun group, and hands over to ``birnn.engine.training.train`` — the loop, read top to bottom.
+Started again on a run dir that holds a checkpoint, the run resumes exactly where that checkpoint left off.
 """
 
 from __future__ import annotations
@@ -19,111 +18,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from birnn.engine import checkpoint, rundir
-from birnn.engine.run import Run
-from birnn.engine.signals import GracefulStop
+from birnn.engine import rundir
+from birnn.engine.training import train
 from birnn.schema import console
-from birnn.schema.config import CONFIG_DIR, import_from_cwd, validate
+from birnn.schema.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
 from birnn.schema.errors import BirnnError
 from birnn.studies import selection
 from birnn.system import distributed
-from birnn.system.distributed import Dist
 
 log = logging.getLogger("birnn.train")
-
-
-def train(
-    cfg: DictConfig,
-    run_dir: Path,
-    on_evaluation: Callable[[list[dict]], bool] | None = None,
-    started: Callable[[], None] = lambda: None,
-) -> dict:
-    """Train (or resume) the configured model in ``run_dir`` on this process's share; return the final metrics.
-
-    The whole policy is here, top to bottom: step, log, checkpoint, evaluate at each epoch end, stop early.
-    ``Run`` holds the state (model, optimizer, data, progress) and knows how to resume and save it.
-    ``on_evaluation`` (a search's pruner) sees the history after every epoch end; True stops the run there.
-    ``started`` is called once the run is built (data loaded, checkpoint accepted): from then on it keeps its dir.
-    """
-    dist = Dist.start(cfg.device.type, cfg.device.dist_timeout_s)
-    run = None
-    try:
-        run = Run(cfg, run_dir, dist)
-        started()
-        if run.finished is not None:
-            return run.complete()
-        log.info(run.describe())
-        t, p = cfg.trainer, run.progress
-        test_every_epoch = t.get("test_every_epoch") is not False
-        with GracefulStop() as stop:
-            while not run.done:
-                bar = tqdm(
-                    run.epoch_batches(),
-                    total=run.steps_per_epoch,
-                    initial=p.step_in_epoch,
-                    disable=None if dist.is_main else True,
-                    desc=f"Epoch {p.epoch + 1}/{t.epochs}",
-                    leave=False,
-                )
-                for batch in bar:
-                    run.step(batch)
-                    if p.global_step % t.log_every_n_steps == 0:
-                        scores = run.train_scores()
-                        log.info(
-                            "Epoch [%d/%d], Step [%d/%d], Loss: %.4f",
-                            p.epoch + 1,
-                            t.epochs,
-                            p.step_in_epoch,
-                            run.steps_per_epoch,
-                            scores["train/loss"],
-                        )
-                        run.track(scores)
-                        bar.set_postfix(loss=f"{scores['train/loss']:.4f}", acc=f"{scores['train/accuracy']:.3f}")
-                    stop.requested = dist.agree(stop.requested or 0) or None  # every rank stops at the same step
-                    last_step = p.step_in_epoch == run.steps_per_epoch or p.global_step >= run.total_steps
-                    every = t.checkpoint_every_n_steps  # epoch ends save anyway
-                    if stop.requested or (every and p.global_step % every == 0 and not last_step):
-                        path = run.save()
-                        if stop.requested:
-                            log.warning(
-                                "Stopped by %s at step %d; checkpoint saved to %s. To resume, run the same "
-                                "command with hydra.run.dir=%s",
-                                stop.name,
-                                p.global_step,
-                                path,
-                                run_dir,
-                            )
-                            stop.hand_over()
-                    if p.global_step >= run.total_steps:
-                        break
-                bar.close()
-
-                run.close_epoch()  # the epoch (or the step budget) is over: evaluate, record, checkpoint
-                scores = run.evaluate("test") if test_every_epoch else {}
-                if run.data.val_x is not None:
-                    scores |= run.evaluate("val")
-                improved = run.record(scores)
-                shown = p.epoch + (p.step_in_epoch > 0)  # a max_steps stop mid-epoch: the epoch it stopped in
-                log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-                run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
-                patience = t.early_stopping_patience
-                if patience and p.epochs_without_improvement >= patience:
-                    log.info("Early stopping: %s has not improved for %d epochs.", t.monitor, patience)
-                    break
-                if on_evaluation is not None and on_evaluation(p.history):
-                    break
-        return run.finish()
-    except RuntimeError as e:
-        lost = dist.lost_peer(e)
-        if lost is None:
-            raise
-        raise lost from None
-    finally:
-        if run is not None:
-            run.close()
-        dist.close()
 
 
 def keep_hydra_record(argv: list[str]) -> list[str]:
@@ -168,6 +72,7 @@ def job(cfg: DictConfig) -> float:
                 "hparams_search=... configures a search: run it with python -m birnn.search (the "
                 "same overrides), not birnn.train"
             )
+        apply_schemas(cfg)
         selection.resolve(cfg, compared=hc.mode == RunMode.MULTIRUN)
         validate(cfg)
         if _publish_run_dir is not None:

@@ -1,14 +1,17 @@
 """Train birnn on UCR/UEA archive problems bundled with aeon and write a Markdown table beside the published results.
 
-    python scripts/uea_table.py device=cpu                        # every bundled problem, seeds 0 1 2
+    python scripts/uea_table.py device=cpu                        # every bundled problem, seeds 0 1 2, 3 presets
     python scripts/uea_table.py --problems JapaneseVowels --seeds 0 device=cpu
+    python scripts/uea_table.py --presets uea_lstm_fcn --problems GunPoint --seeds 0 device=cpu trainer.max_steps=5
     python scripts/uea_table.py --baselines --out uea_table.md    # also rerun 1-NN DTW and ROCKET here
 
-Each problem trains in-process with ``birnn.train.train`` and one preset for all, ``experiment=uea`` (its patch
-size, readout and step budget come from the training split; nothing is set per problem), with
-``data.name=NAME``. Extra arguments are config overrides applied to every run.
+Each problem trains in-process with ``birnn.train.train`` under each preset of ``--presets`` (default: all three,
+``experiment=uea`` (the BiLSTM), ``uea_lstm_fcn`` and ``uea_inception_time``; nothing is set per problem), with
+``data.name=NAME``, on the same seeds and the default split. Extra arguments are config overrides applied to
+every run.
 
-Columns: problem, channels, series lengths, train/test sizes, birnn test accuracy (mean ± std over seeds),
+One row per problem and preset. Columns: problem, preset, channels, series lengths, train/test sizes, birnn test
+accuracy (mean ± std over seeds),
 epochs, training seconds (mean per seed), the problem's wall seconds (every seed, data loading and testing
 included; with ``--baselines`` theirs too), then one column per published method and, with ``--baselines``,
 aeon's 1-NN DTW and ROCKET trained here on the same default split, then birnn's gap in points to ROCKET and
@@ -36,7 +39,7 @@ from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PUBLISHED = Path(__file__).with_name("uea_published.csv")
-PRESET = ["experiment=uea"]  # every problem: no per-problem settings
+PRESETS = ("uea", "uea_lstm_fcn", "uea_inception_time")  # experiment=...; every problem: no per-problem settings
 # Every classification problem bundled in the installed aeon wheel but its 3-series smoke test.
 DEFAULT_PROBLEMS = [p for p in bundled_problems() if p != "UnitTest"]
 VERSUS = ("ROCKET, published", "InceptionTime, published")  # gap columns: birnn minus these, in points
@@ -99,8 +102,10 @@ def table(rows: list[dict], published: dict, sources: dict, versus: tuple[str, .
     here = {(r["problem"], m): a for r in rows for m, a in r.get("baselines", {}).items()}
     scores = {**published, **here}
     methods = list(dict.fromkeys([*(m for m, _ in sources), *(m for _, m in here)]))
+    presets = any("preset" in r for r in rows)
     head = [
         "problem",
+        *(["preset"] if presets else []),
         "channels",
         "lengths",
         "train / test",
@@ -118,6 +123,7 @@ def table(rows: list[dict], published: dict, sources: dict, versus: tuple[str, .
         spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
         cells = [
             r["problem"],
+            *([r.get("preset", "")] if presets else []),
             r["channels"],
             r["lengths"],
             f"{r['train']} / {r['test']}",
@@ -141,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", nargs="+", default=DEFAULT_PROBLEMS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="experiment presets (default: %(default)s)")
     parser.add_argument(
         "--published",
         type=Path,
@@ -158,31 +165,32 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         for name in args.problems:
-            problem_start = time.perf_counter()
             splits = load_uea(name=name)
-            row = {"problem": name, **describe(splits), "accuracies": [], "seconds": []}
-            for seed in args.seeds:
-                overrides = [*PRESET, f"data.name={name}", "trainer.log_images=false", f"seed={seed}", *args.overrides]
-                cfg = compose("config", overrides=overrides)
-                validate(cfg)
-                metrics = train(cfg, Path(tmp) / f"{name}-{seed}")
-                row["accuracies"].append(metrics["test_accuracy"])
-                row["seconds"].append(metrics["train_seconds"])
-                row["epochs"] = metrics["epochs"]
-                print(
-                    f"{name} seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
-                    f"({metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s)",
-                    flush=True,
-                )
-            if args.baselines:
-                row["baselines"] = baselines(splits)
-                print(f"{name}: " + ", ".join(f"{m} {a:.4f}" for m, a in row["baselines"].items()), flush=True)
-            row["wall"] = time.perf_counter() - problem_start
-            rows.append(row)
-    text = table(rows, published, sources, VERSUS)
-    args.out.write_text(text)
+            for preset in args.presets:
+                problem_start = time.perf_counter()
+                row = {"problem": name, "preset": preset, **describe(splits), "accuracies": [], "seconds": []}
+                for seed in args.seeds:
+                    run = [f"experiment={preset}", f"data.name={name}", "trainer.log_images=false", f"seed={seed}"]
+                    cfg = compose("config", overrides=[*run, *args.overrides])
+                    validate(cfg)
+                    metrics = train(cfg, Path(tmp) / f"{name}-{preset}-{seed}")
+                    row["accuracies"].append(metrics["test_accuracy"])
+                    row["seconds"].append(metrics["train_seconds"])
+                    row["epochs"] = metrics["epochs"]
+                    print(
+                        f"{name} {preset} seed {seed}: test accuracy {metrics['test_accuracy']:.4f} "
+                        f"({metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s)",
+                        flush=True,
+                    )
+                if args.baselines and preset == args.presets[0]:
+                    row["baselines"] = baselines(splits)
+                    print(f"{name}: " + ", ".join(f"{m} {a:.4f}" for m, a in row["baselines"].items()), flush=True)
+                row["wall"] = time.perf_counter() - problem_start
+                rows.append(row)
     minutes = (time.perf_counter() - start) / 60
-    print(f"\n{text}\nwrote {args.out}; the whole table took {minutes:.1f} min")
+    text = table(rows, published, sources, VERSUS) + f"\nThe whole table took {minutes:.1f} min.\n"
+    args.out.write_text(text)
+    print(f"\n{text}\nwrote {args.out}")
 
 
 if __name__ == "__main__":

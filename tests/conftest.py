@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -71,9 +73,25 @@ def wait_for(ready: Callable[[], bool], timeout: float = 120) -> None:
         time.sleep(0.002)
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on (for a throwaway server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 240, module: str = "birnn.train") -> subprocess.CompletedProcess:
     """Run a birnn command line in a subprocess (the real entry point)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def write_checkpoint(state: dict, path: Path) -> Path:
+    """Write ``state`` (a loaded checkpoint, changed by a test) as-is with a valid checksum, rotating nothing."""
+    from birnn.engine import checkpoint
+
+    content = {"format": checkpoint.FORMAT, **{k: v for k, v in state.items() if k not in ("format", "checksum")}}
+    torch.save({**content, "checksum": checkpoint.digest(content)}, path)
+    return path

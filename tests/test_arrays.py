@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from birnn import evaluate, export, predict
 from birnn.data import normalize
 from birnn.data.arrays import load_arrays
 from birnn.data.pipeline import Splits, load_data, spec
+from birnn.engine import checkpoint
 from birnn.engine.restore import restore
 from birnn.schema.errors import BirnnError
 from birnn.train import train
@@ -108,7 +110,8 @@ def test_unreadable_files_get_one_clear_line(tmp_path):
     np.savez(tmp_path / "objects.npz", **{**arrays(), "classes": np.array([{"a": 1}, None], dtype=object)})
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
     cases = {
-        "pickled.pt": "torch.load(weights_only=True) refused it (Unsupported global: GLOBAL pathlib.PosixPath",
+        "pickled.pt": "torch.load(weights_only=True) refused it (it holds objects other than tensors and plain values "
+        "(pathlib.PosixPath)",
         "objects.npz": "is not a readable .npz file: Object arrays cannot be loaded",
         "broken.npz": "is not a readable .npz file",
         "missing.npz": "no such file",
@@ -120,6 +123,17 @@ def test_unreadable_files_get_one_clear_line(tmp_path):
         assert message in str(info.value) and "\n" not in str(info.value), (name, str(info.value))
     with pytest.raises(BirnnError, match="data=arrays needs the file: data.path=FILE.npz"):
         load_arrays()
+
+
+@pytest.mark.parametrize("reader", [lambda path: load_arrays(path=str(path)), checkpoint.load])
+def test_a_pickle_naming_code_is_refused_without_torch_advice_to_trust_it(tmp_path, reader):
+    path = tmp_path / "evil.pt"
+    torch.save({**arrays(), "format": "birnn-checkpoint", "x_train": os.system}, path)  # a data file or a checkpoint
+    with pytest.raises(BirnnError) as info:
+        reader(path)
+    message = str(info.value)
+    assert "system" in message and "never unpickles" in message and "\n" not in message, message
+    assert "weights_only` set to `False" not in message and "likely succeed" not in message and "trust" not in message
 
 
 def test_normalize_fits_the_training_split_after_the_holdout(tmp_path):
@@ -160,7 +174,7 @@ def padded_series(root: str = "data", download: bool = False) -> Splits:
 
 def test_normalize_counts_valid_steps_only_and_keeps_padding_zero():
     cfg = make_cfg(*FAST, "data.normalize=true", "data._target_=test_arrays.padded_series")
-    del cfg.data["path"]
+    del cfg.data["path"], cfg.data["vocab_size"]  # keys of data=arrays that this loader does not take
     splits = load_data(cfg.data, torch.device("cpu"))
     valid = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0, 2.0])
     assert splits.normalization["mean"] == pytest.approx([valid.mean().item()])

@@ -18,7 +18,7 @@ from birnn.engine.restore import restore
 from birnn.predict import predict
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, make_cfg, run_cli
+from conftest import FAST, make_cfg, run_cli, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_unusable_last_checkpoint_falls_back_and_stale_temp_files_go(tmp_path, c
     folder = tmp_path / "checkpoints"
     state = checkpoint.load(folder / "last.pt")
     del state["config"]
-    torch.save({**state, "format": checkpoint.FORMAT}, folder / "last.pt")
+    write_checkpoint(state, folder / "last.pt")
     with pytest.raises(BirnnError, match="missing or malformed: config"):
         checkpoint.load(folder / "last.pt")
     state = checkpoint.load(folder / "previous.pt")

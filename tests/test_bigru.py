@@ -14,7 +14,7 @@ from birnn.evaluate import evaluate_checkpoint
 from birnn.models.rnn import RNNClassifier, build_model
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, make_cfg
+from conftest import FAST, make_cfg, write_checkpoint
 
 
 def test_bigru_option_and_cell_choice():
@@ -74,7 +74,7 @@ def test_export_refuses_a_variable_length_model_it_cannot_unpack(gru_ckpt, tmp_p
     assert not (tmp_path / "m.pt2").exists()
     # through the command line: one line on stderr, exit 2
     ckpt = tmp_path / "variable.pt"
-    torch.save({**restored.state, "data": spec, "config": OmegaConf.to_container(restored.cfg)}, ckpt)
+    write_checkpoint({**restored.state, "data": spec, "config": OmegaConf.to_container(restored.cfg)}, ckpt)
     with pytest.raises(SystemExit) as exit_:
         export.main([str(ckpt), "--format", "pt2"])
     err = capsys.readouterr().err
@@ -98,7 +98,7 @@ def test_evaluate_passes_the_test_lengths(gru_ckpt, tmp_path):
     config = OmegaConf.to_container(restored.cfg)
     config["data"]["_target_"] = "test_bigru.ragged_digits"
     ckpt = tmp_path / "ragged.pt"
-    torch.save({**restored.state, "config": config}, ckpt)
+    write_checkpoint({**restored.state, "config": config}, ckpt)
     data = ragged_digits()
     with torch.inference_mode():
         alone = torch.cat([restored.model(data.test_x[i : i + 1, :n]) for i, n in enumerate(data.test_lengths)])

@@ -7,10 +7,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from birnn.models.rnn import build_model
-from birnn.schema.config import validate
+from birnn.schema.config import Config, DataConfig, ModelConfig, SGDConfig, apply_schemas, validate
 from birnn.schema.errors import BirnnError
 from birnn.system.device import setup_device
-from conftest import make_cfg
+from conftest import FAST, make_cfg, run_cli
 
 
 def test_defaults_reproduce_the_tutorial():
@@ -168,3 +168,38 @@ def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
 def test_fp16_needs_cuda():
     with pytest.raises(BirnnError, match="precision=16 needs CUDA"):
         setup_device(make_cfg("device=cpu").device, "16")
+
+
+# Option files as the previous release (252ba19) wrote them, less the schema line a user's copy may lack, and
+# the schema whose defaults the keys they leave out (those added since) must take.
+OLD_RELEASE_FILES = {
+    "data/mydata.yaml": (
+        "_target_: birnn.data.load_digits\nroot: data\ndownload: false\nbatch_size: 100\neval_batch_size: 500\n"
+        "val_size: 0\nsplit_seed: 0\n",
+        DataConfig,
+    ),
+    "model/mymodel.yaml": (
+        "hidden_size: 16\nnum_layers: 1\nbidirectional: true\ndropout: 0.0\nreadout: last\n",
+        ModelConfig,
+    ),
+    "optimizer/myopt.yaml": ("_target_: torch.optim.SGD\nlr: 0.05\nmomentum: 0.9\n", SGDConfig),
+}
+
+
+def test_option_files_without_a_schema_line_get_their_schemas_defaults(tmp_path):
+    for name, (text, _) in OLD_RELEASE_FILES.items():
+        (tmp_path / "myconf" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "myconf" / name).write_text(text)
+    args = ["--config-dir", "myconf", *FAST, "data=mydata", "model=mymodel", "optimizer=myopt", "trainer.max_steps=2"]
+    proc = run_cli(*args, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["config"]
+    for name, (text, schema) in OLD_RELEASE_FILES.items():
+        defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+        assert saved[name.split("/")[0]] == {**defaults, **OmegaConf.to_container(OmegaConf.create(text))}
+
+
+def test_an_option_file_without_a_schema_line_is_still_type_checked():
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"data": {"_target_": "x.load", "batch_size": "abc"}})
+    with pytest.raises(BirnnError, match="Invalid config: data.batch_size: Value 'abc' of type 'str' could not"):
+        apply_schemas(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -39,6 +40,52 @@ def test_a_bad_config_is_one_error_line(tmp_path, args, line):
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [line]
     assert not any(noise in proc.stderr + proc.stdout for noise in HYDRA_NOISE)
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (
+            ["search.params={model.hidden_size:choice(16,32),optimizer.lr:tag(log,interval(1e-4,3e-2))}"],
+            "error: search.params={model.hidden_size:choice(16,32),optimizer.lr:tag(log,interval(1e-4,3e-2))}: "
+            "a choice/range/interval inside {...} or [...] must be quoted, and the whole override too for the shell: "
+            "\"search.params={model.hidden_size:'choice(16,32)',optimizer.lr:'tag(log,interval(1e-4,3e-2))'}\"",
+        ),
+        (
+            ["search.params={a:'choice(1,2)'"],
+            "error: Cannot parse the override search.params={a:'choice(1,2)': no viable alternative at input",
+        ),
+        (["search.n_trials=0"], "error: search.n_trials, search.heartbeat_interval_s and search.heartbeat_grace_s"),
+        (["-m", "search.worker=0,1", "search.n_trials=0"], "error: job 0 (search.worker=0 search.n_trials=0 "),
+        (
+            ["search.storage=sqlite:////nonexistent/s.db"],
+            "error: Cannot open the study storage sqlite:////nonexistent/",
+        ),
+        (["search.storage=nosuchdb://host/db"], "error: Cannot open the study storage nosuchdb://host/db: Can't load"),
+    ],
+)
+def test_every_search_error_is_one_line_and_writes_nothing(tmp_path, args, line):
+    proc = run_cli(*args, *FAST, f"search.dir={tmp_path / 'study'}", cwd=tmp_path, module="birnn.search")
+    assert proc.returncode == 1
+    [only] = proc.stderr.splitlines()
+    assert only.startswith(line) and "Sweep dir" not in only, only
+    assert not any(noise in proc.stderr + proc.stdout for noise in HYDRA_NOISE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_database_driver_is_named_with_its_package(tmp_path):
+    if importlib.util.find_spec("psycopg2") is not None:
+        pytest.skip("psycopg2 is installed")
+    url = "postgresql+psycopg2://birnn@127.0.0.1:1/studies"
+    proc = run_cli(
+        *FAST, f"search.dir={tmp_path / 'study'}", f"search.storage={url}", cwd=tmp_path, module="birnn.search"
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: search.storage={url} needs a database driver that is not installed (No module named 'psycopg2'); "
+        "pip install 'psycopg2-binary'"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_sweep_job_names_itself_and_the_summary(tmp_path):

@@ -148,3 +148,27 @@ def test_user_data_file_keeps_the_common_keys_typed(myconf):
 
 def test_user_file_named_like_a_birnn_option_is_shadowed(myconf):
     assert user_cfg(myconf, "data=digits").data._target_ == "birnn.data.load_digits"
+
+
+def make_installs(target: str, venv: Path) -> list[str]:
+    """The extras ``make TARGET`` installs into a fresh ``venv`` (its dry run): "" for birnn without extras."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return re.findall(r'pip install -e "\.\[?([^]"]*)\]?"', dry.stdout)
+
+
+def test_make_train_and_bench_install_birnn_without_extras(tmp_path):
+    assert make_installs("train", tmp_path / "venv") == [""]
+    assert make_installs("bench", tmp_path / "venv") == [""]
+
+
+def test_make_test_lint_docs_install_their_extras_and_make_venv_all_of_them(tmp_path):
+    tomllib = pytest.importorskip("tomllib")
+    assert make_installs("test", tmp_path / "venv") == ["test,optuna,export,timeseries,mlflow"]
+    assert make_installs("lint", tmp_path / "venv") == ["lint"]
+    assert make_installs("docs", tmp_path / "venv") == ["docs"]
+    installed = {extra for extras in make_installs("venv", tmp_path / "venv") for extra in extras.split(",") if extra}
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert installed == set(declared)
+    assert "make venv" in (ROOT / ".ci" / "run").read_text().splitlines()

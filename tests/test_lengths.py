@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import birnn.models.rnn
+import birnn.models.layers
 from birnn.data.patches import patch, patch_lengths
 from birnn.engine.loop import Stepper, eval_pass
 from birnn.models.rnn import RNNClassifier
@@ -96,7 +96,7 @@ def test_no_packing_without_lengths(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("packed a batch that has no lengths")
 
-    monkeypatch.setattr(birnn.models.rnn, "pack_padded_sequence", refuse)
+    monkeypatch.setattr(birnn.models.layers, "pack_padded_sequence", refuse)
     for model, logits in zip(models, packed):
         assert (model(x) - logits).abs().max() <= 1e-5
 

@@ -16,7 +16,7 @@ from birnn.engine.restore import restore
 from birnn.schema.config import validate
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import make_cfg
+from conftest import make_cfg, run_cli
 
 FAST = [
     "data=arrays",
@@ -61,6 +61,19 @@ def test_auto_reads_short_series_whole_and_long_ones_in_square_root_patches(step
 def test_bad_patch_values_are_one_clear_error(value):
     with pytest.raises(BirnnError, match="data.patch must be a whole number >= 1 or auto, got "):
         validate(make_cfg("data=digits", f"data.patch={value}"))
+
+
+def test_a_patch_longer_than_the_longest_training_series_is_refused_in_one_line(tmp_path):
+    padded, lengths = torch.zeros(2, 8, 1), torch.tensor([3, 5])
+    assert patches.resolve(5, padded, lengths) == 5 and patches.resolve(8, padded, None) == 8
+    with pytest.raises(BirnnError, match=r"data.patch=6 is longer than the longest training series \(5 steps\)"):
+        patches.resolve(6, padded, lengths)
+    (xa, ya), (xb, yb) = waves(40, 0, steps=8), waves(20, 1, steps=8)
+    np.savez(tmp_path / "short.npz", x_train=xa, y_train=ya, x_test=xb, y_test=yb)
+    args = [*FAST, f"data.path={tmp_path / 'short.npz'}", "data.patch=100", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: data.patch=100 is longer than the longest training ")
+    assert proc.stderr.count("\n") == 1 and "(8 steps)" in proc.stderr, proc.stderr
 
 
 def waves(n: int, seed: int, steps: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import FAST, run_cli
 
@@ -53,3 +54,31 @@ def test_a_run_of_an_earlier_release_resumes_exactly(name, tmp_path):
     wall = {"train_seconds", "train_samples_per_second"}
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, tmp_path / "fresh"))
     assert {k: v for k, v in a.items() if k not in wall} == {k: v for k, v in b.items() if k not in wall}
+
+
+def test_a_users_config_naming_old_homes_trains_with_one_warning_each(tmp_path):
+    proc = run_cli(
+        *FAST,
+        "trainer.max_steps=2",
+        "model._target_=birnn.model.RNNClassifier",
+        "scheduler=cosine",
+        "scheduler._target_=birnn.schedule.warmup_cosine",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert out.count("model._target_=birnn.model.RNNClassifier has moved to birnn.models.RNNClassifier") == 1
+    assert out.count("has moved to birnn.engine.schedule.warmup_cosine") == 1
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["config"]
+    assert stored["model"]["_target_"] == "birnn.models.RNNClassifier"
+
+
+def test_old_homes_resolve_under_the_trust_rule_to_the_new_ones():
+    from birnn.data import load_arrays, load_uea
+    from birnn.models import RNNClassifier
+    from birnn.schema import trust
+
+    assert trust.resolve("birnn.arrays.load_arrays", "data._target_") is load_arrays
+    assert trust.resolve("birnn.sequences.load_uea", "data._target_") is load_uea
+    assert trust.resolve("birnn.model.RNNClassifier", "model._target_") is RNNClassifier

@@ -40,12 +40,14 @@ def interrupt_at(monkeypatch, step: int, action) -> None:
     monkeypatch.setattr(Stepper, "step", step_and_maybe_act)
 
 
-def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    reference = train(make_cfg(*RUN, "trainer.epochs=6"), tmp_path / "reference")
+def kill_9_then_resume(tmp_path: Path, run: list[str]) -> Path:
+    """Train ``run`` for 6 epochs in-process, and again as a process killed with -9 mid-epoch then resumed;
+    assert both end bit-identical (metrics and weights). Returns the resumed run dir."""
+    reference = train(make_cfg(*run, "trainer.epochs=6"), tmp_path / "reference")
     run_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "birnn.train", *RUN, "trainer.epochs=1000", f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "birnn.train", *run, "trainer.epochs=1000", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -59,7 +61,7 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert not (run_dir / "metrics.json").exists()
 
     # trainer.epochs may change on resume (no scheduler): finish the same 6 epochs as the reference.
-    proc = run_cli(*RUN, "trainer.epochs=6", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli(*run, "trainer.epochs=6", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Resuming from" in proc.stdout
     resumed = json.loads((run_dir / "metrics.json").read_text())
@@ -69,6 +71,11 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     ref_weights = state_of(tmp_path / "reference")["model"]
     for name, tensor in state_of(run_dir)["model"].items():
         assert torch.equal(tensor, ref_weights[name]), name
+    return run_dir
+
+
+def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    run_dir = kill_9_then_resume(tmp_path, RUN)
     assert (run_dir / ".hydra" / "resume-1" / "config.yaml").is_file()
 
     events = EventAccumulator(str(run_dir))

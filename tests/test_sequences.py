@@ -17,8 +17,8 @@ pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
 from birnn import evaluate, predict
 from birnn.data.pipeline import load_data
 from birnn.data.uea import bundled_problems, load_uea, read_ts
-from birnn.engine.loop import EvalResult
 from birnn.records.figures import misclassified_series_figure
+from birnn.records.scores import EvalResult
 from birnn.records.tracking import TensorBoard
 from birnn.schema.errors import BirnnError
 from birnn.train import train

@@ -2,25 +2,38 @@
 (``python -m birnn.search``): several workers on one storage, kill -9 and resume, pruning, clear errors."""
 
 import json
+import logging
 import os
-import signal
+import shutil
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 
 from birnn.data.pipeline import holdout, load_digits
 from birnn.schema.config import validate
 from birnn.schema.errors import BirnnError
-from conftest import FAST, ROOT, make_cfg, run_cli
+from birnn.studies.objective import SKIPPED, Objective, counts, work
+from birnn.studies.outputs import study_markdown
+from birnn.studies.space import distribution
+from conftest import FAST, ROOT, free_port, make_cfg, run_cli, wait_for
 
 TINY_SPACE = "search.params={optimizer.lr:'tag(log,interval(0.003,0.03))',model.hidden_size:null,data.batch_size:null}"
+BAD_RANGES = {
+    "interval(3e-2,1e-4)": "`low <= high` must hold, but got (low=0.03, high=0.0001).",
+    "tag(log,interval(0,1))": "`low > 0` must hold for `log=True`, but got (low=0.0, high=1.0).",
+    "range(1,5,0)": "the step must not be 0",
+    "range(5,1)": "the range holds no values (from 5 to 1 by 1)",
+    "interval(1e-3,inf)": "the bounds must be finite numbers, got 0.001, inf",
+}
 
 
 def metrics(run_dir: Path) -> dict:
@@ -37,6 +50,48 @@ def load(study: Path) -> optuna.Study:
 
 def by_state(study: optuna.Study, state: TrialState) -> list:
     return study.get_trials(deepcopy=False, states=(state,))
+
+
+def kill_args(study_dir: Path, *extra: str) -> list[str]:
+    """A study whose trials checkpoint each of their six epochs, so a worker killed mid-trial leaves one to resume;
+    a dead worker's trial is failed and retried two seconds after its last heartbeat."""
+    return [
+        *FAST,
+        "trainer.epochs=6",
+        "data.batch_size=20",
+        TINY_SPACE,
+        "search.pruner=none",
+        f"search.dir={study_dir}",
+        "search.heartbeat_interval_s=1",
+        "search.heartbeat_grace_s=2",
+        *extra,
+    ]
+
+
+def start_worker(args: list[str], cwd: Path, name: str = "worker") -> subprocess.Popen:
+    """A search worker in its own process, its output in ``<cwd>/<name>.log`` (a pipe nobody reads could fill)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    with (cwd / f"{name}.log").open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "birnn.search", *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def finish(workers: list[subprocess.Popen], cwd: Path, names: list[str]) -> None:
+    """Wait for the workers; each must succeed (else their logs' ends are the failure message)."""
+    codes = [w.wait(timeout=300) for w in workers]
+    assert codes == [0] * len(workers), "\n".join((cwd / f"{n}.log").read_text()[-3000:] for n in names)
+
+
+def assert_continued_from_its_checkpoint(study: optuna.Study, dead: FrozenTrial) -> None:
+    """The killed trial is FAIL; its retry completed in the killed trial's run dir, resuming from its checkpoint."""
+    assert study.trials[dead.number].state == TrialState.FAIL
+    [retry] = [t for t in by_state(study, TrialState.COMPLETE) if t.system_attrs.get("failed_trial") == dead.number]
+    run_dir = Path(dead.user_attrs["run_dir"])
+    assert retry.params == dead.params and retry.user_attrs["run_dir"] == str(run_dir)
+    log = (run_dir / "train.log").read_text()
+    assert f"Trial {retry.number} continues trial {dead.number} from its checkpoint" in log and "Resuming from" in log
+    assert metrics(run_dir)["epochs"] == 6
 
 
 # --- selection on validation -------------------------------------------------------------------------------
@@ -127,22 +182,10 @@ def test_five_fold_cv_on_digits_gives_mean_and_std_over_folds(tmp_path):
 @pytest.mark.slow
 def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
     study_dir = tmp_path / "study"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     args = search_args(study_dir, "search.n_trials=8", "search.heartbeat_interval_s=2", "search.heartbeat_grace_s=20")
-    # worker 0 first creates the study; worker 1 joins it a moment later
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "birnn.search", *args, f"search.worker={i}"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in (0, 1)
-    ]
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    names = ["worker0", "worker1"]
+    workers = [start_worker([*args, f"search.worker={i}"], tmp_path, name) for i, name in enumerate(names)]
+    finish(workers, tmp_path, names)
     study = load(study_dir)
     trials = study.get_trials(deepcopy=False)
     assert len(by_state(study, TrialState.COMPLETE)) == 8 and len(trials) == 8
@@ -160,30 +203,10 @@ def test_two_workers_on_one_storage_complete_the_trials_between_them(tmp_path):
 @pytest.mark.slow
 def test_kill_9_of_the_driver_then_the_same_command_finishes_the_study(tmp_path):
     study_dir = tmp_path / "study"
-    args = [
-        *FAST,
-        "trainer.epochs=6",
-        "data.batch_size=20",
-        TINY_SPACE,
-        "search.pruner=none",
-        f"search.dir={study_dir}",
-        "search.n_trials=3",
-        "search.heartbeat_interval_s=1",
-        "search.heartbeat_grace_s=2",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "birnn.search", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    checkpoint = study_dir / "trials" / "1" / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists() and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)  # mid-trial 1: one of its six epochs is checkpointed
+    args = kill_args(study_dir, "search.n_trials=3")
+    driver = start_worker(args, tmp_path)
+    wait_for(lambda: (study_dir / "trials" / "1" / "checkpoints" / "last.pt").exists() or driver.poll() is not None)
+    driver.kill()  # mid-trial 1: one of its six epochs is checkpointed
     driver.wait()
     assert not (study_dir / "trials" / "1" / "metrics.json").exists()
     first = (study_dir / "trials" / "0" / "metrics.json").stat().st_mtime_ns
@@ -197,14 +220,77 @@ def test_kill_9_of_the_driver_then_the_same_command_finishes_the_study(tmp_path)
     assert (study_dir / "trials" / "0" / "metrics.json").stat().st_mtime_ns == first
     [dead] = by_state(study, TrialState.FAIL)
     assert dead.number == 1
-    [retry] = [t for t in complete if t.system_attrs.get("failed_trial") == 1]
-    assert retry.params == dead.params and retry.user_attrs["run_dir"] == str(study_dir / "trials" / "1")
+    assert_continued_from_its_checkpoint(study, dead)
     assert sorted(p.name for p in (study_dir / "trials").iterdir()) == sorted(
         {Path(t.user_attrs["run_dir"]).name for t in complete}
     )  # the retry used trial 1's own run dir
-    log = (study_dir / "trials" / "1" / "train.log").read_text()
-    assert f"Trial {retry.number} continues trial 1 from its checkpoint" in log and "Resuming from" in log
-    assert metrics(study_dir / "trials" / "1")["epochs"] == 6
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on localhost (Debian's ``postgresql`` package) holding an empty database."""
+    pytest.importorskip("psycopg", reason="postgresql:// needs psycopg: pip install 'birnn[optuna]'")
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not found:
+        pytest.skip("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
+    bin_dir, port = found[-1].parent, free_port()
+    data = Path(tempfile.mkdtemp(prefix="birnn-pg-"))  # outside pytest's tmp dir, which the postgres user cannot enter
+    as_postgres = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(data, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([*as_postgres, str(bin_dir / tool), *args], check=True, capture_output=True, timeout=120)
+
+    pg("initdb", "-D", str(data), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "studies")
+        yield f"postgresql://postgres@127.0.0.1:{port}/studies"
+    finally:
+        pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgresql_one_killed_9_finish_exactly_n_trials(tmp_path, postgres_url):
+    study_dir = tmp_path / "study"
+    args = kill_args(study_dir, "search.n_trials=4", f"search.storage={postgres_url}")
+    names = ["worker0", "worker1", "worker2"]
+    workers = [start_worker([*args, f"search.worker={i}"], tmp_path, name) for i, name in enumerate(names)]
+    wait_for(lambda: any(study_dir.glob("trials/*/checkpoints/last.pt")))  # the study and its tables exist
+    study = optuna.load_study(study_name="birnn", storage=postgres_url)
+    running: list[FrozenTrial] = []
+
+    def mid_trial() -> bool:
+        """A running trial with a checkpoint and epochs left (``running`` holds it)."""
+        running[:] = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if (Path(t.user_attrs["run_dir"]) / "checkpoints" / "last.pt").exists()
+            and not (Path(t.user_attrs["run_dir"]) / "metrics.json").exists()
+        ]
+        return bool(running)
+
+    wait_for(mid_trial)
+    dead = running[0]
+    killed = workers.pop(dead.user_attrs["worker"])
+    names.pop(dead.user_attrs["worker"])
+    killed.kill()
+    killed.wait()
+    finish(workers, tmp_path, names)
+
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # exactly n_trials, over the three workers
+    assert_continued_from_its_checkpoint(study, dead)
+    skipped = [t for t in trials if SKIPPED in t.user_attrs]
+    assert all(t.state == TrialState.FAIL and not t.params for t in skipped)  # started at once, never run
+    assert len(trials) == 4 + 1 + len(skipped)  # the finished ones, the killed one, the skipped ones
+    assert "5 trials: COMPLETE 4, FAIL 1." in (study_dir / "study.md").read_text()
+    assert (study_dir / "history.png").is_file()
 
 
 def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
@@ -226,13 +312,38 @@ def test_a_poor_region_is_pruned_before_its_last_epoch(tmp_path):
     study = load(study_dir)
     pruned = by_state(study, TrialState.PRUNED)
     assert pruned and all(t.params["optimizer.lr"] == 0.00001 for t in pruned)
+    output = proc.stdout + proc.stderr
     for t in pruned:
         run_dir = Path(t.user_attrs["run_dir"])
-        assert metrics(run_dir)["epochs"] < 4  # stopped early; its run dir and records stay
+        epochs = metrics(run_dir)["epochs"]
+        assert epochs < 4  # stopped early; its run dir and records stay
         assert json.loads((run_dir / "status.json").read_text())["status"] == "pruned"
+        assert f"Trial {t.number} pruned at epoch {epochs} of 4.\n" in output
+        assert "test_accuracy" not in metrics(run_dir) and "Test accuracy" not in (run_dir / "train.log").read_text()
+    assert " pruned. " not in output
     assert len(by_state(study, TrialState.COMPLETE)) + len(pruned) == 6
     assert "| pruned |" in (study_dir / "summary.md").read_text()
     assert "PRUNED" in (study_dir / "study.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+def test_a_worker_waiting_for_a_dead_workers_trial_says_so_once(tmp_path, caplog):
+    storage = RDBStorage(
+        f"sqlite:///{tmp_path / 'study.db'}",
+        heartbeat_interval=1,
+        grace_period=1,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(1),
+    )
+    study = optuna.create_study(storage=storage)
+    storage.record_heartbeat(study.ask()._trial_id)  # a worker that then died mid-trial
+    with caplog.at_level(logging.INFO, logger="birnn.search"):
+        work(study, lambda trial: 0.5, n_trials=1, poll_s=0.05, grace_s=1)
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Waiting")]
+    assert waits == [
+        "Waiting for 1 trial(s) still running in other workers; a dead worker's trials are retried here once its "
+        "heartbeat has been silent for 1 s (search.heartbeat_grace_s)."
+    ]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]  # retried here
 
 
 @pytest.mark.slow
@@ -274,5 +385,47 @@ def test_bad_search_input_is_one_clear_line_and_loses_nothing(tmp_path):
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert (study_dir / "study.db").read_bytes() == before
+    assert len(list((study_dir / "workers").iterdir())) == 1  # the first worker's record only
+    assert not (tmp_path / "other").exists()
     proc = run_cli("hparams_search=optuna", *FAST, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert proc.returncode != 0 and "run it with python -m birnn.search" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", BAD_RANGES)
+def test_a_bad_search_range_is_one_clear_error(spec):
+    with pytest.raises(BirnnError) as info:
+        distribution("optimizer.lr", spec)
+    assert str(info.value) == f"search.params.optimizer.lr={spec}: {BAD_RANGES[spec]}"
+
+
+def test_ranges_convert_to_the_values_hydra_would_sweep():
+    assert distribution("k", "range(5,1,-1)") == optuna.distributions.IntDistribution(2, 5)
+    assert distribution("k", "range(1,10,3)") == optuna.distributions.IntDistribution(1, 7, step=3)
+    assert distribution("k", "tag(log,interval(1e-4,3e-2))") == optuna.distributions.FloatDistribution(
+        1e-4, 3e-2, log=True
+    )
+
+
+@pytest.mark.parametrize("spec", ["interval(1e-3,inf)", "range(1,5,0)"])
+def test_a_refused_search_writes_nothing(tmp_path, spec):
+    space = f"search.params={{optimizer.lr:'{spec}',model.hidden_size:null,data.batch_size:null}}"
+    proc = run_cli(*search_args(tmp_path / "study"), space, cwd=tmp_path, module="birnn.search")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: search.params.optimizer.lr={spec}: {BAD_RANGES[spec]}"]
+    assert list(tmp_path.iterdir()) == []  # no study.db, no workers/ (the worker's Hydra dir is removed)
+
+
+def test_a_trial_started_when_n_trials_are_running_or_done_is_not_run_nor_counted(tmp_path):
+    """Workers that count the trials at the same moment may each start one: only the first n_trials run."""
+    objective = Objective(make_cfg("hparams_search=optuna", *FAST, "search.n_trials=2"), [], tmp_path)
+    study = optuna.create_study(direction="maximize")
+    dead, _ = study.ask(), study.ask()  # two workers' trials, running
+    study.tell(dead, state=TrialState.FAIL)  # one of them died: its retry still runs
+    assert not objective.one_too_many(study.ask())
+    study.optimize(objective, n_trials=1)  # a third worker's trial, started while those two run: not run
+    extra = study.trials[-1]
+    assert extra.number == 3 and extra.state == TrialState.FAIL and extra.params == {}
+    assert extra.user_attrs[SKIPPED] == "2 trials before it were already running or done (search.n_trials=2)"
+    assert counts(study)[TrialState.FAIL] == 1  # the dead trial only
+    md = study_markdown(study, study.trials)
+    assert "3 trials: FAIL 1, RUNNING 2." in md and "Not counted: trial 3, started by workers" in md

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from birnn import report
+from birnn.records import summary
 from birnn.system.device import threads_per_job
 from conftest import CONF, FAST, run_cli
 
@@ -230,7 +231,7 @@ def test_sweep_lr_preset_is_a_multirun_over_the_cards_rates():
 
 
 def test_a_failed_attempt_keeps_a_completed_record(tmp_path):
-    report.write_status(tmp_path, "failed", "RuntimeError: out of memory")
-    report.write_status(tmp_path, "completed")  # a retry that succeeded
-    report.write_status(tmp_path, "failed", "BirnnError: Cannot resume ...")  # then a refused relaunch
+    summary.write_status(tmp_path, "failed", "RuntimeError: out of memory")
+    summary.write_status(tmp_path, "completed")  # a retry that succeeded
+    summary.write_status(tmp_path, "failed", "BirnnError: Cannot resume ...")  # then a refused relaunch
     assert json.loads((tmp_path / "status.json").read_text()) == {"status": "completed", "error": ""}

@@ -3,7 +3,6 @@ the default SQLite store (needs the ``mlflow`` extra)."""
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import torch
 
 from birnn.records.tracking import Trackers, hparams
 from birnn.train import train
-from conftest import FAST, make_cfg, run_cli
+from conftest import FAST, free_port, make_cfg, run_cli
 
 RUN = [*FAST, "trainer.max_steps=4", "trainer.log_every_n_steps=2"]
 
@@ -60,12 +59,6 @@ def test_trackers_are_built_from_the_group_options():
 
 
 # --- MLflow ---------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rest(url: str, endpoint: str, body: dict | None = None) -> dict:
@@ -171,6 +164,19 @@ def test_mlflow_multirun_nests_under_one_parent_then_a_stopped_server_costs_one_
     output = proc.stdout + proc.stderr
     assert output.count("WARNING") == 1 and "Tracker mlflow failed" in output
     assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("store", ["/proc/m.db", "folder"])
+def test_a_sqlite_store_that_cannot_be_opened_costs_one_warning_never_a_hang(tmp_path, monkeypatch, store):
+    """/proc: the lock file cannot be created (the lock waited forever); a folder: MLflow retried for ~100 s."""
+    pytest.importorskip("mlflow")
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / store}")
+    proc = run_cli(*RUN, "tracker=mlflow", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert output.count("WARNING") == 1 and "Tracker mlflow failed" in output, output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 4
 
 
 @pytest.mark.slow

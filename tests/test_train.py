@@ -1,6 +1,7 @@
 """End to end through the real CLI: run dir artifacts, a multirun, reload, and clean error exits."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,15 @@ def test_in_process_run_is_deterministic(tmp_path):
     events = EventAccumulator(str(tmp_path / "a"))
     events.Reload()
     assert events.Tags()["images"] == [] and "test/accuracy" in events.Tags()["scalars"]  # log_images=false
+
+
+def test_a_step_budget_run_without_epoch_scores_logs_nothing_useless(tmp_path, caplog):
+    """experiment=uea's settings: many epochs, a step budget, no test pass during training, no validation split."""
+    budget = ["trainer.epochs=100000", "trainer.max_steps=30", "trainer.log_every_n_steps=10"]
+    cfg = make_cfg(*FAST, *budget, "trainer.test_every_epoch=false")
+    with caplog.at_level(logging.INFO, logger="birnn.train"):
+        train(cfg, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records]
+    assert "Epoch [2/2], Step [15/15], Loss: " in "\n".join(lines)
+    assert not [line for line in lines if line.startswith("Epoch ") and line.rstrip().endswith(":")]
+    assert [line for line in lines if line.startswith("Test accuracy")]  # the one test pass, at the end

@@ -20,7 +20,7 @@ from birnn.engine import run as run_module
 from birnn.engine.loop import Stepper
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
+from conftest import FAST, ROOT, make_cfg, run_cli, wait_for, write_checkpoint
 
 RUN = [*FAST, "trainer.epochs=2", "trainer.checkpoint_every_n_steps=7"]
 
@@ -57,12 +57,7 @@ def crafted(trained: Path, folder: Path, keep_spec: bool) -> tuple[Path, Path]:
     }
     if not keep_spec:
         del state["data"]
-    return resave(state, folder / "evil.pt"), marker
-
-
-def resave(state: dict, path: Path) -> Path:
-    """Write a crafted ``state`` as a checkpoint with a valid checksum (anyone can compute one)."""
-    return checkpoint.save({k: v for k, v in state.items() if k != "format"}, path.parent, path.name)
+    return write_checkpoint(state, folder / "evil.pt"), marker
 
 
 @pytest.mark.parametrize(
@@ -325,7 +320,7 @@ def test_allow_does_not_reach_torch_hub_through_an_allowed_module(trained, tmp_p
         "model": "x",
         "source": "local",
     }
-    evil = resave(state, tmp_path / "evil.pt")
+    evil = write_checkpoint(state, tmp_path / "evil.pt")
     proc = run_cli(str(evil), "--allow", "mymodels", cwd=tmp_path, module="birnn.evaluate")
     assert proc.returncode == 2 and not marker.exists()
     assert proc.stderr.count("\n") == 1 and "it comes from torch.hub" in proc.stderr, proc.stderr
@@ -334,7 +329,7 @@ def test_allow_does_not_reach_torch_hub_through_an_allowed_module(trained, tmp_p
 def test_a_stored_interpolation_is_refused_and_nothing_is_created(trained, tmp_path, monkeypatch):
     state = checkpoint.load(trained / "checkpoints" / "last.pt")
     state["config"]["data"]["root"] = "cache/${oc.env:SECRET_TOKEN}"
-    evil = resave(state, tmp_path / "evil.pt")
+    evil = write_checkpoint(state, tmp_path / "evil.pt")
     proc = run_cli(str(evil), cwd=tmp_path, module="birnn.evaluate")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "config.data.root holds an interpolation" in proc.stderr and not (tmp_path / "cache").exists()
@@ -344,7 +339,7 @@ def test_a_received_file_never_makes_evaluate_download(trained, tmp_path):
     state = checkpoint.load(trained / "checkpoints" / "last.pt")
     state["config"]["data"] = {**state["config"]["data"], "_target_": "birnn.data.load_mnist"}
     state["config"]["data"].update(root=str(tmp_path / "elsewhere"), download=True)
-    evil = resave(state, tmp_path / "evil.pt")
+    evil = write_checkpoint(state, tmp_path / "evil.pt")
     proc = run_cli(str(evil), cwd=tmp_path, module="birnn.evaluate")
     assert proc.returncode == 2 and "data.download=false" in proc.stderr, proc.stderr
     assert not (tmp_path / "elsewhere").exists()

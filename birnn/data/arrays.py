@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from birnn.data.pipeline import IGNORE, Splits
-from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, first_line, load_reason
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 100_000  # without ``classes``, labels beyond this are a mistake (10**9 would mean 10**9 names)
@@ -36,13 +36,12 @@ def read(path: Path) -> dict:
                 return {k: f[k] for k in f.files}
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # numpy, zipfile and torch raise many types; a refused pickle says "Weights only"
-        if "Weights only load failed" in str(e):  # the reason is on torch's "WeightsUnpickler error:" line
-            reason = str(e).partition("WeightsUnpickler error: ")[2].split(". ")[0] or first_line(e)
+        if "Weights only load failed" in str(e):
             raise BirnnError(
-                f"{path}: torch.load(weights_only=True) refused it ({reason}); save only "
+                f"{path}: torch.load(weights_only=True) refused it ({load_reason(e)}); save only "
                 "tensors, lists and strings, e.g. torch.save({'x_train': x, ...}, path)"
             ) from None
-        raise BirnnError(f"{path} is not a readable {path.suffix} file: {first_line(e)}") from None
+        raise BirnnError(f"{path} is not a readable {path.suffix} file: {load_reason(e)}") from None
     if not isinstance(content, dict):
         raise BirnnError(f"{path} holds a {type(content).__name__}; expected a dict with keys {', '.join(KEYS)}")
     return {k: _array(v, k, path) for k, v in content.items()}

@@ -33,6 +33,38 @@ def fit(x: Tensor, lengths: Tensor | None = None) -> dict:
     return {"mean": mean.tolist(), "std": std.tolist()}
 
 
+class Moments:
+    """Per-feature count, mean and squared deviations of valid steps, merged chunk by chunk in float64 (Chan et
+    al.'s pairwise update): ``fit`` in one streaming pass, memory bounded by a chunk."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def add(self, x: Tensor, lengths: Tensor | None = None) -> None:
+        mask = _valid(x, lengths)
+        values = (x.reshape(-1, x.shape[-1]) if mask is None else x[mask.squeeze(-1)]).double()
+        n = len(values)
+        if not n:
+            return
+        mean = values.mean(0)
+        m2 = ((values - mean) ** 2).sum(0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        delta, total = mean - self.mean, self.count + n
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def stats(self) -> dict | None:
+        """``fit``'s statistics of everything added (None when nothing was)."""
+        if self.mean is None:
+            return None
+        std = (self.m2 / self.count).sqrt()
+        std = torch.where(std < MIN_STD, torch.ones_like(std), std)
+        return {"mean": self.mean.tolist(), "std": std.tolist()}
+
+
 def apply(x: Tensor, stats: dict, lengths: Tensor | None = None) -> Tensor:
     """``(x - mean) / std`` per feature; steps beyond ``lengths`` (padding) are set to exactly 0."""
     mean = torch.tensor(stats["mean"], dtype=x.dtype, device=x.device)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from birnn.schema.errors import BirnnError
+
 AUTO = "auto"
 # data.patch=auto: series up to this many steps are read one step at a time (a BiLSTM handles them well:
 # JapaneseVowels' 7-26 steps, ItalyPowerDemand's 24); longer ones are read as about sqrt(steps) patches of
@@ -33,10 +35,17 @@ def auto_size(train_steps: int) -> int:
 
 
 def resolve(patch: int | str, train_x: Tensor, train_lengths: Tensor | None) -> int:
-    """``data.patch`` as a number: ``auto`` becomes ``auto_size`` of the training split's longest series."""
-    if patch != AUTO:
-        return int(patch)
-    return auto_size(int(train_lengths.max()) if train_lengths is not None else train_x.shape[1])
+    """``data.patch`` as a number: ``auto`` becomes ``auto_size`` of the training split's longest series; a
+    patch longer than that series is refused (every series would be one step, mostly zeros)."""
+    longest = int(train_lengths.max()) if train_lengths is not None else train_x.shape[1]
+    if patch == AUTO:
+        return auto_size(longest)
+    if int(patch) > longest:
+        raise BirnnError(
+            f"data.patch={patch} is longer than the longest training series ({longest} steps): each series would "
+            f"be read as one step, mostly zeros. Use data.patch between 1 and {longest}, or data.patch=auto"
+        )
+    return int(patch)
 
 
 def patch_lengths(lengths: Tensor, k: int) -> Tensor:

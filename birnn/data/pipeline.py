@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from birnn.data import normalize, patches
+from birnn.data.mapped import Mapped
 from birnn.schema import trust
 from birnn.schema.errors import BirnnError
 from birnn.system.distributed import Dist
@@ -76,12 +77,12 @@ class Splits:
     ``(N, steps)`` instead of ``(N,)`` are one tag per step (``IGNORE`` at padding): ``per_step``.
     """
 
-    train_x: Tensor
+    train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
     train_y: Tensor
-    test_x: Tensor
+    test_x: Tensor | Mapped
     test_y: Tensor
     classes: list[str]
-    val_x: Tensor | None = None
+    val_x: Tensor | Mapped | None = None
     val_y: Tensor | None = None
     train_lengths: Tensor | None = None
     test_lengths: Tensor | None = None
@@ -204,23 +205,12 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
-def load_data(
-    cfg: DictConfig,
-    device: torch.device,
-    normalization: dict | None = None,
-    patch: int | None = None,
-    allow: Sequence[str] | None = None,
-    tokenizer: str | None = None,
-) -> Splits:
-    """Run the configured loader, hold out ``val_size`` training samples, standardize, patch, and move every
-    split to ``device``.
+def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: str | None = None) -> Splits:
+    """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
-    With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
-    ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
-    training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. ``allow`` given
-    means ``cfg`` came from a checkpoint: its loader must pass the trust rule (``birnn.schema.trust``) with those
-    allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a text loader as ``fitted`` instead of
-    fitting one.
+    ``allow`` given means ``cfg`` came from a checkpoint: its loader must pass the trust rule
+    (``birnn.schema.trust``) with those allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a
+    text loader as ``fitted`` instead of fitting one.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -242,6 +232,27 @@ def load_data(
         raise BirnnError(f"{cfg._target_} must return {shape}; got {tuple(splits.train_x.shape)}")
     if splits.vocab_size is not None and (cfg.get("normalize", False) or cfg.get("patch", 1) != 1):
         raise BirnnError("data.normalize and data.patch apply to float features, not to token IDs")
+    return splits
+
+
+def load_data(
+    cfg: DictConfig,
+    device: torch.device,
+    normalization: dict | None = None,
+    patch: int | None = None,
+    allow: Sequence[str] | None = None,
+    tokenizer: str | None = None,
+) -> Splits:
+    """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
+    and move every split to ``device``.
+
+    With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
+    ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
+    training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
+    inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
+    a checkpoint's, for its text loader (``load_source``).
+    """
+    splits = load_source(cfg, allow, tokenizer)
     val = holdout(cfg, splits.train_y)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
@@ -250,17 +261,20 @@ def load_data(
         lengths = splits.train_lengths
         splits = replace(
             splits,
-            train_x=splits.train_x[train],
+            train_x=subset(splits.train_x, train),
             train_y=splits.train_y[train],
-            val_x=splits.train_x[val],
+            val_x=subset(splits.train_x, val),
             val_y=splits.train_y[val],
             **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}),
         )
     if normalization is None and cfg.get("normalize", False):
-        normalization = normalize.fit(splits.train_x, splits.train_lengths)
+        x = splits.train_x
+        normalization = x.fit() if isinstance(x, Mapped) else normalize.fit(x, splits.train_lengths)
     if normalization is not None:
         standardized = {
-            f"{s}_x": normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
+            f"{s}_x": x.standardized(normalization)
+            if isinstance(x, Mapped)
+            else normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
             for s in ("train", "test", "val")
             if (x := getattr(splits, f"{s}_x")) is not None
         }
@@ -271,7 +285,12 @@ def load_data(
         patch = patches.resolve(cfg.get("patch", 1), splits.train_x, splits.train_lengths)
     if patch > 1:
         splits = _patched(splits, patch)
-    return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, Tensor)})
+    return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, (Tensor, Mapped))})
+
+
+def subset(x: Tensor | Mapped, index: Tensor | slice) -> Tensor | Mapped:
+    """Some rows of a split's inputs: a tensor's, or a view of memory-mapped ones (nothing read)."""
+    return x.subset(index) if isinstance(x, Mapped) else x[index]
 
 
 def _patched(splits: Splits, k: int) -> Splits:
@@ -280,7 +299,7 @@ def _patched(splits: Splits, k: int) -> Splits:
     for s in ("train", "test", "val"):
         x, lengths = getattr(splits, f"{s}_x"), getattr(splits, f"{s}_lengths")
         if x is not None:
-            changed[f"{s}_x"] = patches.patch(x, k, lengths)
+            changed[f"{s}_x"] = x.patched(k) if isinstance(x, Mapped) else patches.patch(x, k, lengths)
         if lengths is not None:
             changed[f"{s}_lengths"] = patches.patch_lengths(lengths, k)
     return replace(splits, **changed)

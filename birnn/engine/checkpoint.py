@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe loads (``weights_only=True``), checksums, fallback to the previous valid one.
+"""Checkpoints: atomic saves, safe loads (``weights_only=True``), checksums, fallback to the previous valid one.
 
 A checkpoint is data: it is loaded with ``weights_only=True`` (no pickled code runs) and carries a SHA-256 of
 its content (every tensor's bytes and every other value), checked on load, so a flipped block inside a
@@ -11,49 +11,21 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, load_reason
+from birnn.system.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 FORMAT = "birnn-checkpoint-v1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over ``path``.
-
-    A kill or a full disk mid-write leaves the old ``path`` untouched; the temp file is removed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 REQUIRED = {"model": dict, "config": dict, "progress": dict}  # what every reader of a checkpoint relies on
 
 
@@ -129,7 +101,8 @@ def load(path: Path, unverified: bool = False) -> dict:
     except Exception as e:
         if not zipfile.is_zipfile(path):
             raise BirnnError(f"{path} is not a readable birnn checkpoint (not a file torch.save wrote).") from None
-        raise BirnnError(f"{path} is not a readable birnn checkpoint (damaged or truncated: {_reason(e)})") from None
+        reason = load_reason(e)
+        raise BirnnError(f"{path} is not a readable birnn checkpoint (damaged or truncated: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BirnnError(f"{path} is not a birnn checkpoint (expected format {FORMAT!r}).")
     stored = state.pop("checksum", None)
@@ -148,14 +121,6 @@ def load(path: Path, unverified: bool = False) -> dict:
             f"{', '.join(wrong) or 'progress.global_step'})."
         )
     return state
-
-
-def _reason(error: Exception) -> str:
-    """torch's first line, without its advice to load with ``weights_only=False`` (never safe here)."""
-    text = first_line(error)
-    if "weights_only" in text.lower() or "weights only" in text.lower():
-        return "it holds objects other than tensors and plain values, which birnn never unpickles"
-    return text
 
 
 def remove_stale(folder: Path) -> None:

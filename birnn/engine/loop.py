@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from birnn.data.pipeline import IGNORE, sequential_batches
+from birnn.records.scores import EvalResult
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -111,13 +112,6 @@ class Stepper:
         if self.scheduler is not None:
             self.scheduler.step()
         return total, correct(predicted(self.model, logits.detach(), lengths, per_step), y)
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    predictions: Tensor  # predicted class per sample (per step: IGNORE beyond a length), on the device
 
 
 @torch.inference_mode()

@@ -8,7 +8,6 @@ how it is recorded (checkpoints, trackers, ``metrics.json``). Ranks are the busi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -20,100 +19,22 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches
+from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint, rundir
-from birnn.engine.loop import EvalResult, Stepper, correct, label_count, loss_and_predictions
+from birnn.engine.loop import Stepper, correct, label_count, loss_and_predictions
+from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
 from birnn.models.rnn import build_model
-from birnn.records.scores import macro_f1, tag_scores
+from birnn.records.scores import EvalResult, macro_f1, tag_scores
 from birnn.records.tracking import Trackers, provenance, write_metrics
-from birnn.schema.config import flatten, to_plain, typed, upgrade
-from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.config import to_plain
+from birnn.schema.errors import BirnnError
 from birnn.system.device import effective_precision, setup_device, synchronize
 from birnn.system.distributed import Dist
 
 log = logging.getLogger("birnn.train")
-
-# Keys that may change when a run is resumed; everything else must match the checkpoint's config.
-RESUMABLE = (
-    "data.root",
-    "data.download",
-    "trainer.log_every_n_steps",
-    "trainer.checkpoint_every_n_steps",
-    "trainer.log_images",
-    "trainer.test_on",
-    "trainer.test_every_epoch",
-    "trainer.allow_unverified",
-)
-STEP_COUNT_KEYS = ("trainer.epochs", "trainer.max_steps")  # resumable unless a scheduler depends on them
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0  # epochs completed
-    step_in_epoch: int = 0  # optimizer steps done in the epoch under way
-    global_step: int = 0
-    samples: int = 0
-    train_seconds: float = 0.0  # wall time of training steps and checkpoint writes, evaluation excluded
-    best_val_accuracy: float | None = None  # the best value of trainer.monitor (val_accuracy or val_f1) so far
-    epochs_without_improvement: int = 0
-    history: list[dict] = field(default_factory=list)  # one entry per evaluation
-
-
-def check_resumable(cfg: DictConfig, stored: dict) -> None:
-    """Refuse (before touching the run dir) a resume whose config differs in a key that changes the run."""
-    allowed = RESUMABLE + (STEP_COUNT_KEYS if cfg.scheduler is None else ())
-    try:  # keys added since the checkpoint was written take their defaults: they were the behaviour then
-        then = flatten(to_plain(typed(upgrade(stored))))
-    except OmegaConfBaseException as e:
-        raise BirnnError(f"Cannot resume: the checkpoint's config does not fit this birnn ({first_line(e)}).") from None
-    now = flatten(to_plain(cfg))
-    changed = sorted(
-        k
-        for k in now.keys() | then.keys()
-        if now.get(k) != then.get(k) and k not in allowed and not k.startswith(("device.", "tracker."))
-    )
-    if changed:
-        diffs = ", ".join(f"{k} ({then.get(k)!r} -> {now.get(k)!r})" for k in changed)
-        raise BirnnError(
-            f"Cannot resume: the config differs from the checkpoint's in {diffs}. Use the "
-            "original overrides, or start a new run (a fresh hydra.run.dir)."
-        )
-
-
-def check_state(state: dict, path: Path) -> None:
-    """Refuse (so that ``load_latest`` falls back) a checkpoint this version cannot resume from."""
-    fields = {f.name for f in dataclasses.fields(Progress)}
-    unknown = sorted(set(state["progress"]) - fields)
-    rng = state.get("rng")
-    if unknown:
-        raise BirnnError(f"{path} records progress fields this birnn does not know ({', '.join(unknown)}).")
-    if not (
-        isinstance(rng, dict)
-        and "shuffle" in rng
-        and isinstance(rng.get("ranks"), list)
-        and isinstance(state.get("optimizer"), dict)
-    ):
-        raise BirnnError(f"{path} lacks the optimizer or random state a resume needs.")
-
-
-def check_same_data(then: dict | None, now: dict, path: Path) -> None:
-    """Refuse to resume on data that differs from the checkpoint's (a changed file behind ``data.path``...)."""
-    if then is None:
-        return
-    keys = ("input_shape", "classes", "normalization", "kind", "vocab_size", "tokenizer")
-    changed = [k for k in keys if k in then and then[k] != now.get(k)]
-    if changed:
-        raise BirnnError(
-            f"Cannot resume from {path}: the data differs from what it was trained on "
-            f"({', '.join(changed)} changed; was the data file replaced?). Restore the original data, "
-            "or start a new run (a fresh hydra.run.dir)."
-        )
 
 
 @dataclass
@@ -269,6 +190,11 @@ class Run:
         )
 
     @property
+    def epochs(self) -> int:
+        """The epochs this run trains: trainer.epochs, or fewer when trainer.max_steps ends it first."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
     def done(self) -> bool:
         return self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
 
@@ -393,7 +319,7 @@ class Run:
         part = self.dist.shard(len(y))
         loss_sum, predictions = loss_and_predictions(
             self.model,
-            x[part],
+            subset(x, part),
             y[part],
             self.cfg.data.eval_batch_size,
             self.device,
@@ -453,12 +379,13 @@ class Run:
         finally:
             self.model.load_state_dict(current)
 
-    def finish(self) -> dict:
-        """The final metrics: saved in the last checkpoint, ``metrics.json`` and TensorBoard's HParams."""
+    def finish(self, test: bool = True) -> dict:
+        """The final metrics: saved in the last checkpoint, ``metrics.json`` and TensorBoard's HParams.
+        ``test=False`` (a pruned search trial): no final test pass."""
         p = self.progress
         self.metrics = {
             **self.metrics,
-            **self.test_pass(),
+            **(self.test_pass() if test else {}),
             "test_on": self.cfg.trainer.get("test_on", "last"),
             **({f"best_{self.cfg.trainer.monitor}": p.best_val_accuracy} if self.data.val_x is not None else {}),
             "monitor": self.cfg.trainer.monitor,
@@ -472,12 +399,13 @@ class Run:
         }
         self.save(metrics=self.metrics)
         self.write_records(self.metrics)
-        log.info(
-            "Test accuracy %.4f (%.2f%%); run dir %s",
-            self.metrics["test_accuracy"],
-            100 * self.metrics["test_accuracy"],
-            self.run_dir,
-        )
+        if test:
+            log.info(
+                "Test accuracy %.4f (%.2f%%); run dir %s",
+                self.metrics["test_accuracy"],
+                100 * self.metrics["test_accuracy"],
+                self.run_dir,
+            )
         return self.metrics
 
     def complete(self) -> dict:

@@ -19,18 +19,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from birnn.schema.errors import BirnnError
+from birnn.schema.errors import BirnnError, Busy, Refused
 
 LOCK = ".lock"
 _HELD: dict[Path, Held] = {}  # this process's locks, by resolved dir (re-entrant)
-
-
-class Refused(BirnnError):
-    """A run stopped before training; it removed what it had written (its callbacks write nothing either)."""
-
-
-class Busy(Refused):
-    """Another live process holds the run dir (or sweep dir)."""
 
 
 class Held:

@@ -16,11 +16,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pad_packed_sequence
 
 from birnn.models.crf import CRF
+from birnn.models.layers import pack
 from birnn.schema import trust
-from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, check_config, first_line
 
 log = logging.getLogger("birnn")
 READOUTS = ("last", "final", "mean")
@@ -30,10 +31,6 @@ CELLS: dict[str, tuple[type[nn.RNNBase], type[nn.RNNCellBase]]] = {
     "lstm": (nn.LSTM, nn.LSTMCell),
     "gru": (nn.GRU, nn.GRUCell),
 }
-
-
-def _pack(x: Tensor, lengths: Tensor) -> PackedSequence:
-    return pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
 
 
 def _at_last_step(x: Tensor, lengths: Tensor) -> Tensor:
@@ -92,7 +89,7 @@ class _LastStepPath:
         return torch.cat([forward[:, -1], backward], dim=1)
 
     def _packed(self, x: Tensor, training: bool, lengths: Tensor) -> Tensor:
-        packed = _pack(x, lengths)
+        packed = pack(x, lengths)
         if self.lower is not None:
             self.lower.train(training)
             packed, _ = self.lower(packed)
@@ -175,7 +172,7 @@ class RNNClassifier(nn.Module):
         if lengths is None:
             out, hidden = self.rnn(x)
         else:
-            packed, hidden = self.rnn(_pack(x, lengths))
+            packed, hidden = self.rnn(pack(x, lengths))
             out = None if self.readout == "final" else pad_packed_sequence(packed, batch_first=True)[0]
         h_n = _final_hidden(hidden)
         if self.readout == "final":
@@ -190,7 +187,7 @@ class RNNClassifier(nn.Module):
         """The top layer's output at every step (batch, steps, directions x hidden); zeros beyond a length."""
         if lengths is None:
             return self.rnn(x)[0]
-        packed, _ = self.rnn(_pack(x, lengths))
+        packed, _ = self.rnn(pack(x, lengths))
         return pad_packed_sequence(packed, batch_first=True, total_length=x.shape[1])[0]
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -211,16 +208,15 @@ MAX_WIDTH, MAX_LAYERS = 65_536, 64  # far beyond any recurrent classifier: refus
 
 def check_options(hidden_size: int, num_layers: int, dropout: float, readout: str, cell: str) -> None:
     """Raise one BirnnError listing every ``model.*`` value RNNClassifier cannot be built with."""
-    checks = [
-        (0 < hidden_size <= MAX_WIDTH, f"model.hidden_size must be in 1..{MAX_WIDTH}, got {hidden_size}"),
-        (0 < num_layers <= MAX_LAYERS, f"model.num_layers must be in 1..{MAX_LAYERS}, got {num_layers}"),
-        (0 <= dropout < 1, f"model.dropout must be in [0, 1), got {dropout}"),
-        (readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}; got {readout!r}"),
-        (cell in CELLS, f"model.cell must be one of {', '.join(CELLS)}; got {cell!r}"),
-    ]
-    problems = [msg for ok, msg in checks if not ok]
-    if problems:
-        raise BirnnError("Invalid config:\n  " + "\n  ".join(problems))
+    check_config(
+        [
+            (0 < hidden_size <= MAX_WIDTH, f"model.hidden_size must be in 1..{MAX_WIDTH}, got {hidden_size}"),
+            (0 < num_layers <= MAX_LAYERS, f"model.num_layers must be in 1..{MAX_LAYERS}, got {num_layers}"),
+            (0 <= dropout < 1, f"model.dropout must be in [0, 1), got {dropout}"),
+            (readout in READOUTS, f"model.readout must be one of {', '.join(READOUTS)}; got {readout!r}"),
+            (cell in CELLS, f"model.cell must be one of {', '.join(CELLS)}; got {cell!r}"),
+        ]
+    )
 
 
 def _innermost(error: BaseException) -> BaseException:

@@ -8,19 +8,19 @@ the multirun. Parallel jobs (joblib, submitit) take turns through a lock on the 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from birnn import report
-from birnn.engine.rundir import Refused
+from birnn.records import summary
+from birnn.schema.errors import BirnnError, Refused
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ class SweepSummary(Callback):
         run_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
         if not (failed and isinstance(job_return._return_value, Refused)):  # a refused run leaves nothing
-            report.write_status(
+            summary.write_status(
                 run_dir,
                 "failed" if failed else "completed",
-                report.one_line(job_return._return_value) if failed else "",
+                summary.one_line(job_return._return_value) if failed else "",
             )
         if config.hydra.mode == RunMode.MULTIRUN:
             # output_dir is <sweep dir>/<subdir>, both resolved by the job itself
@@ -64,25 +64,32 @@ class SweepSummary(Callback):
         """A broken summary is logged, never allowed to fail the job that triggered it."""
         try:
             with locked(sweep_dir):
-                report.summarize(report.find_runs([sweep_dir]), sweep_dir, self.metric)
+                summary.summarize(summary.find_runs([sweep_dir]), sweep_dir, self.metric)
         except Exception as e:
-            log.warning("Could not write the sweep summary in %s: %s", sweep_dir, report.one_line(e))
+            log.warning("Could not write the sweep summary in %s: %s", sweep_dir, summary.one_line(e))
+
+
+SUMMARY_LOCK = ".summary.lock"  # in a sweep or study dir: one writer of its summaries at a time
+SUMMARY_LOCK_TIMEOUT_S = 300
 
 
 @contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` (POSIX; elsewhere a no-op)."""
+    """Serialize the writers of ``folder``'s summaries (parallel jobs, search workers): a lock on
+    ``<folder>/.summary.lock``, not on the folder itself, which its run (the sweep) holds; waited for at most
+    ``SUMMARY_LOCK_TIMEOUT_S``."""
+    lock = FileLock(folder / SUMMARY_LOCK)
     try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
+        lock.acquire(timeout=SUMMARY_LOCK_TIMEOUT_S)
+    except Timeout:
+        raise BirnnError(
+            f"{folder / SUMMARY_LOCK} stayed locked for {SUMMARY_LOCK_TIMEOUT_S} s: another process is stuck "
+            "writing this summary."
+        ) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 class MLflowParent(Callback):
@@ -98,4 +105,4 @@ class MLflowParent(Callback):
 
             end_parent(sweep_dir)
         except Exception as e:
-            log.warning("Could not mark the MLflow parent run of %s finished: %s", sweep_dir, report.one_line(e))
+            log.warning("Could not mark the MLflow parent run of %s finished: %s", sweep_dir, summary.one_line(e))

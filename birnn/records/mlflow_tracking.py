@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from torch import Tensor
 
-from birnn.engine.loop import EvalResult
+from birnn.records.scores import EvalResult
 from birnn.records.tracking import hparams, pictures
 from birnn.schema.errors import BirnnError
 
@@ -33,6 +34,7 @@ except ImportError:
 RECORD = "mlflow_run.json"  # in the run dir: the MLflow run a resumed run continues
 PARENT_RECORD = "mlflow_parent.json"  # in a sweep dir: the parent run of its jobs
 BATCH = 100  # params per log_batch call (MLflow's limit)
+LOCK_TIMEOUT_S = 120  # the longest a job waits for another's write to the SQLite store (or its sweep's record)
 
 
 def default_uri() -> str:
@@ -41,10 +43,19 @@ def default_uri() -> str:
 
 
 def _lock(uri: str) -> contextlib.AbstractContextManager:
-    """One process at a time on a SQLite store (no "database is locked"); any number on a server."""
+    """One process at a time on a SQLite store (no "database is locked"); any number on a server. A job that
+    waits longer than ``LOCK_TIMEOUT_S`` gets ``filelock.Timeout``: its tracker is off, the run goes on."""
     if uri.startswith("sqlite:///"):
-        return FileLock(f"{uri.removeprefix('sqlite:///')}.lock")
+        return FileLock(f"{uri.removeprefix('sqlite:///')}.lock", timeout=LOCK_TIMEOUT_S)
     return contextlib.nullcontext()
+
+
+def _check_sqlite(db: Path) -> None:
+    """Fail at once on a SQLite store that cannot be opened (MLflow would retry for about 100 s, warning each
+    time), and on a lock file that cannot be created (the lock would wait for its timeout)."""
+    Path(f"{db}.lock").touch()
+    with contextlib.closing(sqlite3.connect(db, timeout=LOCK_TIMEOUT_S)) as connection:
+        connection.execute("PRAGMA schema_version")
 
 
 def end_parent(sweep_dir: Path) -> None:
@@ -88,6 +99,7 @@ class MLflow:
         self.sqlite = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
         if self.sqlite:
             self.sqlite.parent.mkdir(parents=True, exist_ok=True)
+            _check_sqlite(self.sqlite)
         with self._store():
             self.client = MlflowClient(self.uri)
             self.run_id = self._continued() or self._start(experiment, config or {})
@@ -118,7 +130,7 @@ class MLflow:
         """The multirun's parent run, created by whichever job comes first (the sweep dir records it)."""
         sweep.mkdir(parents=True, exist_ok=True)
         record = sweep / PARENT_RECORD
-        with FileLock(f"{record}.lock"):
+        with FileLock(f"{record}.lock", timeout=LOCK_TIMEOUT_S):
             if record.is_file():
                 saved = json.loads(record.read_text())
                 if saved.get("tracking_uri") == self.uri:

@@ -1,13 +1,23 @@
-"""Scores of a classifier's predictions: per class (scikit-learn's confusion matrix, precision, recall), macro-F1,
-and span scores of BIO/BIOES tags (seqeval)."""
+"""Scores of a classifier's predictions: one evaluation pass's result; per class (scikit-learn's) the confusion
+matrix, precision and recall; macro-F1; span scores of BIO/BIOES tags (seqeval)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from sklearn import metrics
 from torch import Tensor
+
+
+@dataclass
+class EvalResult:
+    """One evaluation pass over a split."""
+
+    loss: float
+    accuracy: float
+    predictions: Tensor  # predicted class per sample (per step: IGNORE beyond a length), on the device
 
 
 def confusion_matrix(y: Tensor, predictions: Tensor, num_classes: int) -> Tensor:

@@ -19,12 +19,11 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 import birnn
-from birnn.engine.checkpoint import atomic_write
-from birnn.engine.loop import EvalResult
 from birnn.records.figures import confusion_figure, misclassified_figure, misclassified_series_figure
-from birnn.records.scores import confusion_matrix
+from birnn.records.scores import EvalResult, confusion_matrix
 from birnn.schema.config import flatten
 from birnn.schema.errors import BirnnError, first_line
+from birnn.system.files import atomic_write
 
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
 MAX_MISCLASSIFIED_SERIES = 6  # line plots of misclassified series

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from birnn.schema.errors import BirnnError
+from birnn.schema.errors import BirnnError, first_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
@@ -82,6 +83,39 @@ class ModelConfig:
     cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
     embedding_dim: int = 64  # token data only: the nn.Embedding (padding ID 0) in front of the recurrence
     crf: bool = False  # per-step labels only: a linear-chain CRF on the per-step scores (birnn/models/crf.py)
+
+
+@dataclass
+class LSTMFCNConfig:
+    """``model=lstm_fcn``: LSTM-FCN (Karim et al. 2017), with MLSTM-FCN's squeeze-and-excite blocks on
+    multivariate input (Karim et al. 2019); ``birnn.models.LSTMFCN``. Defaults: the papers'."""
+
+    _target_: str = "birnn.models.LSTMFCN"
+    hidden_size: int = 8  # LSTM cells (the papers try 8, 64, 128)
+    dropout: float = 0.8  # on the LSTM's final hidden state
+    filters: list[int] = field(default_factory=lambda: [128, 256, 128])  # one Conv1d-BatchNorm-ReLU block each
+    kernel_sizes: list[int] = field(default_factory=lambda: [8, 5, 3])  # one per block
+    # squeeze-and-excite after every block but the last; null: on for input_size > 1 (MLSTM-FCN), else off
+    squeeze_excite: bool | None = None
+    reduction: int = 16  # squeeze-and-excite: channels / reduction hidden units
+
+
+@dataclass
+class InceptionTimeConfig:
+    """``model=inception_time``: one InceptionTime network (Ismail Fawaz et al. 2020; the published classifier
+    is an ensemble of five from different seeds); ``birnn.models.InceptionTime``. Defaults: the paper's."""
+
+    _target_: str = "birnn.models.InceptionTime"
+    depth: int = 6  # Inception modules
+    filters: int = 32  # per branch: each convolution and the max-pooling branch
+    kernel_sizes: list[int] = field(default_factory=lambda: [40, 20, 10])  # the reference code's (41 - 1, halved)
+    bottleneck: int = 32  # 1x1 bottleneck filters before the convolutions; 0: none (none on one input channel)
+    residual: bool = True  # a shortcut around every three modules
+
+
+MODEL_SCHEMAS: dict[str, type] = {
+    cls._target_: cls for cls in (ModelConfig, LSTMFCNConfig, InceptionTimeConfig)
+}  # birnn's own models: their keys are typed
 
 
 @dataclass
@@ -305,6 +339,8 @@ def register_schemas() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="schema/model", name="bilstm", node=ModelConfig)
     cs.store(group="schema/model", name="model", node=data_schema(ModelComponentConfig))
+    cs.store(group="schema/model", name="lstm_fcn", node=LSTMFCNConfig)
+    cs.store(group="schema/model", name="inception_time", node=InceptionTimeConfig)
     cs.store(group="schema/data", name="data", node=data_schema())
     cs.store(group="schema/data", name="uea", node=data_schema(UEADataConfig))
     cs.store(group="schema/data", name="text", node=data_schema(TextDataConfig))
@@ -324,6 +360,41 @@ def register_schemas() -> None:
 
 
 register_schemas()
+
+OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
+# data options with their own keys
+DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig, TextDataConfig, TaggedDataConfig)}
+TYPED_GROUPS = ("model", "data", "optimizer")
+
+
+def schema_for(group: str, node: dict | DictConfig) -> DictConfig:
+    """The schema of a model, data or optimizer option, chosen by its ``_target_`` (birnn's own models have theirs;
+    a model without one is birnn's RNNClassifier); an optimizer birnn has no schema for gets an empty node."""
+    target = node.get("_target_")
+    if group == "model":
+        own = MODEL_SCHEMAS.get(RNN_CLASSIFIER if target is None else target)
+        return OmegaConf.structured(own) if own else data_schema(ModelComponentConfig)
+    if group == "data":
+        return data_schema(DATA_SCHEMAS.get(target, DataConfig))
+    return OmegaConf.structured(OPTIMIZER_SCHEMAS[target]) if target in OPTIMIZER_SCHEMAS else OmegaConf.create()
+
+
+def apply_schemas(cfg: DictConfig) -> None:
+    """Type (in place) each model, data and optimizer option composed without a schema line in its defaults
+    list, e.g. a user's file written for an earlier birnn: it gets the schema ``schema_for`` picks, so the keys
+    it leaves out (those added since) take their defaults and the ones it sets are type-checked. Old homes of
+    birnn's components are renamed first (``rename_targets``)."""
+    rename_targets(cfg)
+    for group in TYPED_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is not dict:
+            continue
+        try:
+            typed = OmegaConf.merge(schema_for(group, node), node)
+        except OmegaConfBaseException as e:
+            raise BirnnError(f"Invalid config: {group}.{e.full_key}: {first_line(e)}") from None
+        with open_dict(cfg):
+            cfg[group] = typed
 
 
 def renamed(tree: Any) -> Any:
@@ -439,30 +510,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
-DATA_SCHEMAS = {
-    cls._target_: cls for cls in (UEADataConfig, TextDataConfig, TaggedDataConfig)
-}  # data options with their own keys
-
-
 def typed(stored: dict) -> DictConfig:
     """A stored (plain) config typed by the schemas its ``_target_`` names pick: keys added to birnn since it
     was written take their defaults, a wrong type raises OmegaConf's error."""
     stored = renamed(stored)
-    optimizer = OPTIMIZER_SCHEMAS.get(stored.get("optimizer", {}).get("_target_"))
-    data = DATA_SCHEMAS.get(stored.get("data", {}).get("_target_"), DataConfig)
-    # no model._target_ (checkpoints before models were components): birnn's RNNClassifier, typed
-    own_model = stored.get("model", {}).get("_target_", RNN_CLASSIFIER) == RNN_CLASSIFIER
+    groups = {group: schema_for(group, stored.get(group, {})) for group in TYPED_GROUPS}
     schema = OmegaConf.structured(
-        Config(
-            model=ModelConfig() if own_model else data_schema(ModelComponentConfig),
-            data=data_schema(data),
-            scheduler=None,
-            device=DeviceConfig(),
-            trainer=TrainerConfig(),
-            optimizer=optimizer() if optimizer else {},
-            tracker={},
-        )
+        Config(**groups, scheduler=None, device=DeviceConfig(), trainer=TrainerConfig(), tracker={})
     )
     return OmegaConf.merge(schema, stored)
 

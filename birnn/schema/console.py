@@ -13,6 +13,7 @@ import difflib
 import functools
 import io
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
@@ -29,6 +30,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from birnn.schema.errors import BirnnError
 
 INTERNAL_GROUPS = "schema/"  # structured-config schemas: composed by the YAMLs, never chosen by a user
+SWEEP_TYPE = re.compile(r"\b(Choice|Range|Interval)Sweep\b")  # a sweep where a value belongs (Hydra's error text)
+# an unquoted sweep call, with one level of nesting: choice(16,32), tag(log,interval(1e-4,3e-2))
+SWEEP_CALL = re.compile(r"(?<!')\b((?:choice|range|interval|tag|glob)\((?:[^()]|\([^()]*\))*\))")
 
 
 class JobFailed(Exception):
@@ -83,12 +87,26 @@ def describe(error: BaseException | None) -> str | None:
         return unknown_key(cause)
     if isinstance(error, MissingConfigException):
         return missing_option(str(error))
-    if isinstance(error, ConfigCompositionException | OverrideParseException):
+    if isinstance(error, OverrideParseException):
+        return f"Cannot parse the override {error.override}: {str(error).splitlines()[0]}"
+    if isinstance(error, ConfigCompositionException):
         lines = [str(error).splitlines()[0]]
+        if SWEEP_TYPE.search(str(cause)):
+            return unquoted_sweep(lines[0].removeprefix("Error merging override "))
         if isinstance(cause, OmegaConfBaseException):
             lines.append(str(cause).splitlines()[0])
         return ": ".join(lines)
     return None
+
+
+def unquoted_sweep(override: str) -> str:
+    """Hydra reads ``choice(...)`` inside ``{...}`` or ``[...]`` as a sweep, which no value can hold: the override
+    again with each such call quoted (``search.params={model.hidden_size:'choice(16,32)'}``)."""
+    quoted = SWEEP_CALL.sub(r"'\1'", override)
+    return (
+        f"{override}: a choice/range/interval inside {{...}} or [...] must be quoted, and the whole override "
+        f'too for the shell: "{quoted}"'
+    )
 
 
 def unknown_key(error: ConfigKeyError | ConfigAttributeError) -> str:
@@ -126,9 +144,10 @@ def _job_name(job: JobReturn) -> str:
 
 
 def _sweep_note(job: JobReturn) -> str:
-    """Where a failed multirun job's sweep keeps its summary (the other jobs still ran)."""
+    """Where a failed multirun job's sweep keeps its summary (the other jobs still ran); a search worker's
+    sweep has none (its study dir has the study's summaries)."""
     hydra = _multirun(job)
-    if hydra is None:
+    if hydra is None or (job.cfg is not None and job.cfg.get("search") is not None):
         return ""
     sweep_dir = Path(hydra.runtime.output_dir).parents[len(Path(str(hydra.sweep.subdir)).parts) - 1]
     return f". Sweep dir {sweep_dir}; its summary: {sweep_dir / 'summary.md'}"

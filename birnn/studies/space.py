@@ -18,25 +18,48 @@ def distribution(key: str, spec: str) -> BaseDistribution:
     """``optimizer.lr`` + ``tag(log, interval(1e-4, 3e-2))`` -> ``FloatDistribution(1e-4, 3e-2, log=True)``."""
     try:
         override: Override = OverridesParser.create().parse_override(f"{key}={spec}")
+        value = override.value()
     except Exception as e:  # Hydra's grammar errors
         raise BirnnError(f"search.params.{key}: cannot parse {spec!r}: {first_line(e)}") from None
-    value, log = override.value(), "log" in override.value().tags if override.is_sweep_override() else False
-    if isinstance(value, ChoiceSweep):
-        return CategoricalDistribution(value.list)
-    if isinstance(value, RangeSweep):
-        start, step = value.start, value.step
-        last = start + step * (math.ceil((value.stop - start) / step) - 1)  # range()'s last value
-        if all(isinstance(v, int) for v in (start, value.stop, step)):
-            return IntDistribution(start, int(last), step=step, log=log)
-        return FloatDistribution(start, last, step=step, log=log)
-    if isinstance(value, IntervalSweep):
-        if all(isinstance(v, int) for v in (value.start, value.end)):
-            return IntDistribution(value.start, value.end, log=log)
-        return FloatDistribution(value.start, value.end, log=log)
+    log = "log" in value.tags if override.is_sweep_override() else False
+    try:
+        if isinstance(value, ChoiceSweep):
+            return CategoricalDistribution(value.list)
+        if isinstance(value, RangeSweep):
+            return _range(value, log)
+        if isinstance(value, IntervalSweep):
+            return _numbers(_finite(value.start, value.end), log)
+    except ValueError as e:  # Optuna's checks (low <= high, low > 0 on a log scale, ...) and ours
+        raise BirnnError(f"search.params.{key}={spec}: {first_line(e)}") from None
     raise BirnnError(
         f"search.params.{key}: {spec!r} is not a search range; use choice(...), range(...) or "
         "interval(...), with tag(log, ...) for a log scale"
     )
+
+
+def _finite(*bounds: float) -> tuple[float, ...]:
+    if not all(math.isfinite(b) for b in bounds):
+        raise ValueError(f"the bounds must be finite numbers, got {', '.join(map(str, bounds))}")
+    return bounds
+
+
+def _range(value: RangeSweep, log: bool) -> BaseDistribution:
+    """``range(start, stop, step)``'s values (``stop`` excluded, ``step`` may be negative) as a distribution."""
+    start, stop, step = _finite(value.start, value.stop, value.step)
+    if step == 0:
+        raise ValueError("the step must not be 0")
+    count = math.ceil((stop - start) / step)
+    if count <= 0:
+        raise ValueError(f"the range holds no values (from {start} to {stop} by {step})")
+    return _numbers((*sorted((start, start + step * (count - 1))), abs(step)), log)
+
+
+def _numbers(bounds: tuple, log: bool) -> BaseDistribution:
+    """``(low, high)`` or ``(low, high, step)``: integers if all are, else floats."""
+    low, high, *step = bounds
+    if all(isinstance(v, int) for v in bounds):
+        return IntDistribution(low, high, step=step[0] if step else 1, log=log)
+    return FloatDistribution(low, high, step=step[0] if step else None, log=log)
 
 
 def suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:

@@ -1,0 +1,148 @@
+"""Parquet and CSV files as packs (``birnn-pack OUT --train FILE --test FILE``), read block by block with pyarrow.
+
+One row per sample: a label column (integers ``0..K-1``), optionally a length column (valid steps, for
+variable-length series), and the inputs, either one list column per channel (each row a list of steps) or
+one numeric column per step (one channel). Parquet is read by row groups, CSV in pyarrow's blocks, so memory
+stays bounded by a block. A missing column, a ragged row or a value that is not a number is one error naming
+the file, the row (1 = the first data row) and the column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from birnn.data.packed import PackWriter
+from birnn.schema.errors import BirnnError
+
+BLOCK_ROWS = 8192  # Parquet rows per batch (CSV blocks are pyarrow's, 1 MB of text)
+
+
+def _batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The file's record batches (only ``columns`` when given); CSV values as strings, converted by ``_numbers``."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(path).iter_batches(batch_size=BLOCK_ROWS, columns=columns)
+        elif path.suffix == ".csv":
+            import pyarrow.csv as csv
+
+            names = csv.open_csv(path).schema.names
+            strings = csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), include_columns=columns)
+            yield from csv.open_csv(path, convert_options=strings)
+        else:
+            raise BirnnError(f"{path}: expected a .parquet or .csv file")
+    except (OSError, pa.ArrowException) as e:
+        raise BirnnError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
+def _numbers(values: pa.Array, path: Path, column: str, first_row: int, dtype: pa.DataType) -> pa.Array:
+    """``values`` cast to ``dtype``; the first value that is not a number is an error naming its row."""
+    try:
+        return pc.cast(values, dtype)
+    except pa.ArrowException:
+        for i, v in enumerate(values.to_pylist()):
+            try:
+                pc.cast(pa.array([v]), dtype)
+            except pa.ArrowException:
+                raise BirnnError(f"{path} row {first_row + i} column {column}: {v!r} is not a number") from None
+        raise
+
+
+def _columns(path: Path, label: str, length: str | None) -> tuple[list[str], bool]:
+    """The input columns of ``path`` and whether they are lists (one per channel)."""
+    names = next(_batches(path)).schema
+    for needed in (label, length):
+        if needed is not None and needed not in names.names:
+            raise BirnnError(f"{path}: no column {needed!r} (it has {', '.join(names.names)})")
+    inputs = [n for n in names.names if n not in (label, length)]
+    if not inputs:
+        raise BirnnError(f"{path}: no input columns beside {label!r}")
+    lists = [pa.types.is_list(names.field(n).type) or pa.types.is_large_list(names.field(n).type) for n in inputs]
+    if any(lists) and not all(lists):
+        raise BirnnError(f"{path}: mix of list and scalar input columns ({', '.join(inputs)}); use one layout")
+    return inputs, all(lists)
+
+
+def _samples(path: Path, label: str, length: str | None, steps: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """``(x, y, lengths)`` blocks of ``path``, ``x`` float32 (n, steps, channels) zero-padded to ``steps``."""
+    inputs, lists = _columns(path, label, length)
+    row = 1
+    for batch in _batches(path):
+        n = batch.num_rows
+        y = _numbers(batch.column(label), path, label, row, pa.int64()).to_numpy(zero_copy_only=False)
+        lengths = (
+            _numbers(batch.column(length), path, length, row, pa.int64()).to_numpy(zero_copy_only=False)
+            if length
+            else None
+        )
+        x = np.zeros((n, steps, len(inputs) if lists else 1), np.float32)
+        for c, name in enumerate(inputs):
+            column = batch.column(name)
+            if not lists:
+                x[:, c, 0] = _numbers(column, path, name, row, pa.float32()).to_numpy(zero_copy_only=False)
+                continue
+            sizes = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+            expected = lengths if lengths is not None else np.full(n, steps)
+            bad = np.nonzero(sizes != expected)[0]
+            if len(bad):
+                i = int(bad[0])
+                raise BirnnError(
+                    f"{path} row {row + i} column {name}: {sizes[i]} values; expected {expected[i]} "
+                    f"({'its length column' if lengths is not None else 'as many as the first row'})"
+                )
+            values = _numbers(pc.list_flatten(column), path, name, row, pa.float32()).to_numpy(zero_copy_only=False)
+            mask = np.arange(steps) < sizes[:, None]
+            x[:, :, c][mask] = values
+        yield x, y, lengths
+        row += n
+
+
+def _steps(path: Path, label: str, length: str | None) -> tuple[int, int]:
+    """The steps a sample of ``path`` spans (the longest, for variable length) and its largest label."""
+    inputs, lists = _columns(path, label, length)
+    if not lists:
+        steps = len(inputs)
+    elif length:
+        steps = max(
+            int(pc.max(_numbers(b.column(length), path, length, 0, pa.int64())).as_py() or 0)
+            for b in _batches(path, [length])
+        )
+    else:
+        first = next(_batches(path, inputs[:1])).column(0)
+        steps = int(pc.list_value_length(first)[0].as_py() or 0)
+    top = -1
+    row = 1
+    for b in _batches(path, [label]):
+        top = max(top, int(pc.max(_numbers(b.column(0), path, label, row, pa.int64())).as_py()))
+        row += b.num_rows
+    return steps, top
+
+
+def pack_tables(
+    out: Path,
+    files: dict[str, Path],
+    label: str = "label",
+    length: str | None = None,
+    classes: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Pack Parquet/CSV ``files`` (split -> file) into ``out``: a first pass finds the steps and the labels,
+    a second writes the samples block by block."""
+    if "train" not in files or "test" not in files:
+        raise BirnnError("packing tables needs --train FILE and --test FILE (and optionally --val FILE)")
+    shapes = {split: _steps(path, label, length) for split, path in files.items()}
+    steps = max(s for s, _ in shapes.values())
+    top = max(t for _, t in shapes.values())
+    classes = classes or [str(i) for i in range(top + 1)]
+    with PackWriter(out, classes, "series", variable=length is not None, overwrite=overwrite) as pack:
+        for split, path in files.items():
+            writer = pack.split(split)
+            for x, y, lengths in _samples(path, label, length, steps):
+                writer.append(x, y, lengths)
+    return out / "manifest.json"

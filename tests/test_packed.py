@@ -1,0 +1,340 @@
+"""Packs (birnn-pack, data=packed): training from memory maps equals the in-memory path, and every damaged or
+incomplete pack is refused with one error line."""
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_distributed import finished, metrics_of, run_dirs, torchrun
+from test_resume import interrupt_at, state_of
+
+from birnn.data import normalize
+from birnn.data.packed import MANIFEST, PackWriter, load_packed, verify
+from birnn.data.pipeline import load_data
+from birnn.pack import pack_config
+from birnn.schema.errors import BirnnError
+from birnn.train import train
+from conftest import FAST, ROOT, make_cfg, run_cli
+
+RUN = [*FAST, "trainer.epochs=1", "trainer.max_steps=12", "trainer.checkpoint_every_n_steps=5"]
+
+
+@pytest.fixture(scope="module")
+def digits_pack(tmp_path_factory):
+    out = tmp_path_factory.mktemp("packs") / "digits"
+    pack_config(out, ["data=digits"], overwrite=False)
+    return out
+
+
+def packed(pack, *overrides):
+    return [*RUN, "data=packed", f"data.path={pack}", *overrides]
+
+
+def weights(run_dir):
+    return state_of(run_dir)["model"]
+
+
+def test_manifest_records_shapes_checksums_and_training_statistics(digits_pack):
+    manifest = json.loads((digits_pack / MANIFEST).read_text())
+    memory = load_data(make_cfg("data=digits").data, torch.device("cpu"))
+    x = manifest["splits"]["train"]["x"]
+    assert x["shape"] == list(memory.train_x.shape) and x["dtype"] == "<f4"
+    assert x["bytes"] == (digits_pack / "train_x.npy").stat().st_size
+    assert np.array_equal(np.load(digits_pack / "train_x.npy", mmap_mode="r"), memory.train_x.numpy())
+    expected = normalize.fit(memory.train_x)
+    np.testing.assert_allclose(manifest["normalization"]["mean"], expected["mean"], rtol=1e-9)
+    np.testing.assert_allclose(manifest["normalization"]["std"], expected["std"], rtol=1e-9)
+    assert verify(digits_pack) == 4
+
+
+@pytest.mark.parametrize("extra", [[], ["data.val_size=200", "data.normalize=true", "data.patch=3"]])
+def test_training_on_a_pack_is_bit_identical_to_in_memory(digits_pack, tmp_path, extra):
+    memory = train(make_cfg(*RUN, *extra), tmp_path / "memory")
+    mapped = train(make_cfg(*packed(digits_pack, *extra)), tmp_path / "packed")
+    assert mapped["test_accuracy"] == memory["test_accuracy"]
+    assert mapped["history"] == memory["history"]
+    ref = weights(tmp_path / "memory")
+    for name, w in weights(tmp_path / "packed").items():
+        assert torch.equal(w, ref[name]), name
+
+
+def test_gathered_batches_stay_off_the_training_splits(digits_pack):
+    data = load_data(make_cfg(*packed(digits_pack)).data, torch.device("cpu"))
+    assert not isinstance(data.train_x, torch.Tensor)  # a memory map, read batch by batch
+    memory = load_data(make_cfg("data=digits").data, torch.device("cpu"))
+    idx = torch.tensor([5, 3, 1000, 3])
+    assert torch.equal(data.train_x[idx], memory.train_x[idx])
+    assert torch.equal(data.test_x[10:20], memory.test_x[10:20])
+
+
+def test_resume_mid_epoch_on_a_pack_is_bit_identical(digits_pack, tmp_path, monkeypatch):
+    reference = train(make_cfg(*packed(digits_pack)), tmp_path / "reference")
+    run_dir = tmp_path / "killed"
+
+    def die(_):
+        raise KeyboardInterrupt  # dies like kill -9: nothing saved after the step-5 and step-10 checkpoints
+
+    with monkeypatch.context() as m:
+        interrupt_at(m, 11, die)
+        with pytest.raises(KeyboardInterrupt):
+            train(make_cfg(*packed(digits_pack)), run_dir)
+    assert state_of(run_dir)["progress"]["step_in_epoch"] == 10
+    resumed = train(make_cfg(*packed(digits_pack)), run_dir)
+    assert resumed["history"] == reference["history"] and resumed["test_accuracy"] == reference["test_accuracy"]
+    ref = weights(tmp_path / "reference")
+    for name, w in weights(run_dir).items():
+        assert torch.equal(w, ref[name]), name
+
+
+def test_evaluate_reads_a_packed_run(digits_pack, tmp_path):
+    train(make_cfg(*packed(digits_pack)), tmp_path)
+    proc = run_cli(str(tmp_path / "checkpoints" / "last.pt"), cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads((tmp_path / "checkpoints" / "evaluation.json").read_text())
+    assert scores["test_accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"]
+
+
+def test_a_pack_whose_shapes_differ_from_the_checkpoint_is_refused_at_resume(digits_pack, tmp_path, monkeypatch):
+    pack = copy_pack(digits_pack, tmp_path / "p")
+    with monkeypatch.context() as m:
+        interrupt_at(m, 7, lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            train(make_cfg(*packed(pack)), tmp_path / "run")
+    with PackWriter(pack, [str(i) for i in range(10)], kind="image", overwrite=True) as other:
+        other.split("train").append(np.zeros((100, 8, 4), np.float32), np.arange(100) % 10)
+        other.split("test").append(np.zeros((20, 8, 4), np.float32), np.arange(20) % 10)
+    with pytest.raises(BirnnError, match="input_shape changed"):
+        train(make_cfg(*packed(pack)), tmp_path / "run")
+
+
+def test_the_writer_packs_variable_length_chunks(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 9, 2)).astype(np.float32)
+    lengths = rng.integers(1, 10, 50)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0
+    y = rng.integers(0, 3, 50)
+    with PackWriter(tmp_path / "p", ["a", "b", "c"], variable=True) as pack:
+        for i in range(0, 40, 16):  # chunks of 16, 16, 8
+            pack.split("train").append(x[i : min(i + 16, 40)], y[i : min(i + 16, 40)], lengths[i : min(i + 16, 40)])
+        pack.split("test").append(torch.from_numpy(x[40:]), torch.from_numpy(y[40:]), torch.from_numpy(lengths[40:]))
+    splits = load_packed(path=str(tmp_path / "p"))
+    assert torch.equal(splits.train_lengths, torch.from_numpy(lengths[:40]))
+    assert torch.equal(splits.test_x[torch.arange(10)], torch.from_numpy(x[40:]))
+    stats = json.loads((tmp_path / "p" / MANIFEST).read_text())["normalization"]
+    expected = normalize.fit(torch.from_numpy(x[:40]), torch.from_numpy(lengths[:40]))
+    np.testing.assert_allclose(stats["mean"], expected["mean"], rtol=1e-9)
+
+
+def one_error_line(proc):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def copy_pack(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_a_pack_without_manifest_is_refused(digits_pack, tmp_path):
+    pack = copy_pack(digits_pack, tmp_path / "p")
+    (pack / MANIFEST).unlink()
+    line = one_error_line(run_cli(*packed(pack), "hydra.run.dir=run", cwd=tmp_path))
+    assert "no manifest.json" in line and "did not finish" in line
+
+
+def test_a_truncated_file_is_refused_on_open(digits_pack, tmp_path):
+    pack = copy_pack(digits_pack, tmp_path / "p")
+    with (pack / "train_x.npy").open("r+b") as f:
+        f.truncate(1000)
+    line = one_error_line(run_cli(*packed(pack), "hydra.run.dir=run", cwd=tmp_path))
+    assert "train_x.npy has 1000 bytes" in line
+
+
+def test_verify_finds_a_changed_byte(digits_pack, tmp_path):
+    pack = copy_pack(digits_pack, tmp_path / "p")
+    proc = run_cli(str(pack), "--verify", cwd=tmp_path, module="birnn.pack")
+    assert proc.returncode == 0 and "4 files match" in proc.stdout
+    with (pack / "test_x.npy").open("r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01")
+    assert "test_x.npy: SHA-256 differs" in one_error_line(
+        run_cli(str(pack), "--verify", cwd=tmp_path, module="birnn.pack")
+    )
+
+
+def test_packing_over_a_pack_needs_overwrite(digits_pack, tmp_path):
+    pack = copy_pack(digits_pack, tmp_path / "p")
+    line = one_error_line(run_cli(str(pack), "data=digits", cwd=tmp_path, module="birnn.pack"))
+    assert "already holds a pack" in line and "--overwrite" in line
+    proc = run_cli(str(pack), "data=digits", "--overwrite", cwd=tmp_path, module="birnn.pack")
+    assert proc.returncode == 0, proc.stderr
+    assert verify(pack) == 4
+
+
+def test_a_full_disk_leaves_no_manifest_and_says_so(tmp_path):
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "birnn.pack", str(tmp_path / "p"), "data=digits"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        timeout=120,
+    )
+    line = one_error_line(proc)
+    assert "disk full" in line and "No manifest was written" in line
+    assert not (tmp_path / "p" / MANIFEST).exists()
+    line = one_error_line(run_cli(*packed(tmp_path / "p"), "hydra.run.dir=run", cwd=tmp_path))
+    assert "did not finish" in line
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_pack_equal_one(digits_pack, tmp_path):
+    run = [*packed(digits_pack, "data.val_size=1", "trainer.max_steps=30")]
+    rc, _, err = finished(torchrun(*run, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    assert rc == 0, err
+    (ddp_dir,) = run_dirs(tmp_path)
+    single = train(make_cfg(*run), tmp_path / "single")
+    ddp = metrics_of(ddp_dir)
+    assert ddp["world_size"] == 2 and ddp["test_accuracy"] == single["test_accuracy"]
+    one = weights(tmp_path / "single")
+    for name, w in weights(ddp_dir).items():
+        torch.testing.assert_close(w, one[name], atol=1e-5, rtol=0, msg=name)
+
+
+def write_tables(tmp_path, rows=20):
+    """A CSV pair with one column per step, and a Parquet pair with a list column per channel and lengths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header = "label,s0,s1,s2\n"
+    body = "".join(f"{i % 2},{i},{i + 0.5},{-i}\n" for i in range(rows))
+    (tmp_path / "train.csv").write_text(header + body)
+    (tmp_path / "test.csv").write_text(header + body[: body.index("\n", 40) + 1])
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 9)):
+        lengths = rng.integers(1, 6, n)
+        table = pa.table(
+            {
+                "a": [rng.normal(size=k).tolist() for k in lengths],
+                "b": [rng.normal(size=k).tolist() for k in lengths],
+                "label": rng.integers(0, 3, n),
+                "steps": lengths,
+            }
+        )
+        pq.write_table(table, tmp_path / f"{split}.parquet", row_group_size=7)
+
+
+def test_parquet_and_csv_files_pack_block_by_block(tmp_path):
+    import pyarrow.parquet as pq
+
+    write_tables(tmp_path)
+    proc = run_cli("csv", "--train", "train.csv", "--test", "test.csv", cwd=tmp_path, module="birnn.pack")
+    assert proc.returncode == 0, proc.stderr
+    splits = load_packed(path=str(tmp_path / "csv"))
+    assert splits.train_x.shape == (20, 3, 1) and splits.classes == ["0", "1"]
+    assert splits.train_x[torch.tensor([3])].flatten().tolist() == [3, 3.5, -3]
+    proc = run_cli(
+        "pq",
+        "--train",
+        "train.parquet",
+        "--test",
+        "test.parquet",
+        "--length",
+        "steps",
+        cwd=tmp_path,
+        module="birnn.pack",
+    )
+    assert proc.returncode == 0, proc.stderr
+    splits = load_packed(path=str(tmp_path / "pq"))
+    rows = pq.read_table(tmp_path / "train.parquet").to_pylist()
+    assert splits.train_lengths.tolist() == [r["steps"] for r in rows]
+    x = splits.train_x[torch.arange(30)]
+    for i, r in enumerate(rows):
+        expected = torch.tensor([r["a"], r["b"]], dtype=torch.float32).T
+        assert torch.equal(x[i, : r["steps"]], expected) and not x[i, r["steps"] :].any()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("label,", "y,"), "train.csv: no column 'label' (it has y, s0, s1, s2)"),
+        (lambda t: t.replace("\n0,4,4.5,", "\n0,4,abc,"), "train.csv row 5 column s1: 'abc' is not a number"),
+        (
+            lambda t: t.replace("\n1,3,3.5,-3\n", "\n1,3,3.5\n"),
+            "train.csv: CSV parse error: Row #5: Expected 4 columns, got 3",
+        ),
+    ],
+)
+def test_bad_table_rows_name_the_file_row_and_column(tmp_path, edit, message):
+    write_tables(tmp_path)
+    path = tmp_path / "train.csv"
+    path.write_text(edit(path.read_text()))
+    line = one_error_line(
+        run_cli("out", "--train", "train.csv", "--test", "test.csv", cwd=tmp_path, module="birnn.pack")
+    )
+    assert message in line
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_a_ragged_list_row_names_its_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": [[1.0, 2.0], [1.0, 2.0], [3.0]], "label": [0, 1, 0]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    pq.write_table(table.slice(0, 2), tmp_path / "test.parquet")
+    cmd = ["out", "--train", "train.parquet", "--test", "test.parquet"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
+    assert "train.parquet row 3 column a: 1 values; expected 2" in line
+
+
+PEAK = """import atexit, runpy, sys
+def peak(path):
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        out.write(str(kb))
+atexit.register(peak, sys.argv.pop(1))
+runpy.run_module("birnn.train", run_name="__main__")
+"""
+
+
+def peak_rss_of_training_on(tmp_path, megabytes: int) -> int:
+    """VmHWM (bytes) of a training + test pass on a pack of about ``megabytes`` (64 x 64 float32 samples)."""
+    rows = megabytes * 2**20 // (64 * 64 * 4)
+    pack, rng = tmp_path / f"pack{megabytes}", np.random.default_rng(0)
+    with PackWriter(pack, [str(i) for i in range(10)]) as writer:
+        for split, n in (("train", rows * 3 // 4), ("test", rows // 4)):
+            for i in range(0, n, 1024):
+                k = min(1024, n - i)
+                writer.split(split).append(rng.random((k, 64, 64), np.float32), rng.integers(0, 10, k))
+    (tmp_path / "peak.py").write_text(PEAK)
+    out = tmp_path / f"peak{megabytes}"
+    run = [
+        *packed(pack, "trainer.max_steps=20", "data.eval_batch_size=200"),
+        f"hydra.run.dir={tmp_path}/run{megabytes}",
+    ]
+    proc = run_cli(str(out), *run, cwd=tmp_path, module="peak")
+    assert proc.returncode == 0, proc.stderr
+    return int(out.read_text()) * 1024
+
+
+@pytest.mark.slow
+def test_training_on_a_256_mb_pack_peaks_within_64_mb_of_a_16_mb_one(tmp_path):
+    small, large = peak_rss_of_training_on(tmp_path, 16), peak_rss_of_training_on(tmp_path, 256)
+    assert large - small <= 64 * 2**20, (small, large)
