@@ -14,6 +14,7 @@ from birnn.data.pipeline import IGNORE
 from birnn.data.tagged import load_tagged
 from birnn.data.text import load_text
 from birnn.engine.restore import restore
+from birnn.schema.config import validate
 from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import make_cfg
@@ -222,3 +223,12 @@ def test_export_takes_token_ids_and_lengths(text_run, tmp_path, capsys):
     lengths = torch.tensor([2, 6, 1])
     torch.testing.assert_close(program(x, lengths), restored.model(x, lengths))
     torch.testing.assert_close(program(x[:1], lengths[:1]), restored.model(x[:1, :2]))  # = the sample alone
+
+
+@pytest.mark.parametrize(
+    ("preset", "data"), [("brown_pos", "load_tagged"), ("spam", "load_text"), ("names", "load_text")]
+)
+def test_text_presets_compose_and_validate(preset, data):
+    cfg = make_cfg(f"experiment={preset}")
+    validate(cfg)
+    assert cfg.data._target_ == f"birnn.data.{data}" and cfg.trainer.grad_clip == 1.0 and cfg.data.val_fraction > 0
