@@ -55,8 +55,8 @@ def simple_tag(tag: str) -> str:
     """A Brown tag without its title/headline/citation suffixes, foreign-word prefix and negation star."""
     tag = tag.split("+")[0]
     tag = tag.removeprefix("fw-")
-    for suffix in SUFFIXES:
-        tag = tag.removesuffix(suffix)
+    while tag.endswith(SUFFIXES):  # nn-tl-hl: both
+        tag = tag[: tag.rindex("-")]
     return tag.rstrip("*") or tag
 
 

@@ -5,7 +5,8 @@
 ``data.format=slash``: one sentence per line of ``word/tag`` tokens (split at the last ``/``). ``data.path`` (and
 ``data.test_path``) is a file or a folder whose files are all read, sorted. Sentences are never truncated: with
 ``data.max_length`` a longer one is refused, naming file and line. The word vocabulary (``birnn.data.tokenize``)
-is fitted on the training sentences only.
+is fitted on the training sentences only; the classes are the tags of both splits (the tag set: a rare tag may
+occur in test sentences only).
 """
 
 from __future__ import annotations
@@ -134,11 +135,8 @@ def load_tagged(
         if fitted
         else tokenize.fit((s.tokens for s in train), "word", vocab_size, min_freq, lowercase, split=False)
     )
-    classes = sorted({t for s in train for t in s.tags})
+    classes = sorted({t for s in (*train, *test) for t in s.tags})  # the tag set (a rare tag may be test-only)
     index = {c: i for i, c in enumerate(classes)}
-    unknown = next(((s, t) for s in test for t in s.tags if t not in index), None)
-    if unknown is not None:
-        raise BirnnError(f"{unknown[0].where}: tag {unknown[1]!r} does not occur in the training sentences")
     splits = {}
     for name, sentences in (("train", train), ("test", test)):
         x, lengths = padded([tok.ids(s.tokens) for s in sentences])
