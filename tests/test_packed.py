@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_distributed import finished, metrics_of, run_dirs, torchrun
 from test_resume import interrupt_at, state_of
+from test_sweeps import read_csv
 
 from birnn.data import normalize
 from birnn.data.packed import MANIFEST, PackWriter, load_packed, verify
@@ -91,12 +92,25 @@ def test_resume_mid_epoch_on_a_pack_is_bit_identical(digits_pack, tmp_path, monk
         assert torch.equal(w, ref[name]), name
 
 
-def test_evaluate_reads_a_packed_run(digits_pack, tmp_path):
+def test_evaluate_predict_and_export_read_a_packed_run(digits_pack, tmp_path):
     train(make_cfg(*packed(digits_pack)), tmp_path)
-    proc = run_cli(str(tmp_path / "checkpoints" / "last.pt"), cwd=tmp_path, module="birnn.evaluate")
+    ckpt = str(tmp_path / "checkpoints" / "last.pt")
+    proc = run_cli(ckpt, cwd=tmp_path, module="birnn.evaluate")
     assert proc.returncode == 0, proc.stderr
     scores = json.loads((tmp_path / "checkpoints" / "evaluation.json").read_text())
     assert scores["test_accuracy"] == json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"]
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), dtype="float32"))
+    proc = run_cli(ckpt, str(tmp_path / "x.npy"), "--json", cwd=tmp_path, module="birnn.predict")
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["prediction"] in range(10), proc.stderr
+    proc = run_cli(ckpt, "--out", str(tmp_path / "m.onnx"), cwd=tmp_path, module="birnn.export")
+    assert proc.returncode == 0 and (tmp_path / "m.onnx").stat().st_size > 0, proc.stderr
+
+
+def test_a_sweep_trains_from_a_pack(digits_pack, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *packed(digits_pack), "optimizer.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_csv(sweep / "summary.csv")) == 2
 
 
 def test_a_pack_whose_shapes_differ_from_the_checkpoint_is_refused_at_resume(digits_pack, tmp_path, monkeypatch):
