@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 
 # One venv; each target installs what it runs into it, once (a stamp per set): training needs birnn alone.
 EXTRAS_train :=
-EXTRAS_test := [test,optuna,export,timeseries,mlflow,tables]
+EXTRAS_test := [test,optuna,export,timeseries,mlflow,tables,text]
 EXTRAS_lint := [lint]
 EXTRAS_docs := [docs]
 

@@ -12,10 +12,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from birnn.data.pipeline import load_data
-from birnn.engine.loop import eval_pass
+from birnn.data.pipeline import IGNORE, load_data
+from birnn.engine.loop import eval_pass, label_count
 from birnn.engine.restore import add_trust_options, restore, user_errors
-from birnn.records.scores import confusion_matrix, per_class
+from birnn.records.scores import confusion_matrix, per_class, tag_scores
 from birnn.schema import console
 from birnn.schema.config import import_from_cwd
 from birnn.schema.errors import BirnnError
@@ -26,12 +26,20 @@ from birnn.system.files import atomic_write
 def evaluate_checkpoint(
     path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = (), unverified: bool = False
 ) -> dict:
-    """Test loss, accuracy, per-class precision/recall and the confusion matrix of the model in ``path``."""
+    """Test loss, accuracy, per-class precision/recall and the confusion matrix of the model in ``path``; per-step
+    labels: per token (padding left out), with macro-F1 and span scores (``birnn.records.scores.tag_scores``)."""
     restored = restore(path, overrides, allow, unverified)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
     # the stored statistics and patch size, not refitted; the loader only if the trust rule lets it in
-    data = load_data(cfg.data, device, normalization=restored.normalization, patch=restored.patch, allow=restored.allow)
+    data = load_data(
+        cfg.data,
+        device,
+        normalization=restored.normalization,
+        patch=restored.patch,
+        allow=restored.allow,
+        tokenizer=restored.tokenizer,
+    )
     if data.classes != restored.classes:
         raise BirnnError(
             f"{cfg.data._target_} gives classes {data.classes}; the model was trained on {restored.classes}."
@@ -41,7 +49,12 @@ def evaluate_checkpoint(
     result = eval_pass(
         model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, precision, lengths=data.test_lengths
     )
-    matrix = confusion_matrix(data.test_y, result.predictions, data.num_classes)
+    y, predictions = data.test_y, result.predictions
+    tags = tag_scores(y, predictions, data.classes) if data.per_step else {}
+    if data.per_step:  # per token: the valid steps of every sample
+        valid = y != IGNORE
+        y, predictions = y[valid], predictions[valid]
+    matrix = confusion_matrix(y, predictions, data.num_classes)
     return {
         "checkpoint": str(path),
         "overrides": list(overrides),
@@ -49,9 +62,10 @@ def evaluate_checkpoint(
         "device": str(device),
         "test_loss": result.loss,
         "test_accuracy": result.accuracy,
-        "test_samples": len(data.test_y),
+        **{f"test_{k}": v for k, v in tags.items()},
+        "test_samples": label_count(data.test_y),
         "classes": data.classes,
-        "per_class": per_class(data.test_y, result.predictions, data.classes),
+        "per_class": per_class(y, predictions, data.classes),
         "confusion_matrix": matrix.tolist(),
     }
 

@@ -5,8 +5,14 @@ a model trained with ``data.normalize`` carries its standardization inside the g
 inputs too, and one trained with ``data.patch=k`` carries its patching (raw series in, k steps read as one).
 Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
-Both formats are checked against the PyTorch model before the command reports success. A model trained on
-variable-length sequences is refused (see ``check_fixed_length``).
+Both formats are checked against the PyTorch model before the command reports success.
+
+birnn's own model trained on variable-length sequences (text, tags, series without ``data.normalize`` and
+``data.patch``) is exported unpacked (``birnn.models.unpacked``): inputs ``inputs`` (N, steps) int64 token IDs
+0-padded to the longest training sample's steps (or (N, steps, features) float), and ``lengths`` (N,) int64;
+output ``logits`` (N, classes), or (N, steps, classes) per-step scores for a tagger (read the first
+``lengths[i]``; a CRF's transitions are not in the file). Other variable-length models are refused (see
+``check_fixed_length``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from torch import Tensor
 from birnn.data.normalize import Standardized
 from birnn.data.patches import Patched
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
+from birnn.models.rnn import RNNClassifier
+from birnn.models.unpacked import Unpacked
 from birnn.schema import console
 from birnn.schema.config import import_from_cwd
 from birnn.schema.errors import BirnnError, first_line
@@ -29,10 +37,13 @@ from birnn.schema.errors import BirnnError, first_line
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check
 # Tracing messages from torch internals that a user cannot act on.
-QUIET = ("_check_is_size will be removed", r"The tensor attributes self\.(model\.)*(lstm|gru)\._flat_weights")
+QUIET = (
+    "_check_is_size will be removed",
+    r"The tensor attributes self\.((model\.)*(lstm|gru)|(forward|backward)_layers\.\d+)\._flat_weights",
+)
 
 
-def _onnx(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> Callable[[Tensor], Tensor]:
+def _onnx(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path) -> Callable[..., Tensor]:
     try:
         import onnxruntime
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
@@ -41,63 +52,101 @@ def _onnx(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> 
             f"ONNX export needs the export extra ({e.name} is missing): "
             "pip install 'birnn[export]' (onnx, onnxscript, onnxruntime)."
         ) from None
+    names = list(dynamic)
     torch.onnx.export(
         model,
-        (example,),
+        example,
         str(out),
         dynamo=True,
-        input_names=["images"],
+        input_names=["images"] if names == ["x"] else ["inputs", "lengths"],
         output_names=["logits"],
         dynamic_shapes=dynamic,
         external_data=False,
         verbose=False,
     )
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    feeds = [i.name for i in session.get_inputs()]
+    return lambda *x: torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(feeds, x)})[0])
 
 
-def _pt2(model: torch.nn.Module, example: Tensor, dynamic: dict, out: Path) -> Callable[[Tensor], Tensor]:
-    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=dynamic), str(out))
+def _pt2(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path) -> Callable[..., Tensor]:
+    torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic), str(out))
     return torch.export.load(str(out)).module()
 
 
 def check_fixed_length(restored: Restored) -> None:
-    """Refuse a model trained on variable-length data (checkpoint data spec ``max_length: None``).
+    """Refuse a model trained on variable-length data (checkpoint data spec ``max_length: None``) unless it is
+    ``unpackable``.
 
     Such a model needs each sample's length to pack its batch (``pack_padded_sequence``), and packing has
     data-dependent shapes that neither ``torch.export`` nor the ONNX exporter can trace.
     """
-    if "max_length" in restored.spec and restored.spec["max_length"] is None:
+    if variable_length(restored) and not unpackable(restored):
         raise BirnnError(
             f"{restored.path} was trained on variable-length sequences (data max_length: none) and "
-            "cannot be exported: its model packs each batch by the samples' lengths "
+            "cannot be exported with data.normalize, data.patch or a model of your own: it packs each batch "
+            "by the samples' lengths "
             "(pack_padded_sequence), which torch.export and ONNX cannot trace; "
             "use it from PyTorch (python -m birnn.evaluate / birnn.predict) instead."
         )
 
 
+def variable_length(restored: Restored) -> bool:
+    return "max_length" in restored.spec and restored.spec["max_length"] is None
+
+
+def unpackable(restored: Restored) -> bool:
+    """birnn's own model on raw inputs: exportable with lengths (``birnn.models.unpacked``)."""
+    return isinstance(restored.model, RNNClassifier) and not restored.normalization and restored.patch == 1
+
+
+def examples(restored: Restored) -> tuple[Tensor, ...]:
+    """Seven example inputs (and lengths, for variable-length data) shaped as the model's data."""
+    g = torch.Generator().manual_seed(0)
+    steps, features = restored.input_shape
+    vocab = restored.spec.get("vocab_size")
+    if vocab is not None:
+        x = torch.randint(1, vocab, (7, steps), generator=g)
+    else:
+        x = torch.rand(7, *restored.input_shape, generator=g)
+    if not variable_length(restored):
+        return (x,)
+    lengths = torch.randint(1, steps + 1, (7,), generator=g)
+    lengths[0] = steps
+    x[torch.arange(steps) >= lengths.unsqueeze(1)] = 0
+    return x, lengths
+
+
 def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, float]:
-    """Write ``restored``'s model as ``fmt``; return the file and the max logit difference to PyTorch."""
+    """Write ``restored``'s model as ``fmt``; return the file and the max logit difference to PyTorch (at valid
+    steps)."""
     check_fixed_length(restored)
     out = out or restored.path.parent / FORMATS[fmt]
-    model = restored.model.cpu().eval()
+    reference = model = restored.model.cpu().eval()
     if restored.patch > 1:
         model = Patched(model, restored.patch).eval()
     if restored.normalization:
         model = Standardized(model, restored.normalization).eval()
-    inputs = torch.rand(7, *restored.input_shape, generator=torch.Generator().manual_seed(0))
+    inputs = examples(restored)
     dynamic = {"x": {0: torch.export.Dim("batch")}}
+    if len(inputs) == 2:
+        model, batch = Unpacked(reference).eval(), torch.export.Dim("batch")
+        dynamic = {"x": {0: batch}, "lengths": {0: batch}}  # the exporters unroll the recurrence: steps are fixed
     with warnings.catch_warnings():
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
         try:
-            run = (_onnx if fmt == "onnx" else _pt2)(model, inputs[:2], dynamic, out)
+            run = (_onnx if fmt == "onnx" else _pt2)(model, tuple(i[:2] for i in inputs), dynamic, out)
         except BirnnError:
             raise
         except Exception as e:  # the exporters raise many types; the first line says what failed
             raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
     with torch.inference_mode():
-        difference = (run(inputs) - model(inputs)).abs().max().item()
+        exported, expected = run(*inputs), reference(*inputs) if len(inputs) == 2 else model(*inputs)
+    if exported.ndim == 3:  # per-step scores: the valid steps only
+        valid = torch.arange(exported.shape[1]) < inputs[1].unsqueeze(1)
+        exported, expected = exported[valid], expected[valid]
+    difference = (exported - expected).abs().max().item()
     if not difference <= TOLERANCE:
         raise BirnnError(f"{out} gives logits {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
     return out, difference
@@ -128,9 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if restored.patch > 1:
         scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
+    vocab, classes = restored.spec.get("vocab_size"), len(restored.classes)
+    inputs = f"images float32 (N, {steps}, {features}) {scale}"
+    if variable_length(restored):
+        shape = f"token IDs int64 (N, {steps}), 0-padded" if vocab else f"float32 (N, {steps}, {features}), padded"
+        inputs = f"inputs {shape}, and lengths int64 (N,)"
+    outputs = f"(N, {steps}, {classes}) per step" if restored.spec.get("per_step") else f"(N, {classes})"
     print(
-        f"Wrote {out} ({args.format}): input images float32 (N, {steps}, {features}) {scale}, "
-        f"output logits (N, {len(restored.classes)}); classes {', '.join(restored.classes)}."
+        f"Wrote {out} ({args.format}): input {inputs}, output logits {outputs}; classes {', '.join(restored.classes)}."
     )
     print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")
 

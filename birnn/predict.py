@@ -1,5 +1,9 @@
 """``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image, array or series files with a model.
 
+A model trained on text (``data=text``, ``data=tagged``) reads raw text instead: ``--text "..."`` (repeatable) or
+``.txt`` files, one sample per line, tokenized with the tokenizer stored in the checkpoint (truncated to
+``data.max_length`` like the training texts); a tagger prints each token with its tag.
+
 Each image (PNG or JPEG, any size; a folder stands for the files in it) becomes one input the way the
 training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
 light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border). A
@@ -22,9 +26,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
+from birnn.data import tokenize
 from birnn.data.normalize import apply as standardize
 from birnn.data.patches import patch
 from birnn.data.uea import read_series
+from birnn.engine.loop import predicted
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.schema import console
 from birnn.schema.config import DEVICES, DeviceConfig, import_from_cwd
@@ -201,6 +207,46 @@ def predict(
     return results
 
 
+def predict_texts(
+    checkpoint: Path,
+    paths: Sequence[Path],
+    texts: Sequence[str],
+    device: str = "cpu",
+    allow: Sequence[str] = (),
+    unverified: bool = False,
+) -> list[dict]:
+    """Per text (each ``--text``, each line of each file) ``{file, index, text, prediction, label, probability}``
+    (a tagger: ``label`` is ``token/TAG ...``, ``tags`` the list), or ``{file, error}`` for an unreadable file."""
+    restored = restore(checkpoint, allow=allow, unverified=unverified)
+    if restored.tokenizer is None:
+        raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
+    tok = tokenize.from_json(restored.tokenizer)
+    max_length = restored.cfg.data.get("max_length") if not restored.spec.get("per_step") else None
+    target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
+    model = restored.model.to(target)
+    records: list[dict] = [{"file": "--text", "index": i, "text": t} for i, t in enumerate(texts)]
+    for path in paths:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            records.append({"file": str(path), "error": getattr(e, "strerror", None) or f"not UTF-8 text ({e})"})
+            continue
+        records += [{"file": str(path), "index": i, "text": t} for i, t in enumerate(lines) if t.strip()]
+    for r in (r for r in records if "error" not in r):
+        per_step = bool(restored.spec.get("per_step"))
+        tokens = tok.split(r["text"]) if per_step else None
+        ids = (tok.ids(tokens) or [1]) if per_step else tok.encode(r["text"])[: max_length or None]
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids], device=target)).float().cpu()
+        if per_step:
+            tags = [restored.classes[t] for t in predicted(model, logits, None, per_step=True)[0].tolist()]
+            r.update(tags=tags, label=" ".join(f"{w}/{t}" for w, t in zip(tokens, tags)), probability=None)
+        else:
+            probability, prediction = logits[0].softmax(0).max(0)
+            r.update(prediction=int(prediction), label=restored.classes[prediction], probability=float(probability))
+    return records
+
+
 def _name(result: dict) -> str:
     """A result's input: its file, and for a series of a ``.ts`` file also its index, ``file[index]``."""
     return f"{result['file']}[{result['index']}]" if "index" in result else result["file"]
@@ -223,7 +269,8 @@ def show(results: list[dict], as_json: bool) -> None:
         if "error" in r:
             print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
         else:
-            print(f"{_name(r):<{width}}  {r['label']:<{label_width}}  {r['probability']:>11.4f}")
+            probability = "-" if r["probability"] is None else f"{r['probability']:.4f}"
+            print(f"{_name(r):<{width}}  {r['label']:<{label_width}}  {probability:>11}")
 
 
 @console.closed_pipe_ok
@@ -236,9 +283,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "paths",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="PATH",
-        help="image files, .npy files (one sample each), .ts files (many series each) or folders of them",
+        help="image files, .npy files (one sample each), .ts files (many series each) or folders of them; "
+        "for a text model, .txt files (one sample per line)",
+    )
+    parser.add_argument(
+        "--text", action="append", default=[], help="a text to classify or tag (text models; repeatable)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     parser.add_argument(
@@ -249,10 +300,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
     add_trust_options(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # PATHs may follow --text
     import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
-        results = predict(args.checkpoint, args.paths, args.invert, args.device, args.allow, args.allow_unverified)
+        if not args.paths and not args.text:
+            raise BirnnError("give PATHs to classify, or --text for a text model")
+        is_text = args.text or all(p.suffix.lower() == ".txt" for p in args.paths)
+        run = predict_texts if is_text else predict
+        options = (args.text,) if is_text else (args.invert,)
+        results = run(args.checkpoint, args.paths, *options, args.device, args.allow, args.allow_unverified)
         show(results, args.json)
         if all("error" in r for r in results):
             raise BirnnError("no image could be classified")

@@ -54,7 +54,8 @@ _publish_run_dir: Callable[[Path], None] | None = None
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def job(cfg: DictConfig) -> float:
-    """One Hydra job. Returns the sweep objective: the best validation accuracy (test only without a val split).
+    """One Hydra job. Returns the sweep objective: the best ``trainer.monitor`` score (test accuracy only without a
+    val split).
 
     The job holds its run dir (one writer); refused before training, it leaves nothing there.
     """
@@ -77,7 +78,7 @@ def job(cfg: DictConfig) -> float:
         if _publish_run_dir is not None:
             _publish_run_dir(run_dir)
         metrics = train(cfg, run_dir, started=started)
-    return metrics.get("best_val_accuracy", metrics["test_accuracy"])
+    return metrics.get(f"best_{cfg.trainer.monitor}", metrics["test_accuracy"])
 
 
 def main() -> None:

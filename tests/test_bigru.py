@@ -63,11 +63,13 @@ def test_pt2_export_of_a_two_layer_gru_with_the_shortcut(tmp_path):
         assert (torch.export.load(str(out)).module()(x) - model(x)).abs().max() <= 1e-4
 
 
-def test_export_refuses_a_variable_length_model(gru_ckpt, tmp_path, capsys):
+def test_export_refuses_a_variable_length_model_it_cannot_unpack(gru_ckpt, tmp_path, capsys):
     restored = restore(gru_ckpt[0])
     spec = {"input_shape": [29, 8], "features": 8, "max_length": None, "classes": restored.classes}
+    spec["normalization"] = {"mean": [0.0] * 8, "std": [1.0] * 8}  # standardized: not exported unpacked
     variable = replace(restored, state={**restored.state, "data": spec}, spec=spec)
-    with pytest.raises(BirnnError, match="variable-length sequences .* cannot be exported: .*pack_padded_sequence"):
+    refusal = "variable-length sequences .* cannot be exported with data.normalize.*pack_padded_sequence"
+    with pytest.raises(BirnnError, match=refusal):
         export.export(variable, "pt2", tmp_path / "m.pt2")
     assert not (tmp_path / "m.pt2").exists()
     # through the command line: one line on stderr, exit 2

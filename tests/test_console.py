@@ -29,7 +29,8 @@ HYDRA_NOISE = ("Error executing job", "HYDRA_FULL_ERROR", "To append to your con
         ),
         (
             ["data=nope"],
-            "error: Could not find 'data/nope' (options: arrays, digits, fashion_mnist, mnist, packed, uea)",
+            "error: Could not find 'data/nope' (options: arrays, digits, fashion_mnist, mnist, packed, tagged, text, "
+            "uea)",
         ),
         (
             ["model.hidden_size=abc"],
@@ -116,7 +117,7 @@ def test_a_sweep_prints_its_dir_and_where_its_summary_went(tmp_path):
 def test_help_lists_the_users_groups_not_the_schemas(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "\ndata: arrays, digits, fashion_mnist, mnist, packed, uea\n" in proc.stdout
+    assert "\ndata: arrays, digits, fashion_mnist, mnist, packed, tagged, text, uea\n" in proc.stdout
     assert "schema/" not in proc.stdout and "\nmodel: " in proc.stdout
 
 

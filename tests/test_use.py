@@ -115,6 +115,9 @@ def test_restore_without_a_stored_data_spec_asks_the_loader(ckpt, tmp_path):
         "normalization": None,
         "kind": "image",
         "patch": 1,
+        "vocab_size": None,
+        "tokenizer": None,
+        "per_step": False,
     }
     state.pop("checksum")  # older checkpoints had neither
     torch.save(state, tmp_path / "old.pt")

@@ -2,7 +2,10 @@
 
 The file holds ``x_train``, ``y_train``, ``x_test`` and ``y_test``: inputs ``(N, steps, features)`` of any
 float (or integer) dtype and integer labels ``(N,)``, plus optionally ``classes``, one name per label
-(else the names are ``0 .. max label``). ``.npz`` files are read without pickle (``allow_pickle=False``),
+(else the names are ``0 .. max label``). Integer inputs ``(N, steps)`` are token IDs (0 = padding after each
+sample's tokens; ``vocab_size`` or the largest ID + 1); labels ``(N, steps)`` are one tag per step, -100 at
+padding (each sample's length: its tokens, or for float inputs its steps up to the last labelled one).
+``.npz`` files are read without pickle (``allow_pickle=False``),
 ``.pt`` files with ``torch.load(weights_only=True)``. Every problem with the file is one clear error.
 """
 
@@ -13,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from birnn.data.pipeline import Splits
+from birnn.data.pipeline import IGNORE, Splits
 from birnn.schema.errors import BirnnError, first_line, load_reason
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -59,6 +62,18 @@ def _array(value: object, key: str, path: Path) -> np.ndarray:
         ) from None
 
 
+def _tokens(arrays: dict, key: str, source: Path, vocab_size: int) -> torch.Tensor:
+    """Token IDs ``(N, steps)``, each in ``0 .. vocab_size - 1``."""
+    x = torch.from_numpy(arrays[key].astype(np.int64))
+    outside = ((x < 0) | (x >= vocab_size)).flatten().nonzero()
+    if len(outside):
+        raise BirnnError(
+            f"{key} in {source} holds token ID {int(x.flatten()[outside[0]])}, outside 0..{vocab_size - 1} "
+            "(data.vocab_size)"
+        )
+    return x
+
+
 def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
     x = arrays[key]
     if x.dtype.kind not in "fiu":
@@ -76,18 +91,45 @@ def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
     return x
 
 
-def _labels(arrays: dict, key: str, n: int, source: Path) -> torch.Tensor:
+def _labels(arrays: dict, key: str, shape: tuple[int, ...], source: Path) -> torch.Tensor:
+    """Integer labels of ``shape``: ``(N,)``, or ``(N, steps)`` for one per step."""
     y = arrays[key]
-    if y.dtype.kind not in "iu" or y.ndim != 1 or len(y) != n:
+    if y.dtype.kind not in "iu" or y.shape != shape:
         raise BirnnError(
-            f"{key} in {source} has dtype {y.dtype} and shape {y.shape}; expected integer labels "
-            f"of shape ({n},), one per sample"
+            f"{key} in {source} has dtype {y.dtype} and shape {y.shape}; expected integer labels of shape "
+            f"({shape[0]},), one per sample, or ({shape[0]}, steps), one per step"
         )
     return torch.from_numpy(y.astype(np.int64))
 
 
-def load_arrays(root: str = "data", download: bool = False, path: str | None = None) -> Splits:
-    """The splits in the file ``path`` (relative to the working directory); ``root``/``download`` are unused."""
+def lengths_of(valid: torch.Tensor, key: str, source: Path) -> torch.Tensor | None:
+    """Each row's length: up to its last True in ``valid`` (N, steps); None when every row is full."""
+    steps = torch.arange(1, valid.shape[1] + 1)
+    lengths = (valid * steps).amax(1)
+    empty = (lengths == 0).nonzero()
+    if len(empty):
+        raise BirnnError(f"sample {int(empty[0])} of {key} in {source} is empty (all padding)")
+    return None if bool((lengths == valid.shape[1]).all()) else lengths
+
+
+def _per_step(y: torch.Tensor, lengths: torch.Tensor | None, key: str, source: Path) -> torch.Tensor:
+    """Per-step labels with every step beyond a length set to ``IGNORE``; a missing label inside one is an error."""
+    if lengths is not None:
+        y = y.masked_fill(torch.arange(y.shape[1]) >= lengths.unsqueeze(1), IGNORE)
+        inside = torch.arange(y.shape[1]) < lengths.unsqueeze(1)
+    else:
+        inside = torch.ones_like(y, dtype=torch.bool)
+    missing = ((y == IGNORE) & inside).nonzero()
+    if len(missing):
+        raise BirnnError(f"{key} in {source}: sample {int(missing[0, 0])} has no label at step {int(missing[0, 1])}")
+    return y
+
+
+def load_arrays(
+    root: str = "data", download: bool = False, path: str | None = None, vocab_size: int | None = None
+) -> Splits:
+    """The splits in the file ``path`` (relative to the working directory); ``root``/``download`` are unused.
+    ``vocab_size``: token data's number of IDs (None: the largest ID in the file + 1)."""
     if not path:
         raise BirnnError("data=arrays needs the file: data.path=FILE.npz (or .pt)")
     source = Path(path)
@@ -95,10 +137,32 @@ def load_arrays(root: str = "data", download: bool = False, path: str | None = N
     missing = [k for k in KEYS if k not in arrays]
     if missing:
         raise BirnnError(f"{source} has no {', '.join(missing)} (it needs {', '.join(KEYS)}; optional: classes)")
-    train_x, test_x = _inputs(arrays, "x_train", source), _inputs(arrays, "x_test", source)
-    if train_x.shape[2] != test_x.shape[2]:
-        raise BirnnError(f"{source}: x_train has {train_x.shape[2]} features per step but x_test has {test_x.shape[2]}")
-    train_y, test_y = _labels(arrays, "y_train", len(train_x), source), _labels(arrays, "y_test", len(test_x), source)
+    tokens = arrays["x_train"].ndim == 2 and arrays["x_train"].dtype.kind in "iu"
+    if tokens:
+        top_id = int(max(arrays["x_train"].max(initial=0), arrays["x_test"].max(initial=0)))
+        vocab_size = vocab_size or top_id + 1
+        train_x, test_x = (_tokens(arrays, k, source, vocab_size) for k in ("x_train", "x_test"))
+        if arrays["x_test"].ndim != 2:
+            raise BirnnError(f"{source}: x_train holds token IDs (N, steps) but x_test has shape {test_x.shape}")
+    else:
+        train_x, test_x = _inputs(arrays, "x_train", source), _inputs(arrays, "x_test", source)
+        if train_x.shape[2] != test_x.shape[2]:
+            raise BirnnError(
+                f"{source}: x_train has {train_x.shape[2]} features per step but x_test has {test_x.shape[2]}"
+            )
+        vocab_size = None
+    per_step = arrays["y_train"].ndim == 2
+    train_y, test_y = (
+        _labels(arrays, k, tuple(x.shape[: 1 + per_step]), source)
+        for k, x in (("y_train", train_x), ("y_test", test_x))
+    )
+    lengths = {}
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        valid = x != 0 if tokens else (y != IGNORE) if per_step else None
+        lengths[split] = lengths_of(valid, f"{'x' if tokens else 'y'}_{split}", source) if valid is not None else None
+    if per_step:
+        train_y = _per_step(train_y, lengths["train"], "y_train", source)
+        test_y = _per_step(test_y, lengths["test"], "y_test", source)
     top = int(max(train_y.max(), test_y.max()))
     if "classes" in arrays:
         names = arrays["classes"]
@@ -115,10 +179,20 @@ def load_arrays(root: str = "data", download: bool = False, path: str | None = N
     else:
         classes = [str(i) for i in range(top + 1)]
     for key, y in (("y_train", train_y), ("y_test", test_y)):
-        outside = y[(y < 0) | (y >= len(classes))]
+        outside = y[((y < 0) & (y != IGNORE if per_step else True)) | (y >= len(classes))]
         if len(outside):
             raise BirnnError(
                 f"{key} in {source} holds label {int(outside[0])}, outside classes "
                 f"(labels must be 0..{len(classes) - 1}, one per name in classes)"
             )
-    return Splits(train_x, train_y, test_x, test_y, classes=classes, kind="series")
+    return Splits(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        classes=classes,
+        train_lengths=lengths["train"],
+        test_lengths=lengths["test"],
+        kind="tokens" if tokens else "series",
+        vocab_size=vocab_size,
+    )

@@ -47,6 +47,7 @@ OFFLINE_HINT = (
     "or data=digits (ships with scikit-learn)."
 )
 # Keys of a data config that birnn itself handles (batching, hold-out, standardization), not the loader.
+IGNORE = -100  # the label of padded steps in per-step labels (cross_entropy's ignore_index)
 COMMON_KEYS = (
     "batch_size",
     "eval_batch_size",
@@ -71,6 +72,9 @@ class Splits:
     ``kind``: ``image`` (rows of an image, values in [0, 1]; pictures show images) or ``series`` (any
     sequences; pictures show line plots). ``patch``: the steps read as one (``birnn.data.patches``, set by
     ``load_data``); ``raw_shape``: ``(steps, features)`` of the inputs before patching, None when unpatched.
+    ``vocab_size``: set for token data, whose inputs are int64 token IDs ``(N, steps)`` (0 = padding).
+    ``tokenizer``: the text tokenizer as a JSON string (``birnn.data.tokenize``), None for other data. Labels
+    ``(N, steps)`` instead of ``(N,)`` are one tag per step (``IGNORE`` at padding): ``per_step``.
     """
 
     train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
@@ -87,10 +91,18 @@ class Splits:
     kind: str = "image"
     patch: int = 1
     raw_shape: tuple[int, int] | None = None
+    vocab_size: int | None = None
+    tokenizer: str | None = None
 
     @property
     def input_size(self) -> int:
-        return self.train_x.shape[-1]
+        """Features per step, or the number of token IDs for token data."""
+        return self.vocab_size if self.vocab_size is not None else self.train_x.shape[-1]
+
+    @property
+    def per_step(self) -> bool:
+        """One label per step (tagging) rather than one per sequence."""
+        return self.train_y.ndim == 2
 
     @property
     def num_classes(self) -> int:
@@ -193,11 +205,12 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
-def load_source(cfg: DictConfig, allow: Sequence[str] | None = None) -> Splits:
+def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: str | None = None) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
     ``allow`` given means ``cfg`` came from a checkpoint: its loader must pass the trust rule
-    (``birnn.schema.trust``) with those allowed modules.
+    (``birnn.schema.trust``) with those allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a
+    text loader as ``fitted`` instead of fitting one.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -210,11 +223,15 @@ def load_source(cfg: DictConfig, allow: Sequence[str] | None = None) -> Splits:
         except Exception as e:
             raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
+    if tokenizer is not None:
+        kwargs["fitted"] = tokenizer
     splits: Splits = loader(**kwargs)
-    if splits.train_x.ndim != 3 or splits.test_x.ndim != 3:
-        raise BirnnError(
-            f"{cfg._target_} must return inputs shaped (N, steps, features); got {tuple(splits.train_x.shape)}"
-        )
+    dims = 2 if splits.vocab_size is not None else 3
+    if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
+        shape = "token IDs (N, steps)" if dims == 2 else "inputs shaped (N, steps, features)"
+        raise BirnnError(f"{cfg._target_} must return {shape}; got {tuple(splits.train_x.shape)}")
+    if splits.vocab_size is not None and (cfg.get("normalize", False) or cfg.get("patch", 1) != 1):
+        raise BirnnError("data.normalize and data.patch apply to float features, not to token IDs")
     return splits
 
 
@@ -224,6 +241,7 @@ def load_data(
     normalization: dict | None = None,
     patch: int | None = None,
     allow: Sequence[str] | None = None,
+    tokenizer: str | None = None,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
@@ -231,9 +249,10 @@ def load_data(
     With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
-    inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch.
+    inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
+    a checkpoint's, for its text loader (``load_source``).
     """
-    splits = load_source(cfg, allow)
+    splits = load_source(cfg, allow, tokenizer)
     val = holdout(cfg, splits.train_y)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
@@ -260,6 +279,8 @@ def load_data(
             if (x := getattr(splits, f"{s}_x")) is not None
         }
         splits = replace(splits, normalization=normalization, **standardized)
+    if patch is None and splits.vocab_size is not None:
+        patch = 1
     if patch is None:
         patch = patches.resolve(cfg.get("patch", 1), splits.train_x, splits.train_lengths)
     if patch > 1:
@@ -289,6 +310,12 @@ def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
     of them) drawn with ``split_seed``, or fold ``fold`` of a stratified ``folds``-fold split seeded the same."""
     n = len(train_y)
     folds = cfg.get("folds", 0)
+    if folds > 1 and train_y.ndim == 2:  # per-step labels: no class per sample to stratify by
+        from sklearn.model_selection import KFold
+
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
+        _, val = list(splitter.split(train_y.numpy()))[cfg.fold]
+        return torch.from_numpy(val)
     if folds > 1:
         from sklearn.model_selection import StratifiedKFold
 
@@ -315,9 +342,10 @@ def spec(splits: Splits) -> dict:
     The raw inputs, before patching: ``features`` per step; ``max_length``: the fixed number of steps, or None
     for variable-length data; ``input_shape`` ``[steps, features]`` (the longest for variable length; older
     checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
-    (the model reads ``patch * features`` features per step).
+    (the model reads ``patch * features`` features per step); ``vocab_size``, ``tokenizer`` and ``per_step``
+    for token data and tags (token data have one "feature" per step: the ID).
     """
-    steps, features = splits.raw_shape or splits.test_x.shape[1:]
+    steps, features = splits.raw_shape or (*splits.test_x.shape[1:], 1)[:2]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
     return {
         "input_shape": [int(steps), int(features)],
@@ -327,6 +355,9 @@ def spec(splits: Splits) -> dict:
         "normalization": splits.normalization,
         "kind": splits.kind,
         "patch": splits.patch,
+        "vocab_size": splits.vocab_size,
+        "tokenizer": splits.tokenizer,
+        "per_step": splits.per_step,
     }
 
 
@@ -342,6 +373,7 @@ class Batch:
     y: Tensor
     lengths: Tensor | None  # valid steps per sample; None: every step is valid
     size: int
+    targets: int | None = None  # labels in the global batch (per-step labels: its valid steps); None: ``size``
 
 
 def shuffled_batches(
@@ -363,7 +395,8 @@ def shuffled_batches(
     for i in range(start * batch_size, len(y), batch_size):
         batch = order[i : i + batch_size]
         idx = batch[dist.shard(len(batch))]
-        yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch))
+        targets = int((y[batch] != IGNORE).sum()) if y.ndim == 2 else None
+        yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch), targets)
 
 
 def sequential_batches(

@@ -44,6 +44,11 @@ class Restored:
         return self.spec.get("normalization")
 
     @property
+    def tokenizer(self) -> str | None:
+        """The text tokenizer (JSON) the model's token IDs come from, None for other data."""
+        return self.spec.get("tokenizer")
+
+    @property
     def patch(self) -> int:
         """The steps the model reads as one (``birnn.data.patches``); 1 for checkpoints from before patches."""
         return int(self.spec.get("patch", 1))
@@ -147,7 +152,15 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     if spec is None:  # checkpoints written before the data spec was stored: ask the loader
         spec = data_spec(load_data(cfg.data, torch.device("cpu"), allow=allow))
     steps, features = spec["input_shape"]
-    model = build_model(cfg.model, features * int(spec.get("patch", 1)), len(spec["classes"]), allow=allow)
+    vocab_size = spec.get("vocab_size")
+    model = build_model(
+        cfg.model,
+        vocab_size or features * int(spec.get("patch", 1)),
+        len(spec["classes"]),
+        allow,
+        vocab_size,
+        bool(spec.get("per_step")),
+    )
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])
     if bad:

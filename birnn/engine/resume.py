@@ -36,7 +36,7 @@ class Progress:
     global_step: int = 0
     samples: int = 0
     train_seconds: float = 0.0  # wall time of training steps and checkpoint writes, evaluation excluded
-    best_val_accuracy: float | None = None
+    best_val_accuracy: float | None = None  # the best value of trainer.monitor (val_accuracy or val_f1) so far
     epochs_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
 
@@ -82,7 +82,8 @@ def check_same_data(then: dict | None, now: dict, path: Path) -> None:
     """Refuse to resume on data that differs from the checkpoint's (a changed file behind ``data.path``...)."""
     if then is None:
         return
-    changed = [k for k in ("input_shape", "classes", "normalization", "kind") if k in then and then[k] != now.get(k)]
+    keys = ("input_shape", "classes", "normalization", "kind", "vocab_size", "tokenizer")
+    changed = [k for k in keys if k in then and then[k] != now.get(k)]
     if changed:
         raise BirnnError(
             f"Cannot resume from {path}: the data differs from what it was trained on "

@@ -23,11 +23,11 @@ from omegaconf import DictConfig
 from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint, rundir
-from birnn.engine.loop import Stepper, loss_and_predictions
+from birnn.engine.loop import Stepper, correct, label_count, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
 from birnn.models.rnn import build_model
-from birnn.records.scores import EvalResult
+from birnn.records.scores import EvalResult, macro_f1, tag_scores
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import to_plain
 from birnn.schema.errors import BirnnError
@@ -59,7 +59,7 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
-    model = build_model(cfg.model, data.input_size, data.num_classes).to(device)
+    model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
     optimizer = instantiate(cfg.optimizer, model.parameters())
@@ -214,10 +214,11 @@ class Run:
 
     def step(self, batch: Batch) -> None:
         """One optimizer step on ``batch`` (gradients averaged over ranks as over one global batch)."""
-        loss_sum, correct = self.stepper.step(batch.x, batch.y, batch.lengths, batch.size)
+        labels = batch.size if batch.targets is None else batch.targets
+        loss_sum, correct = self.stepper.step(batch.x, batch.y, batch.lengths, labels)
         self.window.losses.append(loss_sum)
         self.window.corrects.append(correct)
-        self.window.samples += batch.size
+        self.window.samples += labels
         self.progress.step_in_epoch += 1
         self.progress.global_step += 1
         self.progress.samples += batch.size
@@ -310,7 +311,9 @@ class Run:
         return path
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split)."""
+        """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split); per-step
+        labels: per token, with macro-F1 over tags (and span scores for BIO/BIOES tags); macro-F1 of classes when
+        ``trainer.monitor`` is ``val_f1``."""
         d = self.data
         x, y, lengths = (d.test_x, d.test_y, d.test_lengths) if split == "test" else (d.val_x, d.val_y, d.val_lengths)
         part = self.dist.shard(len(y))
@@ -323,12 +326,20 @@ class Run:
             self.cfg.trainer.precision,
             lengths[part] if lengths is not None else None,
         )
-        loss_sum, correct = self.dist.sum(torch.stack([loss_sum, (predictions == y[part]).sum().to(loss_sum)]))
+        loss_sum, right = self.dist.sum(torch.stack([loss_sum, correct(predictions, y[part]).to(loss_sum)]))
         predictions = self.dist.cat(predictions)
-        result = EvalResult(loss_sum.item() / len(y), correct.item() / len(y), predictions)
-        if self.tracker:
+        n = label_count(y)
+        result = EvalResult(loss_sum.item() / n, right.item() / n, predictions)
+        scores = {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
+        if d.per_step:
+            scores |= {f"{split}_{k}": v for k, v in tag_scores(y, predictions, d.classes).items()}
+        elif self.cfg.trainer.monitor == "val_f1":
+            scores[f"{split}_f1"] = macro_f1(y, predictions)
+        if self.tracker and (d.per_step or d.vocab_size is not None):  # no pictures of tokens or tags
+            self.tracker.scalars(self.progress.global_step, {k.replace("_", "/", 1): v for k, v in scores.items()})
+        elif self.tracker:
             self.tracker.evaluation(self.progress.global_step, split, result, x, y, d.classes, d.kind, lengths)
-        return {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
+        return scores
 
     def close_epoch(self) -> None:
         """Count the epoch (when all its steps are done) and stop the training clock before evaluation."""
@@ -341,17 +352,16 @@ class Run:
         self.epoch_shuffle_state = self.shuffle.get_state()
 
     def record(self, scores: dict[str, float]) -> bool:
-        """Add an evaluation to the history and the best validation accuracy so far; True if it improved."""
+        """Add an evaluation to the history and the best ``trainer.monitor`` score so far; True if it improved."""
         p = self.progress
         self.metrics = scores
         p.history.append({"epoch": p.epoch, "step": p.global_step, **scores})
-        improved = "val_accuracy" in scores and (
-            p.best_val_accuracy is None or scores["val_accuracy"] > p.best_val_accuracy
-        )
+        monitor = self.cfg.trainer.monitor
+        improved = monitor in scores and (p.best_val_accuracy is None or scores[monitor] > p.best_val_accuracy)
         if improved:
-            p.best_val_accuracy = scores["val_accuracy"]
+            p.best_val_accuracy = scores[monitor]
             p.epochs_without_improvement = 0
-        elif "val_accuracy" in scores:
+        elif monitor in scores:
             p.epochs_without_improvement += 1
         self.clock = time.perf_counter()  # evaluation is not training time
         return improved
@@ -377,7 +387,8 @@ class Run:
             **self.metrics,
             **(self.test_pass() if test else {}),
             "test_on": self.cfg.trainer.get("test_on", "last"),
-            **({"best_val_accuracy": p.best_val_accuracy} if self.data.val_x is not None else {}),
+            **({f"best_{self.cfg.trainer.monitor}": p.best_val_accuracy} if self.data.val_x is not None else {}),
+            "monitor": self.cfg.trainer.monitor,
             "epochs": p.epoch,
             "steps": p.global_step,
             "world_size": self.dist.world_size,

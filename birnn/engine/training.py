@@ -101,7 +101,7 @@ def train(
                 run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
                 patience = t.early_stopping_patience
                 if patience and p.epochs_without_improvement >= patience:
-                    log.info("Early stopping: validation accuracy has not improved for %d epochs.", patience)
+                    log.info("Early stopping: %s has not improved for %d epochs.", t.monitor, patience)
                     break
                 if on_evaluation is not None and on_evaluation(p.history):
                     pruned = True

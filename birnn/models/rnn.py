@@ -7,6 +7,7 @@ the recurrence, and every readout reads each sample at its own length.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -17,10 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
+from birnn.models.crf import CRF
 from birnn.models.layers import pack
 from birnn.schema import trust
 from birnn.schema.errors import BirnnError, check_config, first_line
 
+log = logging.getLogger("birnn")
 READOUTS = ("last", "final", "mean")
 _GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # model.cell -> (multi-layer cuDNN-capable module, one-step cell with the same gate layout)
@@ -104,6 +107,11 @@ class RNNClassifier(nn.Module):
     top layer, both directions concatenated) and ``mean`` (output averaged over time); with ``lengths``,
     "last step" and "over time" mean each sample's own valid steps. Parameter names match the tutorial's
     model (``lstm.*``, ``fc.*``); a GRU's are ``gru.*``.
+
+    Token data (``vocab_size`` given): int64 IDs ``(batch, steps)`` pass an ``nn.Embedding`` (``embedding.*``,
+    padding ID 0) first. ``per_step``: the head reads every step and the logits are ``(batch, steps,
+    num_classes)`` (readouts do not apply); ``crf`` adds a linear-chain CRF (``crf.*``) that the training loss
+    and the decoding use (``birnn.engine.loop``).
     """
 
     def __init__(
@@ -117,10 +125,23 @@ class RNNClassifier(nn.Module):
         readout: str = "last",
         backward_shortcut: bool = True,
         cell: str = "lstm",
+        embedding_dim: int = 64,
+        crf: bool = False,
+        vocab_size: int | None = None,
+        per_step: bool = False,
     ):
         super().__init__()
         check_options(hidden_size, num_layers, dropout, readout, cell)
-        self.readout, self.cell = readout, cell
+        if crf and not per_step:
+            raise BirnnError("model.crf=true needs per-step labels (data=tagged, or arrays with y of shape (N, steps))")
+        if vocab_size is not None and not 0 < embedding_dim <= MAX_WIDTH:
+            raise BirnnError(f"model.embedding_dim must be in 1..{MAX_WIDTH}, got {embedding_dim}")
+        if per_step and (readout != "last" or not backward_shortcut):
+            log.warning("model.readout and model.backward_shortcut do not apply to per-step labels: every step is read")
+        self.readout, self.cell, self.per_step = readout, cell, per_step
+        if vocab_size is not None:
+            self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+            input_size = embedding_dim
         self.add_module(
             cell,
             CELLS[cell][0](
@@ -128,7 +149,9 @@ class RNNClassifier(nn.Module):
             ),
         )
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
-        shortcut = backward_shortcut and readout == "last" and bidirectional
+        if crf:
+            self.crf = CRF(num_classes)
+        shortcut = backward_shortcut and readout == "last" and bidirectional and not per_step
         # Not a submodule: it only borrows the recurrent module's parameters.
         self._last_step = _LastStepPath(self.rnn) if shortcut else None
 
@@ -140,8 +163,12 @@ class RNNClassifier(nn.Module):
     def features(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         if lengths is not None and not len(lengths):
             lengths = None  # an empty batch (a process's share of DDP's last batch) has nothing to pack
+        if hasattr(self, "embedding"):
+            x = self.embedding(x)
         if self._last_step is not None:
             return self._last_step(x, self.training, lengths)
+        if self.per_step:
+            return self._every_step(x, lengths)
         if lengths is None:
             out, hidden = self.rnn(x)
         else:
@@ -156,8 +183,16 @@ class RNNClassifier(nn.Module):
             return _at_last_step(out, lengths)
         return out.sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1)  # padded outputs are zeros
 
+    def _every_step(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        """The top layer's output at every step (batch, steps, directions x hidden); zeros beyond a length."""
+        if lengths is None:
+            return self.rnn(x)[0]
+        packed, _ = self.rnn(pack(x, lengths))
+        return pad_packed_sequence(packed, batch_first=True, total_length=x.shape[1])[0]
+
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Logits in fp32 for ``x`` (batch, steps, features), each sample's first ``lengths[i]`` steps if given.
+        """Logits in fp32 for ``x`` (batch, steps, features), each sample's first ``lengths[i]`` steps if given;
+        ``(batch, steps, classes)`` for per-step labels.
 
         Under autocast only the recurrent features run in low precision: the linear head runs in fp32
         (low-precision logits blur the loss gradient and cost accuracy)."""
@@ -191,21 +226,37 @@ def _innermost(error: BaseException) -> BaseException:
     return error
 
 
-def build_model(cfg: DictConfig, input_size: int, num_classes: int, allow: Iterable[str] | None = None) -> nn.Module:
+def build_model(
+    cfg: DictConfig,
+    input_size: int,
+    num_classes: int,
+    allow: Iterable[str] | None = None,
+    vocab_size: int | None = None,
+    per_step: bool = False,
+) -> nn.Module:
     """The model ``cfg`` (the ``model`` node) names: ``cfg._target_(input_size=..., num_classes=..., **keys)``.
+
+    Token data add ``vocab_size=...`` (``input_size`` is then the vocabulary size too) and per-step labels add
+    ``per_step=True``; neither is passed otherwise, so a model for float sequences needs neither.
 
     Training (``allow`` None) instantiates the user's own config with Hydra. Restoring a checkpoint passes
     ``allow``: the stored ``_target_`` is resolved under the trust rule (``birnn.schema.trust``) and called with the
     stored keys as plain values, so nothing nested in them is instantiated.
     """
     target = cfg.get("_target_")
+    given = {
+        "input_size": input_size,
+        "num_classes": num_classes,
+        **({"vocab_size": vocab_size} if vocab_size is not None else {}),
+        **({"per_step": True} if per_step else {}),
+    }
     try:
         if allow is None:
-            model = instantiate(cfg, input_size=input_size, num_classes=num_classes)
+            model = instantiate(cfg, **given)
         else:
             factory = trust.resolve(target, "model._target_", allow)
             keys = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "_target_"}
-            model = factory(input_size=input_size, num_classes=num_classes, **keys)
+            model = factory(**given, **keys)
     except BirnnError:
         raise
     except InstantiationException as e:  # Hydra's wrapper around the import or the call that failed

@@ -31,7 +31,8 @@ from birnn.system.files import atomic_write
 
 STATUS_FILE = "status.json"
 METRICS = ("test_accuracy", "test_loss", "train_seconds")
-VALIDATION = ("best_val_accuracy", "val_accuracy")  # ranking metrics, first present wins
+# ranking metrics, first present wins (a run's ``monitor``, trainer.monitor, puts best_val_f1 first)
+VALIDATION = ("best_val_accuracy", "val_accuracy")
 REPLICATES = {"seed": "seeds", "data.fold": "folds"}  # swept keys averaged over (mean ± std per configuration)
 NOT_SELECTED = "†"  # marks the test columns in summary.md when the ranking did not look at them
 LOWER_IS_BETTER = ("loss", "seconds")
@@ -112,8 +113,10 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 
 
 def default_metric(jobs: list[Job]) -> str:
-    """The best validation accuracy when the runs have a validation split (model selection), else test accuracy."""
-    return next((m for m in VALIDATION if any(m in job.metrics for job in jobs)), "test_accuracy")
+    """The best validation score (``trainer.monitor``'s) when the runs have a validation split (model selection),
+    else test accuracy."""
+    monitored = [f"best_{m}" for m in dict.fromkeys(job.metrics.get("monitor", "val_accuracy") for job in jobs)]
+    return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), "test_accuracy")
 
 
 def lower_is_better(metric: str) -> bool:

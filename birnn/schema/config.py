@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 TEST_ON = ("last", "best")
+MONITORS = ("val_accuracy", "val_f1")
 log = logging.getLogger("birnn")
 RNN_CLASSIFIER = "birnn.models.RNNClassifier"  # the model of checkpoints written before model._target_
 # Where birnn's own components moved when the modules became packages (2026-12): checkpoints and configs that
@@ -80,6 +81,8 @@ class ModelConfig:
         True  # readout=last: the last layer's backward direction runs over the final step only (exact, faster)
     )
     cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
+    embedding_dim: int = 64  # token data only: the nn.Embedding (padding ID 0) in front of the recurrence
+    crf: bool = False  # per-step labels only: a linear-chain CRF on the per-step scores (birnn/models/crf.py)
 
 
 @dataclass
@@ -147,6 +150,46 @@ class UEADataConfig(DataConfig):
     name: str | None = None  # required: the problem, e.g. JapaneseVowels (<root>/<name>/<name>_TRAIN.ts)
     batch_size: int = 32
     normalize: bool = True  # per-channel standardization with the training split's statistics
+
+
+@dataclass
+class TextDataConfig(DataConfig):
+    """``data=text``: labelled texts, tokenized (``birnn/data/text.py``, ``birnn/data/tokenize.py``)."""
+
+    _target_: str = "birnn.data.load_text"
+    download: bool = False  # unused (as is root)
+    path: str | None = None  # required: a .csv/.tsv/.jsonl file, or a folder with one folder of .txt files per class
+    test_path: str | None = None  # the test split in the same form; null: data.test_fraction of data.path
+    test_fraction: float = 0.2  # without test_path: a stratified fraction of data.path held out for test
+    test_seed: int = 0  # seeds the test_fraction draw
+    text_column: str = "text"  # CSV/TSV header name or JSONL key of the text
+    label_column: str = "label"  # ... and of the label (any string; classes are the training split's, sorted)
+    tokenizer: str = "word"  # char | word (letters/digits runs and punctuation) | bpe (needs birnn[text])
+    vocab_size: int | None = None  # most frequent tokens kept, <pad> and <unk> included; null: all (bpe: 8000)
+    min_freq: int = 1  # tokens seen fewer times in the training split become <unk>
+    lowercase: bool = True
+    max_length: int | None = None  # longer texts are truncated to this many tokens (one warning counts them)
+    batch_size: int = 32
+
+
+@dataclass
+class TaggedDataConfig(DataConfig):
+    """``data=tagged``: sentences with one tag per token (``birnn/data/tagged.py``)."""
+
+    _target_: str = "birnn.data.load_tagged"
+    download: bool = False  # unused (as is root)
+    path: str | None = None  # required: a file, or a folder whose files are all read (sorted)
+    test_path: str | None = None  # the test split in the same form; null: data.test_fraction of the sentences
+    test_fraction: float = 0.1  # without test_path: a fraction of the sentences held out for test
+    test_seed: int = 0  # seeds the test_fraction draw
+    format: str = "conll"  # conll: one token per line, blank line between sentences | slash: word/tag tokens per line
+    token_column: int = 0  # conll: the whitespace column of the token (0-based)
+    tag_column: int = -1  # conll: the column of the tag (-1: the last)
+    vocab_size: int | None = None  # most frequent words kept, <pad> and <unk> included; null: all
+    min_freq: int = 1  # words seen fewer times in the training split become <unk>
+    lowercase: bool = True
+    max_length: int | None = None  # a longer sentence is refused (naming file and line): tags are never truncated
+    batch_size: int = 32
 
 
 def data_schema(schema: type = DataConfig) -> DictConfig:
@@ -232,6 +275,9 @@ class TrainerConfig:
     test_every_epoch: bool | None = None
     # resume from a checkpoint without a checksum (written by a birnn before 2026-11-29): only if you trust the file
     allow_unverified: bool = False
+    # what "best" means (best.pt, early stopping, sweep ranking, search objective): val_accuracy | val_f1 (macro-F1
+    # over classes or tags)
+    monitor: str = "val_accuracy"
 
 
 @dataclass
@@ -297,6 +343,8 @@ def register_schemas() -> None:
     cs.store(group="schema/model", name="inception_time", node=InceptionTimeConfig)
     cs.store(group="schema/data", name="data", node=data_schema())
     cs.store(group="schema/data", name="uea", node=data_schema(UEADataConfig))
+    cs.store(group="schema/data", name="text", node=data_schema(TextDataConfig))
+    cs.store(group="schema/data", name="tagged", node=data_schema(TaggedDataConfig))
     cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
@@ -314,7 +362,8 @@ def register_schemas() -> None:
 register_schemas()
 
 OPTIMIZER_SCHEMAS = {cls._target_: cls for cls in (AdamConfig, AdamWConfig, SGDConfig)}
-DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig,)}  # data options with their own keys
+# data options with their own keys
+DATA_SCHEMAS = {cls._target_: cls for cls in (UEADataConfig, TextDataConfig, TaggedDataConfig)}
 TYPED_GROUPS = ("model", "data", "optimizer")
 
 
@@ -411,6 +460,7 @@ def validate(cfg: DictConfig) -> None:
             "trainer.early_stopping_patience needs a validation split: set data.val_size > 0 (or data.folds)",
         ),
         (t.test_on in TEST_ON, f"trainer.test_on must be one of {', '.join(TEST_ON)}; got {t.test_on!r}"),
+        (t.monitor in MONITORS, f"trainer.monitor must be one of {', '.join(MONITORS)}; got {t.monitor!r}"),
         (
             t.test_on == "last" or has_validation(d),
             "trainer.test_on=best needs a validation split: set data.val_size > 0 (or data.folds)",

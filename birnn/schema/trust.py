@@ -33,6 +33,8 @@ BUILTIN = frozenset(
         "birnn.data.load_digits",
         "birnn.data.load_arrays",
         "birnn.data.load_uea",
+        "birnn.data.load_text",
+        "birnn.data.load_tagged",
         "birnn.data.load_packed",
         "birnn.models.RNNClassifier",
         "birnn.models.LSTMFCN",

@@ -105,7 +105,7 @@ class Objective:
                     OmegaConf.save(cfg, record / "config.yaml")
                     OmegaConf.save(OmegaConf.create(overrides), record / "overrides.yaml")
                 log.info("Trial %d in %s: %s", trial.number, run_dir, " ".join(overrides[len(self.base) :]))
-                pruned = Pruning(trial, cfg.trainer.epochs)
+                pruned = Pruning(trial, cfg.trainer.epochs, cfg.trainer.monitor)
                 with rundir.claim(run_dir, None, None, clean=False):  # one writer per trial dir
                     metrics = train(cfg, run_dir, on_evaluation=pruned)
             except rundir.Busy as e:  # another live worker has this trial's dir: its status is not ours to write
@@ -126,7 +126,7 @@ class Objective:
             log.info("Trial %d pruned at epoch %d of %d.", trial.number, metrics["epochs"], cfg.trainer.epochs)
             raise optuna.TrialPruned()  # Optuna's own line for it is left out: not_optunas_pruned_line
         trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
-        return metrics["best_val_accuracy"]
+        return metrics[f"best_{cfg.trainer.monitor}"]
 
     def one_too_many(self, trial: optuna.Trial) -> bool:
         """Whether ``search.n_trials`` trials numbered before this one are running or done: workers that counted
@@ -155,13 +155,13 @@ def frozen(trial: optuna.Trial) -> FrozenTrial:
 class Pruning:
     """``Run.on_evaluation`` for a trial: report each epoch's validation accuracy, stop when the pruner says."""
 
-    def __init__(self, trial: optuna.Trial, epochs: int):
-        self.trial, self.epochs, self.reported, self.stopped = trial, epochs, set(), False
+    def __init__(self, trial: optuna.Trial, epochs: int, monitor: str = "val_accuracy"):
+        self.trial, self.epochs, self.monitor, self.reported, self.stopped = trial, epochs, monitor, set(), False
 
     def __call__(self, history: list[dict]) -> bool:
         for entry in history:  # a resumed trial reports the epochs of its earlier attempt too
-            if entry["epoch"] not in self.reported and "val_accuracy" in entry:
-                self.trial.report(entry["val_accuracy"], entry["epoch"])
+            if entry["epoch"] not in self.reported and self.monitor in entry:
+                self.trial.report(entry[self.monitor], entry["epoch"])
                 self.reported.add(entry["epoch"])
         self.stopped = history[-1]["epoch"] < self.epochs and self.trial.should_prune()
         return self.stopped

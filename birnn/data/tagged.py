@@ -1,0 +1,158 @@
+"""``data=tagged``: sentences with one tag per token, CoNLL-style columns or ``word/tag`` tokens (the Brown corpus).
+
+``data.format=conll``: one token per line, whitespace-separated columns (``data.token_column``,
+``data.tag_column``, 0-based, -1 the last), a blank line between sentences, ``-DOCSTART-`` lines skipped.
+``data.format=slash``: one sentence per line of ``word/tag`` tokens (split at the last ``/``). ``data.path`` (and
+``data.test_path``) is a file or a folder whose files are all read, sorted. Sentences are never truncated: with
+``data.max_length`` a longer one is refused, naming file and line. The word vocabulary (``birnn.data.tokenize``)
+is fitted on the training sentences only; the classes are the tags of both splits (the tag set: a rare tag may
+occur in test sentences only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from birnn.data import tokenize
+from birnn.data.pipeline import IGNORE, Splits
+from birnn.data.text import padded
+from birnn.schema.errors import BirnnError
+
+FORMATS = ("conll", "slash")
+
+
+@dataclass
+class Sentence:
+    tokens: list[str]
+    tags: list[str]
+    where: str  # file:line of its first token
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise BirnnError(f"{path}: an empty folder")
+        return files
+    if not path.is_file():
+        raise BirnnError(f"{path}: no such file or folder")
+    return [path]
+
+
+def read_sentences(path: Path, format: str = "conll", token_column: int = 0, tag_column: int = -1) -> list[Sentence]:
+    """Every sentence of the file (or the folder's files) at ``path``; a malformed line is one error naming it."""
+    if format not in FORMATS:
+        raise BirnnError(f"data.format must be one of {', '.join(FORMATS)}; got {format!r}")
+    sentences: list[Sentence] = []
+    for file in _files(path):
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise BirnnError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        sentences += _slash(lines, file) if format == "slash" else _conll(lines, file, token_column, tag_column)
+    if not sentences:
+        raise BirnnError(f"{path} holds no sentences")
+    return sentences
+
+
+def _slash(lines: list[str], file: Path) -> list[Sentence]:
+    sentences = []
+    for number, line in enumerate(lines, 1):
+        pairs = [token.rpartition("/") for token in line.split()]
+        bad = next((t for t, (word, slash, tag) in zip(line.split(), pairs) if not (word and slash and tag)), None)
+        if bad is not None:
+            raise BirnnError(f"{file}:{number}: {bad!r} is not word/tag (data.format=slash)")
+        if pairs:
+            sentences.append(Sentence([w for w, _, _ in pairs], [t for _, _, t in pairs], f"{file}:{number}"))
+    return sentences
+
+
+def _conll(lines: list[str], file: Path, token_column: int, tag_column: int) -> list[Sentence]:
+    sentences, tokens, tags, start = [], [], [], 0
+    need = max(token_column, tag_column) + 1
+    for number, line in enumerate([*lines, ""], 1):
+        columns = line.split()
+        if columns and columns[0] == "-DOCSTART-":
+            continue
+        if not columns:
+            if tokens:
+                sentences.append(Sentence(tokens, tags, f"{file}:{start}"))
+            tokens, tags = [], []
+            continue
+        if len(columns) < max(need, 2, -min(token_column, tag_column)):
+            raise BirnnError(
+                f"{file}:{number}: {len(columns)} column(s), but data.token_column={token_column} and "
+                f"data.tag_column={tag_column} need more (data.format=conll: token and tag per line)"
+            )
+        start = start if tokens else number
+        tokens.append(columns[token_column])
+        tags.append(columns[tag_column])
+    return sentences
+
+
+def load_tagged(
+    root: str = "data",
+    download: bool = False,
+    path: str | None = None,
+    test_path: str | None = None,
+    test_fraction: float = 0.1,
+    test_seed: int = 0,
+    format: str = "conll",
+    token_column: int = 0,
+    tag_column: int = -1,
+    vocab_size: int | None = None,
+    min_freq: int = 1,
+    lowercase: bool = True,
+    max_length: int | None = None,
+    fitted: str | None = None,
+) -> Splits:
+    """The tagged sentences in ``path`` (and ``test_path``) as token IDs and per-step tags; ``root``/``download``
+    are unused."""
+    if not path:
+        raise BirnnError("data=tagged needs the sentences: data.path=FILE or FOLDER (data.format=conll|slash)")
+    train = read_sentences(Path(path), format, token_column, tag_column)
+    if test_path:
+        test = read_sentences(Path(test_path), format, token_column, tag_column)
+    else:
+        if not 0 < test_fraction < 1:
+            raise BirnnError(
+                f"data.test_fraction must be in (0, 1) when data.test_path is not set, got {test_fraction}"
+            )
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(test_seed)).tolist()
+        n_test = max(1, round(test_fraction * len(train)))
+        test, train = [train[i] for i in order[:n_test]], [train[i] for i in order[n_test:]]
+    long = next((s for s in (*train, *test) if max_length and len(s.tokens) > max_length), None)
+    if long is not None:
+        raise BirnnError(
+            f"{long.where}: a sentence of {len(long.tokens)} tokens, longer than data.max_length={max_length} "
+            "(tagging never truncates: raise data.max_length or set it to null)"
+        )
+    tok = (
+        tokenize.from_json(fitted)
+        if fitted
+        else tokenize.fit((s.tokens for s in train), "word", vocab_size, min_freq, lowercase, split=False)
+    )
+    classes = sorted({t for s in (*train, *test) for t in s.tags})  # the tag set (a rare tag may be test-only)
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for name, sentences in (("train", train), ("test", test)):
+        x, lengths = padded([tok.ids(s.tokens) for s in sentences])
+        y = torch.full(x.shape, IGNORE, dtype=torch.int64)
+        for row, s in enumerate(sentences):
+            y[row, : len(s.tags)] = torch.tensor([index[t] for t in s.tags])
+        splits[name] = (x, y, lengths)
+    return Splits(
+        splits["train"][0],
+        splits["train"][1],
+        splits["test"][0],
+        splits["test"][1],
+        classes=classes,
+        train_lengths=splits["train"][2],
+        test_lengths=splits["test"][2],
+        kind="text",
+        vocab_size=tok.size,
+        tokenizer=tok.to_json(),
+    )

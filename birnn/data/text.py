@@ -1,0 +1,186 @@
+"""``data=text``: labelled texts from CSV/TSV/JSONL files or class folders, tokenized into padded token IDs.
+
+``data.path`` is a ``.csv``/``.tsv`` file (a header row naming ``data.text_column`` and ``data.label_column``), a
+``.jsonl`` file (one object per line with those keys), or a folder with one sub-folder of ``.txt`` files per class
+(each file one sample). The test split is ``data.test_path`` (same form) or a stratified ``data.test_fraction`` of
+``data.path`` drawn with ``data.test_seed``. The tokenizer (``birnn.data.tokenize``) is fitted on the training
+split only, or given (a checkpoint's, ``fitted``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from birnn.data import tokenize
+from birnn.data.pipeline import Splits
+from birnn.schema.errors import BirnnError
+
+log = logging.getLogger("birnn")
+TABLES = {".csv": ",", ".tsv": "\t"}
+
+
+def read_texts(path: Path, text_column: str = "text", label_column: str = "label") -> tuple[list[str], list[str]]:
+    """Texts and their labels (as strings) from a CSV/TSV/JSONL file or a folder of class folders."""
+    if path.is_dir():
+        return _read_folder(path)
+    if not path.is_file():
+        raise BirnnError(f"{path}: no such file or folder")
+    texts, labels = [], []
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if path.suffix in TABLES:
+                csv.field_size_limit(sys.maxsize)
+                reader = csv.DictReader(f, delimiter=TABLES[path.suffix])
+                missing = [c for c in (text_column, label_column) if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise BirnnError(
+                        f"{path}:1: no column {missing[0]!r} in the header ({', '.join(reader.fieldnames or [])}); "
+                        "set data.text_column / data.label_column"
+                    )
+                for row in reader:
+                    if row[text_column] is None or row[label_column] is None:
+                        raise BirnnError(f"{path}:{reader.line_num}: the row has too few fields")
+                    texts.append(row[text_column])
+                    labels.append(row[label_column])
+            elif path.suffix == ".jsonl":
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        record = _json_line(line, path, number)
+                        if not isinstance(record.get(text_column), str) or label_column not in record:
+                            raise BirnnError(
+                                f"{path}:{number}: needs a string {text_column!r} and a {label_column!r} "
+                                "(data.text_column / data.label_column)"
+                            )
+                        texts.append(record[text_column])
+                        labels.append(str(record[label_column]))
+            else:
+                raise BirnnError(f"{path}: expected a .csv, .tsv or .jsonl file, or a folder of class folders")
+    except UnicodeDecodeError as e:
+        raise BirnnError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise BirnnError(f"{path}: not a readable table ({e})") from None
+    if not texts:
+        raise BirnnError(f"{path} holds no samples")
+    return texts, labels
+
+
+def _json_line(line: str, path: Path, number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise BirnnError(f"{path}:{number}: not a JSON object ({e})") from None
+    if not isinstance(record, dict):
+        raise BirnnError(f"{path}:{number}: not a JSON object")
+    return record
+
+
+def _read_folder(path: Path) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        for file in sorted(folder.glob("*.txt")):
+            try:
+                texts.append(file.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as e:
+                raise BirnnError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            labels.append(folder.name)
+    if not texts:
+        raise BirnnError(f"{path}: no class folders holding .txt files")
+    return texts, labels
+
+
+def truncated(ids: list[list[int]], max_length: int | None) -> tuple[list[list[int]], int]:
+    """Each sample cut to ``max_length`` tokens (None: kept whole), and how many were cut."""
+    if not max_length:
+        return ids, 0
+    return [i[:max_length] for i in ids], sum(len(i) > max_length for i in ids)
+
+
+def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token IDs (N, longest) zero-padded, and each sample's length."""
+    lengths = torch.tensor([len(i) for i in ids], dtype=torch.int64)
+    x = torch.zeros(len(ids), int(lengths.max()), dtype=torch.int64)
+    for row, i in enumerate(ids):
+        x[row, : len(i)] = torch.tensor(i, dtype=torch.int64)
+    return x, lengths
+
+
+def label_ids(labels: list[str], classes: list[str], where: str) -> torch.Tensor:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = next((label for label in labels if label not in index), None)
+    if unknown is not None:
+        raise BirnnError(
+            f"{where} has label {unknown!r}, which the training split does not have ({', '.join(classes)})"
+        )
+    return torch.tensor([index[label] for label in labels], dtype=torch.int64)
+
+
+def held_out(labels: list[str], fraction: float, seed: int, path: str) -> tuple[list[int], list[int]]:
+    """Training and test indices: a stratified ``fraction`` for test, drawn with ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise BirnnError(f"data.test_fraction must be in (0, 1) when data.test_path is not set, got {fraction}")
+    try:
+        train, test = train_test_split(range(len(labels)), test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as e:
+        raise BirnnError(f"{path}: cannot hold out a stratified data.test_fraction={fraction} ({e})") from None
+    return list(train), list(test)
+
+
+def load_text(
+    root: str = "data",
+    download: bool = False,
+    path: str | None = None,
+    test_path: str | None = None,
+    test_fraction: float = 0.2,
+    test_seed: int = 0,
+    text_column: str = "text",
+    label_column: str = "label",
+    tokenizer: str = "word",
+    vocab_size: int | None = None,
+    min_freq: int = 1,
+    lowercase: bool = True,
+    max_length: int | None = None,
+    fitted: str | None = None,
+) -> Splits:
+    """The texts in ``path`` (and ``test_path``) as token IDs; ``root``/``download`` are unused."""
+    if not path:
+        raise BirnnError("data=text needs the labelled texts: data.path=FILE.csv|.tsv|.jsonl or a folder")
+    texts, labels = read_texts(Path(path), text_column, label_column)
+    if test_path:
+        test_texts, test_labels = read_texts(Path(test_path), text_column, label_column)
+    else:
+        train, test = held_out(labels, test_fraction, test_seed, path)
+        test_texts, test_labels = [texts[i] for i in test], [labels[i] for i in test]
+        texts, labels = [texts[i] for i in train], [labels[i] for i in train]
+    tok = tokenize.from_json(fitted) if fitted else tokenize.fit(texts, tokenizer, vocab_size, min_freq, lowercase)
+    classes = sorted(set(labels))
+    train_ids, cut = truncated([tok.encode(t) for t in texts], max_length)
+    test_ids, test_cut = truncated([tok.encode(t) for t in test_texts], max_length)
+    if cut + test_cut:
+        log.warning(
+            "%d of %d texts are longer than data.max_length=%d tokens: truncated",
+            cut + test_cut,
+            len(train_ids) + len(test_ids),
+            max_length,
+        )
+    (train_x, train_lengths), (test_x, test_lengths) = padded(train_ids), padded(test_ids)
+    return Splits(
+        train_x,
+        label_ids(labels, classes, path),
+        test_x,
+        label_ids(test_labels, classes, test_path or path),
+        classes=classes,
+        train_lengths=train_lengths,
+        test_lengths=test_lengths,
+        kind="text",
+        vocab_size=tok.size,
+        tokenizer=tok.to_json(),
+    )

@@ -1,0 +1,141 @@
+"""Tokenizers fitted on a training split (char, word, or BPE through Hugging Face ``tokenizers``), stored as JSON.
+
+ID 0 is ``<pad>`` and ID 1 ``<unk>``. A tokenizer travels in a checkpoint as a JSON string (plain data, never a
+pickle); ``from_json`` checks its size and shape before use, so a crafted one runs no code and an absurd one is
+refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from birnn.schema.errors import BirnnError
+
+PAD, UNK = "<pad>", "<unk>"
+KINDS = ("char", "word", "bpe")
+WORD = re.compile(r"\w+|[^\w\s]")  # a run of letters/digits, or one punctuation mark
+MAX_JSON_CHARS = 64 * 2**20  # a stored tokenizer beyond 64 MiB is not one birnn wrote
+MAX_VOCAB = 2_000_000
+MAX_TOKEN_CHARS = 1_000
+
+
+@dataclass
+class Tokenizer:
+    """Text -> token IDs. ``vocab[i]`` is the token of ID ``i`` (char, word); ``bpe`` is the Hugging Face
+    tokenizer's own JSON (its vocabulary holds ``<pad>`` = 0 and ``<unk>`` = 1 too)."""
+
+    kind: str
+    lowercase: bool = False
+    vocab: list[str] = field(default_factory=lambda: [PAD, UNK])
+    bpe: str | None = None
+
+    def __post_init__(self) -> None:
+        self._ids = {t: i for i, t in enumerate(self.vocab)}
+        self._bpe = None
+        if self.bpe is not None:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            try:
+                self._bpe = HFTokenizer.from_str(self.bpe)
+            except Exception as e:  # the Rust library's errors (malformed JSON, unknown model, ...)
+                raise BirnnError(f"the stored BPE tokenizer cannot be read: {str(e).splitlines()[0]}") from None
+
+    @property
+    def size(self) -> int:
+        """The number of token IDs (the embedding's rows)."""
+        return self._bpe.get_vocab_size() if self._bpe is not None else len(self.vocab)
+
+    def split(self, text: str) -> list[str]:
+        """The tokens of ``text`` (char and word; BPE splits inside ``encode``)."""
+        text = text.lower() if self.lowercase else text
+        return list(text) if self.kind == "char" else WORD.findall(text)
+
+    def encode(self, text: str) -> list[int]:
+        """Token IDs of ``text``: unknown tokens become ``<unk>``; an empty text is one ``<unk>``."""
+        if self._bpe is not None:
+            ids = self._bpe.encode(text.lower() if self.lowercase else text).ids
+        else:
+            ids = self.ids(self.split(text))
+        return ids or [1]
+
+    def cased(self, tokens: Iterable[str]) -> list[str]:
+        """Already split tokens (``data=tagged``) as the vocabulary holds them: lower-cased when the tokenizer is."""
+        return [t.lower() for t in tokens] if self.lowercase else list(tokens)
+
+    def ids(self, tokens: Iterable[str]) -> list[int]:
+        """IDs of already split tokens; unknown ones are ``<unk>``."""
+        return [self._ids.get(t, 1) for t in self.cased(tokens)]
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab, "bpe": self.bpe})
+
+
+def fit(
+    texts: Iterable[str],
+    kind: str = "word",
+    vocab_size: int | None = None,
+    min_freq: int = 1,
+    lowercase: bool = False,
+    split: bool = True,
+) -> Tokenizer:
+    """A tokenizer fitted on ``texts`` (the training split only): the ``vocab_size`` most frequent tokens seen at
+    least ``min_freq`` times (ties by first appearance), ``<pad>`` and ``<unk>`` included. ``split`` False: each
+    item of ``texts`` is a list of tokens already."""
+    if kind not in KINDS:
+        raise BirnnError(f"data.tokenizer must be one of {', '.join(KINDS)}; got {kind!r}")
+    if vocab_size is not None and vocab_size < 3:
+        raise BirnnError(f"data.vocab_size must be >= 3 (<pad>, <unk> and one token) or null, got {vocab_size}")
+    if kind == "bpe":
+        return _fit_bpe(texts, vocab_size, min_freq, lowercase)
+    tokenizer = Tokenizer(kind, lowercase)
+    counts = Counter(t for item in texts for t in (tokenizer.split(item) if split else tokenizer.cased(item)))
+    kept = [t for t, n in counts.most_common() if n >= min_freq and t not in (PAD, UNK)]
+    limit = None if vocab_size is None else vocab_size - 2
+    return Tokenizer(kind, lowercase, [PAD, UNK, *kept[:limit]])
+
+
+def _fit_bpe(texts: Iterable[str], vocab_size: int | None, min_freq: int, lowercase: bool) -> Tokenizer:
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import models, pre_tokenizers, trainers
+    except ImportError:
+        raise BirnnError("data.tokenizer=bpe needs Hugging Face tokenizers: pip install 'birnn[text]'") from None
+    hf = HFTokenizer(models.BPE(unk_token=UNK))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size or 8000, min_frequency=min_freq, special_tokens=[PAD, UNK], show_progress=False
+    )
+    hf.train_from_iterator((t.lower() if lowercase else t for t in texts), trainer)
+    return Tokenizer("bpe", lowercase, [PAD, UNK], hf.to_str())
+
+
+def from_json(text: object) -> Tokenizer:
+    """The tokenizer a checkpoint stores, checked: plain JSON of the expected shape and of sane size."""
+    if not isinstance(text, str):
+        raise BirnnError(f"the stored tokenizer is a {type(text).__name__}, not a JSON string")
+    if len(text) > MAX_JSON_CHARS:
+        raise BirnnError(f"the stored tokenizer is {len(text)} characters long (at most {MAX_JSON_CHARS}): refused")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise BirnnError(f"the stored tokenizer is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("kind") not in KINDS or not isinstance(data.get("lowercase"), bool):
+        raise BirnnError("the stored tokenizer lacks its kind (char, word, bpe) or lowercase flag")
+    vocab, bpe = data.get("vocab"), data.get("bpe")
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab) or vocab[:2] != [PAD, UNK]:
+        raise BirnnError("the stored tokenizer's vocab must be a list of strings starting with <pad>, <unk>")
+    if len(vocab) > MAX_VOCAB or any(len(t) > MAX_TOKEN_CHARS for t in vocab):
+        raise BirnnError(
+            f"the stored tokenizer holds {len(vocab)} tokens, up to {max(map(len, vocab))} characters each "
+            f"(at most {MAX_VOCAB} of {MAX_TOKEN_CHARS}): refused"
+        )
+    if (bpe is None) != (data["kind"] != "bpe") or (bpe is not None and not isinstance(bpe, str)):
+        raise BirnnError("the stored tokenizer's BPE model must be a JSON string for kind bpe, null otherwise")
+    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe)
+    if tokenizer.size > MAX_VOCAB:
+        raise BirnnError(f"the stored BPE tokenizer has {tokenizer.size} tokens (at most {MAX_VOCAB}): refused")
+    return tokenizer

@@ -1,0 +1,69 @@
+"""An ``RNNClassifier`` on padded batches with lengths but without packing: exact, and traceable for export.
+
+Packing (``pack_padded_sequence``) has data-dependent shapes that ``torch.export`` and ONNX cannot trace. Here
+each layer's forward direction runs over the padded batch as it is (the padding comes after a sample's steps, so
+its valid outputs never see it), and the backward direction runs forward over each sample reversed within its
+own length (a gather), then is reversed back. The valid outputs are those of the packed model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from birnn.models.rnn import CELLS, RNNClassifier
+
+
+def _direction(rnn: nn.RNNBase, layer: int, suffix: str) -> nn.RNNBase:
+    """A one-layer, one-direction copy of ``rnn``'s layer ``layer`` (``suffix``: ``""`` or ``"_reverse"``)."""
+    module = CELLS[rnn.mode.lower()][0]
+    size = rnn.input_size if layer == 0 else rnn.hidden_size * (2 if rnn.bidirectional else 1)
+    one = module(size, rnn.hidden_size, 1, batch_first=True)
+    one.load_state_dict({f"{name}_l0": getattr(rnn, f"{name}_l{layer}{suffix}") for name in _weights(rnn)})
+    return one
+
+
+def _weights(rnn: nn.RNNBase) -> tuple[str, ...]:
+    return ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if rnn.bias else ("weight_ih", "weight_hh")
+
+
+def reversed_within(x: Tensor, lengths: Tensor) -> Tensor:
+    """Each sample's first ``lengths[i]`` steps in reverse order, the padding after them left in place."""
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    last = (lengths.to(x.device) - 1).unsqueeze(1)
+    index = torch.where(steps <= last, last - steps, steps)
+    return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
+
+
+class Unpacked(nn.Module):
+    """``model(x, lengths)`` of an eval-mode ``RNNClassifier``, computed without packing."""
+
+    def __init__(self, model: RNNClassifier):
+        super().__init__()
+        rnn = model.rnn
+        self.embedding = getattr(model, "embedding", None)
+        self.fc, self.readout, self.per_step = model.fc, model.readout, model.per_step
+        self.forward_layers = nn.ModuleList(_direction(rnn, i, "") for i in range(rnn.num_layers))
+        self.backward_layers = nn.ModuleList(
+            _direction(rnn, i, "_reverse") for i in range(rnn.num_layers) if rnn.bidirectional
+        )
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        if self.embedding is not None:
+            x = self.embedding(x)
+        for i, forward_layer in enumerate(self.forward_layers):
+            out = forward_layer(x)[0]
+            if self.backward_layers:
+                back = reversed_within(self.backward_layers[i](reversed_within(x, lengths))[0], lengths)
+                out = torch.cat([out, back], dim=2)
+            x = out
+        if self.per_step:
+            return self.fc(x)
+        last = x[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
+        if self.readout == "last":
+            return self.fc(last)
+        if self.readout == "final":  # forward: its state at the last valid step; backward: at the first step
+            hidden = self.forward_layers[-1].hidden_size
+            return self.fc(torch.cat([last[:, :hidden], x[:, 0, hidden:]], dim=1) if self.backward_layers else last)
+        valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+        return self.fc((x * valid.unsqueeze(2)).sum(1) / lengths.to(x.device, x.dtype).unsqueeze(1))
