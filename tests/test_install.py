@@ -165,7 +165,7 @@ def test_make_train_and_bench_install_birnn_without_extras(tmp_path):
 
 def test_make_test_lint_docs_install_their_extras_and_make_venv_all_of_them(tmp_path):
     tomllib = pytest.importorskip("tomllib")
-    assert make_installs("test", tmp_path / "venv") == ["test,optuna,export,timeseries,mlflow,tables"]
+    assert make_installs("test", tmp_path / "venv") == ["test,optuna,export,timeseries,mlflow,tables,text"]
     assert make_installs("lint", tmp_path / "venv") == ["lint"]
     assert make_installs("docs", tmp_path / "venv") == ["docs"]
     installed = {extra for extras in make_installs("venv", tmp_path / "venv") for extra in extras.split(",") if extra}
