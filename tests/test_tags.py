@@ -5,14 +5,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_distributed import finished, torchrun
-from test_resume import WALL_CLOCK, interrupt_at, state_of
+from test_resume import WALL_CLOCK, interrupt_at, kill_9_then_resume, state_of
 
 from birnn.data.arrays import load_arrays
 from birnn.data.pipeline import IGNORE
@@ -23,7 +22,7 @@ from birnn.models.unpacked import Unpacked
 from birnn.records.scores import span_scheme, tag_scores
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import ROOT, make_cfg, run_cli, wait_for
+from conftest import make_cfg
 
 LENGTHS = [5, 1, 3, 5, 2]
 TAGS = 3
@@ -294,25 +293,4 @@ def test_kill_9_of_a_tagging_run_then_resume_is_bit_identical(tags_file, tmp_pat
         "trainer.checkpoint_every_n_steps=3",
         "trainer.log_images=false",
     ]
-    reference = train(make_cfg(*args, "trainer.epochs=4"), tmp_path / "reference")
-    run_dir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "birnn.train", *args, "trainer.epochs=1000", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert state_of(run_dir)["progress"]["global_step"] < 60  # 15 steps per epoch: killed before the 4th ended
-    proc = run_cli(*args, "trainer.epochs=4", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert {k: v for k, v in resumed.items() if k not in WALL_CLOCK} == {
-        k: v for k, v in json.loads(json.dumps(reference)).items() if k not in WALL_CLOCK
-    }
-    for name, tensor in state_of(run_dir)["model"].items():
-        assert torch.equal(tensor, state_of(tmp_path / "reference")["model"][name]), name
+    kill_9_then_resume(tmp_path, args)
