@@ -35,7 +35,7 @@ from birnn.data.pipeline import Splits, load_data, num_batches, shuffled_batches
 from birnn.engine.loop import eval_pass as birnn_eval_pass
 from birnn.engine.run import build
 from birnn.schema.config import CONFIG_DIR as CONF
-from birnn.schema.config import to_plain, validate
+from birnn.schema.config import apply_schemas, to_plain, validate
 from birnn.schema.errors import BirnnError
 from birnn.system.device import setup_device, synchronize
 
@@ -183,6 +183,7 @@ def birnn(cfg: DictConfig, device: torch.device) -> Contender:
 def compose_config(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=overrides)
+    apply_schemas(cfg)
     validate(cfg)
     return cfg
 

@@ -422,11 +422,8 @@ def rename_targets(node: DictConfig, where: str = "") -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check ranges and choices right after composition; raise one BirnnError listing every problem.
-
-    Old homes of birnn's components are renamed first (``rename_targets``).
-    """
-    rename_targets(cfg)
+    """Check ranges and choices right after composition (and ``apply_schemas``); raise one BirnnError listing
+    every problem."""
     d, o, t = cfg.data, cfg.optimizer, cfg.trainer
     checks = [
         (d.batch_size > 0, f"data.batch_size must be > 0, got {d.batch_size}"),
@@ -522,12 +519,13 @@ def typed(stored: dict) -> DictConfig:
 
 
 def upgrade(stored: dict) -> dict:
-    """A checkpoint's config from an earlier birnn in today's form (to compare on resume).
+    """A checkpoint's config from an earlier birnn in today's form (to compare on resume, after ``typed``, which
+    renames old homes).
 
     A model without ``_target_`` is birnn's RNNClassifier. The old ``scheduler.name`` switch becomes today's
     component where the saved schedule state fits it (none, onecycle); the old cosine (a ``LambdaLR``) does not.
     """
-    stored = renamed({**stored, "model": {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}})
+    stored = {**stored, "model": {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}}
     old = stored.get("scheduler") or {}
     if "name" not in old:
         return stored
