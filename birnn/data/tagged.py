@@ -18,7 +18,7 @@ import torch
 
 from birnn.data import tokenize
 from birnn.data.pipeline import IGNORE, Splits
-from birnn.data.text import padded
+from birnn.data.text import check_test_fraction, padded
 from birnn.schema.errors import BirnnError
 
 FORMATS = ("conll", "slash")
@@ -117,10 +117,7 @@ def load_tagged(
     if test_path:
         test = read_sentences(Path(test_path), format, token_column, tag_column)
     else:
-        if not 0 < test_fraction < 1:
-            raise BirnnError(
-                f"data.test_fraction must be in (0, 1) when data.test_path is not set, got {test_fraction}"
-            )
+        check_test_fraction(test_fraction)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(test_seed)).tolist()
         n_test = max(1, round(test_fraction * len(train)))
         test, train = [train[i] for i in order[:n_test]], [train[i] for i in order[n_test:]]

@@ -121,12 +121,17 @@ def label_ids(labels: list[str], classes: list[str], where: str) -> torch.Tensor
     return torch.tensor([index[label] for label in labels], dtype=torch.int64)
 
 
+def check_test_fraction(fraction: float) -> None:
+    """``data.test_fraction`` draws the test split (no ``data.test_path``): it must be in (0, 1)."""
+    if not 0 < fraction < 1:
+        raise BirnnError(f"data.test_fraction must be in (0, 1) when data.test_path is not set, got {fraction}")
+
+
 def held_out(labels: list[str], fraction: float, seed: int, path: str) -> tuple[list[int], list[int]]:
     """Training and test indices: a stratified ``fraction`` for test, drawn with ``seed``."""
     from sklearn.model_selection import train_test_split
 
-    if not 0 < fraction < 1:
-        raise BirnnError(f"data.test_fraction must be in (0, 1) when data.test_path is not set, got {fraction}")
+    check_test_fraction(fraction)
     try:
         train, test = train_test_split(range(len(labels)), test_size=fraction, random_state=seed, stratify=labels)
     except ValueError as e:
