@@ -17,9 +17,8 @@ from birnn.engine.loop import Stepper
 from birnn.models.rnn import RNNClassifier
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
+from conftest import FAST, ROOT, WALL_CLOCK, make_cfg, run_cli, wait_for
 
-WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
 RUN = [*FAST, "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=4"]
 
 
@@ -101,6 +100,30 @@ def test_stop_signal_saves_at_the_next_step_and_exits(tmp_path, monkeypatch, cap
     state = state_of(tmp_path)
     assert state["progress"]["global_step"] == 10 and not state["finished"]
     assert f"Stopped by {signal.Signals(sig).name} at step 10" in caplog.text
+
+
+def test_a_signal_during_a_checkpoint_is_acted_on_at_the_next_step(tmp_path, monkeypatch, caplog):
+    # Under DDP the periodic save holds collectives; a signal landing there must not make this rank stop at a step
+    # the others agreed to go on from (they would wait for it forever): every rank stops at the next agreed step.
+    from birnn.engine.run import Run
+
+    original, saves = Run.save, []
+
+    def save_while_signalled(self, *names, **kwargs):
+        saves.append(self.progress.global_step)
+        if saves == [7]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *names, **kwargs)
+
+    monkeypatch.setattr(Run, "save", save_while_signalled)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(SystemExit):
+            train(make_cfg(*RUN, "trainer.epochs=3"), tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert saves == [7, 8] and state_of(tmp_path)["progress"]["global_step"] == 8
+    assert "Stopped by SIGTERM at step 8" in caplog.text
 
 
 def test_sigusr2_saves_then_hands_over_to_submitit(tmp_path, monkeypatch):

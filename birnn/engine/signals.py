@@ -40,13 +40,9 @@ class GracefulStop:
         if self.requested is None:
             self.requested = signum
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.requested).name if self.requested else ""
-
-    def hand_over(self) -> None:
-        """After the checkpoint: let a chained handler (submitit's) act, else exit with 128 + signal."""
-        signum = self.requested
+    def hand_over(self, signum: int) -> None:
+        """After the checkpoint for ``signum`` (the stop every rank agreed on): let a chained handler (submitit's)
+        act, else exit with 128 + signal."""
         previous = self._previous.get(signum)
         self.__exit__()
         if signum == getattr(signal, "SIGUSR2", None) and callable(previous):

@@ -8,6 +8,7 @@ the state and knows how to resume and save it; ranks are ``birnn.system.distribu
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,21 +72,23 @@ def train(
                         )
                         run.track(scores)
                         bar.set_postfix(loss=f"{scores['train/loss']:.4f}", acc=f"{scores['train/accuracy']:.3f}")
-                    stop.requested = dist.agree(stop.requested or 0) or None  # every rank stops at the same step
+                    # Every rank stops at the same step, on the signal agreed here: one that arrives later (during the
+                    # save's collectives, say) is agreed on at the next step, never acted on by one rank alone.
+                    stopping = dist.agree(stop.requested or 0)
                     last_step = p.step_in_epoch == run.steps_per_epoch or p.global_step >= run.total_steps
                     every = t.checkpoint_every_n_steps  # epoch ends save anyway
-                    if stop.requested or (every and p.global_step % every == 0 and not last_step):
+                    if stopping or (every and p.global_step % every == 0 and not last_step):
                         path = run.save()
-                        if stop.requested:
+                        if stopping:
                             log.warning(
                                 "Stopped by %s at step %d; checkpoint saved to %s. To resume, run the same "
                                 "command with hydra.run.dir=%s",
-                                stop.name,
+                                signal.Signals(stopping).name,
                                 p.global_step,
                                 path,
                                 run_dir,
                             )
-                            stop.hand_over()
+                            stop.hand_over(stopping)
                     if p.global_step >= run.total_steps:
                         break
                 bar.close()
