@@ -55,6 +55,7 @@ def evaluate_checkpoint(
         valid = y != IGNORE
         y, predictions = y[valid], predictions[valid]
     matrix = confusion_matrix(y, predictions, data.num_classes)
+    scored = label_count(data.test_y)
     return {
         "checkpoint": str(path),
         "overrides": list(overrides),
@@ -63,7 +64,8 @@ def evaluate_checkpoint(
         "test_loss": result.loss,
         "test_accuracy": result.accuracy,
         **{f"test_{k}": v for k, v in tags.items()},
-        "test_samples": label_count(data.test_y),
+        "test_samples": scored,  # per-step labels: the scored tokens, as test_tokens says
+        **({"test_tokens": scored} if data.per_step else {}),
         "classes": data.classes,
         "per_class": per_class(y, predictions, data.classes),
         "confusion_matrix": matrix.tolist(),
@@ -81,8 +83,8 @@ def as_text(scores: dict) -> str:
     lines = [
         f"Checkpoint {scores['checkpoint']} (step {scores['step']}) on {scores['device']}",
         f"Test loss     {scores['test_loss']:.4f}",
-        f"Test accuracy {scores['test_accuracy']:.4f} ({100 * scores['test_accuracy']:.2f}%) "
-        f"on {scores['test_samples']} samples",
+        f"Test accuracy {scores['test_accuracy']:.4f} ({100 * scores['test_accuracy']:.2f}%) on "
+        + (f"{scores['test_tokens']} tokens" if "test_tokens" in scores else f"{scores['test_samples']} samples"),
         "",
         f"{'class':<{width}} {'precision':>9} {'recall':>9} {'support':>8}",
     ]

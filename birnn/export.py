@@ -11,7 +11,8 @@ birnn's own model trained on variable-length sequences (text, tags, series witho
 ``data.patch``) is exported unpacked (``birnn.models.unpacked``): inputs ``inputs`` (N, steps) int64 token IDs
 0-padded to the longest training sample's steps (or (N, steps, features) float), and ``lengths`` (N,) int64;
 output ``logits`` (N, classes), or (N, steps, classes) per-step scores for a tagger (read the first
-``lengths[i]``; a CRF's transitions are not in the file). Other variable-length models are refused (see
+``lengths[i]``), and for a tagger with a CRF (``model.crf``) also ``tags`` (N, steps) int64, its Viterbi path
+(-100 past each length). Other variable-length models are refused (see
 ``check_fixed_length``).
 """
 
@@ -43,7 +44,7 @@ QUIET = (
 )
 
 
-def _onnx(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path) -> Callable[..., Tensor]:
+def _onnx(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path, outputs: list[str]) -> Callable:
     try:
         import onnxruntime
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
@@ -59,17 +60,22 @@ def _onnx(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path) -> C
         str(out),
         dynamo=True,
         input_names=["images"] if names == ["x"] else ["inputs", "lengths"],
-        output_names=["logits"],
+        output_names=outputs,
         dynamic_shapes=dynamic,
         external_data=False,
         verbose=False,
     )
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     feeds = [i.name for i in session.get_inputs()]
-    return lambda *x: torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(feeds, x)})[0])
+
+    def run(*x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        results = [torch.from_numpy(r) for r in session.run(None, {n: t.numpy() for n, t in zip(feeds, x)})]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    return run
 
 
-def _pt2(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path) -> Callable[..., Tensor]:
+def _pt2(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path, outputs: list[str]) -> Callable:
     torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic), str(out))
     return torch.export.load(str(out)).module()
 
@@ -129,6 +135,8 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         model = Standardized(model, restored.normalization).eval()
     inputs = examples(restored)
     dynamic = {"x": {0: torch.export.Dim("batch")}}
+    crf = getattr(reference, "crf", None) if len(inputs) == 2 else None
+    outputs = ["logits"] if crf is None else ["logits", "tags"]
     if len(inputs) == 2:
         model, batch = Unpacked(reference).eval(), torch.export.Dim("batch")
         dynamic = {"x": {0: batch}, "lengths": {0: batch}}  # the exporters unroll the recurrence: steps are fixed
@@ -136,13 +144,17 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
         try:
-            run = (_onnx if fmt == "onnx" else _pt2)(model, tuple(i[:2] for i in inputs), dynamic, out)
+            run = (_onnx if fmt == "onnx" else _pt2)(model, tuple(i[:2] for i in inputs), dynamic, out, outputs)
         except BirnnError:
             raise
         except Exception as e:  # the exporters raise many types; the first line says what failed
             raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
     with torch.inference_mode():
         exported, expected = run(*inputs), reference(*inputs) if len(inputs) == 2 else model(*inputs)
+    if crf is not None:  # the Viterbi tags must be the PyTorch model's, exactly
+        exported, tags = exported
+        if not torch.equal(tags, crf.decode(expected, inputs[1])):
+            raise BirnnError(f"{out} gives other Viterbi tags than PyTorch's CRF.")
     if exported.ndim == 3:  # per-step scores: the valid steps only
         valid = torch.arange(exported.shape[1]) < inputs[1].unsqueeze(1)
         exported, expected = exported[valid], expected[valid]

@@ -48,18 +48,31 @@ def descriptions(schema: type) -> dict[str, str]:
     return found
 
 
+def default_of(f: dataclasses.Field) -> object:
+    """A schema field's default, a ``default_factory``'s value included (MISSING: none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default if f.default is not dataclasses.MISSING else MISSING
+
+
+def inline(value: object) -> str:
+    """A value as YAML on one line (lists in flow style)."""
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        return "[" + ", ".join(inline(v) for v in value) + "]"
+    return OmegaConf.to_yaml({"v": value}).strip()[3:]
+
+
 def show(value: object) -> str:
     if value is MISSING or value == "???":
         return "*required*"
-    return f"`{OmegaConf.to_yaml({'v': value}).strip()[3:]}`"
+    return f"`{inline(value)}`"
 
 
 def keys_table(schema: type) -> list[str]:
     notes = descriptions(schema)
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
     for f in dataclasses.fields(schema):
-        default = f.default if f.default is not dataclasses.MISSING else MISSING
-        rows.append(f"| `{f.name}` | `{f.type}` | {show(default)} | {notes.get(f.name, '').replace('|', '/')} |")
+        rows.append(f"| `{f.name}` | `{f.type}` | {show(default_of(f))} | {notes.get(f.name, '').replace('|', '/')} |")
     return rows
 
 
@@ -87,7 +100,7 @@ def differences(node: object, prefix: str = "") -> dict:
         return {} if node is None else {prefix.rstrip("."): node}
     schema = OmegaConf.get_type(node)
     defaults = (
-        {f.name: f.default for f in dataclasses.fields(schema) if f.default is not dataclasses.MISSING}
+        {f.name: default_of(f) for f in dataclasses.fields(schema) if default_of(f) is not MISSING}
         if dataclasses.is_dataclass(schema)
         else {}
     )
@@ -115,11 +128,7 @@ def options_list(group: str, default: str | None) -> list[str]:
         line = f"- `{group}={option}`{' (default)' if option == default else ''}: {leading_comment(path)}"
         sets = option_sets(group, option) if group in GROUPS else {}
         if sets:
-            line += (
-                " *Sets* "
-                + ", ".join(f"`{k}={OmegaConf.to_yaml({'v': v}).strip()[3:]}`" for k, v in sets.items())
-                + "."
-            )
+            line += " *Sets* " + ", ".join(f"`{k}={inline(v)}`" for k, v in sets.items()) + "."
         rows.append(line)
     return rows
 

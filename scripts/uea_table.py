@@ -3,12 +3,13 @@
     python scripts/uea_table.py device=cpu                        # every bundled problem, seeds 0 1 2, 3 presets
     python scripts/uea_table.py --problems JapaneseVowels --seeds 0 device=cpu
     python scripts/uea_table.py --presets uea_lstm_fcn --problems GunPoint --seeds 0 device=cpu trainer.max_steps=5
+    python scripts/uea_table.py --presets uea --problems OSULeaf ArrowHead device=cpu model.stem=conv data.patch=1
     python scripts/uea_table.py --baselines --out uea_table.md    # also rerun 1-NN DTW and ROCKET here
 
 Each problem trains in-process with ``birnn.train.train`` under each preset of ``--presets`` (default: all three,
 ``experiment=uea`` (the BiLSTM), ``uea_lstm_fcn`` and ``uea_inception_time``; nothing is set per problem), with
 ``data.name=NAME``, on the same seeds and the default split. Extra arguments are config overrides applied to
-every run.
+every run (``KEY=VALUE``, anywhere on the line: after ``--problems`` or ``--seeds`` too).
 
 One row per problem and preset. Columns: problem, preset, channels, series lengths, train/test sizes, birnn test
 accuracy (mean ± std over seeds),
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -143,7 +145,14 @@ def table(rows: list[dict], published: dict, sources: dict, versus: tuple[str, .
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def main() -> None:
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The script's own arguments and the config overrides (``KEY=VALUE``), wherever these stand: after
+    ``--problems A B`` or ``--seeds 0`` an override would otherwise be read as one more problem or seed."""
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    return [a for a in argv if a not in overrides], overrides
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", nargs="+", default=DEFAULT_PROBLEMS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -158,8 +167,10 @@ def main() -> None:
         "--baselines", action="store_true", help="also train aeon's 1-NN DTW and ROCKET on each problem's default split"
     )
     parser.add_argument("--out", type=Path, default=Path("uea_table.md"))
-    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. device=cpu")
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run (anywhere), e.g. device=cpu")
+    own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    args.overrides += overrides
     published, sources = read_published(args.published)
     rows = []
     start = time.perf_counter()

@@ -23,6 +23,8 @@ import birnn.schema.config  # noqa: F401  (registers the structured-config schem
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # Small, fast and single-threaded: the suite shares 2 cores.
+# metrics.json fields that depend on the wall clock: left out where two runs must agree exactly
+WALL_CLOCK = {"train_seconds", "train_samples_per_second", "train_tokens_per_second"}
 FAST = ["data=digits", "device=cpu", "device.num_threads=1", "model.hidden_size=16", "trainer.log_images=false"]
 
 
@@ -95,3 +97,23 @@ def write_checkpoint(state: dict, path: Path) -> Path:
     content = {"format": checkpoint.FORMAT, **{k: v for k, v in state.items() if k not in ("format", "checksum")}}
     torch.save({**content, "checksum": checkpoint.digest(content)}, path)
     return path
+
+
+PEAK = """import atexit, runpy, sys
+def peak(path):
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        out.write(str(kb))
+atexit.register(peak, sys.argv.pop(1))
+runpy.run_module("birnn.train", run_name="__main__")
+"""
+
+
+def peak_rss(tmp_path: Path, name: str, *overrides: str) -> int:
+    """Peak resident memory (VmHWM, bytes) of ``python -m birnn.train *overrides`` run in ``tmp_path/name``."""
+    (tmp_path / "peak.py").write_text(PEAK)
+    out = tmp_path / f"{name}.peak"
+    proc = run_cli(str(out), *overrides, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path, module="peak")
+    assert proc.returncode == 0, proc.stderr
+    return int(out.read_text()) * 1024

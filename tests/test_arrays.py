@@ -18,7 +18,7 @@ from birnn.engine import checkpoint
 from birnn.engine.restore import restore
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import make_cfg
+from conftest import make_cfg, peak_rss
 
 FAST = [
     "data=arrays",
@@ -154,6 +154,56 @@ def test_normalize_fits_the_training_split_after_the_holdout(tmp_path):
         torch.testing.assert_close(getattr(splits, f"{split}_x"), expected.float())
     assert spec(splits)["normalization"] == stats and spec(splits)["kind"] == "series"
     assert load_data(make_cfg(*FAST, f"data.path={path}").data, torch.device("cpu")).normalization is None
+
+
+def test_in_place_holdout_and_standardization_equal_copies_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.setattr(normalize, "CHUNK_BYTES", 100)  # many chunks: the in-place moves cross chunk ends
+    path = save(tmp_path / "d.npz", arrays())
+    source = load_arrays(path=str(path))
+    cfg = make_cfg(*FAST, f"data.path={path}", "data.val_size=20", "data.normalize=true")
+    splits = load_data(cfg.data, torch.device("cpu"))
+    val = torch.randperm(len(source.train_y), generator=torch.Generator().manual_seed(cfg.data.split_seed))[:20]
+    keep = torch.ones(len(source.train_y), dtype=torch.bool)
+    keep[val] = False
+    stats = splits.normalization
+    for split, x in (("train", source.train_x[keep]), ("val", source.train_x[val]), ("test", source.test_x)):
+        expected = (x - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])  # out of place, as before
+        assert torch.equal(getattr(splits, f"{split}_x"), expected), split
+    assert torch.equal(splits.train_y, source.train_y[keep]) and torch.equal(splits.val_y, source.train_y[val])
+
+
+def one_tensor_for_both_splits(root: str = "data", download: bool = False) -> Splits:
+    """A loader that evaluates on its training data: one tensor as train and test."""
+    x = torch.arange(24.0).reshape(4, 3, 2)
+    y = torch.tensor([0, 1, 0, 1])
+    return Splits(x, y, x, y, ["a", "b"], kind="series")
+
+
+def test_splits_sharing_one_tensor_are_standardized_once():
+    cfg = make_cfg(*FAST, "data.normalize=true", "data._target_=test_arrays.one_tensor_for_both_splits")
+    del cfg.data["path"], cfg.data["vocab_size"]
+    splits = load_data(cfg.data, torch.device("cpu"))
+    assert torch.equal(splits.train_x, splits.test_x)
+    assert splits.train_x.reshape(-1, 2).mean(0).abs().max() < 1e-6  # standardized once, not twice
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["data.val_fraction=0.2", "data.normalize=true"]], ids=["plain", "held-out"])
+def test_in_memory_training_peaks_within_1_5x_the_data(tmp_path, extra):
+    """Peak RSS of training + test minus a tiny set's stays within 1.5x the data's float32 bytes (3.4x before)."""
+    peaks = {}
+    for megabytes in (4, 256):
+        n = megabytes * 2**20 // (64 * 64 * 4)
+        rng = np.random.default_rng(0)
+        x, y = rng.random((n, 64, 64), np.float32), rng.integers(0, 10, n)
+        path = save(
+            tmp_path / f"d{megabytes}.npz",
+            {"x_train": x[n // 4 :], "y_train": y[n // 4 :], "x_test": x[: n // 4], "y_test": y[: n // 4]},
+        )
+        del x
+        run = [*FAST, f"data.path={path}", "trainer.max_steps=5", "data.eval_batch_size=200", *extra]
+        peaks[megabytes] = peak_rss(tmp_path, f"run{megabytes}", *run)
+    assert peaks[256] - peaks[4] <= 1.5 * 252 * 2**20, peaks
 
 
 def padded_series(root: str = "data", download: bool = False) -> Splits:

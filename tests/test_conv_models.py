@@ -2,13 +2,17 @@
 the padding reaches nothing in training), masked BatchNorm, config and restore, ONNX export, exact resume after
 kill -9, and torchrun 2 processes = 1 process."""
 
+import optuna
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from optuna.trial import TrialState
 from test_distributed import finished, run_dirs, torchrun
 from test_lengths import CLASSES, FEATURES, LENGTHS, _padded_batch
 from test_resume import kill_9_then_resume
+from test_studies import TINY_SPACE
+from test_sweeps import read_csv
 
 from birnn import export
 from birnn.engine.restore import restore
@@ -18,7 +22,7 @@ from birnn.models.rnn import build_model
 from birnn.schema.config import typed
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import make_cfg
+from conftest import make_cfg, run_cli
 
 # Small versions of both (the papers' widths are the defaults) on digits: 8 steps of 8 features.
 SMALL = {
@@ -142,7 +146,13 @@ def test_two_processes_do_the_single_process_math(name, tmp_path):
     """BatchNorm's statistics are summed over both processes' shares: the same weights as one process (dropout
     off: each process draws its own dropout masks)."""
     no_dropout = ["model.dropout=0"] if name == "lstm_fcn" else []
-    run = [*RUN, *SMALL[name], *no_dropout, "data.val_size=1", "trainer.epochs=2"]  # last batch 37: shares 19 / 18
+    assert_two_processes_end_with_one_process_weights(tmp_path, [*RUN, *SMALL[name], *no_dropout])
+
+
+def assert_two_processes_end_with_one_process_weights(tmp_path, run: list[str]) -> dict:
+    """torchrun's 2 processes end ``run`` (2 epochs, the last batch split 19 / 18) with 1 process's weights,
+    which are returned."""
+    run = [*run, "data.val_size=1", "trainer.epochs=2"]
     (tmp_path / "ddp").mkdir()
     rc, _, err = finished(torchrun(*run, cwd=tmp_path / "ddp", stdout=-1, stderr=-1))
     assert rc == 0, err
@@ -153,3 +163,22 @@ def test_two_processes_do_the_single_process_math(name, tmp_path):
     assert one.keys() == ddp.keys()
     for key, weight in one.items():
         torch.testing.assert_close(ddp[key].float(), weight.float(), atol=1e-5, rtol=0, msg=key)
+    return one
+
+
+@pytest.mark.slow
+def test_a_sweep_and_a_search_train_the_convolutional_models(tmp_path):
+    """A multirun over both models (summary ranked on validation) and a two-trial study of InceptionTime."""
+    sweep, study = tmp_path / "sweep", tmp_path / "study"
+    steps = [*RUN, "trainer.max_steps=10", "model.filters=4", "model.bottleneck=4", "model.depth=3"]
+    proc = run_cli(
+        "-m", *steps, "model=inception_time", "optimizer.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 2 and all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    search = [*steps, "model=inception_time", TINY_SPACE, "search.pruner=none", "search.n_trials=2"]
+    proc = run_cli(*search, f"search.dir={study}", cwd=tmp_path, module="birnn.search")
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="birnn", storage=f"sqlite:///{study / 'study.db'}").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2

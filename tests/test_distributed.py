@@ -20,7 +20,7 @@ from birnn.data.pipeline import load_data, shuffled_batches
 from birnn.schema.errors import BirnnError
 from birnn.system.distributed import Dist
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, run_cli, wait_for
+from conftest import FAST, ROOT, WALL_CLOCK, make_cfg, run_cli, wait_for
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # 1,438 digits less one held out = 1,437 training samples in global batches of 100: the last batch (37) splits
@@ -32,7 +32,6 @@ RUN = [
     "trainer.checkpoint_every_n_steps=7",
     "trainer.log_every_n_steps=5",
 ]
-WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2, restarts: int = 0, **popen) -> subprocess.Popen:

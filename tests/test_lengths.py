@@ -36,11 +36,15 @@ def test_padded_batch_equals_each_sample_alone(cell, num_layers, shortcut, reado
     plain = RNNClassifier(FEATURES, CLASSES, backward_shortcut=False, **kwargs)
     plain.load_state_dict(batched.state_dict())
     assert (batched._last_step is not None) == (shortcut and readout == "last")
-    x, lengths, y = _padded_batch(num_layers)
+    assert_padded_batch_is_each_sample_alone(batched, plain, *_padded_batch(num_layers))
 
+
+def assert_padded_batch_is_each_sample_alone(batched, plain, x, lengths, y) -> None:
+    """``batched`` on the padded batch gives the logits and gradients of ``plain`` (same weights) on each sample
+    alone, unpadded."""
     logits = batched(x, lengths)
     F.cross_entropy(logits, y, reduction="sum").backward()
-    alone = torch.cat([plain(x[i : i + 1, :n]) for i, n in enumerate(LENGTHS)])
+    alone = torch.cat([plain(x[i : i + 1, :n]) for i, n in enumerate(lengths.tolist())])
     F.cross_entropy(alone, y, reduction="sum").backward()
 
     assert (logits - alone).abs().max() <= 1e-5

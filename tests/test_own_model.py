@@ -23,7 +23,7 @@ from birnn.models.rnn import build_model
 from birnn.schema.config import RNN_CLASSIFIER
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, wait_for
+from conftest import FAST, ROOT, WALL_CLOCK, make_cfg, wait_for
 
 MODULE = '''
 import torch
@@ -53,7 +53,6 @@ channels: 12
 kernel_size: 3
 hidden_size: 16
 """
-WALL_CLOCK = {"train_seconds", "train_samples_per_second"}
 RUN = [
     "--config-dir",
     "conf",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from test_distributed import finished, torchrun
-from test_resume import WALL_CLOCK, interrupt_at, kill_9_then_resume, state_of
+from test_resume import interrupt_at, kill_9_then_resume, state_of
 
 from birnn.data.arrays import load_arrays
 from birnn.data.pipeline import IGNORE
@@ -22,7 +22,7 @@ from birnn.models.unpacked import Unpacked
 from birnn.records.scores import span_scheme, tag_scores
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import make_cfg
+from conftest import WALL_CLOCK, make_cfg
 
 LENGTHS = [5, 1, 3, 5, 2]
 TAGS = 3

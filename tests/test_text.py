@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from birnn import evaluate, export, predict
 from birnn.data import tokenize
-from birnn.data.pipeline import IGNORE
+from birnn.data.pipeline import IGNORE, load_data
 from birnn.data.tagged import load_tagged
 from birnn.data.text import load_text
 from birnn.engine.restore import restore
@@ -157,6 +158,17 @@ def text_run(tmp_path_factory) -> Path:
     return folder / "run" / "checkpoints" / "last.pt"
 
 
+def test_token_throughput_counts_every_valid_token_trained_on(text_run):
+    stored = torch.load(text_run, weights_only=True)
+    cfg = OmegaConf.create(stored["config"])
+    splits = load_data(cfg.data, torch.device("cpu"), tokenizer=stored["data"]["tokenizer"])
+    lengths = splits.train_lengths
+    per_epoch = int(lengths.sum()) if lengths is not None else splits.train_x.numel()
+    metrics, progress = stored["metrics"], stored["progress"]
+    assert progress["tokens"] == cfg.trainer.epochs * per_epoch > 0  # every valid token of every epoch, no padding
+    assert metrics["train_tokens_per_second"] == pytest.approx(progress["tokens"] / metrics["train_seconds"])
+
+
 def test_evaluate_rereads_raw_text_with_the_stored_tokenizer(text_run, capsys):
     stored = torch.load(text_run, weights_only=True)
     assert isinstance(stored["data"]["tokenizer"], str)  # plain JSON, never a pickle
@@ -211,6 +223,22 @@ def test_a_tagging_run_from_conll_files_and_predict_tags_raw_text(tmp_path, caps
     predict.main([str(tmp_path / "run" / "checkpoints" / "last.pt"), "--text", "the great movie", "--json"])
     (result,) = json.loads(capsys.readouterr().out)
     assert result["tags"] == ["X", "ADJ", "X"] and result["label"] == "the/X great/ADJ movie/X"
+    scores = evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert scores["test_samples"] == scores["test_tokens"] == sum(c["support"] for c in scores["per_class"])
+    assert f"on {scores['test_tokens']} tokens" in evaluate.as_text(scores)  # scored per token, not per sentence
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    export.main([str(ckpt), "--out", str(tmp_path / "tagger.onnx")])  # checks logits and Viterbi tags itself
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "tagger.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "tags"]
+    model = restore(ckpt).model
+    steps = session.get_inputs()[0].shape[1]
+    x, lengths = torch.randint(1, model.embedding.num_embeddings, (3, steps)), torch.tensor([steps, 2, 1])
+    x[torch.arange(steps) >= lengths[:, None]] = 0
+    logits, tags = session.run(None, {"inputs": x.numpy(), "lengths": lengths.numpy()})
+    assert torch.equal(torch.from_numpy(tags), model.crf.decode(model(x, lengths), lengths))
+    assert (tags[1, 2:] == IGNORE).all() and (tags[1, :2] != IGNORE).all()
 
 
 def test_export_takes_token_ids_and_lengths(text_run, tmp_path, capsys):

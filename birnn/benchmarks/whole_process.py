@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,22 +70,34 @@ def tutorial_data(cfg: DictConfig, splits: Splits, tmp: Path) -> tuple[str, str]
     return dataset, str(tmp / "data")
 
 
-def measure(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
-    """Run ``cmd`` to completion; its wall time and the kernel's account of its resources."""
+def measure(cmd: list[str], cwd: Path, env: dict, log: Path, kill_when: Callable[[], bool] | None = None) -> dict:
+    """Run ``cmd`` to completion, or until ``kill_when()`` holds (polled every 5 ms: then SIGKILL, and
+    ``killed`` is True); its wall time and the kernel's account of its resources."""
+    killed = False
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        pid, status, usage = os.wait4(proc.pid, 0 if kill_when is None else os.WNOHANG)
+        while not pid:
+            if kill_when():
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                pid, status, usage = os.wait4(proc.pid, 0)
+            else:
+                time.sleep(0.005)
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 and not (killed and code == -signal.SIGKILL):
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
-        raise BirnnError(f"{' '.join(cmd[:3])} ... failed (exit {os.waitstatus_to_exitcode(status)}): {tail[0]}")
+        raise BirnnError(f"{' '.join(cmd[:3])} ... failed (exit {code}): {tail[0]}")
     return {
         "wall_seconds": wall,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "sys_seconds": usage.ru_stime,
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "minor_faults": usage.ru_minflt,
+        "killed": killed,
     }
 
 

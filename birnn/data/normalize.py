@@ -15,6 +15,7 @@ from torch import Tensor, nn
 # A feature whose training std is below this floor (constant, e.g. an always-black pixel) keeps scale 1
 # and is only centred, as scikit-learn's StandardScaler does: dividing by ~0 would blow up any other value.
 MIN_STD = 1e-6
+CHUNK_BYTES = 4 * 2**20  # statistics and in-place moves handle this many bytes of inputs at a time
 
 
 def _valid(x: Tensor, lengths: Tensor | None) -> Tensor | None:
@@ -25,12 +26,21 @@ def _valid(x: Tensor, lengths: Tensor | None) -> Tensor | None:
 
 
 def fit(x: Tensor, lengths: Tensor | None = None) -> dict:
-    """Per-feature mean and (population) std of ``x`` (N, steps, features) over its valid steps."""
-    mask = _valid(x, lengths)
-    values = (x.reshape(-1, x.shape[-1]) if mask is None else x[mask.squeeze(-1)]).double()
-    mean, std = values.mean(0), values.std(0, correction=0)
-    std = torch.where(std < MIN_STD, torch.ones_like(std), std)
-    return {"mean": mean.tolist(), "std": std.tolist()}
+    """Per-feature mean and (population) std of ``x`` (N, steps, features) over its valid steps (``Moments``)."""
+    moments = Moments()
+    moments.add(x, lengths)
+    return moments.stats()
+
+
+def chunks(x: Tensor) -> list[slice]:
+    """Consecutive row ranges of ``x`` of about ``CHUNK_BYTES`` each."""
+    return row_ranges(len(x), x[0].numel() * x.element_size() if len(x) else 1, CHUNK_BYTES)
+
+
+def row_ranges(rows: int, row_bytes: int, chunk_bytes: int) -> list[slice]:
+    """Consecutive ranges covering ``rows`` rows of ``row_bytes`` each, about ``chunk_bytes`` per range."""
+    step = max(1, chunk_bytes // max(1, row_bytes))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
 class Moments:
@@ -41,6 +51,12 @@ class Moments:
         self.count, self.mean, self.m2 = 0, None, None
 
     def add(self, x: Tensor, lengths: Tensor | None = None) -> None:
+        """Count the valid steps of ``x`` (N, steps, features), ``CHUNK_BYTES`` of it at a time (float64 copies
+        of a chunk, not of ``x``)."""
+        for rows in chunks(x):
+            self._add(x[rows], None if lengths is None else lengths[rows])
+
+    def _add(self, x: Tensor, lengths: Tensor | None) -> None:
         mask = _valid(x, lengths)
         values = (x.reshape(-1, x.shape[-1]) if mask is None else x[mask.squeeze(-1)]).double()
         n = len(values)
@@ -67,11 +83,16 @@ class Moments:
 
 def apply(x: Tensor, stats: dict, lengths: Tensor | None = None) -> Tensor:
     """``(x - mean) / std`` per feature; steps beyond ``lengths`` (padding) are set to exactly 0."""
+    return apply_(x.clone(), stats, lengths)
+
+
+def apply_(x: Tensor, stats: dict, lengths: Tensor | None = None) -> Tensor:
+    """``apply`` in place (``load_data``: no second copy of a split); the same values bit for bit."""
     mean = torch.tensor(stats["mean"], dtype=x.dtype, device=x.device)
     std = torch.tensor(stats["std"], dtype=x.dtype, device=x.device)
-    out = (x - mean) / std
+    x.sub_(mean).div_(std)
     mask = _valid(x, lengths)
-    return out if mask is None else out.masked_fill(~mask, 0)
+    return x if mask is None else x.masked_fill_(~mask, 0)
 
 
 class Standardized(nn.Module):

@@ -251,8 +251,11 @@ def load_data(
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
     inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
     a checkpoint's, for its text loader (``load_source``).
+
+    The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
+    (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
-    splits = load_source(cfg, allow, tokenizer)
+    splits = separate(load_source(cfg, allow, tokenizer))
     val = holdout(cfg, splits.train_y)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
@@ -261,9 +264,9 @@ def load_data(
         lengths = splits.train_lengths
         splits = replace(
             splits,
-            train_x=subset(splits.train_x, train),
+            val_x=subset(splits.train_x, val),  # before compact() overwrites the held-out rows
+            train_x=compact(splits.train_x, train),
             train_y=splits.train_y[train],
-            val_x=subset(splits.train_x, val),
             val_y=splits.train_y[val],
             **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}),
         )
@@ -274,7 +277,7 @@ def load_data(
         standardized = {
             f"{s}_x": x.standardized(normalization)
             if isinstance(x, Mapped)
-            else normalize.apply(x, normalization, getattr(splits, f"{s}_lengths"))
+            else normalize.apply_(x, normalization, getattr(splits, f"{s}_lengths"))
             for s in ("train", "test", "val")
             if (x := getattr(splits, f"{s}_x")) is not None
         }
@@ -288,9 +291,39 @@ def load_data(
     return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, (Tensor, Mapped))})
 
 
+def separate(splits: Splits) -> Splits:
+    """``splits`` with no two input tensors sharing memory (a loader may return one tensor as train and test, or
+    overlapping views), so that ``load_data``'s in-place hold-out and standardization change each split once."""
+    seen: list[tuple[int, int]] = []
+    changed = {}
+    for name in ("train_x", "test_x", "val_x"):
+        x = getattr(splits, name)
+        if not isinstance(x, Tensor) or not x.numel():
+            continue
+        span = sum((n - 1) * stride for n, stride in zip(x.shape, x.stride())) + 1
+        start = x.data_ptr()
+        end = start + span * x.element_size()
+        if any(start < e and s < end for s, e in seen):
+            changed[name] = x = x.clone()
+            start, end = x.data_ptr(), x.data_ptr() + x.numel() * x.element_size()
+        seen.append((start, end))
+    return replace(splits, **changed)
+
+
 def subset(x: Tensor | Mapped, index: Tensor | slice) -> Tensor | Mapped:
     """Some rows of a split's inputs: a tensor's, or a view of memory-mapped ones (nothing read)."""
     return x.subset(index) if isinstance(x, Mapped) else x[index]
+
+
+def compact(x: Tensor | Mapped, keep: Tensor) -> Tensor | Mapped:
+    """Rows ``keep`` (ascending) of a split's inputs, as ``subset`` gives them, without a second copy of a tensor:
+    they are moved to the front in place, chunk by chunk (row ``i`` comes from row ``keep[i] >= i``, which no
+    earlier chunk has written over), and the result is a view of the first ``len(keep)`` rows."""
+    if isinstance(x, Mapped):
+        return x.subset(keep)
+    for rows in normalize.chunks(x[: len(keep)]):
+        x[rows] = x[keep[rows]]
+    return x[: len(keep)]
 
 
 def _patched(splits: Splits, k: int) -> Splits:
@@ -343,7 +376,8 @@ def spec(splits: Splits) -> dict:
     for variable-length data; ``input_shape`` ``[steps, features]`` (the longest for variable length; older
     checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
     (the model reads ``patch * features`` features per step); ``vocab_size``, ``tokenizer`` and ``per_step``
-    for token data and tags (token data have one "feature" per step: the ID).
+    for token data and tags (token data have one "feature" per step: the ID); ``samples`` per split (a resume
+    on a split of another size would shuffle other batches).
     """
     steps, features = splits.raw_shape or (*splits.test_x.shape[1:], 1)[:2]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
@@ -358,6 +392,7 @@ def spec(splits: Splits) -> dict:
         "vocab_size": splits.vocab_size,
         "tokenizer": splits.tokenizer,
         "per_step": splits.per_step,
+        "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }
 
 
@@ -374,6 +409,7 @@ class Batch:
     lengths: Tensor | None  # valid steps per sample; None: every step is valid
     size: int
     targets: int | None = None  # labels in the global batch (per-step labels: its valid steps); None: ``size``
+    tokens: int = 0  # token data: the global batch's tokens (valid steps); 0 for float inputs
 
 
 def shuffled_batches(
@@ -396,7 +432,8 @@ def shuffled_batches(
         batch = order[i : i + batch_size]
         idx = batch[dist.shard(len(batch))]
         targets = int((y[batch] != IGNORE).sum()) if y.ndim == 2 else None
-        yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch), targets)
+        tokens = (len(batch) * x.shape[1] if lengths is None else int(lengths[batch].sum())) if x.ndim == 2 else 0
+        yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch), targets, tokens)
 
 
 def sequential_batches(

@@ -11,6 +11,7 @@ occur in test sentences only).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from birnn.data import tokenize
 from birnn.data.pipeline import IGNORE, Splits
 from birnn.data.text import check_test_fraction, padded
+from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
 
 FORMATS = ("conll", "slash")
@@ -107,6 +109,8 @@ def load_tagged(
     min_freq: int = 1,
     lowercase: bool = True,
     max_length: int | None = None,
+    unknown: str = "unk",
+    signature_suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
     fitted: str | None = None,
 ) -> Splits:
     """The tagged sentences in ``path`` (and ``test_path``) as token IDs and per-step tags; ``root``/``download``
@@ -130,7 +134,9 @@ def load_tagged(
     tok = (
         tokenize.from_json(fitted)
         if fitted
-        else tokenize.fit((s.tokens for s in train), "word", vocab_size, min_freq, lowercase, split=False)
+        else tokenize.fit(
+            (s.tokens for s in train), "word", vocab_size, min_freq, lowercase, False, unknown, signature_suffixes
+        )
     )
     classes = sorted({t for s in (*train, *test) for t in s.tags})  # the tag set (a rare tag may be test-only)
     index = {c: i for i, c in enumerate(classes)}

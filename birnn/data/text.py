@@ -20,6 +20,7 @@ import torch
 
 from birnn.data import tokenize
 from birnn.data.pipeline import Splits
+from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
 
 log = logging.getLogger("birnn")
@@ -153,6 +154,8 @@ def load_text(
     min_freq: int = 1,
     lowercase: bool = True,
     max_length: int | None = None,
+    unknown: str = "unk",
+    signature_suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
     fitted: str | None = None,
 ) -> Splits:
     """The texts in ``path`` (and ``test_path``) as token IDs; ``root``/``download`` are unused."""
@@ -165,7 +168,11 @@ def load_text(
         train, test = held_out(labels, test_fraction, test_seed, path)
         test_texts, test_labels = [texts[i] for i in test], [labels[i] for i in test]
         texts, labels = [texts[i] for i in train], [labels[i] for i in train]
-    tok = tokenize.from_json(fitted) if fitted else tokenize.fit(texts, tokenizer, vocab_size, min_freq, lowercase)
+    tok = (
+        tokenize.from_json(fitted)
+        if fitted
+        else tokenize.fit(texts, tokenizer, vocab_size, min_freq, lowercase, True, unknown, signature_suffixes)
+    )
     classes = sorted(set(labels))
     train_ids, cut = truncated([tok.encode(t) for t in texts], max_length)
     test_ids, test_cut = truncated([tok.encode(t) for t in test_texts], max_length)

@@ -1,8 +1,10 @@
 """Tokenizers fitted on a training split (char, word, or BPE through Hugging Face ``tokenizers``), stored as JSON.
 
-ID 0 is ``<pad>`` and ID 1 ``<unk>``. A tokenizer travels in a checkpoint as a JSON string (plain data, never a
-pickle); ``from_json`` checks its size and shape before use, so a crafted one runs no code and an absurd one is
-refused with one line.
+ID 0 is ``<pad>`` and ID 1 ``<unk>``. With ``unknown="signature"`` (word tokenizers) a word outside the vocabulary
+becomes its signature (``signature``: shape and suffix, e.g. ``<unk-Cap-ing>``) instead of ``<unk>``: the vocabulary
+holds the signatures of the training words it leaves out, so their embeddings are learned. A tokenizer travels in a
+checkpoint as a JSON string (plain data, never a pickle); ``from_json`` checks its size and shape before use, so a
+crafted one runs no code and an absurd one is refused with one line.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -21,6 +24,48 @@ WORD = re.compile(r"\w+|[^\w\s]")  # a run of letters/digits, or one punctuation
 MAX_JSON_CHARS = 64 * 2**20  # a stored tokenizer beyond 64 MiB is not one birnn wrote
 MAX_VOCAB = 2_000_000
 MAX_TOKEN_CHARS = 1_000
+UNKNOWN = ("unk", "signature")
+MAX_SUFFIXES, MAX_SUFFIX_CHARS = 100, 20
+
+
+def signature(word: str, suffixes: Sequence[str]) -> str:
+    """The token standing for an unknown ``word``, from its surface form (before lower-casing): ``<unk`` then
+    ``-Caps`` (two or more letters, all upper-case) or ``-Cap`` (the first character upper-case), ``-num`` (a
+    digit), ``-dash`` (a hyphen), and the longest of ``suffixes`` that the lower-cased word ends with, if the word
+    is at least two characters longer; then ``>``. A word with none of these is ``<unk>``."""
+    letters = [c for c in word if c.isalpha()]
+    parts = ["unk"]
+    if len(letters) > 1 and all(c.isupper() for c in letters):
+        parts.append("Caps")
+    elif word[:1].isupper():
+        parts.append("Cap")
+    if any(c.isdigit() for c in word):
+        parts.append("num")
+    if "-" in word:
+        parts.append("dash")
+    lower = word.lower()
+    ending = [s for s in suffixes if len(lower) >= len(s) + 2 and lower.endswith(s)]
+    if ending:
+        parts.append(max(ending, key=len))
+    return f"<{'-'.join(parts)}>"
+
+
+def check_unknown(unknown: object, suffixes: object, kind: object, what: str) -> None:
+    """``unknown`` is ``unk`` or ``signature`` (word tokenizers only), ``suffixes`` a short list of short strings;
+    ``what`` names the source in the message (``data.`` for the config, the stored tokenizer's for a checkpoint)."""
+    if unknown not in UNKNOWN:
+        raise BirnnError(f"{what}unknown must be one of {', '.join(UNKNOWN)}; got {unknown!r}")
+    if unknown == "signature" and kind != "word":
+        raise BirnnError(f"{what}unknown=signature needs a word tokenizer, not {kind!r}")
+    if not (
+        isinstance(suffixes, list)
+        and len(suffixes) <= MAX_SUFFIXES
+        and all(isinstance(s, str) and 0 < len(s) <= MAX_SUFFIX_CHARS for s in suffixes)
+    ):
+        raise BirnnError(
+            f"{what}signature_suffixes must be a list of at most {MAX_SUFFIXES} non-empty strings of at most "
+            f"{MAX_SUFFIX_CHARS} characters: refused"
+        )
 
 
 @dataclass
@@ -32,6 +77,8 @@ class Tokenizer:
     lowercase: bool = False
     vocab: list[str] = field(default_factory=lambda: [PAD, UNK])
     bpe: str | None = None
+    unknown: str = "unk"  # unk | signature: what a word outside the vocabulary becomes
+    suffixes: list[str] = field(default_factory=list)  # the signatures' suffixes (unknown=signature)
 
     def __post_init__(self) -> None:
         self._ids = {t: i for i, t in enumerate(self.vocab)}
@@ -50,8 +97,9 @@ class Tokenizer:
         return self._bpe.get_vocab_size() if self._bpe is not None else len(self.vocab)
 
     def split(self, text: str) -> list[str]:
-        """The tokens of ``text`` (char and word; BPE splits inside ``encode``)."""
-        text = text.lower() if self.lowercase else text
+        """The tokens of ``text`` (char and word; BPE splits inside ``encode``). With signatures, as written (``ids``
+        lower-cases each after reading its shape)."""
+        text = text.lower() if self.lowercase and self.unknown == "unk" else text
         return list(text) if self.kind == "char" else WORD.findall(text)
 
     def encode(self, text: str) -> list[int]:
@@ -67,11 +115,21 @@ class Tokenizer:
         return [t.lower() for t in tokens] if self.lowercase else list(tokens)
 
     def ids(self, tokens: Iterable[str]) -> list[int]:
-        """IDs of already split tokens; unknown ones are ``<unk>``."""
-        return [self._ids.get(t, 1) for t in self.cased(tokens)]
+        """IDs of already split tokens; unknown ones are ``<unk>``, or their signature's if the vocabulary has it."""
+        if self.unknown == "unk":
+            return [self._ids.get(t, 1) for t in self.cased(tokens)]
+        tokens = list(tokens)
+        cased = self.cased(tokens)
+        return [
+            self._ids[c] if c in self._ids else self._ids.get(signature(t, self.suffixes), 1)
+            for t, c in zip(tokens, cased)
+        ]
 
     def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab, "bpe": self.bpe})
+        data = {"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab, "bpe": self.bpe}
+        if self.unknown != "unk":  # a tokenizer without signatures is stored as before they existed
+            data |= {"unknown": self.unknown, "suffixes": self.suffixes}
+        return json.dumps(data)
 
 
 def fit(
@@ -81,21 +139,36 @@ def fit(
     min_freq: int = 1,
     lowercase: bool = False,
     split: bool = True,
+    unknown: str = "unk",
+    suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
 ) -> Tokenizer:
     """A tokenizer fitted on ``texts`` (the training split only): the ``vocab_size`` most frequent tokens seen at
     least ``min_freq`` times (ties by first appearance), ``<pad>`` and ``<unk>`` included. ``split`` False: each
-    item of ``texts`` is a list of tokens already."""
+    item of ``texts`` is a list of tokens already. ``unknown="signature"``: then the signatures of the training words
+    left out (rarer than ``min_freq`` or beyond ``vocab_size``), most frequent first, on top of ``vocab_size``."""
     if kind not in KINDS:
         raise BirnnError(f"data.tokenizer must be one of {', '.join(KINDS)}; got {kind!r}")
     if vocab_size is not None and vocab_size < 3:
         raise BirnnError(f"data.vocab_size must be >= 3 (<pad>, <unk> and one token) or null, got {vocab_size}")
+    suffixes = list(suffixes) if unknown == "signature" else []
+    check_unknown(unknown, suffixes, kind, "data.")
     if kind == "bpe":
         return _fit_bpe(texts, vocab_size, min_freq, lowercase)
-    tokenizer = Tokenizer(kind, lowercase)
-    counts = Counter(t for item in texts for t in (tokenizer.split(item) if split else tokenizer.cased(item)))
+    tokenizer = Tokenizer(kind, lowercase, unknown=unknown, suffixes=suffixes)
+    surface = Counter(t for item in texts for t in (tokenizer.split(item) if split else item))
+    counts: Counter[str] = Counter()
+    for token, n in surface.items():  # first appearances stay in order: ties keep breaking the same way
+        counts[token.lower() if lowercase else token] += n
     kept = [t for t, n in counts.most_common() if n >= min_freq and t not in (PAD, UNK)]
-    limit = None if vocab_size is None else vocab_size - 2
-    return Tokenizer(kind, lowercase, [PAD, UNK, *kept[:limit]])
+    vocab = [PAD, UNK, *kept[: None if vocab_size is None else vocab_size - 2]]
+    if unknown == "signature":
+        known = set(vocab)
+        left_out: Counter[str] = Counter()
+        for token, n in surface.items():
+            if (token.lower() if lowercase else token) not in known:
+                left_out[signature(token, suffixes)] += n
+        vocab += [s for s, _ in left_out.most_common() if s not in known]
+    return Tokenizer(kind, lowercase, vocab, unknown=unknown, suffixes=suffixes)
 
 
 def _fit_bpe(texts: Iterable[str], vocab_size: int | None, min_freq: int, lowercase: bool) -> Tokenizer:
@@ -135,7 +208,9 @@ def from_json(text: object) -> Tokenizer:
         )
     if (bpe is None) != (data["kind"] != "bpe") or (bpe is not None and not isinstance(bpe, str)):
         raise BirnnError("the stored tokenizer's BPE model must be a JSON string for kind bpe, null otherwise")
-    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe)
+    unknown, suffixes = data.get("unknown", "unk"), data.get("suffixes", [])  # absent: stored before signatures
+    check_unknown(unknown, suffixes, data["kind"], "the stored tokenizer's ")
+    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe, unknown, suffixes)
     if tokenizer.size > MAX_VOCAB:
         raise BirnnError(f"the stored BPE tokenizer has {tokenizer.size} tokens (at most {MAX_VOCAB}): refused")
     return tokenizer

@@ -35,6 +35,7 @@ class Progress:
     step_in_epoch: int = 0  # optimizer steps done in the epoch under way
     global_step: int = 0
     samples: int = 0
+    tokens: int = 0  # token data: tokens (valid steps) trained on
     train_seconds: float = 0.0  # wall time of training steps and checkpoint writes, evaluation excluded
     best_val_accuracy: float | None = None  # the best value of trainer.monitor (val_accuracy or val_f1) so far
     epochs_without_improvement: int = 0
@@ -82,7 +83,7 @@ def check_same_data(then: dict | None, now: dict, path: Path) -> None:
     """Refuse to resume on data that differs from the checkpoint's (a changed file behind ``data.path``...)."""
     if then is None:
         return
-    keys = ("input_shape", "classes", "normalization", "kind", "vocab_size", "tokenizer")
+    keys = ("input_shape", "classes", "normalization", "kind", "vocab_size", "tokenizer", "samples")
     changed = [k for k in keys if k in then and then[k] != now.get(k)]
     if changed:
         raise BirnnError(

@@ -222,6 +222,7 @@ class Run:
         self.progress.step_in_epoch += 1
         self.progress.global_step += 1
         self.progress.samples += batch.size
+        self.progress.tokens += batch.tokens
 
     def window_totals(self) -> tuple[torch.Tensor, float]:
         """Per-step loss sums over all ranks since the last log line, and their correct count.
@@ -394,6 +395,7 @@ class Run:
             "world_size": self.dist.world_size,
             "train_seconds": p.train_seconds,
             "train_samples_per_second": p.samples / p.train_seconds if p.train_seconds else 0.0,
+            **({"train_tokens_per_second": p.tokens / p.train_seconds} if p.tokens and p.train_seconds else {}),
             "history": p.history,
             **provenance(),
         }

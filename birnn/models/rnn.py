@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pad_packed_sequence
 
 from birnn.models.crf import CRF
 from birnn.models.layers import pack
+from birnn.models.stem import ConvStem, check_stem
 from birnn.schema import trust
 from birnn.schema.errors import BirnnError, check_config, first_line
 
@@ -112,6 +113,10 @@ class RNNClassifier(nn.Module):
     padding ID 0) first. ``per_step``: the head reads every step and the logits are ``(batch, steps,
     num_classes)`` (readouts do not apply); ``crf`` adds a linear-chain CRF (``crf.*``) that the training loss
     and the decoding use (``birnn.engine.loop``).
+
+    ``stem="conv"``: a learned patch embedding (``birnn.models.stem``, ``stem.*``) reads the steps (after the
+    embedding, if any) first; the recurrence then runs over ``ceil(steps / stem_stride)`` steps of
+    ``stem_channels`` features and the lengths shrink alike. ``"none"`` (the default) adds nothing.
     """
 
     def __init__(
@@ -129,9 +134,14 @@ class RNNClassifier(nn.Module):
         crf: bool = False,
         vocab_size: int | None = None,
         per_step: bool = False,
+        stem: str = "none",
+        stem_kernel: int = 8,
+        stem_stride: int = 4,
+        stem_channels: int = 64,
     ):
         super().__init__()
         check_options(hidden_size, num_layers, dropout, readout, cell)
+        check_stem(stem, stem_kernel, stem_stride, stem_channels, MAX_WIDTH, per_step)
         if crf and not per_step:
             raise BirnnError("model.crf=true needs per-step labels (data=tagged, or arrays with y of shape (N, steps))")
         if vocab_size is not None and not 0 < embedding_dim <= MAX_WIDTH:
@@ -142,6 +152,9 @@ class RNNClassifier(nn.Module):
         if vocab_size is not None:
             self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
             input_size = embedding_dim
+        if stem == "conv":
+            self.stem = ConvStem(input_size, stem_channels, stem_kernel, stem_stride)
+            input_size = stem_channels
         self.add_module(
             cell,
             CELLS[cell][0](
@@ -165,6 +178,8 @@ class RNNClassifier(nn.Module):
             lengths = None  # an empty batch (a process's share of DDP's last batch) has nothing to pack
         if hasattr(self, "embedding"):
             x = self.embedding(x)
+        if hasattr(self, "stem"):
+            x, lengths = self.stem(x, lengths)
         if self._last_step is not None:
             return self._last_step(x, self.training, lengths)
         if self.per_step:

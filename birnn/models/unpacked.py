@@ -3,7 +3,8 @@
 Packing (``pack_padded_sequence``) has data-dependent shapes that ``torch.export`` and ONNX cannot trace. Here
 each layer's forward direction runs over the padded batch as it is (the padding comes after a sample's steps, so
 its valid outputs never see it), and the backward direction runs forward over each sample reversed within its
-own length (a gather), then is reversed back. The valid outputs are those of the packed model.
+own length (a gather), then is reversed back. The valid outputs are those of the packed model. A stem
+(``model.stem``) runs first, as in the model.
 """
 
 from __future__ import annotations
@@ -42,15 +43,20 @@ class Unpacked(nn.Module):
         super().__init__()
         rnn = model.rnn
         self.embedding = getattr(model, "embedding", None)
+        self.stem = getattr(model, "stem", None)
         self.fc, self.readout, self.per_step = model.fc, model.readout, model.per_step
+        self.crf = getattr(model, "crf", None)
         self.forward_layers = nn.ModuleList(_direction(rnn, i, "") for i in range(rnn.num_layers))
         self.backward_layers = nn.ModuleList(
             _direction(rnn, i, "_reverse") for i in range(rnn.num_layers) if rnn.bidirectional
         )
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits; a tagger with a CRF also gives its Viterbi tags (batch, steps), -100 past each length."""
         if self.embedding is not None:
             x = self.embedding(x)
+        if self.stem is not None:
+            x, lengths = self.stem(x, lengths)
         for i, forward_layer in enumerate(self.forward_layers):
             out = forward_layer(x)[0]
             if self.backward_layers:
@@ -58,7 +64,8 @@ class Unpacked(nn.Module):
                 out = torch.cat([out, back], dim=2)
             x = out
         if self.per_step:
-            return self.fc(x)
+            scores = self.fc(x)
+            return scores if self.crf is None else (scores, self.crf.decode(scores, lengths))
         last = x[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
         if self.readout == "last":
             return self.fc(last)

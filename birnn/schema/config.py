@@ -26,6 +26,12 @@ PRECISIONS = ("32", "bf16", "16")
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 TEST_ON = ("last", "best")
 MONITORS = ("val_accuracy", "val_f1")
+# data.signature_suffixes' default: common English endings (inflection, derivation, possessive 's); the longest a
+# word ends with goes into its signature
+SIGNATURE_SUFFIXES = (
+    *("ing", "ed", "ly", "s", "es", "ies", "'s", "ion", "er", "ers", "est", "al", "ive", "ous", "ful", "less"),
+    *("able", "ible", "ment", "ness", "ity", "ic", "ism", "ist", "ize", "y"),
+)
 log = logging.getLogger("birnn")
 RNN_CLASSIFIER = "birnn.models.RNNClassifier"  # the model of checkpoints written before model._target_
 # Where birnn's own components moved when the modules became packages (2026-12): checkpoints and configs that
@@ -83,6 +89,12 @@ class ModelConfig:
     cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
     embedding_dim: int = 64  # token data only: the nn.Embedding (padding ID 0) in front of the recurrence
     crf: bool = False  # per-step labels only: a linear-chain CRF on the per-step scores (birnn/models/crf.py)
+    # none | conv: a learned patch embedding before the recurrence (birnn/models/stem.py): Conv1d-LayerNorm-GELU,
+    # ceil(steps / stem_stride) steps of stem_channels features; after data.patch's reshaping if both are set
+    stem: str = "none"
+    stem_kernel: int = 8  # steps each stem window reads (>= stem_stride)
+    stem_stride: int = 4  # steps between windows: the sequence gets this many times shorter (per-step labels: 1)
+    stem_channels: int = 64  # features per step the recurrence reads
 
 
 @dataclass
@@ -166,8 +178,10 @@ class TextDataConfig(DataConfig):
     label_column: str = "label"  # ... and of the label (any string; classes are the training split's, sorted)
     tokenizer: str = "word"  # char | word (letters/digits runs and punctuation) | bpe (needs birnn[text])
     vocab_size: int | None = None  # most frequent tokens kept, <pad> and <unk> included; null: all (bpe: 8000)
-    min_freq: int = 1  # tokens seen fewer times in the training split become <unk>
+    min_freq: int = 1  # tokens seen fewer times in the training split become <unk> (or their signature)
     lowercase: bool = True
+    unknown: str = "unk"  # unk | signature (tokenizer=word): a word outside the vocabulary becomes <unk-Cap-ing>...
+    signature_suffixes: list[str] = field(default_factory=lambda: [*SIGNATURE_SUFFIXES])  # the endings it may carry
     max_length: int | None = None  # longer texts are truncated to this many tokens (one warning counts them)
     batch_size: int = 32
 
@@ -186,8 +200,10 @@ class TaggedDataConfig(DataConfig):
     token_column: int = 0  # conll: the whitespace column of the token (0-based)
     tag_column: int = -1  # conll: the column of the tag (-1: the last)
     vocab_size: int | None = None  # most frequent words kept, <pad> and <unk> included; null: all
-    min_freq: int = 1  # words seen fewer times in the training split become <unk>
+    min_freq: int = 1  # words seen fewer times in the training split become <unk> (or their signature)
     lowercase: bool = True
+    unknown: str = "unk"  # unk | signature: a word outside the vocabulary becomes its shape, <unk-Cap-ing>...
+    signature_suffixes: list[str] = field(default_factory=lambda: [*SIGNATURE_SUFFIXES])  # the endings it may carry
     max_length: int | None = None  # a longer sentence is refused (naming file and line): tags are never truncated
     batch_size: int = 32
 
