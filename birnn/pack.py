@@ -1,6 +1,7 @@
 """``birnn-pack OUT [key=value ...]``: a data config's splits (or Parquet/CSV files) as a pack for ``data=packed``.
 
-``birnn-pack out/fmnist data=fashion_mnist`` packs what the loader gives; ``--train/--test [--val] FILE``
+``birnn-pack out/fmnist data=fashion_mnist`` packs what the loader gives (text and tagged data as token IDs,
+with the tokenizer fitted on the training split); ``--train/--test [--val] FILE``
 packs Parquet or CSV files read block by block (``birnn.data.tables``); ``birnn-pack --verify DIR`` checks
 every file of a pack against its manifest's SHA-256. The format: ``birnn.data.packed`` and docs/packed.md.
 """

@@ -2,25 +2,32 @@
 incomplete pack is refused with one error line."""
 
 import json
+import random
+import re
 import resource
 import signal
 import subprocess
 import sys
 
 import numpy as np
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 from test_distributed import finished, metrics_of, run_dirs, torchrun
 from test_resume import interrupt_at, state_of
+from test_studies import TINY_SPACE
 from test_sweeps import read_csv
+from test_text import FILLER, GOOD, write_reviews
 
+from birnn import evaluate
 from birnn.data import normalize
 from birnn.data.packed import MANIFEST, PackWriter, load_packed, verify
 from birnn.data.pipeline import load_data
 from birnn.pack import pack_config
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, ROOT, make_cfg, run_cli
+from conftest import FAST, ROOT, make_cfg, peak_rss, run_cli
 
 RUN = [*FAST, "trainer.epochs=1", "trainer.max_steps=12", "trainer.checkpoint_every_n_steps=5"]
 
@@ -113,16 +120,32 @@ def test_a_sweep_trains_from_a_pack(digits_pack, tmp_path):
     assert len(read_csv(sweep / "summary.csv")) == 2
 
 
-def test_a_pack_whose_shapes_differ_from_the_checkpoint_is_refused_at_resume(digits_pack, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_search_trains_its_trials_from_a_pack(digits_pack, tmp_path):
+    study = tmp_path / "study"
+    args = packed(digits_pack, TINY_SPACE, "search.pruner=none", "search.n_trials=2", f"search.dir={study}")
+    proc = run_cli(*args, cwd=tmp_path, module="birnn.search")
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="birnn", storage=f"sqlite:///{study / 'study.db'}").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and trials[0].params != trials[1].params
+    assert all(0 <= t.value <= 1 for t in trials)  # validation scores of models trained from the pack
+
+
+@pytest.mark.parametrize(("shape", "fewer", "changed"), [((8, 4), 0, "input_shape"), ((8, 8), 1, "samples")])
+def test_a_pack_whose_shapes_differ_from_the_checkpoint_is_refused_at_resume(
+    digits_pack, tmp_path, monkeypatch, shape, fewer, changed
+):
     pack = copy_pack(digits_pack, tmp_path / "p")
+    splits = load_packed(path=str(pack))
+    n_train, n_test = len(splits.train_y) - fewer, len(splits.test_y)
     with monkeypatch.context() as m:
         interrupt_at(m, 7, lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             train(make_cfg(*packed(pack)), tmp_path / "run")
     with PackWriter(pack, [str(i) for i in range(10)], kind="image", overwrite=True) as other:
-        other.split("train").append(np.zeros((100, 8, 4), np.float32), np.arange(100) % 10)
-        other.split("test").append(np.zeros((20, 8, 4), np.float32), np.arange(20) % 10)
-    with pytest.raises(BirnnError, match="input_shape changed"):
+        other.split("train").append(np.zeros((n_train, *shape), np.float32), np.arange(n_train) % 10)
+        other.split("test").append(np.zeros((n_test, *shape), np.float32), np.arange(n_test) % 10)
+    with pytest.raises(BirnnError, match=f"{changed} changed"):
         train(make_cfg(*packed(pack)), tmp_path / "run")
 
 
@@ -305,6 +328,99 @@ def test_bad_table_rows_name_the_file_row_and_column(tmp_path, edit, message):
     assert not (tmp_path / "out" / MANIFEST).exists()
 
 
+def write_tagged(path, n: int, seed: int):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            for w in rng.choices(GOOD + FILLER, k=rng.randint(2, 7)):
+                f.write(f"{w} {'ADJ' if w in GOOD else 'X'}\n")
+            f.write("\n")
+    return path
+
+
+TOKENS = ["device=cpu", "device.num_threads=1", "model.hidden_size=8", "model.embedding_dim=8", "data.batch_size=16"]
+TOKENS += ["trainer.epochs=2", "trainer.checkpoint_every_n_steps=5", "data.val_size=20"]
+
+
+@pytest.fixture(scope="module", params=["text", "tagged"])
+def token_data(request, tmp_path_factory):
+    """A text (one label per review) or tagged (one tag per word, BiLSTM-CRF) run's overrides: the data config's,
+    the model's, and its pack."""
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "text":
+        data = ["data=text", f"data.path={write_reviews(folder / 'train.csv', 120, 0)}", "data.test_fraction=0.25"]
+        model = ["model.readout=final"]
+    else:
+        data, model = ["data=tagged", f"data.path={write_tagged(folder / 'train.conll', 100, 0)}"], ["model.crf=true"]
+    pack_config(folder / "pack", data, overwrite=False)
+    return data, model, folder / "pack"
+
+
+def test_text_and_tags_pack_as_token_ids_and_train_bit_identically(token_data, tmp_path):
+    data, model, pack = token_data
+    manifest = json.loads((pack / MANIFEST).read_text())
+    memory = load_data(make_cfg(*data).data, torch.device("cpu"))
+    x, y = manifest["splits"]["train"]["x"], manifest["splits"]["train"]["y"]
+    assert x["dtype"] == "<i4" and x["shape"] == list(memory.train_x.shape)  # token IDs (N, steps), as int32
+    assert y["shape"] == list(memory.train_y.shape) and manifest["normalization"] is None
+    assert manifest["vocab_size"] == memory.vocab_size and manifest["tokenizer"] == memory.tokenizer
+    mapped = load_data(make_cfg("data=packed", f"data.path={pack}").data, torch.device("cpu"))
+    assert not isinstance(mapped.train_x, torch.Tensor) and mapped.per_step == memory.per_step
+    idx = torch.tensor([7, 2, 50, 2])
+    assert torch.equal(mapped.train_x[idx], memory.train_x[idx]) and mapped.train_x[idx].dtype == torch.int64
+
+    reference = train(make_cfg(*TOKENS, *model, *data), tmp_path / "memory")
+    run = train(make_cfg(*TOKENS, *model, "data=packed", f"data.path={pack}"), tmp_path / "packed")
+    assert run["history"] == reference["history"] and run["test_accuracy"] == reference["test_accuracy"]
+    ref = weights(tmp_path / "memory")
+    for name, w in weights(tmp_path / "packed").items():
+        assert torch.equal(w, ref[name]), name
+
+    ckpt = tmp_path / "packed" / "checkpoints" / "last.pt"
+    assert evaluate.evaluate_checkpoint(ckpt)["test_accuracy"] == run["test_accuracy"]
+    proc = run_cli(str(ckpt), "--text", "a great movie", "--json", cwd=tmp_path, module="birnn.predict")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)
+    assert result["label"] in ("pos", "neg") if "data=text" in data else result["tags"][1] in ("ADJ", "X")
+
+
+def test_a_pack_is_refused_with_a_checkpoint_of_another_tokenizer(token_data, tmp_path):
+    _, model, pack = token_data
+    train(make_cfg(*TOKENS, *model, "data=packed", f"data.path={pack}", "trainer.max_steps=2"), tmp_path / "run")
+    other = tmp_path / "other"
+    copy_pack(pack, other)
+    manifest = json.loads((other / MANIFEST).read_text())
+    manifest["tokenizer"] = json.dumps({**json.loads(manifest["tokenizer"]), "lowercase": False})
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    line = one_error_line(run_cli(ckpt, f"data.path={other}", cwd=tmp_path, module="birnn.evaluate"))
+    assert "another tokenizer than the checkpoint's" in line
+    manifest["tokenizer"] = json.dumps({"kind": "word", "lowercase": True, "vocab": ["<pad>", "<unk>", "y" * 5000]})
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BirnnError, match="refused"):  # a crafted tokenizer in a pack is data, checked and refused
+        load_packed(path=str(other))
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (np.array([[1, 2], [3, 9]]), np.array([0, 1]), "token ID 9 is outside 0..4"),
+        (np.ones((2, 2, 1)), np.array([0, 1]), "token IDs must be integers shaped (n, steps)"),
+        (
+            np.array([[1, 2], [3, 0]]),
+            np.array([[0, 1], [1, -100], [0, 0]]),
+            "shaped (2, 2) (one per step); got int64 (3, 2)",
+        ),
+        (np.array([[1, 2], [3, 0]]), np.array([[0, 1], [2, -100]]), "label 2 is outside 0..1"),
+    ],
+)
+def test_the_writer_checks_token_ids_and_per_step_labels(tmp_path, x, y, message):
+    with pytest.raises(BirnnError, match=re.escape(message)):
+        with PackWriter(tmp_path / "p", ["a", "b"], "text", True, vocab_size=5) as pack:
+            pack.split("train").append(x, y, np.array([2, 1]))
+    assert not (tmp_path / "p" / MANIFEST).exists()
+
+
 def test_a_ragged_list_row_names_its_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -317,17 +433,6 @@ def test_a_ragged_list_row_names_its_row(tmp_path):
     assert "train.parquet row 3 column a: 1 values; expected 2" in line
 
 
-PEAK = """import atexit, runpy, sys
-def peak(path):
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open(path, "w") as out:
-        out.write(str(kb))
-atexit.register(peak, sys.argv.pop(1))
-runpy.run_module("birnn.train", run_name="__main__")
-"""
-
-
 def peak_rss_of_training_on(tmp_path, megabytes: int) -> int:
     """VmHWM (bytes) of a training + test pass on a pack of about ``megabytes`` (64 x 64 float32 samples)."""
     rows = megabytes * 2**20 // (64 * 64 * 4)
@@ -337,15 +442,7 @@ def peak_rss_of_training_on(tmp_path, megabytes: int) -> int:
             for i in range(0, n, 1024):
                 k = min(1024, n - i)
                 writer.split(split).append(rng.random((k, 64, 64), np.float32), rng.integers(0, 10, k))
-    (tmp_path / "peak.py").write_text(PEAK)
-    out = tmp_path / f"peak{megabytes}"
-    run = [
-        *packed(pack, "trainer.max_steps=20", "data.eval_batch_size=200"),
-        f"hydra.run.dir={tmp_path}/run{megabytes}",
-    ]
-    proc = run_cli(str(out), *run, cwd=tmp_path, module="peak")
-    assert proc.returncode == 0, proc.stderr
-    return int(out.read_text()) * 1024
+    return peak_rss(tmp_path, f"run{megabytes}", *packed(pack, "trainer.max_steps=20", "data.eval_batch_size=200"))
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 A ``Mapped`` stands where a split's input tensor stands in ``Splits``: ``len``, ``shape``, ``device``, and
 indexing (``x[idx]``, ``x[i:j]``) gives a float32 tensor on ``device``, standardized and patched exactly as
 ``load_data`` does to a whole in-memory split (elementwise, so a gathered batch equals the same rows of the
-in-memory split bit for bit). Views (``subset``, ``standardized``, ``patched``, ``to``) copy nothing.
+in-memory split bit for bit). A 2-D integer source is token IDs ``(N, steps)``: rows come back as int64 IDs,
+never cast to float, standardized or patched. Views (``subset``, ``standardized``, ``patched``, ``to``) copy nothing.
 Rows are read with positional reads (``preadv``), not through the map: a fault on a memory map maps whole
 page-cache folios into the process (100 random 16 KB rows added 120 MB of resident memory here), a read
 copies only the rows. The file stays in the operating system's page cache either way.
@@ -66,7 +67,8 @@ class NpyMap:
 
 @dataclass(frozen=True)
 class Mapped:
-    """Rows ``rows`` (None: all) of a memory-mapped ``(N, steps, features)`` array, read as float32.
+    """Rows ``rows`` (None: all) of a memory-mapped ``(N, steps, features)`` array, read as float32 (or of token IDs
+    ``(N, steps)``, read as int64).
 
     ``lengths``: the raw valid steps of each of these rows (CPU), for the padding masks of standardization and
     patching; ``stats``: standardization statistics of all the source's rows (a pack's manifest), used by
@@ -86,16 +88,28 @@ class Mapped:
         return len(self.source.array) if self.rows is None else len(self.rows)
 
     @property
-    def raw_shape(self) -> tuple[int, int]:
+    def tokens(self) -> bool:
+        """Token IDs ``(N, steps)`` rather than float features ``(N, steps, features)``."""
+        return self.source.array.ndim == 2
+
+    @property
+    def raw_shape(self) -> tuple[int, ...]:
         return tuple(self.source.array.shape[1:])
 
     @property
     def shape(self) -> torch.Size:
+        if self.tokens:
+            return torch.Size((len(self), *self.raw_shape))
         steps, features = self.raw_shape
         return torch.Size((len(self), -(-steps // self.patch), self.patch * features))
 
-    ndim = 3
-    dtype = torch.float32
+    @property
+    def ndim(self) -> int:
+        return self.source.array.ndim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.int64 if self.tokens else torch.float32
 
     def subset(self, index: Tensor | slice) -> Mapped:
         """A view of some of these rows (positions ``index``), nothing read."""
@@ -123,12 +137,15 @@ class Mapped:
         return replace(self, device=device)
 
     def __getitem__(self, index: Tensor | slice) -> Tensor:
-        """Rows at positions ``index`` as a float32 tensor on ``device``, standardized and patched."""
+        """Rows at positions ``index`` as a float32 tensor on ``device``, standardized and patched (token IDs: int64,
+        as stored)."""
         view = self.subset(index)
         rows = np.arange(len(self.source.array)) if view.rows is None else view.rows
         order = np.argsort(rows, kind="stable")  # read the file forwards, then put the rows back in batch order
         raw = np.empty((len(rows), *self.raw_shape), self.source.array.dtype)
         raw[order] = self.source.rows(rows[order])
+        if self.tokens:
+            return torch.from_numpy(raw.astype(np.int64, copy=False)).to(self.device)
         x = torch.from_numpy(raw.astype(np.float32, copy=False))
         if self.normalization is not None:
             x = normalize.apply(x, self.normalization, view.lengths)
@@ -136,9 +153,7 @@ class Mapped:
 
     def chunks(self) -> list[slice]:
         """Consecutive position ranges of about ``CHUNK_BYTES`` each, covering every row."""
-        row_bytes = max(1, int(np.prod(self.raw_shape)) * 4)
-        step = max(1, CHUNK_BYTES // row_bytes)
-        return [slice(i, min(i + step, len(self))) for i in range(0, len(self), step)]
+        return normalize.row_ranges(len(self), int(np.prod(self.raw_shape)) * 4, CHUNK_BYTES)
 
     def raw_chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         """``(x, lengths)`` float32 CPU chunks of the raw rows (before standardization and patching)."""

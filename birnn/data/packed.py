@@ -1,11 +1,13 @@
 """Packed datasets (``birnn-pack``, ``data=packed``): one ``.npy`` file per split and array, and a manifest.
 
-A pack directory holds ``<split>_x.npy`` (inputs ``(N, steps, features)``), ``<split>_y.npy`` (int64 labels)
-and, for variable-length series, ``<split>_lengths.npy`` (int64 valid steps), for ``train``, ``test`` and
-optionally ``val``; and ``manifest.json``, written last and atomically: shapes, dtypes, byte sizes and a
-SHA-256 per file, the classes, the kind, and the training split's standardization statistics. No manifest
-means the packing did not finish: such a directory is refused. Training reads the inputs through memory maps
-(``birnn.data.mapped``) and holds only labels and lengths in memory.
+A pack directory holds ``<split>_x.npy`` (inputs ``(N, steps, features)``, or int32 token IDs ``(N, steps)``
+for text), ``<split>_y.npy`` (int64 labels ``(N,)``, or one per step ``(N, steps)`` with ``IGNORE`` at padding)
+and, for variable-length series and text, ``<split>_lengths.npy`` (int64 valid steps), for ``train``, ``test``
+and optionally ``val``; and ``manifest.json``, written last and atomically: shapes, dtypes, byte sizes and a
+SHA-256 per file, the classes, the kind, the training split's standardization statistics (float inputs) or the
+vocabulary size and the tokenizer as JSON (token IDs). No manifest means the packing did not finish: such a
+directory is refused. Training reads the inputs through memory maps (``birnn.data.mapped``) and holds only
+labels and lengths in memory.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from birnn.data import normalize
+from birnn.data import normalize, tokenize
 from birnn.data.mapped import CHUNK_BYTES, Mapped, NpyMap
-from birnn.data.pipeline import Splits
+from birnn.data.pipeline import IGNORE, Splits
 from birnn.schema.errors import BirnnError
 from birnn.system.files import atomic_write
 
@@ -67,28 +69,51 @@ class _Appender:
 
 
 class SplitWriter:
-    """Appends chunks of one split: ``append(x, y[, lengths])``, every chunk with the same steps and features."""
+    """Appends chunks of one split: ``append(x, y[, lengths])``, every chunk with the same steps and features.
 
-    def __init__(self, out: Path, name: str, classes: int, variable: bool, moments: normalize.Moments | None):
+    ``vocab_size`` given: the inputs are token IDs, stored as int32."""
+
+    def __init__(
+        self,
+        out: Path,
+        name: str,
+        classes: int,
+        variable: bool,
+        moments: normalize.Moments | None,
+        vocab_size: int | None = None,
+    ):
         self.name, self.classes, self.variable, self.moments = name, classes, variable, moments
+        self.vocab_size = vocab_size
         self.files = {a: _Appender(out / file_name(name, a)) for a in ARRAYS[: 3 if variable else 2]}
 
     def append(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, lengths=None) -> None:
-        """Add samples ``x`` (n, steps, features) of any real dtype, labels ``y`` (n,) in ``0..classes-1`` and,
-        for variable-length series (zero-padded to ``steps``), ``lengths`` (n,) in ``1..steps``."""
+        """Add samples ``x`` (n, steps, features) of any real dtype (token data: integer IDs (n, steps) in
+        ``0..vocab_size-1``, 0 = padding), labels ``y`` (n,) in ``0..classes-1`` (or one per step, (n, steps),
+        ``IGNORE`` at padding) and, for variable-length series (zero-padded to ``steps``), ``lengths`` (n,) in
+        ``1..steps``."""
         x, y = _numpy(x), _numpy(y)
         where = f"{self.name} chunk at sample {self.files['x'].rows}"
-        if x.ndim != 3 or x.dtype.kind not in "fiu":
+        if self.vocab_size is not None:
+            if x.ndim != 2 or x.dtype.kind not in "iu":
+                raise BirnnError(f"{where}: token IDs must be integers shaped (n, steps); got {x.dtype} {x.shape}")
+            if x.size and (x.min() < 0 or x.max() >= self.vocab_size):
+                bad = int(x.max() if x.max() >= self.vocab_size else x.min())
+                raise BirnnError(f"{where}: token ID {bad} is outside 0..{self.vocab_size - 1}")
+            x = x.astype(np.int32)
+        elif x.ndim != 3 or x.dtype.kind not in "fiu":
             raise BirnnError(
                 f"{where}: inputs must be real numbers shaped (n, steps, features); got {x.dtype} {x.shape}"
             )
         first = self.files["x"].row_shape
         if first is not None and x.shape[1:] != first:
             raise BirnnError(f"{where}: shape {x.shape[1:]} per sample; earlier chunks had {first}")
-        if y.shape != (len(x),) or y.dtype.kind not in "iu":
-            raise BirnnError(f"{where}: labels must be {len(x)} integers; got {y.dtype} {y.shape}")
-        if len(y) and (y.min() < 0 or y.max() >= self.classes):
-            bad = int(y.max() if y.max() >= self.classes else y.min())
+        per_step = y.shape[1:] if self.files["y"].row_shape is None else self.files["y"].row_shape
+        if y.shape not in ((len(x),), (len(x), *x.shape[1:2])) or y.shape[1:] != per_step or y.dtype.kind not in "iu":
+            shape = f"({len(x)},)" if not per_step else f"({len(x)}, {x.shape[1]}) (one per step)"
+            raise BirnnError(f"{where}: labels must be integers shaped {shape}; got {y.dtype} {y.shape}")
+        labels = y[y != IGNORE] if per_step else y
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.classes):
+            bad = int(labels.max() if labels.max() >= self.classes else labels.min())
             raise BirnnError(f"{where}: label {bad} is outside 0..{self.classes - 1}")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise BirnnError(f"{where}: inputs hold NaN or inf")
@@ -101,7 +126,7 @@ class SplitWriter:
             self.files["lengths"].append(lengths)
         self.files["x"].append(x)
         self.files["y"].append(y.astype(np.int64))
-        if self.moments is not None:
+        if self.moments is not None and self.vocab_size is None:
             self.moments.add(
                 torch.from_numpy(x.astype(np.float32)), None if lengths is None else torch.from_numpy(lengths)
             )
@@ -140,13 +165,26 @@ class PackWriter:
     """Write a pack into ``out`` split by split, in chunks; the manifest comes last, on a clean ``close``.
 
     ``with PackWriter(out, classes) as pack: pack.split("train").append(x, y)`` (see docs/packed.md). An
-    existing pack (or any non-empty directory) is refused unless ``overwrite``.
+    existing pack (or any non-empty directory) is refused unless ``overwrite``. Token data: ``vocab_size`` and
+    the ``tokenizer`` (JSON, ``birnn.data.tokenize``) that made the IDs, if one did.
     """
 
     def __init__(
-        self, out: Path, classes: list[str], kind: str = "series", variable: bool = False, overwrite: bool = False
+        self,
+        out: Path,
+        classes: list[str],
+        kind: str = "series",
+        variable: bool = False,
+        overwrite: bool = False,
+        vocab_size: int | None = None,
+        tokenizer: str | None = None,
     ):
         self.out, self.classes, self.kind, self.variable = Path(out), list(classes), kind, variable
+        if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < 2):
+            raise BirnnError(f"vocab_size={vocab_size!r}: token data need at least 2 IDs (0 is padding)")
+        if tokenizer is not None:
+            tokenize.from_json(tokenizer)  # refused here, not when the pack is opened
+        self.vocab_size, self.tokenizer = vocab_size, tokenizer
         prepare(self.out, overwrite)
         self.moments = normalize.Moments()
         self.splits: dict[str, SplitWriter] = {}
@@ -156,7 +194,7 @@ class PackWriter:
             raise BirnnError(f"split {name!r}: a pack holds {', '.join(SPLITS)}")
         if name not in self.splits:
             moments = self.moments if name == "train" else None
-            self.splits[name] = SplitWriter(self.out, name, len(self.classes), self.variable, moments)
+            self.splits[name] = SplitWriter(self.out, name, len(self.classes), self.variable, moments, self.vocab_size)
         return self.splits[name]
 
     def close(self) -> Path:
@@ -170,7 +208,9 @@ class PackWriter:
             "version": VERSION,
             "classes": self.classes,
             "kind": self.kind,
-            "normalization": self.moments.stats(),
+            "normalization": None if self.vocab_size is not None else self.moments.stats(),
+            "vocab_size": self.vocab_size,
+            "tokenizer": self.tokenizer,
             "splits": splits,
         }
         path = self.out / MANIFEST
@@ -238,21 +278,37 @@ def _open(path: Path, entry: dict) -> NpyMap:
     return mapped
 
 
-def load_packed(root: str = "data", download: bool = False, path: str | None = None) -> Splits:
-    """``data=packed``: the pack in directory ``path``; inputs stay memory-mapped, labels and lengths load."""
+def load_packed(
+    root: str = "data", download: bool = False, path: str | None = None, fitted: str | None = None
+) -> Splits:
+    """``data=packed``: the pack in directory ``path``; inputs stay memory-mapped, labels and lengths load.
+    ``fitted``: a checkpoint's tokenizer, which must be the pack's (its token IDs mean what the model learned)."""
     if not path:
         raise BirnnError("data=packed needs the pack: data.path=DIR (made by birnn-pack DIR data=...)")
     where = Path(path)
     manifest = read_manifest(where)
+    vocab_size, tokenizer = manifest.get("vocab_size"), manifest.get("tokenizer")
+    if vocab_size is not None and (not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2):
+        raise BirnnError(f"{where / MANIFEST}: vocab_size {vocab_size!r} is not a number of token IDs")
+    if tokenizer is not None:
+        tokenize.from_json(tokenizer)  # plain data of sane size, or refused with one line
+    if fitted is not None and fitted != tokenizer:
+        raise BirnnError(
+            f"{where} was tokenized with another tokenizer than the checkpoint's: its token IDs mean other words"
+        )
     fields: dict = {}
     for split, entries in manifest["splits"].items():
         maps = {a: _open(where, e) for a, e in entries.items()}
+        if (maps["x"].array.ndim == 2) != (vocab_size is not None):
+            raise BirnnError(f"{where}: {split}_x holds {maps['x'].array.ndim}-D inputs; vocab_size is {vocab_size}")
         lengths = torch.from_numpy(np.array(maps["lengths"].array)) if "lengths" in maps else None
         stats = manifest["normalization"] if split == "train" else None
         fields[f"{split}_x"] = Mapped(maps["x"], lengths=lengths, stats=stats)
         fields[f"{split}_y"] = torch.from_numpy(np.array(maps["y"].array))
         fields[f"{split}_lengths"] = lengths
-    return Splits(classes=manifest["classes"], kind=manifest["kind"], **fields)
+    return Splits(
+        classes=manifest["classes"], kind=manifest["kind"], vocab_size=vocab_size, tokenizer=tokenizer, **fields
+    )
 
 
 def verify(path: Path, progress: Callable[[str], None] = lambda _: None) -> int:
@@ -270,7 +326,7 @@ def verify(path: Path, progress: Callable[[str], None] = lambda _: None) -> int:
 def pack_splits(splits: Splits, out: Path, overwrite: bool = False) -> Path:
     """Write in-memory ``splits`` (a loader's, before hold-out and standardization) as a pack, in chunks."""
     variable = splits.train_lengths is not None or splits.test_lengths is not None
-    with PackWriter(out, splits.classes, splits.kind, variable, overwrite) as pack:
+    with PackWriter(out, splits.classes, splits.kind, variable, overwrite, splits.vocab_size, splits.tokenizer) as pack:
         for name in SPLITS:
             x, y, lengths = (getattr(splits, f"{name}_{a}") for a in ("x", "y", "lengths"))
             if x is None:
