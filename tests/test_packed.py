@@ -421,6 +421,91 @@ def test_the_writer_checks_token_ids_and_per_step_labels(tmp_path, x, y, message
     assert not (tmp_path / "p" / MANIFEST).exists()
 
 
+def tag_pack(out, tokenizer=None):
+    """A tiny tagged pack (vocab 6, one tag per step, -100 at padding) written with PackWriter."""
+    ids, y, lengths = np.array([[1, 2, 0], [3, 4, 5]]), np.array([[0, 1, -100], [1, 1, 0]]), np.array([2, 3])
+    with PackWriter(out, ["a", "b"], "tagged", True, vocab_size=6, tokenizer=tokenizer) as pack:
+        pack.split("train").append(np.tile(ids, (4, 1)), np.tile(y, (4, 1)), np.tile(lengths, 4))
+        pack.split("test").append(ids, y, lengths)
+    return out
+
+
+def resave(pack, name, array):
+    """Replace ``pack``'s file ``name`` by ``array`` and make the manifest agree (all but the checksum)."""
+    np.save(pack / f"{name}.npy", array)
+    manifest = json.loads((pack / MANIFEST).read_text())
+    split, kind = name.split("_")
+    manifest["splits"][split][kind].update(
+        shape=list(array.shape), dtype=array.dtype.str, bytes=(pack / f"{name}.npy").stat().st_size
+    )
+    (pack / MANIFEST).write_text(json.dumps(manifest))
+
+
+def tokenizer_of(size):
+    return json.dumps({"kind": "word", "lowercase": False, "vocab": ["<pad>", "<unk>", *"cdefgh"[: size - 2]]})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: resave(p, "train_y", np.full((8, 3), 0)), "sample 0 has label 0 at step 2, beyond its length 2"),
+        (lambda p: resave(p, "train_y", np.array([[-100, 1, -100]] * 8)), "sample 0 has no label at step 0"),
+        (lambda p: resave(p, "train_y", np.array([[0, 5, -100]] * 8)), "train_y holds label 5, outside 0..1"),
+        (lambda p: resave(p, "train_y", np.zeros(8)), "train_y holds float64 [8]; expected integer labels"),
+        (lambda p: resave(p, "test_y", np.zeros((1, 3), np.int64)), "test_y holds int64 [1, 3]; expected integer"),
+        (lambda p: resave(p, "test_y", np.array([0, 1])), "splits differ in features per step, or in labels per"),
+        (lambda p: resave(p, "train_lengths", np.array([2, 4] * 4)), "train_lengths must be 8 integers in 1..3"),
+        (lambda p: resave(p, "train_lengths", np.array([0, 3] * 4)), "train_lengths must be 8 integers in 1..3"),
+        (lambda p: resave(p, "train_x", np.ones((8, 3), np.float32)), "train_x holds float32 [8, 3]; expected"),
+        (lambda p: edit_manifest(p, vocab_size=4), "vocab_size 4 is not its tokenizer's 6 token IDs"),
+        (lambda p: edit_manifest(p, tokenizer=tokenizer_of(3)), "vocab_size 6 is not its tokenizer's 3 token IDs"),
+        (lambda p: edit_manifest(p, vocab_size=2**40), "vocab_size 1099511627776 is not a number of token IDs"),
+        (lambda p: edit_manifest(p, classes="ab"), "manifest.json is damaged"),
+        (lambda p: edit_manifest(p, splits={"train": {}}), "manifest.json is damaged"),
+    ],
+)
+def test_a_damaged_token_pack_is_refused_when_opened(tmp_path, edit, message):
+    pack = tag_pack(tmp_path / "p", tokenizer_of(6))
+    load_packed(path=str(pack))
+    edit(pack)
+    with pytest.raises(BirnnError, match=re.escape(message)):
+        load_packed(path=str(pack))
+
+
+def edit_manifest(pack, **changes):
+    manifest = json.loads((pack / MANIFEST).read_text())
+    (pack / MANIFEST).write_text(json.dumps({**manifest, **changes}))
+
+
+def test_a_token_id_beyond_the_vocabulary_stops_training_with_one_line(tmp_path):
+    pack = tag_pack(tmp_path / "p")
+    x = np.load(pack / "train_x.npy")
+    x[5, 1] = 6
+    resave(pack, "train_x", x)
+    run = ["device=cpu", "device.num_threads=1", "model.hidden_size=8", "trainer.max_steps=3", "hydra.run.dir=run"]
+    line = one_error_line(run_cli("data=packed", f"data.path={pack}", *run, cwd=tmp_path))
+    assert "train_x.npy row 5 holds a token ID outside 0..5" in line
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "y_test", "message"),
+    [
+        ({}, np.array([[0, 1, 0], [1, 1, 0]]), "sample 0 has label 0 at step 2, beyond its length 2 (-100 there)"),
+        ({}, np.array([0, 1]), "the splits differ in features per step, or in labels per sample or per step"),
+        ({"vocab_size": 2**40}, None, "vocab_size 1099511627776 is not a number of token IDs"),
+        ({"tokenizer": tokenizer_of(4)}, None, "vocab_size 6 is not its tokenizer's 4 token IDs"),
+        ({"vocab_size": None, "tokenizer": tokenizer_of(6)}, None, "a tokenizer comes with token data"),
+    ],
+)
+def test_the_writer_refuses_inconsistent_token_data(tmp_path, kwargs, y_test, message):
+    ids, lengths = np.array([[1, 2, 0], [3, 4, 5]]), np.array([2, 3])
+    with pytest.raises(BirnnError, match=re.escape(message)):
+        with PackWriter(tmp_path / "p", ["a", "b"], "tagged", True, **{"vocab_size": 6, **kwargs}) as pack:
+            pack.split("train").append(ids, np.array([[0, 1, -100], [1, 1, 0]]), lengths)
+            pack.split("test").append(ids, y_test, lengths)
+    assert not (tmp_path / "p" / MANIFEST).exists()
+
+
 def test_a_ragged_list_row_names_its_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

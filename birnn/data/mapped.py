@@ -73,7 +73,7 @@ class Mapped:
     ``lengths``: the raw valid steps of each of these rows (CPU), for the padding masks of standardization and
     patching; ``stats``: standardization statistics of all the source's rows (a pack's manifest), used by
     ``fit`` while no rows are left out; ``normalization`` and ``patch`` as in ``Splits``; ``device``: where
-    gathered batches go.
+    gathered batches go; ``vocab_size``: token IDs outside ``0..vocab_size-1`` are refused batch by batch.
     """
 
     source: NpyMap
@@ -83,6 +83,7 @@ class Mapped:
     normalization: dict | None = None
     patch: int = 1
     device: torch.device = torch.device("cpu")
+    vocab_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.source.array) if self.rows is None else len(self.rows)
@@ -145,11 +146,23 @@ class Mapped:
         raw = np.empty((len(rows), *self.raw_shape), self.source.array.dtype)
         raw[order] = self.source.rows(rows[order])
         if self.tokens:
+            self._check_ids(raw, rows)
             return torch.from_numpy(raw.astype(np.int64, copy=False)).to(self.device)
         x = torch.from_numpy(raw.astype(np.float32, copy=False))
         if self.normalization is not None:
             x = normalize.apply(x, self.normalization, view.lengths)
         return patches.patch(x, self.patch, view.lengths).to(self.device)
+
+    def _check_ids(self, raw: np.ndarray, rows: np.ndarray) -> None:
+        """Token IDs ``raw`` of the source's rows ``rows`` lie in ``0..vocab_size-1``, or one error line."""
+        if self.vocab_size is None:
+            return
+        bad = np.flatnonzero(((raw < 0) | (raw >= self.vocab_size)).any(1))
+        if len(bad):
+            raise BirnnError(
+                f"{self.source.file.name} row {int(rows[bad[0]])} holds a token ID outside 0..{self.vocab_size - 1} "
+                "(changed after packing? birnn-pack --verify checks every file)"
+            )
 
     def chunks(self) -> list[slice]:
         """Consecutive position ranges of about ``CHUNK_BYTES`` each, covering every row."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from birnn.data import normalize, tokenize
 from birnn.data.mapped import CHUNK_BYTES, Mapped, NpyMap
@@ -34,6 +35,8 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "test", "val")
 ARRAYS = ("x", "y", "lengths")
 HEADER_BYTES = 256  # the .npy header is reserved at this size and rewritten with the final shape on close
+MAX_IDS = 2**31  # token IDs are stored as int32
+ENTRY = {"file", "shape", "dtype", "bytes", "sha256"}
 
 
 def file_name(split: str, array: str) -> str:
@@ -107,6 +110,13 @@ class SplitWriter:
         first = self.files["x"].row_shape
         if first is not None and x.shape[1:] != first:
             raise BirnnError(f"{where}: shape {x.shape[1:]} per sample; earlier chunks had {first}")
+        if (lengths is None) == self.variable:
+            raise BirnnError(f"{where}: give lengths with every chunk of variable-length series, and only then")
+        if lengths is not None:
+            lengths = _numpy(lengths)
+            if not lengths_fit(lengths, len(x), x.shape[1]):
+                raise BirnnError(f"{where}: lengths must be {len(x)} integers in 1..{x.shape[1]}; got {lengths.dtype}")
+            lengths = lengths.astype(np.int64)
         per_step = y.shape[1:] if self.files["y"].row_shape is None else self.files["y"].row_shape
         if y.shape not in ((len(x),), (len(x), *x.shape[1:2])) or y.shape[1:] != per_step or y.dtype.kind not in "iu":
             shape = f"({len(x)},)" if not per_step else f"({len(x)}, {x.shape[1]}) (one per step)"
@@ -115,14 +125,11 @@ class SplitWriter:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.classes):
             bad = int(labels.max() if labels.max() >= self.classes else labels.min())
             raise BirnnError(f"{where}: label {bad} is outside 0..{self.classes - 1}")
+        if per_step and (wrong := misplaced(y, lengths)):
+            raise BirnnError(f"{where}: {wrong}")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise BirnnError(f"{where}: inputs hold NaN or inf")
-        if (lengths is None) == self.variable:
-            raise BirnnError(f"{where}: give lengths with every chunk of variable-length series, and only then")
         if lengths is not None:
-            lengths = _numpy(lengths).astype(np.int64)
-            if lengths.shape != (len(x),) or (len(x) and (lengths.min() < 1 or lengths.max() > x.shape[1])):
-                raise BirnnError(f"{where}: lengths must be {len(x)} integers in 1..{x.shape[1]}")
             self.files["lengths"].append(lengths)
         self.files["x"].append(x)
         self.files["y"].append(y.astype(np.int64))
@@ -180,11 +187,7 @@ class PackWriter:
         tokenizer: str | None = None,
     ):
         self.out, self.classes, self.kind, self.variable = Path(out), list(classes), kind, variable
-        if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < 2):
-            raise BirnnError(f"vocab_size={vocab_size!r}: token data need at least 2 IDs (0 is padding)")
-        if tokenizer is not None:
-            tokenize.from_json(tokenizer)  # refused here, not when the pack is opened
-        self.vocab_size, self.tokenizer = vocab_size, tokenizer
+        self.vocab_size, self.tokenizer = check_vocab(vocab_size, tokenizer, "PackWriter"), tokenizer
         prepare(self.out, overwrite)
         self.moments = normalize.Moments()
         self.splits: dict[str, SplitWriter] = {}
@@ -203,6 +206,8 @@ class PackWriter:
         if missing:
             raise BirnnError(f"a pack needs a train and a test split; {', '.join(missing)} got no samples")
         splits = {name: s.close() for name, s in self.splits.items()}
+        if len({(s.files["x"].row_shape[1:], len(s.files["y"].row_shape)) for s in self.splits.values()}) > 1:
+            raise BirnnError("the splits differ in features per step, or in labels per sample or per step")
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -244,6 +249,25 @@ def prepare(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def check_vocab(vocab_size: object, tokenizer: object, where: str) -> int | None:
+    """``vocab_size`` as an int (None: not token data), refused unless in ``2..MAX_IDS`` and, with a ``tokenizer``
+    (JSON, checked like a checkpoint's), its number of token IDs."""
+    if vocab_size is None:
+        if tokenizer is not None:
+            raise BirnnError(f"{where}: a tokenizer comes with token data, and vocab_size is null")
+        return None
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or not 2 <= vocab_size <= MAX_IDS:
+        raise BirnnError(f"{where}: vocab_size {vocab_size!r} is not a number of token IDs (2..{MAX_IDS}, 0 = padding)")
+    if tokenizer is not None:
+        try:
+            size = tokenize.from_json(tokenizer).size
+        except BirnnError as e:
+            raise BirnnError(f"{where}: {e}") from None
+        if size != vocab_size:
+            raise BirnnError(f"{where}: vocab_size {vocab_size} is not its tokenizer's {size} token IDs")
+    return int(vocab_size)
+
+
 def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise BirnnError(f"data.path={path}: no such pack directory (make one with birnn-pack {path} data=...)")
@@ -257,7 +281,31 @@ def read_manifest(path: Path) -> dict:
         raise BirnnError(f"{path / MANIFEST} is unreadable: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise BirnnError(f"{path / MANIFEST} is not a {FORMAT} version {VERSION} manifest")
+    if not _well_formed(manifest):
+        raise BirnnError(
+            f"{path / MANIFEST} is damaged: it needs classes (names), a kind, and splits train, test (and val) "
+            "with the same files each, every file's entry as birnn-pack writes it"
+        )
     return manifest
+
+
+def _well_formed(manifest: dict) -> bool:
+    classes, kind, splits = manifest.get("classes"), manifest.get("kind"), manifest.get("splits")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return False
+    if not (isinstance(kind, str) and isinstance(splits, dict) and {"train", "test"} <= splits.keys() <= set(SPLITS)):
+        return False
+    arrays = {s: entries.keys() if isinstance(entries, dict) else None for s, entries in splits.items()}
+    if (
+        any(a not in ({"x", "y"}, set(ARRAYS)) for a in arrays.values())
+        or len(set(map(frozenset, arrays.values()))) > 1
+    ):
+        return False
+    return all(
+        isinstance(e, dict) and e.keys() >= ENTRY and e["file"] == file_name(split, a)
+        for split, entries in splits.items()
+        for a, e in entries.items()
+    )
 
 
 def _open(path: Path, entry: dict) -> NpyMap:
@@ -287,11 +335,8 @@ def load_packed(
         raise BirnnError("data=packed needs the pack: data.path=DIR (made by birnn-pack DIR data=...)")
     where = Path(path)
     manifest = read_manifest(where)
-    vocab_size, tokenizer = manifest.get("vocab_size"), manifest.get("tokenizer")
-    if vocab_size is not None and (not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2):
-        raise BirnnError(f"{where / MANIFEST}: vocab_size {vocab_size!r} is not a number of token IDs")
-    if tokenizer is not None:
-        tokenize.from_json(tokenizer)  # plain data of sane size, or refused with one line
+    tokenizer = manifest.get("tokenizer")
+    vocab_size = check_vocab(manifest.get("vocab_size"), tokenizer, str(where / MANIFEST))
     if fitted is not None and fitted != tokenizer:
         raise BirnnError(
             f"{where} was tokenized with another tokenizer than the checkpoint's: its token IDs mean other words"
@@ -299,16 +344,60 @@ def load_packed(
     fields: dict = {}
     for split, entries in manifest["splits"].items():
         maps = {a: _open(where, e) for a, e in entries.items()}
-        if (maps["x"].array.ndim == 2) != (vocab_size is not None):
-            raise BirnnError(f"{where}: {split}_x holds {maps['x'].array.ndim}-D inputs; vocab_size is {vocab_size}")
-        lengths = torch.from_numpy(np.array(maps["lengths"].array)) if "lengths" in maps else None
+        ndim = maps["x"].array.ndim
+        if ndim != (2 if vocab_size is not None else 3):
+            raise BirnnError(f"{where}: {split}_x holds {ndim}-D inputs; vocab_size is {vocab_size}")
+        y, lengths = _labels_and_lengths(where, split, maps, len(manifest["classes"]))
         stats = manifest["normalization"] if split == "train" else None
-        fields[f"{split}_x"] = Mapped(maps["x"], lengths=lengths, stats=stats)
-        fields[f"{split}_y"] = torch.from_numpy(np.array(maps["y"].array))
-        fields[f"{split}_lengths"] = lengths
+        fields[f"{split}_x"] = Mapped(maps["x"], lengths=lengths, stats=stats, vocab_size=vocab_size)
+        fields[f"{split}_y"], fields[f"{split}_lengths"] = y, lengths
+    xs, ys = [fields[f"{s}_x"] for s in manifest["splits"]], [fields[f"{s}_y"] for s in manifest["splits"]]
+    if len({x.raw_shape[1:] for x in xs}) > 1 or len({y.ndim for y in ys}) > 1:
+        raise BirnnError(f"{where}: its splits differ in features per step, or in labels per sample or per step")
     return Splits(
         classes=manifest["classes"], kind=manifest["kind"], vocab_size=vocab_size, tokenizer=tokenizer, **fields
     )
+
+
+def _labels_and_lengths(where: Path, split: str, maps: dict[str, NpyMap], classes: int) -> tuple[Tensor, Tensor | None]:
+    """The split's labels and lengths, loaded and checked against its inputs and the classes (a pack's files are
+    data: a crafted or damaged one is refused here, not by a traceback or a wrong loss in training)."""
+    x, y = maps["x"].array, np.array(maps["y"].array)
+    lengths = np.array(maps["lengths"].array) if "lengths" in maps else None
+    (n, steps), name = x.shape[:2], f"{where}: {split}"
+    if x.dtype.kind not in ("iu" if x.ndim == 2 else "fiu") or not n:
+        raise BirnnError(f"{name}_x holds {x.dtype} {list(x.shape)}; expected samples of numbers (token IDs: integers)")
+    if y.dtype.kind not in "iu" or y.shape not in ((n,), (n, steps)):
+        raise BirnnError(f"{name}_y holds {y.dtype} {list(y.shape)}; expected integer labels ({n},) or ({n}, {steps})")
+    if lengths is not None and not lengths_fit(lengths, n, steps):
+        raise BirnnError(f"{name}_lengths must be {n} integers in 1..{steps}")
+    labels = y[y != IGNORE] if y.ndim == 2 else y
+    if labels.min() < 0 or labels.max() >= classes:
+        bad = int(labels.max() if labels.max() >= classes else labels.min())
+        raise BirnnError(f"{name}_y holds label {bad}, outside 0..{classes - 1} (the manifest's classes)")
+    if y.ndim == 2 and (wrong := misplaced(y, lengths)):
+        raise BirnnError(f"{name}_y: {wrong}")
+    return torch.from_numpy(y.astype(np.int64)), None if lengths is None else torch.from_numpy(lengths.astype(np.int64))
+
+
+def lengths_fit(lengths: np.ndarray, n: int, steps: int) -> bool:
+    """``lengths`` are ``n`` integers in ``1..steps``."""
+    return (
+        lengths.dtype.kind in "iu" and lengths.shape == (n,) and (not n or 1 <= lengths.min() <= lengths.max() <= steps)
+    )
+
+
+def misplaced(y: np.ndarray, lengths: np.ndarray | None) -> str | None:
+    """What is wrong with per-step labels ``y`` (n, steps) given the valid steps: a step without a label inside a
+    length, or a label beyond it (where ``IGNORE`` belongs); None when nothing is."""
+    valid = np.arange(y.shape[1]) < (y.shape[1] if lengths is None else lengths[:, None])
+    wrong = np.argwhere((y == IGNORE) == valid)
+    if not len(wrong):
+        return None
+    i, t = (int(v) for v in wrong[0])
+    if valid[i, t]:
+        return f"sample {i} has no label at step {t}"
+    return f"sample {i} has label {int(y[i, t])} at step {t}, beyond its length {int(lengths[i])} ({IGNORE} there)"
 
 
 def verify(path: Path, progress: Callable[[str], None] = lambda _: None) -> int:
