@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from birnn.data.pipeline import IGNORE, load_data
+from birnn.data.pipeline import IGNORE, load_data, spec
 from birnn.engine.loop import eval_pass, label_count
 from birnn.engine.restore import add_trust_options, restore, user_errors
 from birnn.records.scores import confusion_matrix, per_class, tag_scores
@@ -44,6 +44,14 @@ def evaluate_checkpoint(
         raise BirnnError(
             f"{cfg.data._target_} gives classes {data.classes}; the model was trained on {restored.classes}."
         )
+    now = spec(data)
+    changed = [
+        f"{k} {now[k]} (the model's: {restored.spec[k]})"
+        for k in ("features", "vocab_size")
+        if k in restored.spec and restored.spec[k] != now[k]
+    ]
+    if changed:
+        raise BirnnError(f"{cfg.data._target_} gives {', '.join(changed)}: not what the model reads.")
     model = restored.model.to(device)
     precision = effective_precision(cfg.trainer.precision, device)
     result = eval_pass(

@@ -506,6 +506,17 @@ def test_the_writer_refuses_inconsistent_token_data(tmp_path, kwargs, y_test, me
     assert not (tmp_path / "p" / MANIFEST).exists()
 
 
+def test_a_pack_of_another_vocabulary_is_refused_by_evaluate(tmp_path):
+    """Token IDs without a tokenizer: the checkpoint's vocabulary size is all that says what they mean."""
+    run = ["device=cpu", "device.num_threads=1", "model.hidden_size=8", "trainer.max_steps=2"]
+    train(make_cfg(*run, "data=packed", f"data.path={tag_pack(tmp_path / 'p')}"), tmp_path / "run")
+    other = tag_pack(tmp_path / "q")
+    edit_manifest(other, vocab_size=9)
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    line = one_error_line(run_cli(ckpt, f"data.path={other}", cwd=tmp_path, module="birnn.evaluate"))
+    assert "gives vocab_size 9 (the model's: 6): not what the model reads" in line
+
+
 def test_a_ragged_list_row_names_its_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
