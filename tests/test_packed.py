@@ -2,6 +2,7 @@
 incomplete pack is refused with one error line."""
 
 import json
+import os
 import random
 import re
 import resource
@@ -187,6 +188,14 @@ def test_a_pack_without_manifest_is_refused(digits_pack, tmp_path):
     (pack / MANIFEST).unlink()
     line = one_error_line(run_cli(*packed(pack), "hydra.run.dir=run", cwd=tmp_path))
     assert "no manifest.json" in line and "did not finish" in line
+
+
+def test_a_manifest_that_is_no_file_is_refused_without_blocking(digits_pack, tmp_path):
+    pack = copy_pack(digits_pack, tmp_path / "p")
+    (pack / MANIFEST).unlink()
+    os.mkfifo(pack / MANIFEST)  # reading it would wait for a writer forever
+    with pytest.raises(BirnnError, match="manifest.json is unreadable: manifest.json is not a regular file"):
+        load_packed(path=str(pack))
 
 
 def test_a_truncated_file_is_refused_on_open(digits_pack, tmp_path):

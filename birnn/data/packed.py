@@ -272,6 +272,8 @@ def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise BirnnError(f"data.path={path}: no such pack directory (make one with birnn-pack {path} data=...)")
     try:
+        if (path / MANIFEST).exists() and not (path / MANIFEST).is_file():  # a FIFO would block the read forever
+            raise OSError(f"{MANIFEST} is not a regular file")
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         raise BirnnError(
