@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'birnn':10} {o['train_samples_per_second']:16.0f} {o['eval_samples_per_second']:15.0f} "
         f"{fmt(tta['birnn_seconds']):>13}s"
     )
+    if "train_tokens_per_second" in o:
+        print(f"{'':10} {'train tokens/s':>16} {'eval tokens/s':>15}")
+        for name, side in (("reference", r), ("birnn", o)):
+            print(f"{name:10} {side['train_tokens_per_second']:16.0f} {side['eval_tokens_per_second']:15.0f}")
     print(f"wrote {args.out}")
     ratios = result["ratios"]
     print(f"speedup train={fmt(ratios['train'])} eval={fmt(ratios['eval'])} time_to_acc={fmt(ratios['time_to_acc'])}")

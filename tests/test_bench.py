@@ -6,10 +6,12 @@ accuracy line."""
 import json
 
 import pytest
+import torch
 
 from birnn.bench import main
-from birnn.benchmarks.step import TutorialBiRNN
-from conftest import FAST
+from birnn.benchmarks.step import TutorialBiRNN, compose_config, with_default_data
+from birnn.data.pipeline import load_data
+from conftest import FAST, make_cfg
 
 
 def test_bench_quick_on_digits_writes_all_fields(tmp_path, capsys):
@@ -45,6 +47,44 @@ def test_bench_quick_on_digits_writes_all_fields(tmp_path, capsys):
     assert saved["machine"]["device"] == "cpu" and saved["process_peak_rss_mb"] > 0
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line.startswith("speedup train=") and " eval=" in last_line and " time_to_acc=" in last_line
+
+
+def test_bench_on_tagged_sentences_reports_tokens_per_second_of_both(tmp_path, capsys):
+    conll = tmp_path / "t.conll"
+    conll.write_text(
+        "".join("a X\ngood ADJ\nfilm X\n\n" if i % 2 else "the X\nplot X\nwas X\ngood ADJ\n\n" for i in range(40))
+    )
+    data = ["data=tagged", f"data.path={conll}", "data.batch_size=8", "device=cpu", "device.num_threads=1"]
+    result = main(
+        [
+            "--rounds",
+            "1",
+            "--steps",
+            "2",
+            "--eval-every",
+            "5",
+            "--out",
+            str(tmp_path / "b.json"),
+            *data,
+            "model.hidden_size=8",
+            "model.embedding_dim=8",
+            "trainer.max_steps=10",
+        ]
+    )
+    splits = load_data(make_cfg(*data).data, torch.device("cpu"))
+    train_tokens = float(splits.train_lengths.double().mean())
+    for side in ("reference", "birnn"):
+        speed = result["throughput"][side]
+        assert speed["train_tokens_per_second"] == pytest.approx(speed["train_samples_per_second"] * train_tokens)
+        assert speed["eval_tokens_per_second"] > 0
+        assert 0 <= result["time_to_accuracy"][side]["final_accuracy"] <= 1
+    assert "train tokens/s" in capsys.readouterr().out
+
+
+def test_the_default_data_is_fashion_mnist_unless_the_data_or_a_preset_is_named():
+    assert with_default_data(["model.hidden_size=8"]) == ["data=fashion_mnist", "model.hidden_size=8"]
+    assert with_default_data(["experiment=brown_pos"]) == ["experiment=brown_pos"]  # the preset's data=tagged
+    assert compose_config(with_default_data(["experiment=names"])).data._target_ == "birnn.data.load_text"
 
 
 def test_reference_model_is_the_tutorials():

@@ -9,6 +9,11 @@ and allocator settings: the reference keeps glibc's defaults, birnn tunes them a
 driven in turn by this one. Throughput is measured in alternating A/B rounds after a warm-up (median of
 rounds); time to accuracy is training wall time (evaluation excluded) until test accuracy first reaches the
 target, both contenders rebuilt from scratch.
+
+Token data (``data=text``, ``data=tagged``) have no tutorial loop: their reference is the tutorial's model and
+loop with an ``nn.Embedding`` in front (``TutorialTagger``), the configured width, batch and learning rate, on
+padded batches run whole; per-step labels get the head at every step (padding ignored by the loss), one label
+per text the last step's output. Both report tokens per second too (samples/s times the split's mean length).
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from birnn.data.pipeline import Splits, load_data, num_batches, shuffled_batches
+from birnn.data.pipeline import IGNORE, Splits, load_data, num_batches, shuffled_batches
 from birnn.engine.loop import eval_pass as birnn_eval_pass
 from birnn.engine.run import build
 from birnn.schema.config import CONFIG_DIR as CONF
@@ -54,6 +59,24 @@ class TutorialBiRNN(nn.Module):
         c0 = torch.zeros(self.num_layers * 2, x.size(0), self.hidden_size).to(self.device)
         out, _ = self.lstm(x, (h0, c0))
         return self.fc(out[:, -1, :])
+
+
+class TutorialTagger(nn.Module):
+    """The tutorial's BiLSTM for token IDs: an ``nn.Embedding`` in front, padded batches run whole (no lengths);
+    the head at every step for per-step labels, else on the last step's output (the tutorial's readout)."""
+
+    def __init__(
+        self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int, classes: int, per_step: bool
+    ):
+        super().__init__()
+        self.per_step = per_step
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(hidden_size * 2, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.lstm(self.embedding(x))
+        return self.fc(out if self.per_step else out[:, -1, :])
 
 
 class PilImages(Dataset):
@@ -100,6 +123,7 @@ class Contender:
     n_test: int
     device: torch.device
     total_steps: int  # a full run: birnn's for its config, the tutorial's 2 epochs for the reference
+    tokens_per_sample: tuple[float, float] | None = None  # token data: mean valid tokens of a train, a test sample
 
     def timed(self, fn: Callable[[], object]) -> tuple[float, object]:
         """Wall seconds of ``fn()`` (device work included) and its result."""
@@ -116,8 +140,61 @@ def cycle(make: Callable[[], Iterator]) -> Iterator:
         yield from make()
 
 
+def mean_tokens(splits: Splits) -> tuple[float, float] | None:
+    """Mean valid tokens per train and per test sample (token data), None for float inputs."""
+    if splits.vocab_size is None:
+        return None
+    return tuple(
+        float(x.shape[1] if lengths is None else lengths.double().mean())
+        for x, lengths in ((splits.train_x, splits.train_lengths), (splits.test_x, splits.test_lengths))
+    )
+
+
+def token_reference(cfg: DictConfig, splits: Splits, device: torch.device) -> Contender:
+    """``TutorialTagger`` in the tutorial's loop (``DataLoader`` shuffling, Adam) at the config's width, batch, lr."""
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    classes = splits.num_classes
+    model = TutorialTagger(splits.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, classes, splits.per_step)
+    model = model.to(device)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+    cpu = [t.cpu() for t in (splits.train_x, splits.train_y, splits.test_x, splits.test_y)]
+    train_loader = DataLoader(TensorDataset(*cpu[:2]), batch_size=cfg.data.batch_size, shuffle=True)
+    test_loader = DataLoader(TensorDataset(*cpu[2:]), batch_size=cfg.data.eval_batch_size)
+    batches = cycle(lambda: iter(train_loader))
+
+    def train_steps(n: int) -> None:
+        model.train()
+        for _ in range(n):
+            x, y = next(batches)
+            loss = criterion(model(x.to(device)).reshape(-1, classes), y.to(device).reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    def eval_pass() -> float:
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                y = y.to(device)
+                valid = y != IGNORE
+                correct += int((model(x.to(device)).argmax(-1) == y)[valid].sum())
+                total += int(valid.sum())
+        return correct / total
+
+    steps = num_batches(len(splits.train_y), cfg.data.batch_size) * cfg.trainer.epochs
+    steps = min(steps, cfg.trainer.max_steps or steps)  # birnn's budget: the same config
+    return Contender(
+        "reference", train_steps, eval_pass, cfg.data.batch_size, len(splits.test_y), device, steps, mean_tokens(splits)
+    )
+
+
 def reference(cfg: DictConfig, splits: Splits, device: torch.device) -> Contender:
-    """The tutorial's loop on the same data and device."""
+    """The tutorial's loop on the same data and device (token data: ``token_reference``)."""
+    if splits.vocab_size is not None:
+        return token_reference(cfg, splits, device)
     torch.manual_seed(cfg.seed)
     train_set, test_set = reference_datasets(cfg, splits)
     rows, pixels = splits.train_x.shape[1:]
@@ -165,19 +242,36 @@ def birnn(cfg: DictConfig, device: torch.device) -> Contender:
     run = build(cfg, device)
     data = run.data
     generator = torch.Generator().manual_seed(cfg.seed)
-    batches = cycle(lambda: shuffled_batches(data.train_x, data.train_y, cfg.data.batch_size, generator))
+    batches = cycle(
+        lambda: shuffled_batches(data.train_x, data.train_y, cfg.data.batch_size, generator, lengths=data.train_lengths)
+    )
 
     def train_steps(n: int) -> None:
         for _ in range(n):
             batch = next(batches)
-            run.stepper.step(batch.x, batch.y)
+            run.stepper.step(batch.x, batch.y, batch.lengths, batch.size if batch.targets is None else batch.targets)
 
     def eval_pass() -> float:
         return birnn_eval_pass(
-            run.model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, cfg.trainer.precision
+            run.model,
+            data.test_x,
+            data.test_y,
+            cfg.data.eval_batch_size,
+            device,
+            cfg.trainer.precision,
+            lengths=data.test_lengths,
         ).accuracy
 
-    return Contender("birnn", train_steps, eval_pass, cfg.data.batch_size, len(data.test_y), device, run.total_steps)
+    return Contender(
+        "birnn",
+        train_steps,
+        eval_pass,
+        cfg.data.batch_size,
+        len(data.test_y),
+        device,
+        run.total_steps,
+        mean_tokens(data),
+    )
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -213,6 +307,7 @@ def serve(conn, side: str, overrides: list[str]) -> None:
                     "batch_size": contender.batch_size,
                     "n_test": contender.n_test,
                     "total_steps": contender.total_steps,
+                    "tokens_per_sample": contender.tokens_per_sample,
                     "device": str(device),
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "cpu_threads": torch.get_num_threads(),
@@ -282,12 +377,23 @@ def throughput(a: Worker, b: Worker, rounds: int, steps: int) -> dict:
         speed[w.side] = {
             "train_samples_per_second": statistics.median(steps * info["batch_size"] / t for t in s["train"]),
             "eval_samples_per_second": statistics.median(info["n_test"] / t for t in s["eval"]),
+            **tokens_per_second(info["tokens_per_sample"], s, steps * info["batch_size"], info["n_test"]),
             "train_seconds_per_round": s["train"],
             "eval_seconds_per_round": s["eval"],
             "peak_rss_mb": info["peak_rss_mb"],
             "peak_gpu_memory_mb": info["peak_gpu_memory_mb"],
         }
     return speed
+
+
+def tokens_per_second(per_sample: list[float] | None, seconds: dict, train: int, test: int) -> dict:
+    """Token data: median train and eval tokens/s, at each split's mean valid tokens per sample; else nothing."""
+    if per_sample is None:
+        return {}
+    return {
+        "train_tokens_per_second": statistics.median(train * per_sample[0] / t for t in seconds["train"]),
+        "eval_tokens_per_second": statistics.median(test * per_sample[1] / t for t in seconds["eval"]),
+    }
 
 
 def time_to_accuracy(c: Contender, max_steps: int, every: int, target: float | None) -> dict:
@@ -316,8 +422,9 @@ def ratio(x: float | None, y: float | None) -> float | None:
 
 
 def with_default_data(overrides: list[str]) -> list[str]:
-    """Fashion-MNIST unless an override names the data (a command-line ``data=`` beats any preset)."""
-    return overrides if any(o.startswith("data=") for o in overrides) else ["data=fashion_mnist", *overrides]
+    """Fashion-MNIST unless an override names the data or a preset (``experiment=``), which brings its own."""
+    named = any(o.startswith(("data=", "experiment=")) for o in overrides)
+    return overrides if named else ["data=fashion_mnist", *overrides]
 
 
 def machine(info: dict) -> dict:
