@@ -249,7 +249,7 @@ def birnn(cfg: DictConfig, device: torch.device) -> Contender:
     def train_steps(n: int) -> None:
         for _ in range(n):
             batch = next(batches)
-            run.stepper.step(batch.x, batch.y, batch.lengths, batch.size if batch.targets is None else batch.targets)
+            run.stepper.step(batch.x, batch.y, batch.lengths, batch.labels)
 
     def eval_pass() -> float:
         return birnn_eval_pass(

@@ -99,8 +99,7 @@ class SplitWriter:
         if self.vocab_size is not None:
             if x.ndim != 2 or x.dtype.kind not in "iu":
                 raise BirnnError(f"{where}: token IDs must be integers shaped (n, steps); got {x.dtype} {x.shape}")
-            if x.size and (x.min() < 0 or x.max() >= self.vocab_size):
-                bad = int(x.max() if x.max() >= self.vocab_size else x.min())
+            if (bad := first_outside(x, self.vocab_size)) is not None:
                 raise BirnnError(f"{where}: token ID {bad} is outside 0..{self.vocab_size - 1}")
             x = x.astype(np.int32)
         elif x.ndim != 3 or x.dtype.kind not in "fiu":
@@ -121,9 +120,7 @@ class SplitWriter:
         if y.shape not in ((len(x),), (len(x), *x.shape[1:2])) or y.shape[1:] != per_step or y.dtype.kind not in "iu":
             shape = f"({len(x)},)" if not per_step else f"({len(x)}, {x.shape[1]}) (one per step)"
             raise BirnnError(f"{where}: labels must be integers shaped {shape}; got {y.dtype} {y.shape}")
-        labels = y[y != IGNORE] if per_step else y
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.classes):
-            bad = int(labels.max() if labels.max() >= self.classes else labels.min())
+        if (bad := first_outside(y[y != IGNORE] if per_step else y, self.classes)) is not None:
             raise BirnnError(f"{where}: label {bad} is outside 0..{self.classes - 1}")
         if per_step and (wrong := misplaced(y, lengths)):
             raise BirnnError(f"{where}: {wrong}")
@@ -373,13 +370,18 @@ def _labels_and_lengths(where: Path, split: str, maps: dict[str, NpyMap], classe
         raise BirnnError(f"{name}_y holds {y.dtype} {list(y.shape)}; expected integer labels ({n},) or ({n}, {steps})")
     if lengths is not None and not lengths_fit(lengths, n, steps):
         raise BirnnError(f"{name}_lengths must be {n} integers in 1..{steps}")
-    labels = y[y != IGNORE] if y.ndim == 2 else y
-    if labels.min() < 0 or labels.max() >= classes:
-        bad = int(labels.max() if labels.max() >= classes else labels.min())
+    if (bad := first_outside(y[y != IGNORE] if y.ndim == 2 else y, classes)) is not None:
         raise BirnnError(f"{name}_y holds label {bad}, outside 0..{classes - 1} (the manifest's classes)")
     if y.ndim == 2 and (wrong := misplaced(y, lengths)):
         raise BirnnError(f"{name}_y: {wrong}")
     return torch.from_numpy(y.astype(np.int64)), None if lengths is None else torch.from_numpy(lengths.astype(np.int64))
+
+
+def first_outside(values: np.ndarray, high: int) -> int | None:
+    """A value of ``values`` outside ``0..high-1`` (the largest if any is too large, else the smallest), or None."""
+    if not values.size or (values.min() >= 0 and values.max() < high):
+        return None
+    return int(values.max() if values.max() >= high else values.min())
 
 
 def lengths_fit(lengths: np.ndarray, n: int, steps: int) -> bool:
@@ -425,9 +427,8 @@ def pack_splits(splits: Splits, out: Path, overwrite: bool = False) -> Path:
             if variable and lengths is None:
                 lengths = torch.full((len(x),), x.shape[1], dtype=torch.int64)
             writer = pack.split(name)
-            step = max(1, CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
-            for i in range(0, len(x), step):
-                writer.append(x[i : i + step], y[i : i + step], None if lengths is None else lengths[i : i + step])
+            for rows in normalize.row_ranges(len(x), x[0].numel() * x.element_size(), CHUNK_BYTES):
+                writer.append(x[rows], y[rows], None if lengths is None else lengths[rows])
     return out / MANIFEST
 
 

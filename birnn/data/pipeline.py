@@ -411,6 +411,11 @@ class Batch:
     targets: int | None = None  # labels in the global batch (per-step labels: its valid steps); None: ``size``
     tokens: int = 0  # token data: the global batch's tokens (valid steps); 0 for float inputs
 
+    @property
+    def labels(self) -> int:
+        """The labels the global batch scores: ``targets``, else one per sample."""
+        return self.size if self.targets is None else self.targets
+
 
 def shuffled_batches(
     x: Tensor,

@@ -214,7 +214,7 @@ class Run:
 
     def step(self, batch: Batch) -> None:
         """One optimizer step on ``batch`` (gradients averaged over ranks as over one global batch)."""
-        labels = batch.size if batch.targets is None else batch.targets
+        labels = batch.labels
         loss_sum, correct = self.stepper.step(batch.x, batch.y, batch.lengths, labels)
         self.window.losses.append(loss_sum)
         self.window.corrects.append(correct)
