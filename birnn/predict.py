@@ -221,7 +221,6 @@ def predict_texts(
     if restored.tokenizer is None:
         raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
     tok = tokenize.from_json(restored.tokenizer)
-    max_length = restored.cfg.data.get("max_length") if not restored.spec.get("per_step") else None
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     model = restored.model.to(target)
     records: list[dict] = [{"file": "--text", "index": i, "text": t} for i, t in enumerate(texts)]
@@ -235,7 +234,7 @@ def predict_texts(
     for r in (r for r in records if "error" not in r):
         per_step = bool(restored.spec.get("per_step"))
         tokens = tok.split(r["text"]) if per_step else None
-        ids = (tok.ids(tokens) or [1]) if per_step else tok.encode(r["text"])[: max_length or None]
+        ids = (tok.ids(tokens) or [1]) if per_step else tok.truncated(tok.encode(r["text"]))
         with torch.inference_mode():
             logits = model(torch.tensor([ids], device=target)).float().cpu()
         if per_step:

@@ -21,7 +21,7 @@ from test_studies import TINY_SPACE
 from test_sweeps import read_csv
 from test_text import FILLER, GOOD, write_reviews
 
-from birnn import evaluate
+from birnn import evaluate, predict
 from birnn.data import normalize
 from birnn.data.packed import MANIFEST, PackWriter, load_packed, verify
 from birnn.data.pipeline import load_data
@@ -358,6 +358,7 @@ def token_data(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "text":
         data = ["data=text", f"data.path={write_reviews(folder / 'train.csv', 120, 0)}", "data.test_fraction=0.25"]
+        data += ["data.max_length=5"]
         model = ["model.readout=final"]
     else:
         data, model = ["data=tagged", f"data.path={write_tagged(folder / 'train.conll', 100, 0)}"], ["model.crf=true"]
@@ -391,6 +392,10 @@ def test_text_and_tags_pack_as_token_ids_and_train_bit_identically(token_data, t
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads(proc.stdout)
     assert result["label"] in ("pos", "neg") if "data=text" in data else result["tags"][1] in ("ADJ", "X")
+    if "data=text" in data:  # the pack's tokenizer keeps data.max_length=5: a longer new text is cut the same way
+        five = "a great movie , dull"
+        short, long = predict.predict_texts(ckpt, [], [five, five + " awful" * 30])
+        assert long["probability"] == short["probability"] and json.loads(manifest["tokenizer"])["max_length"] == 5
 
 
 def test_a_pack_is_refused_with_a_checkpoint_of_another_tokenizer(token_data, tmp_path):

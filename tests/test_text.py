@@ -65,6 +65,8 @@ def test_vocab_size_and_min_freq_keep_the_frequent_tokens():
         ({"kind": "pickle", "lowercase": True, "vocab": ["<pad>", "<unk>"], "bpe": None}, "lacks its kind"),
         ({"kind": "word", "lowercase": True, "vocab": [1, 2], "bpe": None}, "list of strings"),
         ({"kind": "bpe", "lowercase": True, "vocab": ["<pad>", "<unk>"], "bpe": "{not json"}, "cannot be read"),
+        ({"kind": "char", "lowercase": True, "vocab": ["<pad>", "<unk>"], "max_length": -2}, "positive integer"),
+        ({"kind": "char", "lowercase": True, "vocab": ["<pad>", "<unk>"], "max_length": True}, "positive integer"),
     ],
 )
 def test_crafted_tokenizers_are_refused_with_one_line(stored, message):
@@ -85,6 +87,9 @@ def test_text_splits_keep_lengths_and_truncate_with_one_warning(tmp_path, caplog
     assert len(splits.test_y) == 15 and splits.train_x.shape[1] == 4 and int(splits.train_lengths.min()) >= 3
     assert ((splits.train_x != 0).sum(1) == splits.train_lengths).all()
     assert sum("longer than data.max_length=4" in r.message for r in caplog.records) == 1
+    assert tokenize.from_json(splits.tokenizer).max_length == 4  # kept with the tokenizer, for predict --text
+    with pytest.raises(BirnnError, match="data.max_length must be a positive number"):
+        load_text(path=str(path), test_fraction=0.25, max_length=-1)
     # the tokenizer sees the training split only: a word only in the test split is <unk> there
     test_only = tmp_path / "test.csv"
     test_only.write_text("label,text\npos,zebra great\n")

@@ -96,11 +96,10 @@ def _read_folder(path: Path) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def truncated(ids: list[list[int]], max_length: int | None) -> tuple[list[list[int]], int]:
-    """Each sample cut to ``max_length`` tokens (None: kept whole), and how many were cut."""
-    if not max_length:
-        return ids, 0
-    return [i[:max_length] for i in ids], sum(len(i) > max_length for i in ids)
+def truncated(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[list[list[int]], int]:
+    """Each text's IDs cut to the tokenizer's ``max_length`` (None: kept whole), and how many were cut."""
+    ids = [tok.encode(t) for t in texts]
+    return [tok.truncated(i) for i in ids], sum(len(i) > len(tok.truncated(i)) for i in ids)
 
 
 def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,14 +167,17 @@ def load_text(
         train, test = held_out(labels, test_fraction, test_seed, path)
         test_texts, test_labels = [texts[i] for i in test], [labels[i] for i in test]
         texts, labels = [texts[i] for i in train], [labels[i] for i in train]
+    if max_length is not None and max_length < 1:
+        raise BirnnError(f"data.max_length must be a positive number of tokens or null, got {max_length}")
     tok = (
         tokenize.from_json(fitted)
         if fitted
         else tokenize.fit(texts, tokenizer, vocab_size, min_freq, lowercase, True, unknown, signature_suffixes)
     )
+    tok.max_length = max_length  # kept with the tokenizer: predict --text cuts raw text the same way
     classes = sorted(set(labels))
-    train_ids, cut = truncated([tok.encode(t) for t in texts], max_length)
-    test_ids, test_cut = truncated([tok.encode(t) for t in test_texts], max_length)
+    train_ids, cut = truncated(tok, texts)
+    test_ids, test_cut = truncated(tok, test_texts)
     if cut + test_cut:
         log.warning(
             "%d of %d texts are longer than data.max_length=%d tokens: truncated",

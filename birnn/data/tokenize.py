@@ -79,6 +79,7 @@ class Tokenizer:
     bpe: str | None = None
     unknown: str = "unk"  # unk | signature: what a word outside the vocabulary becomes
     suffixes: list[str] = field(default_factory=list)  # the signatures' suffixes (unknown=signature)
+    max_length: int | None = None  # a text's IDs are cut to this many (data.max_length of data=text)
 
     def __post_init__(self) -> None:
         self._ids = {t: i for i, t in enumerate(self.vocab)}
@@ -103,12 +104,17 @@ class Tokenizer:
         return list(text) if self.kind == "char" else WORD.findall(text)
 
     def encode(self, text: str) -> list[int]:
-        """Token IDs of ``text``: unknown tokens become ``<unk>``; an empty text is one ``<unk>``."""
+        """Token IDs of ``text``, whole (``truncated`` cuts them): unknown tokens become ``<unk>``; an empty text is
+        one ``<unk>``."""
         if self._bpe is not None:
             ids = self._bpe.encode(text.lower() if self.lowercase else text).ids
         else:
             ids = self.ids(self.split(text))
         return ids or [1]
+
+    def truncated(self, ids: list[int]) -> list[int]:
+        """``ids`` cut to ``max_length`` (None: whole)."""
+        return ids[: self.max_length or None]
 
     def cased(self, tokens: Iterable[str]) -> list[str]:
         """Already split tokens (``data=tagged``) as the vocabulary holds them: lower-cased when the tokenizer is."""
@@ -129,6 +135,8 @@ class Tokenizer:
         data = {"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab, "bpe": self.bpe}
         if self.unknown != "unk":  # a tokenizer without signatures is stored as before they existed
             data |= {"unknown": self.unknown, "suffixes": self.suffixes}
+        if self.max_length is not None:  # nor one that keeps texts whole
+            data |= {"max_length": self.max_length}
         return json.dumps(data)
 
 
@@ -210,7 +218,10 @@ def from_json(text: object) -> Tokenizer:
         raise BirnnError("the stored tokenizer's BPE model must be a JSON string for kind bpe, null otherwise")
     unknown, suffixes = data.get("unknown", "unk"), data.get("suffixes", [])  # absent: stored before signatures
     check_unknown(unknown, suffixes, data["kind"], "the stored tokenizer's ")
-    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe, unknown, suffixes)
+    max_length = data.get("max_length")  # absent: stored before it was kept, or texts kept whole
+    if max_length is not None and (type(max_length) is not int or max_length < 1):
+        raise BirnnError(f"the stored tokenizer's max_length must be a positive integer or absent, got {max_length!r}")
+    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe, unknown, suffixes, max_length)
     if tokenizer.size > MAX_VOCAB:
         raise BirnnError(f"the stored BPE tokenizer has {tokenizer.size} tokens (at most {MAX_VOCAB}): refused")
     return tokenizer
