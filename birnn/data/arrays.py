@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from birnn.data import normalize
+from birnn.data.checks import first_outside, misplaced
 from birnn.data.pipeline import IGNORE, Splits
 from birnn.schema.errors import BirnnError, first_line, load_reason
 
@@ -65,14 +66,9 @@ def _array(value: object, key: str, path: Path) -> np.ndarray:
 
 def _tokens(arrays: dict, key: str, source: Path, vocab_size: int) -> torch.Tensor:
     """Token IDs ``(N, steps)``, each in ``0 .. vocab_size - 1``."""
-    x = torch.from_numpy(arrays[key].astype(np.int64))
-    outside = ((x < 0) | (x >= vocab_size)).flatten().nonzero()
-    if len(outside):
-        raise BirnnError(
-            f"{key} in {source} holds token ID {int(x.flatten()[outside[0]])}, outside 0..{vocab_size - 1} "
-            "(data.vocab_size)"
-        )
-    return x
+    if (bad := first_outside(arrays[key], vocab_size)) is not None:
+        raise BirnnError(f"{key} in {source} holds token ID {bad}, outside 0..{vocab_size - 1} (data.vocab_size)")
+    return torch.from_numpy(arrays[key].astype(np.int64))
 
 
 def _inputs(arrays: dict, key: str, source: Path) -> torch.Tensor:
@@ -119,12 +115,8 @@ def _per_step(y: torch.Tensor, lengths: torch.Tensor | None, key: str, source: P
     """Per-step labels with every step beyond a length set to ``IGNORE``; a missing label inside one is an error."""
     if lengths is not None:
         y = y.masked_fill(torch.arange(y.shape[1]) >= lengths.unsqueeze(1), IGNORE)
-        inside = torch.arange(y.shape[1]) < lengths.unsqueeze(1)
-    else:
-        inside = torch.ones_like(y, dtype=torch.bool)
-    missing = ((y == IGNORE) & inside).nonzero()
-    if len(missing):
-        raise BirnnError(f"{key} in {source}: sample {int(missing[0, 0])} has no label at step {int(missing[0, 1])}")
+    if wrong := misplaced(y.numpy(), None if lengths is None else lengths.numpy()):
+        raise BirnnError(f"{key} in {source}: {wrong}")
     return y
 
 
@@ -182,10 +174,9 @@ def load_arrays(
     else:
         classes = [str(i) for i in range(top + 1)]
     for key, y in (("y_train", train_y), ("y_test", test_y)):
-        outside = y[((y < 0) & (y != IGNORE if per_step else True)) | (y >= len(classes))]
-        if len(outside):
+        if (bad := first_outside((y[y != IGNORE] if per_step else y).numpy(), len(classes))) is not None:
             raise BirnnError(
-                f"{key} in {source} holds label {int(outside[0])}, outside classes "
+                f"{key} in {source} holds label {bad}, outside classes "
                 f"(labels must be 0..{len(classes) - 1}, one per name in classes)"
             )
     return Splits(
