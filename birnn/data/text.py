@@ -98,8 +98,9 @@ def _read_folder(path: Path) -> tuple[list[str], list[str]]:
 
 def truncated(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[list[list[int]], int]:
     """Each text's IDs cut to the tokenizer's ``max_length`` (None: kept whole), and how many were cut."""
-    ids = [tok.encode(t) for t in texts]
-    return [tok.truncated(i) for i in ids], sum(len(i) > len(tok.truncated(i)) for i in ids)
+    whole = [tok.encode(t) for t in texts]
+    cut = [tok.truncated(i) for i in whole]
+    return cut, sum(len(w) > len(c) for w, c in zip(whole, cut))
 
 
 def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
