@@ -36,6 +36,8 @@ from birnn.schema import console
 from birnn.schema.config import DEVICES, DeviceConfig, import_from_cwd
 from birnn.schema.errors import BirnnError
 from birnn.system.device import setup_device
+from birnn.system.files import Unreadable, read_text
+from birnn.system.files import lines as text_lines
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy",)
@@ -221,14 +223,20 @@ def predict_texts(
     if restored.tokenizer is None:
         raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
     tok = tokenize.from_json(restored.tokenizer)
+    embedding = getattr(restored.model, "embedding", None)
+    rows = embedding.num_embeddings if isinstance(embedding, torch.nn.Embedding) else restored.spec.get("vocab_size")
+    if rows is not None and tok.size > rows:
+        raise BirnnError(
+            f"{checkpoint}: its tokenizer makes {tok.size} token IDs, but the model embeds only {rows}: refused"
+        )
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     model = restored.model.to(target)
     records: list[dict] = [{"file": "--text", "index": i, "text": t} for i, t in enumerate(texts)]
     for path in paths:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            records.append({"file": str(path), "error": getattr(e, "strerror", None) or f"not UTF-8 text ({e})"})
+            lines = text_lines(read_text(path))
+        except Unreadable as e:
+            records.append({"file": str(path), "error": e.reason})
             continue
         records += [{"file": str(path), "index": i, "text": t} for i, t in enumerate(lines) if t.strip()]
     for r in (r for r in records if "error" not in r):

@@ -194,7 +194,7 @@ def test_a_manifest_that_is_no_file_is_refused_without_blocking(digits_pack, tmp
     pack = copy_pack(digits_pack, tmp_path / "p")
     (pack / MANIFEST).unlink()
     os.mkfifo(pack / MANIFEST)  # reading it would wait for a writer forever
-    with pytest.raises(BirnnError, match="manifest.json is unreadable: manifest.json is not a regular file"):
+    with pytest.raises(BirnnError, match="manifest.json is unreadable: manifest.json: a FIFO, not a regular file"):
         load_packed(path=str(pack))
 
 

@@ -20,6 +20,7 @@ from birnn.data import normalize
 from birnn.data.checks import first_outside, misplaced
 from birnn.data.pipeline import IGNORE, Splits
 from birnn.schema.errors import BirnnError, first_line, load_reason
+from birnn.system.files import not_regular
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 100_000  # without ``classes``, labels beyond this are a mistake (10**9 would mean 10**9 names)
@@ -30,8 +31,8 @@ def read(path: Path) -> dict:
     """The file's named arrays as numpy arrays (tensors and lists converted)."""
     if path.suffix not in SUFFIXES:
         raise BirnnError(f"data.path={path}: expected a {' or '.join(SUFFIXES)} file")
-    if not path.is_file():
-        raise BirnnError(f"data.path={path}: no such file")
+    if (reason := not_regular(path)) is not None:
+        raise BirnnError(f"data.path={path}: {reason}")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from birnn.data import normalize, patches
 from birnn.schema.errors import BirnnError
+from birnn.system.files import open_regular
 
 CHUNK_BYTES = 64 * 2**20  # rows per streamed chunk (statistics, packing) hold about this many bytes
 
@@ -33,20 +34,22 @@ class NpyMap:
 
     def __init__(self, path: Path):
         try:
-            self.file = path.open("rb")
+            self.file = open_regular(path, None)  # any size: rows are read on demand
             version = np.lib.format.read_magic(self.file)
             read_header = (
                 np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             )
             shape, fortran, dtype = read_header(self.file)
+            if dtype.hasobject or dtype.kind not in "biuf":
+                raise BirnnError(f"{path} holds {dtype} values; a pack holds numbers only")
             self.offset = self.file.tell()
             size = path.stat().st_size
             need = self.offset + int(np.prod(shape)) * dtype.itemsize
             if fortran or size != need:
                 raise ValueError(f"{size} bytes where its header ({shape}, {dtype}) needs {need}")
+            self.array = np.load(path, mmap_mode="r") if size > self.offset else np.zeros(shape, dtype)
         except (OSError, ValueError) as e:
             raise BirnnError(f"{path} is not a complete .npy file: {e}") from None
-        self.array = np.load(path, mmap_mode="r") if size > self.offset else np.zeros(shape, dtype)
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """Rows ``index`` (ascending) read with ``preadv``, runs of consecutive rows in one call each."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from birnn.data.checks import first_outside, lengths_fit, misplaced
 from birnn.data.mapped import CHUNK_BYTES, Mapped, NpyMap
 from birnn.data.pipeline import IGNORE, Splits
 from birnn.schema.errors import BirnnError
-from birnn.system.files import atomic_write
+from birnn.system.files import Unreadable, atomic_write, read_json
 
 FORMAT = "birnn-pack"
 VERSION = 1
@@ -269,16 +270,14 @@ def check_vocab(vocab_size: object, tokenizer: object, where: str) -> int | None
 def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise BirnnError(f"data.path={path}: no such pack directory (make one with birnn-pack {path} data=...)")
-    try:
-        if (path / MANIFEST).exists() and not (path / MANIFEST).is_file():  # a FIFO would block the read forever
-            raise OSError(f"{MANIFEST} is not a regular file")
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
+    if not (path / MANIFEST).exists():
         raise BirnnError(
             f"{path} has no {MANIFEST}: its packing did not finish (or it is not a pack); pack again with --overwrite"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise BirnnError(f"{path / MANIFEST} is unreadable: {e}") from None
+        )
+    try:
+        manifest = read_json(path / MANIFEST)
+    except Unreadable as e:
+        raise BirnnError(f"{path / MANIFEST} is unreadable: {MANIFEST}: {e.reason}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise BirnnError(f"{path / MANIFEST} is not a {FORMAT} version {VERSION} manifest")
     if not _well_formed(manifest):
@@ -305,7 +304,21 @@ def _well_formed(manifest: dict) -> bool:
         isinstance(e, dict) and e.keys() >= ENTRY and e["file"] == file_name(split, a)
         for split, entries in splits.items()
         for a, e in entries.items()
+    ) and _statistics(manifest.get("normalization"))
+
+
+def _statistics(stats: object) -> bool:
+    """The training split's statistics: null, or ``mean`` and ``std`` lists of one finite number per feature
+    (``std`` positive); their length is checked against the inputs in ``load_packed``."""
+    if stats is None:
+        return True
+    if not isinstance(stats, dict) or stats.keys() != {"mean", "std"}:
+        return False
+    mean, std = stats["mean"], stats["std"]
+    numbers = all(
+        isinstance(v, list) and v and all(type(n) in (int, float) and math.isfinite(n) for n in v) for v in (mean, std)
     )
+    return numbers and len(mean) == len(std) and all(n > 0 for n in std)
 
 
 def _open(path: Path, entry: dict) -> NpyMap:
@@ -349,6 +362,11 @@ def load_packed(
             raise BirnnError(f"{where}: {split}_x holds {ndim}-D inputs; vocab_size is {vocab_size}")
         y, lengths = _labels_and_lengths(where, split, maps, len(manifest["classes"]))
         stats = manifest["normalization"] if split == "train" else None
+        if stats is not None and (vocab_size is not None or len(stats["mean"]) != maps["x"].array.shape[-1]):
+            raise BirnnError(
+                f"{where / MANIFEST}: its normalization has {len(stats['mean'])} features; {split}_x has "
+                f"{'token IDs' if vocab_size is not None else maps['x'].array.shape[-1]}"
+            )
         fields[f"{split}_x"] = Mapped(maps["x"], lengths=lengths, stats=stats, vocab_size=vocab_size)
         fields[f"{split}_y"], fields[f"{split}_lengths"] = y, lengths
     xs, ys = [fields[f"{s}_x"] for s in manifest["splits"]], [fields[f"{s}_y"] for s in manifest["splits"]]

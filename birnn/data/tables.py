@@ -16,14 +16,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from birnn.data.arrays import MAX_CLASSES
 from birnn.data.packed import PackWriter
 from birnn.schema.errors import BirnnError
+from birnn.system.files import not_regular
 
 BLOCK_ROWS = 8192  # Parquet rows per batch (CSV blocks are pyarrow's, 1 MB of text)
 
 
 def _batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """The file's record batches (only ``columns`` when given); CSV values as strings, converted by ``_numbers``."""
+    if (reason := not_regular(path)) is not None:  # a FIFO would block pyarrow; streamed: no size bound
+        raise BirnnError(f"{path}: {reason}")
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -57,6 +61,8 @@ def _numbers(values: pa.Array, path: Path, column: str, first_row: int, dtype: p
 def _columns(path: Path, label: str, length: str | None) -> tuple[list[str], bool]:
     """The input columns of ``path`` and whether they are lists (one per channel)."""
     names = next(_batches(path)).schema
+    if twice := next((n for n in names.names if names.names.count(n) > 1), None):
+        raise BirnnError(f"{path}: column {twice!r} appears twice; name each column once")
     for needed in (label, length):
         if needed is not None and needed not in names.names:
             raise BirnnError(f"{path}: no column {needed!r} (it has {', '.join(names.names)})")
@@ -139,6 +145,11 @@ def pack_tables(
     shapes = {split: _steps(path, label, length) for split, path in files.items()}
     steps = max(s for s, _ in shapes.values())
     top = max(t for _, t in shapes.values())
+    if not classes and top >= MAX_CLASSES:
+        raise BirnnError(
+            f"label {top} in {', '.join(map(str, files.values()))}: that means {top + 1} classes. Labels must be "
+            f"0..K-1 (at most {MAX_CLASSES} without --classes): renumber them"
+        )
     classes = classes or [str(i) for i in range(top + 1)]
     with PackWriter(out, classes, "series", variable=length is not None, overwrite=overwrite) as pack:
         for split, path in files.items():

@@ -11,6 +11,7 @@ occur in test sentences only).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,11 @@ from birnn.data.pipeline import IGNORE, Splits
 from birnn.data.text import check_test_fraction, padded
 from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
+from birnn.system.files import lines as text_lines
+from birnn.system.files import not_regular, read_text
 
 FORMATS = ("conll", "slash")
+SPACE = re.compile(r"[ \t\r\f\v]+")  # columns and tokens part at ASCII white space (U+00A0, U+2028 ... are text)
 
 
 @dataclass
@@ -33,14 +37,19 @@ class Sentence:
     where: str  # file:line of its first token
 
 
+def fields(line: str) -> list[str]:
+    """The columns (``conll``) or tokens (``slash``) of one line."""
+    return [f for f in SPACE.split(line) if f]
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise BirnnError(f"{path}: an empty folder")
         return files
-    if not path.is_file():
-        raise BirnnError(f"{path}: no such file or folder")
+    if (reason := not_regular(path)) is not None:
+        raise BirnnError(f"{path}: {reason}")
     return [path]
 
 
@@ -50,10 +59,7 @@ def read_sentences(path: Path, format: str = "conll", token_column: int = 0, tag
         raise BirnnError(f"data.format must be one of {', '.join(FORMATS)}; got {format!r}")
     sentences: list[Sentence] = []
     for file in _files(path):
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise BirnnError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        lines = text_lines(read_text(file))
         sentences += _slash(lines, file) if format == "slash" else _conll(lines, file, token_column, tag_column)
     if not sentences:
         raise BirnnError(f"{path} holds no sentences")
@@ -63,8 +69,9 @@ def read_sentences(path: Path, format: str = "conll", token_column: int = 0, tag
 def _slash(lines: list[str], file: Path) -> list[Sentence]:
     sentences = []
     for number, line in enumerate(lines, 1):
-        pairs = [token.rpartition("/") for token in line.split()]
-        bad = next((t for t, (word, slash, tag) in zip(line.split(), pairs) if not (word and slash and tag)), None)
+        tokens = fields(line)
+        pairs = [token.rpartition("/") for token in tokens]
+        bad = next((t for t, (word, slash, tag) in zip(tokens, pairs) if not (word and slash and tag)), None)
         if bad is not None:
             raise BirnnError(f"{file}:{number}: {bad!r} is not word/tag (data.format=slash)")
         if pairs:
@@ -76,7 +83,7 @@ def _conll(lines: list[str], file: Path, token_column: int, tag_column: int) -> 
     sentences, tokens, tags, start = [], [], [], 0
     need = max(token_column, tag_column) + 1
     for number, line in enumerate([*lines, ""], 1):
-        columns = line.split()
+        columns = fields(line)
         if columns and columns[0] == "-DOCSTART-":
             continue
         if not columns:

@@ -10,11 +10,11 @@ split only, or given (a checkpoint's, ``fitted``).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -22,51 +22,72 @@ from birnn.data import tokenize
 from birnn.data.pipeline import Splits
 from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
+from birnn.system.files import loads_json, not_regular, read_text, text_stream
 
 log = logging.getLogger("birnn")
 TABLES = {".csv": ",", ".tsv": "\t"}
+MAX_PADDED = 2**28  # token IDs in one padded split (int64: 2.1 GB); beyond, data.max_length must cut the texts
 
 
 def read_texts(path: Path, text_column: str = "text", label_column: str = "label") -> tuple[list[str], list[str]]:
     """Texts and their labels (as strings) from a CSV/TSV/JSONL file or a folder of class folders."""
     if path.is_dir():
         return _read_folder(path)
-    if not path.is_file():
-        raise BirnnError(f"{path}: no such file or folder")
-    texts, labels = [], []
+    if path.suffix not in (*TABLES, ".jsonl"):
+        if (reason := not_regular(path)) is not None:
+            raise BirnnError(f"{path}: {reason}")
+        raise BirnnError(f"{path}: expected a .csv, .tsv or .jsonl file, or a folder of class folders")
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            if path.suffix in TABLES:
-                csv.field_size_limit(sys.maxsize)
-                reader = csv.DictReader(f, delimiter=TABLES[path.suffix])
-                missing = [c for c in (text_column, label_column) if c not in (reader.fieldnames or [])]
-                if missing:
-                    raise BirnnError(
-                        f"{path}:1: no column {missing[0]!r} in the header ({', '.join(reader.fieldnames or [])}); "
-                        "set data.text_column / data.label_column"
-                    )
-                for row in reader:
-                    if row[text_column] is None or row[label_column] is None:
-                        raise BirnnError(f"{path}:{reader.line_num}: the row has too few fields")
-                    texts.append(row[text_column])
-                    labels.append(row[label_column])
-            elif path.suffix == ".jsonl":
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        record = _json_line(line, path, number)
-                        if not isinstance(record.get(text_column), str) or label_column not in record:
-                            raise BirnnError(
-                                f"{path}:{number}: needs a string {text_column!r} and a {label_column!r} "
-                                "(data.text_column / data.label_column)"
-                            )
-                        texts.append(record[text_column])
-                        labels.append(str(record[label_column]))
-            else:
-                raise BirnnError(f"{path}: expected a .csv, .tsv or .jsonl file, or a folder of class folders")
+        with text_stream(path) as f:
+            return (
+                _read_table(f, path, text_column, label_column)
+                if path.suffix in TABLES
+                else _read_jsonl(f, path, text_column, label_column)
+            )
     except UnicodeDecodeError as e:
         raise BirnnError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except csv.Error as e:
         raise BirnnError(f"{path}: not a readable table ({e})") from None
+
+
+def _read_table(f: TextIO, path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    csv.field_size_limit(sys.maxsize)
+    reader = csv.DictReader(f, delimiter=TABLES[path.suffix])
+    header = reader.fieldnames or []
+    twice = next((c for c in header if header.count(c) > 1), None)
+    if twice is not None:
+        raise BirnnError(f"{path}:1: column {twice!r} appears twice in the header; name each column once")
+    missing = [c for c in (text_column, label_column) if c not in header]
+    if missing:
+        raise BirnnError(
+            f"{path}:1: no column {missing[0]!r} in the header ({', '.join(header)}); "
+            "set data.text_column / data.label_column"
+        )
+    texts, labels = [], []
+    for row in reader:
+        if row[text_column] is None or row[label_column] is None:
+            raise BirnnError(f"{path}:{reader.line_num}: the row has too few fields")
+        texts.append(row[text_column])
+        labels.append(row[label_column])
+    return _some(texts, labels, path)
+
+
+def _read_jsonl(f: TextIO, path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    for number, line in enumerate(f, 1):
+        if line.strip():
+            record = _json_line(line, path, number)
+            if not isinstance(record.get(text_column), str) or label_column not in record:
+                raise BirnnError(
+                    f"{path}:{number}: needs a string {text_column!r} and a {label_column!r} "
+                    "(data.text_column / data.label_column)"
+                )
+            texts.append(record[text_column])
+            labels.append(str(record[label_column]))
+    return _some(texts, labels, path)
+
+
+def _some(texts: list[str], labels: list[str], path: Path) -> tuple[list[str], list[str]]:
     if not texts:
         raise BirnnError(f"{path} holds no samples")
     return texts, labels
@@ -74,7 +95,7 @@ def read_texts(path: Path, text_column: str = "text", label_column: str = "label
 
 def _json_line(line: str, path: Path, number: int) -> dict:
     try:
-        record = json.loads(line)
+        record = loads_json(line)
     except ValueError as e:
         raise BirnnError(f"{path}:{number}: not a JSON object ({e})") from None
     if not isinstance(record, dict):
@@ -86,10 +107,7 @@ def _read_folder(path: Path) -> tuple[list[str], list[str]]:
     texts, labels = [], []
     for folder in sorted(p for p in path.iterdir() if p.is_dir()):
         for file in sorted(folder.glob("*.txt")):
-            try:
-                texts.append(file.read_text(encoding="utf-8"))
-            except UnicodeDecodeError as e:
-                raise BirnnError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            texts.append(read_text(file))
             labels.append(folder.name)
     if not texts:
         raise BirnnError(f"{path}: no class folders holding .txt files")
@@ -104,8 +122,14 @@ def truncated(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[list[list[int]
 
 
 def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token IDs (N, longest) zero-padded, and each sample's length."""
+    """Token IDs (N, longest) zero-padded, and each sample's length; more than ``MAX_PADDED`` IDs is refused."""
     lengths = torch.tensor([len(i) for i in ids], dtype=torch.int64)
+    if len(ids) * int(lengths.max()) > MAX_PADDED:
+        raise BirnnError(
+            f"padding {len(ids)} samples to the longest ({int(lengths.max())} tokens) takes "
+            f"{len(ids) * int(lengths.max()) * 8 / 1e9:.1f} GB (at most {MAX_PADDED * 8 / 1e9:.1f}): "
+            "set data.max_length, or split the longest texts"
+        )
     x = torch.zeros(len(ids), int(lengths.max()), dtype=torch.int64)
     for row, i in enumerate(ids):
         x[row, : len(i)] = torch.tensor(i, dtype=torch.int64)

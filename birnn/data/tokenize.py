@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
+from birnn.system.files import loads_json
 
 PAD, UNK = "<pad>", "<unk>"
 KINDS = ("char", "word", "bpe")
@@ -201,7 +202,7 @@ def from_json(text: object) -> Tokenizer:
     if len(text) > MAX_JSON_CHARS:
         raise BirnnError(f"the stored tokenizer is {len(text)} characters long (at most {MAX_JSON_CHARS}): refused")
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except ValueError as e:
         raise BirnnError(f"the stored tokenizer is not valid JSON ({e})") from None
     if not isinstance(data, dict) or data.get("kind") not in KINDS or not isinstance(data.get("lowercase"), bool):
@@ -216,6 +217,8 @@ def from_json(text: object) -> Tokenizer:
         )
     if (bpe is None) != (data["kind"] != "bpe") or (bpe is not None and not isinstance(bpe, str)):
         raise BirnnError("the stored tokenizer's BPE model must be a JSON string for kind bpe, null otherwise")
+    if bpe is not None:
+        check_bpe(bpe)
     unknown, suffixes = data.get("unknown", "unk"), data.get("suffixes", [])  # absent: stored before signatures
     check_unknown(unknown, suffixes, data["kind"], "the stored tokenizer's ")
     max_length = data.get("max_length")  # absent: stored before it was kept, or texts kept whole
@@ -225,3 +228,42 @@ def from_json(text: object) -> Tokenizer:
     if tokenizer.size > MAX_VOCAB:
         raise BirnnError(f"the stored BPE tokenizer has {tokenizer.size} tokens (at most {MAX_VOCAB}): refused")
     return tokenizer
+
+
+# What ``_fit_bpe`` writes, and all a stored BPE tokenizer may be: no padding or truncation of its own (a crafted
+# ``Fixed 600000`` padding hangs predict), no normalizer or post-processor, the Whitespace pre-tokenizer (a crafted
+# ``Split`` regex can panic the Rust library), a plain BPE model whose IDs are 0..n-1, <pad> = 0 and <unk> = 1.
+BPE_NULL = ("truncation", "padding", "normalizer", "post_processor", "decoder")
+BPE_KEYS = {"version", "added_tokens", "pre_tokenizer", "model", *BPE_NULL}
+BPE_MODEL = {"type": "BPE", "dropout": None, "unk_token": UNK, "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "byte_fallback": False}  # fmt: skip
+
+
+def check_bpe(text: str) -> None:
+    """Refuse a stored Hugging Face tokenizer that is not one ``_fit_bpe`` could have written (see ``BPE_MODEL``)."""
+    try:
+        data = loads_json(text)
+    except ValueError as e:
+        raise BirnnError(f"the stored BPE tokenizer cannot be read: not valid JSON ({e})") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, dict) or not isinstance(model.get("merges", []), list):
+        raise BirnnError("the stored BPE tokenizer has no BPE model with a vocabulary: refused")
+    wrong = [k for k in data if k not in BPE_KEYS]
+    wrong += [k for k in BPE_NULL if data.get(k) is not None]
+    wrong += [] if data.get("pre_tokenizer") == {"type": "Whitespace"} else ["pre_tokenizer"]
+    wrong += [f"model.{k}" for k, v in BPE_MODEL.items() if model.get(k, v) != v]
+    ids = sorted(i for i in vocab.values() if type(i) is int)
+    if ids != list(range(len(vocab))) or vocab.get(PAD) != 0 or vocab.get(UNK) != 1:
+        wrong.append("model.vocab (IDs 0..n-1, <pad> = 0, <unk> = 1)")
+    added = data.get("added_tokens", [])
+    if not isinstance(added, list) or any(
+        not isinstance(t, dict) or t.get("content") not in (PAD, UNK) or t.get("id") != vocab.get(t["content"])
+        for t in added
+    ):
+        wrong.append("added_tokens (only <pad> and <unk>)")
+    if wrong:
+        raise BirnnError(
+            f"the stored BPE tokenizer sets {', '.join(wrong)}, which birnn never writes "
+            "(it uses none of its own padding, truncation, normalizer or regex, only Whitespace and BPE): refused"
+        )

@@ -33,6 +33,7 @@ from birnn.schema.config import to_plain
 from birnn.schema.errors import BirnnError
 from birnn.system.device import effective_precision, setup_device, synchronize
 from birnn.system.distributed import Dist
+from birnn.system.files import read_json
 
 log = logging.getLogger("birnn.train")
 
@@ -415,8 +416,8 @@ class Run:
         metrics = self.finished
         path = self.run_dir / "metrics.json"
         try:
-            complete = json.loads(path.read_text()) == json.loads(json.dumps(metrics))
-        except (OSError, ValueError):
+            complete = read_json(path) == json.loads(json.dumps(metrics))
+        except BirnnError:  # missing, damaged: written anew
             complete = False
         if complete:
             log.info("%s already holds a finished run; nothing to do.", self.run_dir)

@@ -24,6 +24,7 @@ from torch import Tensor
 from birnn.records.scores import EvalResult
 from birnn.records.tracking import hparams, pictures
 from birnn.schema.errors import BirnnError
+from birnn.system.files import read_json
 
 try:
     from mlflow.entities import Metric, Param, RunStatus
@@ -63,7 +64,7 @@ def end_parent(sweep_dir: Path) -> None:
     record = sweep_dir / PARENT_RECORD
     if not record.is_file():
         return
-    saved = json.loads(record.read_text())
+    saved = read_json(record)
     with _lock(saved["tracking_uri"]):
         MlflowClient(saved["tracking_uri"]).set_terminated(saved["run_id"], RunStatus.to_string(RunStatus.FINISHED))
 
@@ -112,7 +113,7 @@ class MLflow:
         record = self.run_dir / RECORD
         if not record.is_file():
             return None
-        saved = json.loads(record.read_text())
+        saved = read_json(record)
         if saved.get("tracking_uri") != self.uri:
             return None
         self.resumed_status = self.client.get_run(saved["run_id"]).info.status
@@ -132,7 +133,7 @@ class MLflow:
         record = sweep / PARENT_RECORD
         with FileLock(f"{record}.lock", timeout=LOCK_TIMEOUT_S):
             if record.is_file():
-                saved = json.loads(record.read_text())
+                saved = read_json(record)
                 if saved.get("tracking_uri") == self.uri:
                     return saved["run_id"]
             parent = self.client.create_run(experiment_id, run_name=sweep.name, tags={"birnn.sweep_dir": str(sweep)})

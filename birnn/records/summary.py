@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from birnn.schema.errors import BirnnError
-from birnn.system.files import atomic_write
+from birnn.system.files import MAX_RECORD_BYTES, atomic_write, read_json, read_text
 
 STATUS_FILE = "status.json"
 METRICS = ("test_accuracy", "test_loss", "train_seconds")
@@ -55,10 +55,20 @@ def write_status(run_dir: Path, status: str, error: str = "") -> None:
     before touching a finished run, so its results still stand. An unchanged record is not rewritten.
     """
     path, record = run_dir / STATUS_FILE, {"status": status, "error": error}
-    old = json.loads(path.read_text()) if path.is_file() else None
+    old = _record(path) if path.exists() else None
     if old == record or (old and old["status"] == "completed" and status == "failed"):
         return
     atomic_write(path, lambda f: f.write(json.dumps(record, indent=2).encode() + b"\n"))
+
+
+def _record(path: Path) -> dict | None:
+    """A job's ``status.json``: ``{"status": ..., "error": ...}``, None when it is not one."""
+    try:
+        record = read_json(path)
+    except BirnnError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("status"), str) and isinstance(record.get("error"), str)
+    return record if ok else None
 
 
 def one_line(error: BaseException) -> str:
@@ -84,13 +94,16 @@ def natural_key(path: Path) -> list:
 
 
 def load_job(run_dir: Path, root: Path) -> Job:
-    parsed = OverridesParser.create().parse_overrides(
-        OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
-    )
+    overrides = read_text(run_dir / ".hydra" / "overrides.yaml", MAX_RECORD_BYTES)
+    parsed = OverridesParser.create().parse_overrides(OmegaConf.to_container(OmegaConf.load(io.StringIO(overrides))))
     metrics_path, status_path = run_dir / "metrics.json", run_dir / STATUS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    if status_path.is_file():
-        record = json.loads(status_path.read_text())
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
+    if not isinstance(metrics, dict):
+        raise BirnnError(f"{metrics_path}: not a JSON object of metrics")
+    if status_path.exists():
+        record = _record(status_path)
+        if record is None:
+            raise BirnnError(f"{status_path}: not a job record (status and error)")
     else:
         record = {"status": "completed" if metrics else "incomplete", "error": ""}
     if record["status"] not in ("completed", "pruned"):

@@ -14,6 +14,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
 from birnn.schema.errors import BirnnError, first_line
+from birnn.system.files import not_regular
 
 # the pip package of each database driver SQLAlchemy imports (by module name)
 PRUNERS = {
@@ -38,6 +39,7 @@ def open_storage(cfg: DictConfig, study_dir: Path) -> optuna.storages.BaseStorag
     """The study's storage: SQLite in the study dir, an SQLAlchemy URL (with heartbeats), or a journal file."""
     url = cfg.storage or f"sqlite:///{study_dir / 'study.db'}"
     try:
+        check_file(url)
         if "://" not in url:  # a journal file, e.g. on a shared disk
             return JournalStorage(JournalFileBackend(url))
         return RDBStorage(
@@ -51,6 +53,14 @@ def open_storage(cfg: DictConfig, study_dir: Path) -> optuna.storages.BaseStorag
         raise
     except Exception as e:  # SQLAlchemy, drivers, file system: say which storage and why, in one line
         raise BirnnError(f"Cannot open the study storage {url}: {first_line(e)}") from None
+
+
+def check_file(url: str) -> None:
+    """A journal file or SQLite database that exists must be a regular file: a FIFO or a device would block the
+    worker or feed it endless bytes."""
+    path = url if "://" not in url else make_url(url).database if url.startswith("sqlite") else None
+    if path and path != ":memory:" and Path(path).exists() and (reason := not_regular(Path(path))) is not None:
+        raise BirnnError(f"search.storage={url}: {reason}")
 
 
 def connect_args(url: str) -> dict:
