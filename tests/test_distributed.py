@@ -153,8 +153,12 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_one_process
 
 def test_multirun_under_torchrun_is_refused(tmp_path):
     rc, _, err = finished(torchrun("-m", "optimizer.lr=0.001,0.003", *FAST, cwd=tmp_path, stderr=subprocess.PIPE))
-    assert rc != 0
     assert "a multirun (-m) cannot run under torchrun" in err and "tasks_per_node" in err
+    # as docs/distributed.md says: birnn's line first, then torchrun's own report (exit code 2), torchrun exits 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: a multirun (-m) cannot run under torchrun") and rc == 1
+    assert "Traceback" in err and err.index("ChildFailedError") > len(lines[0])
+    assert "exitcode  : 2" in err.split("Root Cause")[1]
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
