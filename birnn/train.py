@@ -150,6 +150,10 @@ def main_distributed(rank: int) -> None:
             )
         raise SystemExit(2)
     distributed.init_default_group()
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    record = RUN_RECORDS / run_id
+    # each node's record of this run id (rank 0 may come back on another node than the one that recorded it)
+    records = distributed.gather_from_all(record.read_text() if run_id != "none" and record.is_file() else None)
     if rank != 0:
         run_dir = distributed.broadcast_from_main(None)
         if run_dir is None:
@@ -164,8 +168,6 @@ def main_distributed(rank: int) -> None:
         ]
         job()
         return
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    record = RUN_RECORDS / run_id
     explicit = any(a.startswith("hydra.run.dir=") for a in args)
     restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) + int(
         os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -186,8 +188,8 @@ def main_distributed(rank: int) -> None:
                 "torchrun --max-restarts with --rdzv-backend=c10d needs --rdzv-id=<unique id> (or "
                 "hydra.run.dir=<dir>) so that restarted workers resume this run's dir, not a new one."
             )
-        if not explicit and run_id != "none" and record.is_file():
-            sys.argv.append(f"hydra.run.dir={record.read_text()}")
+        if not explicit and run_id != "none" and any(records):
+            sys.argv.append(f"hydra.run.dir={recorded_run_dir(run_id, records)}")
         sys.argv = keep_hydra_record(sys.argv)
         _publish_run_dir = publish
         with explicit_dirs_held(sys.argv):
@@ -198,6 +200,23 @@ def main_distributed(rank: int) -> None:
     finally:
         if not published:
             distributed.broadcast_from_main(None)
+
+
+def recorded_run_dir(run_id: str, records: list[str | None]) -> str:
+    """The run dir the nodes recorded for torchrun's ``run_id`` (``records``: each rank's, rank 0's first), which
+    rank 0 must see: refused when the nodes disagree, or when it was recorded on another node and is not here."""
+    known = sorted({r for r in records if r})
+    if len(known) > 1:
+        raise BirnnError(
+            f"The nodes' records of torchrun run {run_id} ({RUN_RECORDS}/{run_id}) name different run dirs: "
+            f"{', '.join(known)}. Pass hydra.run.dir=<run dir> to choose, or use a new --rdzv-id"
+        )
+    if records[0] is None and not Path(known[0]).is_dir():
+        raise BirnnError(
+            f"torchrun run {run_id} trains in {known[0]} (recorded on another node), which this node does not "
+            "see: the run dir must be on a file system that every node mounts at the same path (docs/distributed.md)"
+        )
+    return known[0]
 
 
 if __name__ == "__main__":

@@ -137,3 +137,31 @@ def test_unusable_last_checkpoint_falls_back_and_stale_temp_files_go(tmp_path, c
     with pytest.raises(BirnnError, match="progress fields this birnn does not know"):
         train(make_cfg(*FAST, "trainer.epochs=3"), tmp_path)
     assert not stale.exists()
+
+
+def test_a_lone_surrogate_class_name_is_refused_at_load(tmp_path, series_run):
+    """JSON's "\\ud800" decodes to a lone surrogate: such a label trained, then evaluate, predict and export died
+    printing it. Refused where data loads, and where a (crafted) checkpoint's classes are read."""
+    bad = "\\ud800"  # as the file spells it
+    rows = [f'{{"text": "w{i % 3} x", "label": "{"a" if i % 2 else bad}"}}' for i in range(20)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    proc = run_cli(*FAST, "data=text", f"data.path={data}", "trainer.max_steps=1", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "error: birnn.data.load_text: class 1 is named '\\ud800', which is not valid Unicode text (it holds a lone "
+        "surrogate): correct that label"
+    ]
+    assert not (tmp_path / "outputs").exists()
+
+    run_dir, _ = series_run
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state["data"]["classes"][1] = "\ud800"
+    crafted = write_checkpoint(state, tmp_path / "crafted.pt")
+    np.save(tmp_path / "x.npy", np.zeros((10, 2), dtype=np.float32))
+    proc = run_cli(str(crafted), str(tmp_path / "x.npy"), cwd=tmp_path, module="birnn.predict")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {crafted}: class 1 is named '\\ud800', which is not valid Unicode text (it holds a lone "
+        "surrogate): train it again on valid labels"
+    ]

@@ -92,6 +92,33 @@ def test_a_missing_database_driver_is_named_with_its_package(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_dir_that_cannot_be_written_is_one_error_line(tmp_path):
+    """Hydra opens train.log and writes .hydra/ before birnn runs (a read-only run dir on resume gave a traceback
+    ending "Unable to configure handler 'file'"). As root nothing is read-only: a folder stands in the log's place."""
+    run_dir = tmp_path / "run"
+    (run_dir / "train.log").mkdir(parents=True)
+    proc = run_cli(*FAST, "trainer.max_steps=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: Cannot write {run_dir / 'train.log'}: Is a directory. The run dir must be writable (a resume writes "
+        "its log and a .hydra/resume-N record there): make it writable or copy it elsewhere"
+    ]
+
+
+@pytest.mark.parametrize("errno_, text", [(13, "Permission denied"), (30, "Read-only file system")])
+def test_a_refused_write_into_the_run_dir_is_described(errno_, text):
+    from birnn.schema.console import describe
+
+    refused = OSError(errno_, text, "/runs/a/train.log")
+    try:
+        raise ValueError("Unable to configure handler 'file'") from refused  # as logging.config raises it
+    except ValueError as e:
+        handler = e
+    assert describe(handler).startswith(f"Cannot write /runs/a/train.log: {text}. The run dir must be writable")
+    record = OSError(errno_, text, "/runs/a/.hydra/resume-1")  # Hydra's record of the re-launch
+    assert describe(record).startswith(f"Cannot write /runs/a/.hydra/resume-1: {text}. The run dir must be writable")
+
+
 def test_a_failed_sweep_job_names_itself_and_the_summary(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "optimizer.lr=0,-1", *FAST, f"hydra.sweep.dir={sweep}", cwd=tmp_path)

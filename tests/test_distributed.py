@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from birnn.data.pipeline import load_data, shuffled_batches
 from birnn.schema.errors import BirnnError
 from birnn.system.distributed import Dist
 from birnn.train import train
-from conftest import FAST, ROOT, WALL_CLOCK, make_cfg, run_cli, wait_for
+from conftest import FAST, ROOT, WALL_CLOCK, free_port, make_cfg, run_cli, wait_for
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # 1,438 digits less one held out = 1,437 training samples in global batches of 100: the last batch (37) splits
@@ -151,10 +152,106 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_on_one_process
     assert not (tmp_path / "outputs").exists() and (run_dir / ".hydra" / "resume-1").is_dir()
 
 
+def two_nodes(*args: str, cwds: list[Path], rdzv_id: str) -> list[subprocess.Popen]:
+    """Two torchrun "machines" on this one: ``--nnodes=2 --nproc_per_node=1`` each, started in its own working dir
+    (``cwds``, in that order), meeting at a c10d rendezvous on 127.0.0.1. c10d ranks the agents by host, then pid:
+    the first started is rank 0. Each node's stderr goes to ``<its cwd>/stderr.txt``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    port = free_port()
+    nodes = []
+    for cwd in cwds:
+        cwd.mkdir(parents=True, exist_ok=True)
+        command = [
+            TORCHRUN,
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id={rdzv_id}",
+            "-m",
+            "birnn.train",
+            *args,
+        ]
+        with open(cwd / "stderr.txt", "w") as err:
+            nodes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err))
+    return nodes
+
+
+def ended(nodes: list[subprocess.Popen]) -> list[int]:
+    return [node.wait(timeout=300) for node in nodes]
+
+
+def stderr_of(*cwds: Path) -> str:
+    return "\n".join((cwd / "stderr.txt").read_text()[-2000:] for cwd in cwds)
+
+
+@pytest.fixture(scope="module")
+def two_node_run(tmp_path_factory) -> Path:
+    """An uninterrupted run on two torchrun nodes, each in its own working dir, started without hydra.run.dir."""
+    a, b = (tmp_path_factory.mktemp("nodes") / name for name in "ab")
+    assert ended(two_nodes(*RUN, cwds=[a, b], rdzv_id=uuid.uuid4().hex)) == [0, 0], stderr_of(a, b)
+    (run_dir,) = run_dirs(a)
+    assert run_dirs(b) == []  # rank 1 writes no run dir of its own
+    return run_dir
+
+
+@pytest.mark.slow
+def test_two_nodes_do_the_single_process_math(two_node_run, tmp_path):
+    single = train(make_cfg(*RUN), tmp_path)
+    nodes = torch.load(two_node_run / "checkpoints" / "last.pt", weights_only=True)
+    one = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert nodes["world_size"] == 2
+    for name, weight in one["model"].items():
+        torch.testing.assert_close(nodes["model"][name], weight, atol=1e-5, rtol=0, msg=name)
+    metrics = metrics_of(two_node_run)
+    assert metrics["steps"] == single["steps"] == 60 and metrics["test_accuracy"] == single["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_two_nodes_killed_then_both_restarted_resume_exactly_with_rank_0_on_the_other_node(two_node_run, tmp_path):
+    """kill -9 of node a's worker (rank 0) ends both torchruns; both are started again, node b first, so rank 0
+    now runs on b: it finds the run dir that a recorded (a's outputs/.torchrun/<run id>) and resumes it exactly.
+    One machine is the shared file system docs/distributed.md asks for: every node sees the run dir at its path."""
+    a, b, rdzv_id = tmp_path / "a", tmp_path / "b", uuid.uuid4().hex
+    nodes = two_nodes(*RUN, cwds=[a, b], rdzv_id=rdzv_id)
+    wait_for(lambda: list((a / "outputs").rglob("last.pt")), timeout=240)
+    (run_dir,) = run_dirs(a)
+    [worker] = subprocess.run(["pgrep", "-P", str(nodes[0].pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(worker), signal.SIGKILL)
+    assert 0 not in ended(nodes)
+    assert not (run_dir / "metrics.json").exists()
+    assert (a / "outputs" / ".torchrun" / rdzv_id).read_text() == str(run_dir)
+
+    assert ended(two_nodes(*RUN, cwds=[b, a], rdzv_id=rdzv_id)) == [0, 0], stderr_of(a, b)
+    assert (b / "outputs" / ".torchrun" / rdzv_id).read_text() == str(run_dir)  # rank 0 ran on b this time
+    assert run_dirs(a) == [run_dir] and run_dirs(b) == []
+    assert "Resuming from" in (run_dir / "train.log").read_text()
+    assert metrics_of(run_dir) == metrics_of(two_node_run)
+    reference = torch.load(two_node_run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for name, tensor in torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"].items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+def test_rank_0_resumes_the_run_dir_any_node_recorded_if_it_sees_it(tmp_path):
+    from birnn.train import recorded_run_dir
+
+    seen = str(tmp_path)
+    assert recorded_run_dir("r1", [None, seen]) == seen  # recorded by the node of rank 1
+    assert recorded_run_dir("r1", [seen, seen, None]) == seen
+    with pytest.raises(BirnnError, match="recorded on another node\\), which this node does not see: the run dir must"):
+        recorded_run_dir("r1", [None, str(tmp_path / "elsewhere")])
+    with pytest.raises(BirnnError, match="name different run dirs"):
+        recorded_run_dir("r1", [seen, str(tmp_path / "other")])
+
+
 def test_multirun_under_torchrun_is_refused(tmp_path):
     rc, _, err = finished(torchrun("-m", "optimizer.lr=0.001,0.003", *FAST, cwd=tmp_path, stderr=subprocess.PIPE))
-    assert rc != 0
     assert "a multirun (-m) cannot run under torchrun" in err and "tasks_per_node" in err
+    # as docs/distributed.md says: birnn's line first, then torchrun's own report (exit code 2), torchrun exits 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: a multirun (-m) cannot run under torchrun") and rc == 1
+    assert "Traceback" in err and err.index("ChildFailedError") > len(lines[0])
+    assert "exitcode  : 2" in err.split("Root Cause")[1]
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 

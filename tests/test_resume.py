@@ -126,6 +126,61 @@ def test_a_signal_during_a_checkpoint_is_acted_on_at_the_next_step(tmp_path, mon
     assert "Stopped by SIGTERM at step 8" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "split, nth, extra, said",
+    [
+        # an epoch end mid-run: its steps are saved, the resumed run evaluates them first
+        ("val", 1, ["data.val_size=100"], "evaluating; checkpoint saved to"),
+        # the last epoch's test pass: once acted on never (exit 0, no message)
+        ("test", 2, [], "evaluating; checkpoint saved to"),
+        # the final test pass: the last checkpoint holds everything else, the resume runs the pass again
+        ("test", 1, ["data.val_size=100", "trainer.test_every_epoch=false"], "in the final test pass; "),
+    ],
+)
+def test_a_signal_during_an_evaluation_pass_stops_before_its_next_batch(
+    tmp_path, monkeypatch, caplog, split, nth, extra, said
+):
+    from birnn.engine import loop
+    from birnn.engine.run import Run
+
+    run = [*RUN, "trainer.epochs=2", "data.eval_batch_size=20", *extra]
+    reference = train(make_cfg(*run), tmp_path / "reference")
+    original_evaluate, original_forward, passes, after = Run.evaluate, loop.forward, [], []
+
+    def evaluate(self, name, *args, **kwargs):
+        passes.append(name)
+        return original_evaluate(self, name, *args, **kwargs)
+
+    def forward(model, *args, **kwargs):
+        if after or (not model.training and passes[-1] == split and passes.count(split) == nth):
+            after.append(model.training)
+            if len(after) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # during the pass's first batch
+        return original_forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "forward", forward)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train(make_cfg(*run), tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert after == [False]  # no batch (of evaluation or training) after the one the signal arrived in
+    step = state_of(tmp_path / "run")["progress"]["global_step"]
+    assert f"Stopped by SIGTERM at step {step}, {said}" in caplog.text
+
+    monkeypatch.undo()
+    resumed = train(make_cfg(*run), tmp_path / "run")
+    assert {k: v for k, v in resumed.items() if k not in WALL_CLOCK} == {
+        k: v for k, v in reference.items() if k not in WALL_CLOCK
+    }
+    ref_weights = state_of(tmp_path / "reference")["model"]
+    for name, tensor in state_of(tmp_path / "run")["model"].items():
+        assert torch.equal(tensor, ref_weights[name]), name
+
+
 def test_sigusr2_saves_then_hands_over_to_submitit(tmp_path, monkeypatch):
     handed_over = []
 

@@ -392,6 +392,33 @@ def test_bad_search_input_is_one_clear_line_and_loses_nothing(tmp_path):
     assert proc.returncode != 0 and "run it with python -m birnn.search" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "table, column",
+    [("study_user_attributes", "value_json"), ("trial_params", "distribution_json")],
+)
+def test_a_damaged_study_field_is_one_clear_line(tmp_path, table, column):
+    """Optuna keeps attributes and distributions as JSON text: a damaged one was a JSONDecodeError traceback."""
+    import sqlite3
+
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    study = optuna.create_study(study_name="birnn", storage=storage, direction="maximize")
+    study.set_user_attr("search_space", {})
+    trial = study.ask({"optimizer.lr": optuna.distributions.FloatDistribution(0.003, 0.03, log=True)})
+    study.tell(trial, 0.5)
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute(f"UPDATE {table} SET {column} = '{{broken'")
+    proc = run_cli(*search_args(study_dir, "search.n_trials=1"), cwd=tmp_path, module="birnn.search")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1:] == [
+        f"error: Study 'birnn' in {study_dir} is damaged: a stored field is not valid JSON (Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1)). Restore its storage from a copy, or start a new "
+        "search.study_name"
+    ]
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("spec", BAD_RANGES)
 def test_a_bad_search_range_is_one_clear_error(spec):
     with pytest.raises(BirnnError) as info:

@@ -131,6 +131,28 @@ def test_event_files_hold_hparams_with_final_metrics(lr_sweep):
         ]
 
 
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ("- !!python/object/apply:os.system ['touch pwned']\n", "could not determine a constructor for the tag"),
+        ("optimizer.lr: 0.1\n", "not a list of override strings"),
+        ("- 'optimizer.lr=(('\n", "mismatched input"),
+    ],
+)
+def test_a_crafted_overrides_record_is_one_error_line(tmp_path, monkeypatch, capsys, record, reason):
+    """A sweep's ``.hydra/overrides.yaml`` is data: read as plain YAML; a tag (ConstructorError) or anything but a
+    list of overrides is one line naming the file."""
+    for job, text in (("0", "- optimizer.lr=0.1\n"), ("1", record)):
+        (tmp_path / "sweep" / job / ".hydra").mkdir(parents=True)
+        (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(tmp_path / "sweep")]) == 2
+    path = tmp_path / "sweep" / "1" / ".hydra" / "overrides.yaml"
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {path} is not a Hydra overrides record: {reason}")
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_report_cli_rebuilds_the_summary_without_creating_run_dirs(lr_sweep, tmp_path, monkeypatch, capsys):
     sweep = shutil.copytree(lr_sweep, tmp_path / "copy")
     for name in ("summary.csv", "summary.md", "summary.png"):

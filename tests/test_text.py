@@ -3,6 +3,7 @@
 import csv
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,21 @@ def test_a_crafted_tokenizer_in_a_checkpoint_is_one_error_line(text_run, tmp_pat
         predict.main([str(tmp_path / "crafted.pt"), "--allow-unverified", "--text", "hello"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and "refused" in err and "Traceback" not in err
+
+
+def test_a_bpe_checkpoint_without_the_text_extra_names_the_extra(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tokenizers")
+    data = write_reviews(tmp_path / "train.csv", 60, 0)
+    bpe = ["data=text", f"data.path={data}", "data.tokenizer=bpe", "data.vocab_size=60", "model.hidden_size=8"]
+    cfg = make_cfg(*bpe, "device=cpu", "device.num_threads=1", "trainer.max_steps=1")
+    train(cfg, tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as on an install without birnn[text]
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(tmp_path / "run" / "checkpoints" / "last.pt"), "--text", "a fine movie"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: this BPE tokenizer needs Hugging Face tokenizers, which is not installed: pip install 'birnn[text]'"
+    ]
 
 
 def test_a_tagging_run_from_conll_files_and_predict_tags_raw_text(tmp_path, capsys):

@@ -224,3 +224,20 @@ def test_a_resumed_run_continues_its_own_mlflow_run(tmp_path):
     assert only.info.status == "FINISHED" and only.data.metrics["steps"] == 6
     assert [m.step for m in client.get_metric_history(only.info.run_id, "train/loss")] == [2, 4, 6]
     assert json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"] == only.info.run_id
+
+
+def test_pictures_cut_long_class_names(tmp_path):
+    """A 12,000-character class name (data=arrays' classes, a .ts label) once sized a confusion figure of 720 inches
+    square that matplotlib drew for minutes after every test pass; names are cut to 40 characters in pictures."""
+    from birnn.records.scores import EvalResult
+    from birnn.records.tracking import pictures
+
+    classes = ["x" * 12_000, "short"]
+    y, pred = torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0])
+    figures = pictures("test", EvalResult(0.5, 1 / 3, pred), torch.zeros(3, 8, 8), y, classes)
+    confusion, wrong = figures["test/confusion_matrix"], figures["test/misclassified"]
+    assert max(confusion.get_size_inches()) < 5
+    ticks = [t.get_text() for t in confusion.axes[0].get_xticklabels()]
+    assert ticks == ["x" * 39 + "\u2026", "short"]
+    captions = [t.get_text() for t in wrong.axes[0].texts]
+    assert captions == ["x" * 39 + "\u2026\n\u2192 short", "short\n\u2192 " + "x" * 39 + "\u2026"]

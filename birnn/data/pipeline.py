@@ -205,6 +205,24 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
+def check_class_names(classes: object, source: str, advice: str = "correct that label") -> None:
+    """Class names are text that prints: a list of strings, each valid Unicode (no lone surrogate, which a JSON
+    ``"\\ud800"`` decodes to), else one line. Checked at load, so no run trains on names it cannot print."""
+    if not isinstance(classes, (list, tuple)):
+        raise BirnnError(f"{source}: the classes must be a list of names, not a {type(classes).__name__}")
+    for i, name in enumerate(classes):
+        if not isinstance(name, str):
+            raise BirnnError(f"{source}: class {i} is named by a {type(name).__name__}, not a string")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = ascii(name if len(name) <= 60 else name[:60] + "...")
+            raise BirnnError(
+                f"{source}: class {i} is named {shown}, which is not valid Unicode text (it holds a lone "
+                f"surrogate): {advice}"
+            ) from None
+
+
 def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: str | None = None) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
@@ -226,6 +244,7 @@ def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: 
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
     splits: Splits = loader(**kwargs)
+    check_class_names(splits.classes, cfg._target_)
     dims = 2 if splits.vocab_size is not None else 3
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
         shape = "token IDs (N, steps)" if dims == 2 else "inputs shaped (N, steps, features)"

@@ -86,8 +86,13 @@ class Tokenizer:
         self._ids = {t: i for i, t in enumerate(self.vocab)}
         self._bpe = None
         if self.bpe is not None:
-            from tokenizers import Tokenizer as HFTokenizer
-
+            try:
+                from tokenizers import Tokenizer as HFTokenizer
+            except ImportError:
+                raise BirnnError(
+                    "this BPE tokenizer needs Hugging Face tokenizers, which is not installed: "
+                    "pip install 'birnn[text]'"
+                ) from None
             try:
                 self._bpe = HFTokenizer.from_str(self.bpe)
             except Exception as e:  # the Rust library's errors (malformed JSON, unknown model, ...)

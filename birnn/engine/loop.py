@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -123,12 +124,15 @@ def loss_and_predictions(
     device: torch.device,
     precision: str = "32",
     lengths: Tensor | None = None,
+    poll: Callable[[], None] = lambda: None,
 ) -> tuple[Tensor, Tensor]:
-    """Summed loss (``loss_sum``) and the predicted classes over ``(x, y)``, in batches; both stay on the device."""
+    """Summed loss (``loss_sum``) and the predicted classes over ``(x, y)``, in batches; both stay on the device.
+    ``poll`` runs before each batch: it may raise to give up the pass (a stop signal)."""
     model.eval()
     total = torch.zeros((), device=x.device)
     predictions = [torch.zeros((0, *y.shape[1:]), dtype=torch.int64, device=x.device)]
     for xb, yb, lb in sequential_batches(x, y, batch_size, lengths):
+        poll()
         logits = forward(model, xb, device, precision, lb)
         total += loss_sum(model, logits, yb, lb)
         predictions.append(predicted(model, logits, lb, y.ndim == 2))

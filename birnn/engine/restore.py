@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from birnn.data.pipeline import load_data
+from birnn.data.pipeline import check_class_names, load_data
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint
 from birnn.models.rnn import build_model
@@ -151,6 +151,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     spec = state.get("data")
     if spec is None:  # checkpoints written before the data spec was stored: ask the loader
         spec = data_spec(load_data(cfg.data, torch.device("cpu"), allow=allow))
+    check_class_names(spec["classes"], str(path), "train it again on valid labels")
     steps, features = spec["input_shape"]
     vocab_size = spec.get("vocab_size")
     model = build_model(

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from birnn.engine import checkpoint, rundir
 from birnn.engine.loop import Stepper, correct, label_count, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
+from birnn.engine.signals import Stopped
 from birnn.models.rnn import build_model
 from birnn.records.scores import EvalResult, macro_f1, tag_scores
 from birnn.records.tracking import Trackers, provenance, write_metrics
@@ -197,7 +198,18 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self.progress.epoch >= self.cfg.trainer.epochs or self.progress.global_step >= self.total_steps
+        p = self.progress
+        return (p.epoch >= self.cfg.trainer.epochs or p.global_step >= self.total_steps) and not self.evaluation_due
+
+    @property
+    def evaluation_due(self) -> bool:
+        """The running epoch's steps (or the step budget) are all taken, but its evaluation is not recorded yet: a
+        stop during that evaluation (or at the last step) saved this point, and a resume evaluates first."""
+        p = self.progress
+        if p.step_in_epoch == self.steps_per_epoch:
+            return True
+        evaluated = bool(p.history) and p.history[-1]["step"] == p.global_step
+        return p.global_step >= self.total_steps and p.step_in_epoch > 0 and not evaluated
 
     def epoch_batches(self) -> Iterator[Batch]:
         """This rank's share of the running epoch's batches, from the first one not yet trained on."""
@@ -312,22 +324,36 @@ class Run:
         self._clock()
         return path
 
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str, stop: Callable[[], int] = lambda: 0) -> dict[str, float]:
         """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split); per-step
         labels: per token, with macro-F1 over tags (and span scores for BIO/BIOES tags); macro-F1 of classes when
-        ``trainer.monitor`` is ``val_f1``."""
+        ``trainer.monitor`` is ``val_f1``.
+
+        ``stop`` (the stop signal every rank agrees on, 0 for none) is asked before each batch, as often on every
+        rank; a signal raises ``Stopped`` there, before anything of the pass is recorded.
+        """
         d = self.data
         x, y, lengths = (d.test_x, d.test_y, d.test_lengths) if split == "test" else (d.val_x, d.val_y, d.val_lengths)
         part = self.dist.shard(len(y))
+        size = self.cfg.data.eval_batch_size
+
+        def poll() -> None:
+            if signum := stop():
+                raise Stopped(signum)
+
         loss_sum, predictions = loss_and_predictions(
             self.model,
             subset(x, part),
             y[part],
-            self.cfg.data.eval_batch_size,
+            size,
             self.device,
             self.cfg.trainer.precision,
             lengths[part] if lengths is not None else None,
+            poll,
         )
+        largest = -(-len(y) // self.dist.world_size)  # the first rank's share: it polls most often
+        for _ in range(num_batches(largest, size) - num_batches(part.stop - part.start, size)):
+            poll()
         loss_sum, right = self.dist.sum(torch.stack([loss_sum, correct(predictions, y[part]).to(loss_sum)]))
         predictions = self.dist.cat(predictions)
         n = label_count(y)
@@ -344,18 +370,18 @@ class Run:
         return scores
 
     def close_epoch(self) -> None:
-        """Count the epoch (when all its steps are done) and stop the training clock before evaluation."""
+        """Stop the training clock before evaluation (the epoch is counted once its evaluation is recorded)."""
         self.window_totals()
         self._clock()
+
+    def record(self, scores: dict[str, float]) -> bool:
+        """Count the epoch (when all its steps are done), add its evaluation to the history and the best
+        ``trainer.monitor`` score so far; True if it improved."""
         p = self.progress
         if p.step_in_epoch == self.steps_per_epoch:
             p.epoch += 1
             p.step_in_epoch = 0
         self.epoch_shuffle_state = self.shuffle.get_state()
-
-    def record(self, scores: dict[str, float]) -> bool:
-        """Add an evaluation to the history and the best ``trainer.monitor`` score so far; True if it improved."""
-        p = self.progress
         self.metrics = scores
         p.history.append({"epoch": p.epoch, "step": p.global_step, **scores})
         monitor = self.cfg.trainer.monitor
@@ -368,26 +394,26 @@ class Run:
         self.clock = time.perf_counter()  # evaluation is not training time
         return improved
 
-    def test_pass(self) -> dict:
+    def test_pass(self, stop: Callable[[], int] = lambda: 0) -> dict:
         """Test scores of the checkpoint ``trainer.test_on`` names: the model as trained (last) or ``best.pt``."""
         if self.cfg.trainer.get("test_on", "last") == "last":
-            return self.evaluate("test") if "test_accuracy" not in self.metrics else {}
+            return self.evaluate("test", stop) if "test_accuracy" not in self.metrics else {}
         path = self.ckpt_dir / checkpoint.BEST
         best = self.dist.broadcast(checkpoint.load(path) if self.dist.is_main else None)
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         checkpoint.load_model_state(self.model, best["model"], path)
         try:
-            return {**self.evaluate("test"), "test_epoch": best["progress"]["epoch"]}
+            return {**self.evaluate("test", stop), "test_epoch": best["progress"]["epoch"]}
         finally:
             self.model.load_state_dict(current)
 
-    def finish(self, test: bool = True) -> dict:
+    def finish(self, test: bool = True, stop: Callable[[], int] = lambda: 0) -> dict:
         """The final metrics: saved in the last checkpoint, ``metrics.json`` and TensorBoard's HParams.
-        ``test=False`` (a pruned search trial): no final test pass."""
+        ``test=False`` (a pruned search trial): no final test pass; ``stop`` as for ``evaluate``."""
         p = self.progress
         self.metrics = {
             **self.metrics,
-            **(self.test_pass() if test else {}),
+            **(self.test_pass(stop) if test else {}),
             "test_on": self.cfg.trainer.get("test_on", "last"),
             **({f"best_{self.cfg.trainer.monitor}": p.best_val_accuracy} if self.data.val_x is not None else {}),
             "monitor": self.cfg.trainer.monitor,

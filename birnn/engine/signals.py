@@ -1,4 +1,5 @@
-"""Stop at a step boundary on SIGINT/SIGTERM/SIGUSR2 so the training loop can checkpoint first."""
+"""Stop at a step boundary (or between evaluation batches) on SIGINT/SIGTERM/SIGUSR2 so the training loop can
+checkpoint first."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import signal
 from types import FrameType
 
 
+class Stopped(Exception):
+    """An evaluation pass gave up between two batches: every rank agreed on the stop signal ``signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class GracefulStop:
-    """Records the first stop signal; the loop polls ``requested`` after each step.
+    """Records the first stop signal; the loop polls ``requested`` after each step and before each evaluation batch.
 
     A signal whose handler someone else already set is left alone, except SIGUSR2: submitit sends it
     on pre-emption or timeout (while ignoring SIGTERM by design), so after our checkpoint

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from birnn.engine import checkpoint
 from birnn.engine.run import Run
-from birnn.engine.signals import GracefulStop
+from birnn.engine.signals import GracefulStop, Stopped
 from birnn.system.distributed import Dist
 
 log = logging.getLogger("birnn.train")
@@ -49,6 +49,13 @@ def train(
         test_every_epoch = t.get("test_every_epoch") is not False
         pruned = False
         with GracefulStop() as stop:
+
+            def agreed() -> int:
+                """The stop signal of any rank (0: none), the same on every rank: a collective, asked as often by
+                every rank. One that arrives later (during a save's collectives, say) is agreed on at the next ask,
+                never acted on by one rank alone."""
+                return dist.agree(stop.requested or 0)
+
             while not run.done:
                 bar = tqdm(
                     run.epoch_batches(),
@@ -59,6 +66,8 @@ def train(
                     leave=False,
                 )
                 for batch in bar:
+                    if p.global_step >= run.total_steps:  # resumed where only the evaluation was left to do
+                        break
                     run.step(batch)
                     if p.global_step % t.log_every_n_steps == 0:
                         scores = run.train_scores()
@@ -72,31 +81,25 @@ def train(
                         )
                         run.track(scores)
                         bar.set_postfix(loss=f"{scores['train/loss']:.4f}", acc=f"{scores['train/accuracy']:.3f}")
-                    # Every rank stops at the same step, on the signal agreed here: one that arrives later (during the
-                    # save's collectives, say) is agreed on at the next step, never acted on by one rank alone.
-                    stopping = dist.agree(stop.requested or 0)
+                    stopping = agreed()  # every rank stops at the same step
                     last_step = p.step_in_epoch == run.steps_per_epoch or p.global_step >= run.total_steps
                     every = t.checkpoint_every_n_steps  # epoch ends save anyway
                     if stopping or (every and p.global_step % every == 0 and not last_step):
                         path = run.save()
                         if stopping:
-                            log.warning(
-                                "Stopped by %s at step %d; checkpoint saved to %s. To resume, run the same "
-                                "command with hydra.run.dir=%s",
-                                signal.Signals(stopping).name,
-                                p.global_step,
-                                path,
-                                run_dir,
-                            )
-                            stop.hand_over(stopping)
+                            _stop(stop, stopping, f"at step {p.global_step}; checkpoint saved to {path}", run_dir)
                     if p.global_step >= run.total_steps:
                         break
                 bar.close()
 
                 run.close_epoch()  # the epoch (or the step budget) is over: evaluate, record, checkpoint
-                scores = run.evaluate("test") if test_every_epoch else {}
-                if run.data.val_x is not None:
-                    scores |= run.evaluate("val")
+                try:
+                    scores = run.evaluate("test", agreed) if test_every_epoch else {}
+                    if run.data.val_x is not None:
+                        scores |= run.evaluate("val", agreed)
+                except Stopped as s:  # the steps are saved; the resumed run evaluates them first
+                    path = run.save()
+                    _stop(stop, s.signum, f"at step {p.global_step}, evaluating; checkpoint saved to {path}", run_dir)
                 improved = run.record(scores)
                 shown = p.epoch + (p.step_in_epoch > 0)  # a max_steps stop mid-epoch: the epoch it stopped in
                 if scores:  # none without a test pass during training and a validation split
@@ -109,7 +112,11 @@ def train(
                 if on_evaluation is not None and on_evaluation(p.history):
                     pruned = True
                     break
-        return run.finish(test=not pruned)
+            try:
+                return run.finish(test=not pruned, stop=agreed)
+            except Stopped as s:  # the last checkpoint holds every step and evaluation: a resume runs this pass again
+                kept = run.ckpt_dir / checkpoint.LAST
+                _stop(stop, s.signum, f"at step {p.global_step}, in the final test pass; {kept} is kept", run_dir)
     except RuntimeError as e:
         lost = dist.lost_peer(e)
         if lost is None:
@@ -119,3 +126,14 @@ def train(
         if run is not None:
             run.close()
         dist.close()
+
+
+def _stop(stop: GracefulStop, signum: int, where: str, run_dir: Path) -> None:
+    """Say where the run stopped and how to resume it, then exit (128 + signal, or submitit's requeue)."""
+    log.warning(
+        "Stopped by %s %s. To resume, run the same command with hydra.run.dir=%s",
+        signal.Signals(signum).name,
+        where,
+        run_dir,
+    )
+    stop.hand_over(signum)

@@ -11,10 +11,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 CHAR_INCH = 0.06  # width of one tick-label character at fontsize 7
+MAX_LABEL = 40  # characters of a class name shown in a picture (figure sizes follow the names)
+
+
+def label(name: str) -> str:
+    """``name`` cut to ``MAX_LABEL`` characters, an ellipsis marking the cut: class names come from the data, and a
+    12,000-character one would size a figure of thousands of inches."""
+    return name if len(name) <= MAX_LABEL else name[: MAX_LABEL - 1] + "\u2026"
 
 
 def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
     """The confusion matrix as a heat map with its non-zero counts; rows are true classes, columns predicted."""
+    classes = [label(c) for c in classes]
     n = len(classes)
     side = 0.4 * n  # inches of the matrix itself
     margin = 0.45 + CHAR_INCH * max(len(c) for c in classes)  # room for the tick labels and the axis label
@@ -47,6 +55,7 @@ def misclassified_figure(
 
     One Axes for the whole grid keeps drawing cheap.
     """
+    true, predicted = [label(c) for c in true], [label(c) for c in predicted]
     n, h, w = images.shape
     cols = min(columns, n)
     rows = math.ceil(n / cols)
@@ -80,6 +89,7 @@ def misclassified_series_figure(
     series: list[np.ndarray], true: list[str], predicted: list[str], total: int, columns: int = 3
 ) -> Figure:
     """Series (steps, channels), each as line plots of its channels, titled with its true and predicted class."""
+    true, predicted = [label(c) for c in true], [label(c) for c in predicted]
     n = len(series)
     cols = min(columns, n)
     rows = math.ceil(n / cols)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from hydra.errors import HydraException
 
 from birnn.schema.errors import BirnnError
 from birnn.system.files import MAX_RECORD_BYTES, atomic_write, read_json, read_text
@@ -93,9 +94,22 @@ def natural_key(path: Path) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
+def read_overrides(run_dir: Path) -> list:
+    """A job's overrides as Hydra recorded them (``.hydra/overrides.yaml``: a YAML list of strings), parsed; a record
+    that is not one (a YAML tag, a damaged file) is one line naming the file. YAML is read safely: nothing is built."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(read_text(path, MAX_RECORD_BYTES))
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise ValueError("not a list of override strings")
+        return OverridesParser.create().parse_overrides(overrides)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, HydraException) as e:
+        first = " ".join(str(e).split("\n")[0].split())
+        raise BirnnError(f"{path} is not a Hydra overrides record: {first}") from None
+
+
 def load_job(run_dir: Path, root: Path) -> Job:
-    overrides = read_text(run_dir / ".hydra" / "overrides.yaml", MAX_RECORD_BYTES)
-    parsed = OverridesParser.create().parse_overrides(OmegaConf.to_container(OmegaConf.load(io.StringIO(overrides))))
+    parsed = read_overrides(run_dir)
     metrics_path, status_path = run_dir / "metrics.json", run_dir / STATUS_FILE
     metrics = read_json(metrics_path) if metrics_path.exists() else {}
     if not isinstance(metrics, dict):

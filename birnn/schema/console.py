@@ -85,6 +85,13 @@ def describe(error: BaseException | None) -> str | None:
     cause = error.__cause__ if error is not None else None
     if isinstance(error, ConfigCompositionException) and isinstance(cause, ConfigKeyError | ConfigAttributeError):
         return unknown_key(cause)
+    if isinstance(error, ValueError) and str(error).startswith("Unable to configure handler"):
+        error, cause = cause, None  # Hydra could not open the job's log file (train.log) for appending
+    if isinstance(error, OSError) and error.filename is not None:  # Hydra writing its record or log into the dir
+        return (
+            f"Cannot write {error.filename}: {error.strerror or error}. The run dir must be writable (a resume "
+            "writes its log and a .hydra/resume-N record there): make it writable or copy it elsewhere"
+        )
     if isinstance(error, MissingConfigException):
         return missing_option(str(error))
     if isinstance(error, OverrideParseException):

@@ -101,11 +101,18 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
             f"Another worker has been opening study {s.study_name!r} for {LOCK_TIMEOUT_S} s (it holds "
             f"{study_dir / OPEN_LOCK}); try again, or look for a hung worker"
         ) from None
-    existing = len(study.get_trials(deepcopy=False))
+    where = s.storage or study_dir
+    try:  # every stored field of the study and its trials, read once: Optuna keeps them as JSON text
+        existing = len(study.get_trials(deepcopy=False))
+        attrs = study.user_attrs
+    except ValueError as e:  # json.JSONDecodeError
+        raise BirnnError(
+            f"Study {s.study_name!r} in {where} is damaged: a stored field is not valid JSON ({first_line(e)}). "
+            "Restore its storage from a copy, or start a new search.study_name"
+        ) from None
     if existing:  # a restarted worker must not replay its seeded sequence over the trials already run
         study.sampler = optuna.samplers.TPESampler(seed=s.seed + s.worker + 10007 * existing, **s.sampler_args)
     space = {k: str(v) for k, v in s.params.items() if v is not None}
-    attrs = study.user_attrs
     if "search_space" not in attrs:
         study.set_user_attr("search_space", space)
         study.set_user_attr("trial_overrides", base)
@@ -117,11 +124,11 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
     )
     if attrs["search_space"] != space:
         problems.append(f"search space {attrs['search_space']} (now {space})")
-    if attrs["trial_overrides"] != base:
-        problems.append(f"trial overrides {attrs['trial_overrides']} (now {base})")
+    if attrs.get("trial_overrides") != base:
+        problems.append(f"trial overrides {attrs.get('trial_overrides')} (now {base})")
     if problems:
         raise BirnnError(
-            f"Study {s.study_name!r} in {s.storage or study_dir} was created with a different "
+            f"Study {s.study_name!r} in {where} was created with a different "
             f"{'; '.join(problems)}. Use the original command, or a new search.study_name."
         )
     return study

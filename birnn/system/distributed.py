@@ -84,6 +84,13 @@ def broadcast_from_main(value: Any) -> Any:
     return box[0]
 
 
+def gather_from_all(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank of the default group."""
+    values: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(values, value)
+    return values
+
+
 def quiet_logging() -> None:
     """Non-main ranks: warnings and errors only, to stderr (the run's ``train.log`` is rank 0's)."""
     root = logging.getLogger()
