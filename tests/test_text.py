@@ -265,3 +265,19 @@ def test_text_presets_compose_and_validate(preset, data):
     cfg = make_cfg(f"experiment={preset}")
     validate(cfg)
     assert cfg.data._target_ == f"birnn.data.{data}" and cfg.trainer.grad_clip == 1.0 and cfg.data.val_fraction > 0
+
+
+def test_too_little_data_is_one_error_line_and_no_run_dir(tmp_path):
+    """Issue #38: one sentence cannot give a test split and a training split; 2 sentences no validation split."""
+    from conftest import run_cli
+
+    (tmp_path / "one.conll").write_text("The\tat\njury\tnn\n\n")
+    (tmp_path / "two.conll").write_text("The\tat\njury\tnn\n\nA\tat\n\n")
+    for data, message in (
+        (["data.path=one.conll"], "one.conll: 1 sentence(s), too few to hold out a test split"),
+        (["data.path=two.conll", "data.test_path=two.conll", "data.val_fraction=0.1"], "too little data for a val"),
+    ):
+        proc = run_cli("data=tagged", *data, "hydra.run.dir=run", "tracker=none", cwd=tmp_path, module="birnn.train")
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+        assert not (tmp_path / "run").exists()

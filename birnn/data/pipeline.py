@@ -364,6 +364,11 @@ def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
     size = cfg.val_size or round(cfg.get("val_fraction", 0.0) * n)
     if size >= n:
         raise BirnnError(f"data.val_size={size} leaves no training data ({n} samples)")
+    if not size and cfg.get("val_fraction", 0.0) > 0:
+        raise BirnnError(
+            f"data.val_fraction={cfg.val_fraction} of {n} training samples holds out none: too little data for a "
+            "validation split (give more data, or set data.val_fraction=0)"
+        )
     if not size:
         return None
     return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))[:size]

@@ -125,6 +125,11 @@ def load_tagged(
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(test_seed)).tolist()
         n_test = max(1, round(test_fraction * len(train)))
         test, train = [train[i] for i in order[:n_test]], [train[i] for i in order[n_test:]]
+        if not train:
+            raise BirnnError(
+                f"{path}: {len(test)} sentence(s), too few to hold out a test split (data.test_fraction="
+                f"{test_fraction}) and train on the rest: give more sentences, or a test file in data.test_path"
+            )
     long = next((s for s in (*train, *test) if max_length and len(s.tokens) > max_length), None)
     if long is not None:
         raise BirnnError(
