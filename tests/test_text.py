@@ -181,6 +181,19 @@ def test_evaluate_rereads_raw_text_with_the_stored_tokenizer(text_run, capsys):
     assert scores["test_accuracy"] == pytest.approx(stored["metrics"]["test_accuracy"])
 
 
+def test_evaluate_on_a_test_file_does_not_read_the_training_file(text_run, tmp_path):
+    """Issue #38: from another directory the run's relative data.path is missing; the test file is all it needs."""
+    from conftest import run_cli
+
+    stored = torch.load(text_run, weights_only=True)
+    test_csv = Path(stored["config"]["data"]["test_path"])
+    out = tmp_path / "scores.json"
+    args = (str(text_run), "data.path=train.csv", "data.val_size=5", f"data.test_path={test_csv}", "--out", str(out))
+    proc = run_cli(*args, cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["test_accuracy"] == pytest.approx(stored["metrics"]["test_accuracy"])
+
+
 def test_predict_classifies_raw_text_and_lines_of_files(text_run, tmp_path, capsys):
     lines = tmp_path / "reviews.txt"
     lines.write_text("a great and lovely movie\n\nawful terrible plot\n")
@@ -229,6 +242,10 @@ def test_a_tagging_run_from_conll_files_and_predict_tags_raw_text(tmp_path, caps
     (result,) = json.loads(capsys.readouterr().out)
     assert result["tags"] == ["X", "ADJ", "X"] and result["label"] == "the/X great/ADJ movie/X"
     scores = evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    (tmp_path / "test.conll").write_text("the X\ngreat ADJ\nmovie X\n\n")
+    gone = ["data.path=gone.conll", f"data.test_path={tmp_path / 'test.conll'}"]  # the training file is not read
+    alone = evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", gone)
+    assert alone["classes"] == scores["classes"] and alone["test_tokens"] == 3 and alone["test_accuracy"] == 1.0
     assert scores["test_samples"] == scores["test_tokens"] == sum(c["support"] for c in scores["per_class"])
     assert f"on {scores['test_tokens']} tokens" in evaluate.as_text(scores)  # scored per token, not per sentence
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"

@@ -205,12 +205,18 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
-def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: str | None = None) -> Splits:
+def load_source(
+    cfg: DictConfig,
+    allow: Sequence[str] | None = None,
+    tokenizer: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
     ``allow`` given means ``cfg`` came from a checkpoint: its loader must pass the trust rule
     (``birnn.schema.trust``) with those allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a
-    text loader as ``fitted`` instead of fitting one.
+    text loader as ``fitted`` instead of fitting one, and the checkpoint's ``classes`` as ``fitted_classes``
+    where the loader takes them (it then need not read a training file to know them).
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -225,6 +231,8 @@ def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: 
     _check_keys(loader, cfg._target_, kwargs)
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
+        if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
+            kwargs["fitted_classes"] = list(classes)
     splits: Splits = loader(**kwargs)
     dims = 2 if splits.vocab_size is not None else 3
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
@@ -242,6 +250,7 @@ def load_data(
     patch: int | None = None,
     allow: Sequence[str] | None = None,
     tokenizer: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
@@ -250,12 +259,12 @@ def load_data(
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
     inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
-    a checkpoint's, for its text loader (``load_source``).
+    a checkpoint's, for its text loader, with the checkpoint's ``classes`` (``load_source``).
 
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
-    splits = separate(load_source(cfg, allow, tokenizer))
+    splits = separate(load_source(cfg, allow, tokenizer, classes))
     val = holdout(cfg, splits.train_y)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
@@ -362,7 +371,7 @@ def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
         _, val = list(splitter.split(train_y.numpy(), train_y.numpy()))[cfg.fold]
         return torch.from_numpy(val)
     size = cfg.val_size or round(cfg.get("val_fraction", 0.0) * n)
-    if size >= n:
+    if size and size >= n:
         raise BirnnError(f"data.val_size={size} leaves no training data ({n} samples)")
     if not size and cfg.get("val_fraction", 0.0) > 0:
         raise BirnnError(

@@ -59,6 +59,9 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
+    empty = [s for s in ("train", "test", "val") if (y := getattr(data, f"{s}_y")) is not None and not len(y)]
+    if empty:
+        raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
     model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
