@@ -241,6 +241,14 @@ def test_a_tagging_run_from_conll_files_and_predict_tags_raw_text(tmp_path, caps
     predict.main([str(tmp_path / "run" / "checkpoints" / "last.pt"), "--text", "the great movie", "--json"])
     (result,) = json.loads(capsys.readouterr().out)
     assert result["tags"] == ["X", "ADJ", "X"] and result["label"] == "the/X great/ADJ movie/X"
+    # --text splits off punctuation (3 tokens); --tokens splits on whitespace only, like the CoNLL file (2 tokens)
+    run_ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    predict.main([run_ckpt, "--text", "movie's great", "--tokens", "movie's  great", "--json"])
+    split, pretokenized = json.loads(capsys.readouterr().out)
+    assert len(split["tags"]) == 4 and [w.rsplit("/", 1)[0] for w in pretokenized["label"].split()] == [
+        "movie's",
+        "great",
+    ]
     scores = evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     (tmp_path / "test.conll").write_text("the X\ngreat ADJ\nmovie X\n\n")
     gone = ["data.path=gone.conll", f"data.test_path={tmp_path / 'test.conll'}"]  # the training file is not read
