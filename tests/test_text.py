@@ -238,6 +238,8 @@ def test_a_tagging_run_from_conll_files_and_predict_tags_raw_text(tmp_path, caps
     )
     metrics = train(cfg, tmp_path / "run")
     assert metrics["test_accuracy"] > 0.9 and "test_f1" in metrics
+    assert metrics["test_baseline"] == "always 'X', the training split's most frequent tag overall"
+    assert 0.5 < metrics["test_baseline_accuracy"] < metrics["test_accuracy"]
     predict.main([str(tmp_path / "run" / "checkpoints" / "last.pt"), "--text", "the great movie", "--json"])
     (result,) = json.loads(capsys.readouterr().out)
     assert result["tags"] == ["X", "ADJ", "X"] and result["label"] == "the/X great/ADJ movie/X"

@@ -27,6 +27,7 @@ from birnn.engine.loop import Stepper, correct, label_count, loss_and_prediction
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
 from birnn.models.rnn import build_model
+from birnn.records import baseline
 from birnn.records.scores import EvalResult, macro_f1, tag_scores
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import to_plain
@@ -390,6 +391,7 @@ class Run:
         self.metrics = {
             **self.metrics,
             **(self.test_pass() if test else {}),
+            **(baseline.majority(self.data.train_y, self.data.test_y, self.data.classes) if test else {}),
             "test_on": self.cfg.trainer.get("test_on", "last"),
             **({f"best_{self.cfg.trainer.monitor}": p.best_val_accuracy} if self.data.val_x is not None else {}),
             "monitor": self.cfg.trainer.monitor,
@@ -405,10 +407,12 @@ class Run:
         self.save(metrics=self.metrics)
         self.write_records(self.metrics)
         if test:
+            trivial = self.metrics.get("test_baseline_accuracy")
             log.info(
-                "Test accuracy %.4f (%.2f%%); run dir %s",
+                "Test accuracy %.4f (%.2f%%)%s; run dir %s",
                 self.metrics["test_accuracy"],
                 100 * self.metrics["test_accuracy"],
+                "" if trivial is None else f", trivial baseline {trivial:.4f} ({self.metrics['test_baseline']})",
                 self.run_dir,
             )
         return self.metrics
