@@ -35,6 +35,7 @@ METRICS = ("test_accuracy", "test_loss", "train_seconds")
 # ranking metrics, first present wins (a run's ``monitor``, trainer.monitor, puts best_val_f1 first)
 VALIDATION = ("best_val_accuracy", "val_accuracy")
 REPLICATES = {"seed": "seeds", "data.fold": "folds"}  # swept keys averaged over (mean ± std per configuration)
+EPOCHS = ("test_epoch", "best_epoch")  # which epoch's model the test columns score, and which the ranking chose
 NOT_SELECTED = "†"  # marks the test columns in summary.md when the ranking did not look at them
 LOWER_IS_BETTER = ("loss", "seconds")
 
@@ -121,20 +122,20 @@ def default_metric(jobs: list[Job]) -> str:
 
 
 def tested_model(metrics: dict, metric: str) -> dict:
-    """``metrics`` with the test scores of the model a ``best_*`` ranking chose (``best.pt``'s) and ``test_epoch``,
-    its epoch. A run that tested its last model (``trainer.test_on=last``) scored the best epoch's model too, at
-    that epoch's end (its ``history``); without such an entry the last model's scores stay, ``test_epoch`` the
-    last epoch."""
+    """``metrics`` with the test scores of the model a ``best_*`` ranking chose (``best.pt``'s), ``best_epoch`` (the
+    epoch it chose) and ``test_epoch`` (the epoch whose model the test scores are). A run that tested its last model
+    (``trainer.test_on=last``) scored the best epoch's model too when it tested at every epoch end (its
+    ``history``); without such a score the last model's stay, and ``test_epoch`` is the last epoch."""
     if not metric.startswith("best_") or metric not in metrics or "test_accuracy" not in metrics:
         return metrics
-    if "test_epoch" in metrics:  # test_on=best: the final test pass scored best.pt
-        return metrics
     monitored = metric.removeprefix("best_")
-    history = metrics.get("history") or []
-    best = next((h for h in history if h.get(monitored) == metrics[metric] and "test_accuracy" in h), None)
-    if best is None:
-        return {**metrics, "test_epoch": metrics.get("epochs")}
-    return {**metrics, **{k: v for k, v in best.items() if k.startswith("test_")}, "test_epoch": best["epoch"]}
+    best = next((h for h in metrics.get("history") or [] if h.get(monitored) == metrics[metric]), None)
+    chosen = {**metrics, "best_epoch": best["epoch"]} if best else dict(metrics)
+    if "test_epoch" in metrics:  # test_on=best: the final test pass scored best.pt
+        return chosen
+    if best is not None and "test_accuracy" in best:
+        return {**chosen, **{k: v for k, v in best.items() if k.startswith("test_")}, "test_epoch": best["epoch"]}
+    return {**chosen, "test_epoch": metrics.get("epochs")}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -157,8 +158,9 @@ class Summary:
             raise BirnnError(f"metric {self.metric!r} is in no run's metrics.json; choose one of {', '.join(known)}")
         jobs = [replace(job, metrics=tested_model(job.metrics, self.metric)) for job in jobs]
         self.keys = swept_keys(jobs)
-        tested = ["test_epoch"] if any("test_epoch" in j.metrics for j in jobs) else []
-        self.metric_columns = [*METRICS, *tested, *(m for m in VALIDATION[::-1] if any(m in j.metrics for j in jobs))]
+        tested, chosen = ([c] if any(c in j.metrics for j in jobs) else [] for c in EPOCHS)
+        validation = [m for m in VALIDATION[::-1] if any(m in j.metrics for j in jobs)]
+        self.metric_columns = [*METRICS, *tested, *validation, *chosen]
         if self.metric not in self.metric_columns:
             self.metric_columns.append(self.metric)
         sign = 1 if lower_is_better(self.metric) else -1
@@ -184,8 +186,9 @@ class Summary:
                 "an unbiased estimate (give the runs a validation split: data.val_size or data.folds)."
             )
         same = (
-            f" They score the model each job's {self.metric} chose (best.pt), test_epoch its epoch; a test_epoch "
-            "other than that epoch (a run that kept no test score of it) says the last model was scored."
+            f" test_epoch is the epoch whose model they score, best_epoch the one {self.metric} chose (best.pt); "
+            "they differ where a run tested its last model and kept no test score of its best epoch (a multirun's "
+            "default: trainer.test_on=best tests best.pt)."
             if self.metric.startswith("best_")
             else ""
         )
@@ -223,7 +226,7 @@ class Summary:
         rows = []
         for values, members in groups.items():
             row: dict[str, Any] = dict(zip(others, values)) | {count: len(members)}
-            for m in (m for m in self.metric_columns if m != "test_epoch"):
+            for m in (m for m in self.metric_columns if m not in EPOCHS):
                 xs = [v for job in members if (v := number(job.metrics.get(m))) is not None]
                 row[m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else None
             rows.append(row)
