@@ -39,7 +39,7 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
         raise BirnnError(f"Cannot compose the data config from {list(overrides)}: {first_line(e)}") from None
     if cfg.data._target_ == "birnn.data.load_packed":
         raise BirnnError("data=packed is already a pack; copy the directory instead")
-    settings = carried.recorded(*(OmegaConf.to_container(c, resolve=True) for c in (alone, without)))
+    settings = carried.recorded(*(OmegaConf.to_container(c) for c in (alone, without)))
     fields = {carried.FIELD: settings, carried.SOURCE: f"data={option}"} if settings else {}
     return packed.pack_splits(load_source(cfg.data), out, overwrite, fields)
 
