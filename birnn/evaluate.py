@@ -31,6 +31,9 @@ def evaluate_checkpoint(
     restored = restore(path, overrides, allow, unverified)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
+    if restored.tokenizer is not None:  # token data: a text loader given the stored tokenizer and classes and a
+        # data.test_path reads only that file; only the test split is scored, so nothing is held out for validation
+        cfg.data.val_size, cfg.data.val_fraction, cfg.data.folds = 0, 0.0, 0
     # the stored statistics and patch size, not refitted; the loader only if the trust rule lets it in
     data = load_data(
         cfg.data,
@@ -39,6 +42,7 @@ def evaluate_checkpoint(
         patch=restored.patch,
         allow=restored.allow,
         tokenizer=restored.tokenizer,
+        classes=restored.classes,
     )
     if data.classes != restored.classes:
         raise BirnnError(

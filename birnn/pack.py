@@ -12,7 +12,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from birnn.data import packed
+from omegaconf import OmegaConf
+
+from birnn.data import carried, packed
 from birnn.engine.restore import user_errors
 from birnn.schema import console
 from birnn.schema.config import import_from_cwd
@@ -28,12 +30,18 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
 
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("config", overrides=list(overrides))
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+            # what the data option sets for training (data=digits: trainer.epochs=15): it alone against no option
+            option = cfg.hydra.runtime.choices.data
+            hydra = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+            alone, without = (compose("config", overrides=[*hydra, *o]) for o in ([f"data={option}"], []))
     except Exception as e:  # Hydra's composition errors name the bad override
         raise BirnnError(f"Cannot compose the data config from {list(overrides)}: {first_line(e)}") from None
     if cfg.data._target_ == "birnn.data.load_packed":
         raise BirnnError("data=packed is already a pack; copy the directory instead")
-    return packed.pack_splits(load_source(cfg.data), out, overwrite)
+    settings = carried.recorded(*(OmegaConf.to_container(c) for c in (alone, without)))
+    fields = {carried.FIELD: settings, carried.SOURCE: f"data={option}"} if settings else {}
+    return packed.pack_splits(load_source(cfg.data), out, overwrite, fields)
 
 
 @console.closed_pipe_ok

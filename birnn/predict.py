@@ -2,7 +2,10 @@
 
 A model trained on text (``data=text``, ``data=tagged``) reads raw text instead: ``--text "..."`` (repeatable) or
 ``.txt`` files, one sample per line, tokenized with the tokenizer stored in the checkpoint (truncated to
-``data.max_length`` like the training texts); a tagger prints each token with its tag.
+``data.max_length`` like the training texts); a tagger prints each token with its tag. A word tokenizer splits raw
+text into runs of letters and digits and single punctuation marks (``Atlanta's`` is ``Atlanta ' s``), which need
+not be how a CoNLL file was split: ``--tokens "..."`` (repeatable) takes text already split into tokens, on
+whitespace only (word tokenizers).
 
 Each image (PNG or JPEG, any size; a folder stands for the files in it) becomes one input the way the
 training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
@@ -216,9 +219,11 @@ def predict_texts(
     device: str = "cpu",
     allow: Sequence[str] = (),
     unverified: bool = False,
+    pretokenized: Sequence[str] = (),
 ) -> list[dict]:
-    """Per text (each ``--text``, each line of each file) ``{file, index, text, prediction, label, probability}``
-    (a tagger: ``label`` is ``token/TAG ...``, ``tags`` the list), or ``{file, error}`` for an unreadable file."""
+    """Per text (each ``--text``, each line of each file, each ``pretokenized`` text: tokens split on whitespace
+    only) ``{file, index, text, prediction, label, probability}`` (a tagger: ``label`` is ``token/TAG ...``,
+    ``tags`` the list), or ``{file, error}`` for an unreadable file."""
     restored = restore(checkpoint, allow=allow, unverified=unverified)
     if restored.tokenizer is None:
         raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
@@ -229,9 +234,12 @@ def predict_texts(
         raise BirnnError(
             f"{checkpoint}: its tokenizer makes {tok.size} token IDs, but the model embeds only {rows}: refused"
         )
+    if pretokenized and tok.kind != "word":
+        raise BirnnError(f"--tokens gives words: {checkpoint} reads {tok.kind} tokens (use --text)")
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     model = restored.model.to(target)
     records: list[dict] = [{"file": "--text", "index": i, "text": t} for i, t in enumerate(texts)]
+    records += [{"file": "--tokens", "index": i, "text": t} for i, t in enumerate(pretokenized)]
     for path in paths:
         try:
             lines = text_lines(read_text(path))
@@ -241,8 +249,10 @@ def predict_texts(
         records += [{"file": str(path), "index": i, "text": t} for i, t in enumerate(lines) if t.strip()]
     for r in (r for r in records if "error" not in r):
         per_step = bool(restored.spec.get("per_step"))
-        tokens = tok.split(r["text"]) if per_step else None
-        ids = (tok.ids(tokens) or [1]) if per_step else tok.truncated(tok.encode(r["text"]))
+        split = r["file"] == "--tokens"
+        tokens = r["text"].split() if split else tok.split(r["text"]) if per_step else None
+        ids = (tok.ids(tokens) or [1]) if per_step or split else tok.encode(r["text"])
+        ids = ids if per_step else tok.truncated(ids)
         with torch.inference_mode():
             logits = model(torch.tensor([ids], device=target)).float().cpu()
         if per_step:
@@ -296,7 +306,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "for a text model, .txt files (one sample per line)",
     )
     parser.add_argument(
-        "--text", action="append", default=[], help="a text to classify or tag (text models; repeatable)"
+        "--text",
+        action="append",
+        default=[],
+        help="a text to classify or tag (text models; repeatable), split as the model's tokenizer splits raw text: "
+        "a word tokenizer takes runs of letters and digits and single punctuation marks (Atlanta's: 3 tokens)",
+    )
+    parser.add_argument(
+        "--tokens",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="text already split into tokens, on whitespace only (word tokenizers, e.g. a tagger trained on CoNLL "
+        'files; repeatable): --tokens "Atlanta\'s jury"',
     )
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     parser.add_argument(
@@ -310,12 +332,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # PATHs may follow --text
     import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
-        if not args.paths and not args.text:
-            raise BirnnError("give PATHs to classify, or --text for a text model")
-        is_text = args.text or all(p.suffix.lower() == ".txt" for p in args.paths)
-        run = predict_texts if is_text else predict
-        options = (args.text,) if is_text else (args.invert,)
-        results = run(args.checkpoint, args.paths, *options, args.device, args.allow, args.allow_unverified)
+        if not args.paths and not args.text and not args.tokens:
+            raise BirnnError("give PATHs to classify, or --text (or --tokens) for a text model")
+        is_text = args.text or args.tokens or all(p.suffix.lower() == ".txt" for p in args.paths)
+        if is_text:
+            results = predict_texts(
+                args.checkpoint, args.paths, args.text, args.device, args.allow, args.allow_unverified, args.tokens
+            )
+        else:
+            results = predict(args.checkpoint, args.paths, args.invert, args.device, args.allow, args.allow_unverified)
         show(results, args.json)
         if all("error" in r for r in results):
             raise BirnnError("no image could be classified")

@@ -15,14 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from birnn.data import carried
 from birnn.engine import rundir
 from birnn.engine.training import train
 from birnn.schema import console
-from birnn.schema.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
+from birnn.schema.config import CONFIG_DIR, apply_schemas, flatten, import_from_cwd, validate
 from birnn.schema.errors import BirnnError
 from birnn.studies import selection
 from birnn.system import distributed
@@ -74,11 +77,43 @@ def job(cfg: DictConfig) -> float:
             )
         apply_schemas(cfg)
         selection.resolve(cfg, compared=hc.mode == RunMode.MULTIRUN)
+        use_pack_settings(cfg, hc)
         validate(cfg)
         if _publish_run_dir is not None:
             _publish_run_dir(run_dir)
         metrics = train(cfg, run_dir, started=started)
     return metrics.get(f"best_{cfg.trainer.monitor}", metrics["test_accuracy"])
+
+
+def use_pack_settings(cfg: DictConfig, hc: DictConfig) -> None:
+    """``data=packed``: the training settings the pack's source data option set (``birnn.data.carried``), for
+    every key that neither the command line nor the experiment preset sets; one log line says which and why."""
+    if cfg.data.get("_target_") != "birnn.data.load_packed" or not cfg.data.get("path"):
+        return
+    settings, source = carried.stored(Path(cfg.data.path))
+    if not settings:
+        return
+    fixed = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(hc.overrides.task))]
+    experiment = hc.runtime.choices.get("experiment")
+    if experiment:  # a preset comes after the data option: what it sets wins, as over digits' own settings
+        overrides = list(hc.overrides.hydra)
+        flat = [
+            flatten(OmegaConf.to_container(compose("config", overrides=o)))
+            for o in ([*overrides, f"experiment={experiment}"], overrides)
+        ]
+        fixed += [k for k, v in flat[0].items() if k not in flat[1] or flat[1][k] != v]
+    applied, kept = carried.apply(cfg, settings, fixed)
+    source = source or "its source data option"
+    kept_text = ", ".join(f"{k}={OmegaConf.select(cfg, k)}" for k in kept)
+    if applied:
+        log.info(
+            "data=packed: %s from the pack (what %s sets for training, recorded by birnn-pack)%s",
+            ", ".join(f"{k}={v}" for k, v in applied.items()),
+            source,
+            f"; kept {kept_text} as set here" if kept else "",
+        )
+    else:
+        log.info("data=packed: kept %s as set here, not the pack's (what %s sets for training)", kept_text, source)
 
 
 def main() -> None:

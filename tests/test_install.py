@@ -172,3 +172,12 @@ def test_make_test_lint_docs_install_their_extras_and_make_venv_all_of_them(tmp_
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert installed == set(declared)
     assert "make venv" in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_says_what_each_make_target_installs():
+    """README's table of make targets names the extras the Makefile installs for them (issue #38: it lacked two)."""
+    makefile = (ROOT / "Makefile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for target in ("test", "lint", "docs"):
+        (extras,) = re.findall(rf"^EXTRAS_{target} := (\S+)$", makefile, re.M)
+        assert f"`.{extras}`" in readme, f"README does not say make {target} installs .{extras}"

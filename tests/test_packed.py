@@ -183,6 +183,25 @@ def copy_pack(src, dst):
     return dst
 
 
+def test_a_pack_carries_the_training_settings_of_its_data_option(digits_pack, tmp_path):
+    """Issue #38: data=digits sets trainer.epochs=15; a pack of it trains 15 epochs too, unless the command line
+    says otherwise, and says so. A pack without the field (the previous release's) trains as before."""
+    manifest = json.loads((digits_pack / MANIFEST).read_text())
+    assert manifest["training"] == {"trainer.epochs": 15, "trainer.log_every_n_steps": 5}
+    assert manifest["training_from"] == "data=digits"
+    old = copy_pack(digits_pack, tmp_path / "old")
+    (old / MANIFEST).write_text(json.dumps({k: v for k, v in manifest.items() if not k.startswith("training")}))
+    for pack, epochs in ((digits_pack, 15), (old, 2)):
+        args = [*FAST, "data=packed", f"data.path={pack}", "trainer.max_steps=2", "trainer.log_every_n_steps=1"]
+        proc = run_cli(*args, f"hydra.run.dir={tmp_path / pack.name}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        trainer = state_of(tmp_path / pack.name)["config"]["trainer"]
+        assert (trainer["epochs"], trainer["log_every_n_steps"]) == (epochs, 1)
+        said = "data=packed: trainer.epochs=15 from the pack (what data=digits sets for training, recorded by "
+        said += "birnn-pack); kept trainer.log_every_n_steps=1 as set here"
+        assert (said in (tmp_path / pack.name / "train.log").read_text()) == (pack == digits_pack)
+
+
 def test_a_pack_without_manifest_is_refused(digits_pack, tmp_path):
     pack = copy_pack(digits_pack, tmp_path / "p")
     (pack / MANIFEST).unlink()

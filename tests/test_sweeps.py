@@ -85,8 +85,10 @@ def test_sweep_summary_csv_matches_every_job(lr_sweep):
         "test_accuracy",
         "test_loss",
         "train_seconds",
+        "test_epoch",
         "val_accuracy",
         "best_val_accuracy",
+        "best_epoch",
         "ranked_on",
     ]
     assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
@@ -104,8 +106,8 @@ def test_sweep_summary_csv_matches_every_job(lr_sweep):
     md = (lr_sweep / "summary.md").read_text()
     assert "Ranked on best_val_accuracy; † test scores are reported, not used for selection." in md
     assert (
-        "| job | status | error | optimizer.lr | test_accuracy † | test_loss † | train_seconds | val_accuracy | "
-        "best_val_accuracy |"
+        "| job | status | error | optimizer.lr | test_accuracy † | test_loss † | train_seconds | test_epoch † | "
+        "val_accuracy | best_val_accuracy | best_epoch |"
     ) in md
     best = rows[0]
     assert f"| {best['job']} | completed |  | {best['optimizer.lr']} | {float(best['test_accuracy']):.4f} |" in md
@@ -257,3 +259,61 @@ def test_a_failed_attempt_keeps_a_completed_record(tmp_path):
     summary.write_status(tmp_path, "completed")  # a retry that succeeded
     summary.write_status(tmp_path, "failed", "BirnnError: Cannot resume ...")  # then a refused relaunch
     assert json.loads((tmp_path / "status.json").read_text()) == {"status": "completed", "error": ""}
+
+
+def test_a_validation_ranking_reports_the_test_scores_of_the_model_it_chose():
+    """Issue #38: ranked on the best epoch's validation score, a job's test scores are that epoch's model's (best.pt),
+    not the last epoch's; test_epoch says which epoch was tested."""
+
+    def job(name: str, history: list[tuple[float, float]], **extra) -> summary.Job:
+        epochs = [
+            {"epoch": i + 1, "step": 10 * (i + 1), "test_accuracy": t, "val_accuracy": v}
+            for i, (t, v) in enumerate(history)
+        ]
+        best = max(v for _, v in history)
+        last = {"test_accuracy": history[-1][0], "val_accuracy": history[-1][1], "best_val_accuracy": best}
+        m = {**last, "test_loss": 1.0, "train_seconds": 1.0, "epochs": len(history), "history": epochs, **extra}
+        return summary.Job(name, "completed", "", {"seed": name}, {"seed": int(name)}, m)
+
+    jobs = [
+        job("0", [(0.90, 0.95), (0.85, 0.93)]),  # best epoch 1 (val 0.95): its test score is 0.90, not the last 0.85
+        job("1", [(0.70, 0.80), (0.97, 0.96)]),  # best = last epoch
+        job("2", [(0.5, 0.9)], test_on="best", test_epoch=1),  # tested best.pt itself
+    ]
+    rows = summary.Summary(jobs).rows()
+    assert [r["best_epoch"] for r in rows] == [2, 1, 1]
+    assert [(r["job"], r["test_accuracy"], r["test_epoch"]) for r in rows] == [
+        ("1", 0.97, 2),
+        ("0", 0.90, 1),
+        ("2", 0.5, 1),
+    ]
+    assert [r["best_val_accuracy"] for r in rows] == [0.96, 0.95, 0.9]
+    no_scores = job("3", [(0.9, 0.95), (0.8, 0.9)])  # test_every_epoch=false: the last model's score, said so
+    no_scores.metrics["history"] = [
+        {k: v for k, v in h.items() if k != "test_accuracy"} for h in no_scores.metrics["history"]
+    ]
+    (row,) = summary.Summary([no_scores]).rows()
+    assert (row["test_accuracy"], row["test_epoch"], row["best_epoch"]) == (0.8, 2, 1)
+    assert "test_epoch is the epoch whose model they score" in summary.Summary(jobs).markdown()
+
+
+def test_the_docs_example_table_is_what_the_summary_writes():
+    """docs/sweeps.md's example summary.md: its columns are the summary's for that sweep (validation columns
+    included), best first by best_val_accuracy (issue #38: it showed a ranking on test)."""
+    page = (CONF.parent / "docs" / "sweeps.md").read_text()
+    example = page.split("/summary.md`", 1)[1].split("**Failed jobs.**")[0]
+    lines = next(p for p in example.split("\n\n") if p.strip().startswith("| job |")).strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    metrics = {"test_accuracy": 0.9, "test_loss": 0.1, "train_seconds": 1.0, "val_accuracy": 0.9}
+    metrics |= {"best_val_accuracy": 0.9, "epochs": 1, "history": [{"epoch": 1, "step": 9, "val_accuracy": 0.9}]}
+    jobs = [
+        summary.Job(str(i), "completed", "", {"optimizer.lr": lr, "seed": str(i)}, {}, metrics)
+        for i, lr in enumerate(["0.001", "0.01"])
+    ]
+    expected = summary.Summary(jobs)
+    assert "9 jobs (9 completed), best first by best_val_accuracy." in example
+    assert expected.selection_note in " ".join(example.split())
+    assert header == [expected.header(c) for c in expected.columns[:-1]]
+    ranked = [float(r["best_val_accuracy"]) for r in rows]
+    assert len(rows) == 9 and ranked == sorted(ranked, reverse=True)

@@ -182,6 +182,19 @@ def test_evaluate_rereads_raw_text_with_the_stored_tokenizer(text_run, capsys):
     assert scores["test_accuracy"] == pytest.approx(stored["metrics"]["test_accuracy"])
 
 
+def test_evaluate_on_a_test_file_does_not_read_the_training_file(text_run, tmp_path):
+    """Issue #38: from another directory the run's relative data.path is missing; the test file is all it needs."""
+    from conftest import run_cli
+
+    stored = torch.load(text_run, weights_only=True)
+    test_csv = Path(stored["config"]["data"]["test_path"])
+    out = tmp_path / "scores.json"
+    args = (str(text_run), "data.path=train.csv", "data.val_size=5", f"data.test_path={test_csv}", "--out", str(out))
+    proc = run_cli(*args, cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["test_accuracy"] == pytest.approx(stored["metrics"]["test_accuracy"])
+
+
 def test_predict_classifies_raw_text_and_lines_of_files(text_run, tmp_path, capsys):
     lines = tmp_path / "reviews.txt"
     lines.write_text("a great and lovely movie\n\nawful terrible plot\n")
@@ -241,10 +254,24 @@ def test_a_tagging_run_from_conll_files_and_predict_tags_raw_text(tmp_path, caps
     )
     metrics = train(cfg, tmp_path / "run")
     assert metrics["test_accuracy"] > 0.9 and "test_f1" in metrics
+    assert metrics["test_baseline"] == "always 'X', the training split's most frequent tag overall"
+    assert 0.5 < metrics["test_baseline_accuracy"] < metrics["test_accuracy"]
     predict.main([str(tmp_path / "run" / "checkpoints" / "last.pt"), "--text", "the great movie", "--json"])
     (result,) = json.loads(capsys.readouterr().out)
     assert result["tags"] == ["X", "ADJ", "X"] and result["label"] == "the/X great/ADJ movie/X"
+    # --text splits off punctuation (3 tokens); --tokens splits on whitespace only, like the CoNLL file (2 tokens)
+    run_ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    predict.main([run_ckpt, "--text", "movie's great", "--tokens", "movie's  great", "--json"])
+    split, pretokenized = json.loads(capsys.readouterr().out)
+    assert len(split["tags"]) == 4 and [w.rsplit("/", 1)[0] for w in pretokenized["label"].split()] == [
+        "movie's",
+        "great",
+    ]
     scores = evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    (tmp_path / "test.conll").write_text("the X\ngreat ADJ\nmovie X\n\n")
+    gone = ["data.path=gone.conll", f"data.test_path={tmp_path / 'test.conll'}"]  # the training file is not read
+    alone = evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", gone)
+    assert alone["classes"] == scores["classes"] and alone["test_tokens"] == 3 and alone["test_accuracy"] == 1.0
     assert scores["test_samples"] == scores["test_tokens"] == sum(c["support"] for c in scores["per_class"])
     assert f"on {scores['test_tokens']} tokens" in evaluate.as_text(scores)  # scored per token, not per sentence
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
@@ -281,3 +308,19 @@ def test_text_presets_compose_and_validate(preset, data):
     cfg = make_cfg(f"experiment={preset}")
     validate(cfg)
     assert cfg.data._target_ == f"birnn.data.{data}" and cfg.trainer.grad_clip == 1.0 and cfg.data.val_fraction > 0
+
+
+def test_too_little_data_is_one_error_line_and_no_run_dir(tmp_path):
+    """Issue #38: one sentence cannot give a test split and a training split; 2 sentences no validation split."""
+    from conftest import run_cli
+
+    (tmp_path / "one.conll").write_text("The\tat\njury\tnn\n\n")
+    (tmp_path / "two.conll").write_text("The\tat\njury\tnn\n\nA\tat\n\n")
+    for data, message in (
+        (["data.path=one.conll"], "one.conll: 1 sentence(s), too few to hold out a test split"),
+        (["data.path=two.conll", "data.test_path=two.conll", "data.val_fraction=0.1"], "too little data for a val"),
+    ):
+        proc = run_cli("data=tagged", *data, "hydra.run.dir=run", "tracker=none", cwd=tmp_path, module="birnn.train")
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+        assert not (tmp_path / "run").exists()

@@ -67,7 +67,14 @@ def test_checkpoint_reload_reproduces_test_accuracy(cli_run):
     model = build_model(cfg.model, data.input_size, data.num_classes)
     checkpoint.load_model_state(model, state["model"], "last.pt")
     result = eval_pass(model, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
-    assert result.accuracy == json.loads((cli_run / "metrics.json").read_text())["test_accuracy"]
+    metrics = json.loads((cli_run / "metrics.json").read_text())
+    assert result.accuracy == metrics["test_accuracy"]
+    # the trivial baseline beside the score: the training split's commonest class, scored on the test split
+    top = int(torch.bincount(data.train_y).argmax())
+    assert metrics["test_baseline_accuracy"] == pytest.approx((data.test_y == top).float().mean().item())
+    assert metrics["test_baseline"] == f"always '{data.classes[top]}', the training split's most frequent class"
+    final = (cli_run / "train.log").read_text().splitlines()[-1]
+    assert f"trivial baseline {metrics['test_baseline_accuracy']:.4f} (always '{data.classes[top]}'" in final
 
 
 def test_two_job_multirun_and_relaunch_skips_finished_jobs(tmp_path):

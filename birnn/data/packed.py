@@ -184,8 +184,10 @@ class PackWriter:
         overwrite: bool = False,
         vocab_size: int | None = None,
         tokenizer: str | None = None,
+        carried: dict | None = None,
     ):
         self.out, self.classes, self.kind, self.variable = Path(out), list(classes), kind, variable
+        self.carried = carried or {}  # more manifest fields: the training settings of birnn.data.carried
         self.vocab_size, self.tokenizer = check_vocab(vocab_size, tokenizer, "PackWriter"), tokenizer
         prepare(self.out, overwrite)
         self.moments = normalize.Moments()
@@ -216,6 +218,7 @@ class PackWriter:
             "vocab_size": self.vocab_size,
             "tokenizer": self.tokenizer,
             "splits": splits,
+            **self.carried,
         }
         path = self.out / MANIFEST
         atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=2).encode() + b"\n"))
@@ -408,10 +411,12 @@ def verify(path: Path, progress: Callable[[str], None] = lambda _: None) -> int:
     return len(entries)
 
 
-def pack_splits(splits: Splits, out: Path, overwrite: bool = False) -> Path:
-    """Write in-memory ``splits`` (a loader's, before hold-out and standardization) as a pack, in chunks."""
+def pack_splits(splits: Splits, out: Path, overwrite: bool = False, carried: dict | None = None) -> Path:
+    """Write in-memory ``splits`` (a loader's, before hold-out and standardization) as a pack, in chunks; ``carried``:
+    more manifest fields (``birnn.data.carried``)."""
     variable = splits.train_lengths is not None or splits.test_lengths is not None
-    with PackWriter(out, splits.classes, splits.kind, variable, overwrite, splits.vocab_size, splits.tokenizer) as pack:
+    args = (splits.classes, splits.kind, variable, overwrite, splits.vocab_size, splits.tokenizer, carried)
+    with PackWriter(out, *args) as pack:
         for name in SPLITS:
             x, y, lengths = (getattr(splits, f"{name}_{a}") for a in ("x", "y", "lengths"))
             if x is None:

@@ -223,12 +223,18 @@ def check_class_names(classes: object, source: str, advice: str = "correct that 
             ) from None
 
 
-def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: str | None = None) -> Splits:
+def load_source(
+    cfg: DictConfig,
+    allow: Sequence[str] | None = None,
+    tokenizer: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
     ``allow`` given means ``cfg`` came from a checkpoint: its loader must pass the trust rule
     (``birnn.schema.trust``) with those allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a
-    text loader as ``fitted`` instead of fitting one.
+    text loader as ``fitted`` instead of fitting one, and the checkpoint's ``classes`` as ``fitted_classes``
+    where the loader takes them (it then need not read a training file to know them).
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -243,6 +249,8 @@ def load_source(cfg: DictConfig, allow: Sequence[str] | None = None, tokenizer: 
     _check_keys(loader, cfg._target_, kwargs)
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
+        if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
+            kwargs["fitted_classes"] = list(classes)
     splits: Splits = loader(**kwargs)
     check_class_names(splits.classes, cfg._target_)
     dims = 2 if splits.vocab_size is not None else 3
@@ -261,6 +269,7 @@ def load_data(
     patch: int | None = None,
     allow: Sequence[str] | None = None,
     tokenizer: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
@@ -269,12 +278,12 @@ def load_data(
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
     inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
-    a checkpoint's, for its text loader (``load_source``).
+    a checkpoint's, for its text loader, with the checkpoint's ``classes`` (``load_source``).
 
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
-    splits = separate(load_source(cfg, allow, tokenizer))
+    splits = separate(load_source(cfg, allow, tokenizer, classes))
     val = holdout(cfg, splits.train_y)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
@@ -381,8 +390,13 @@ def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
         _, val = list(splitter.split(train_y.numpy(), train_y.numpy()))[cfg.fold]
         return torch.from_numpy(val)
     size = cfg.val_size or round(cfg.get("val_fraction", 0.0) * n)
-    if size >= n:
+    if size and size >= n:
         raise BirnnError(f"data.val_size={size} leaves no training data ({n} samples)")
+    if not size and cfg.get("val_fraction", 0.0) > 0:
+        raise BirnnError(
+            f"data.val_fraction={cfg.val_fraction} of {n} training samples holds out none: too little data for a "
+            "validation split (give more data, or set data.val_fraction=0)"
+        )
     if not size:
         return None
     return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))[:size]

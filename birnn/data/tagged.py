@@ -119,12 +119,15 @@ def load_tagged(
     unknown: str = "unk",
     signature_suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
     fitted: str | None = None,
+    fitted_classes: Sequence[str] | None = None,
 ) -> Splits:
     """The tagged sentences in ``path`` (and ``test_path``) as token IDs and per-step tags; ``root``/``download``
-    are unused."""
-    if not path:
+    are unused. A checkpoint's tokenizer and tags (``fitted``, ``fitted_classes``) with a ``test_path``: the
+    training sentences are not read (the training split is empty)."""
+    test_only = bool(fitted and fitted_classes is not None and test_path)
+    if not path and not test_only:
         raise BirnnError("data=tagged needs the sentences: data.path=FILE or FOLDER (data.format=conll|slash)")
-    train = read_sentences(Path(path), format, token_column, tag_column)
+    train = [] if test_only else read_sentences(Path(path), format, token_column, tag_column)
     if test_path:
         test = read_sentences(Path(test_path), format, token_column, tag_column)
     else:
@@ -132,6 +135,11 @@ def load_tagged(
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(test_seed)).tolist()
         n_test = max(1, round(test_fraction * len(train)))
         test, train = [train[i] for i in order[:n_test]], [train[i] for i in order[n_test:]]
+        if not train:
+            raise BirnnError(
+                f"{path}: {len(test)} sentence(s), too few to hold out a test split (data.test_fraction="
+                f"{test_fraction}) and train on the rest: give more sentences, or a test file in data.test_path"
+            )
     long = next((s for s in (*train, *test) if max_length and len(s.tokens) > max_length), None)
     if long is not None:
         raise BirnnError(
@@ -146,6 +154,11 @@ def load_tagged(
         )
     )
     classes = sorted({t for s in (*train, *test) for t in s.tags})  # the tag set (a rare tag may be test-only)
+    if fitted_classes is not None:
+        unknown = next((t for t in classes if t not in fitted_classes), None)
+        if unknown is not None:
+            raise BirnnError(f"{test_path or path} has tag {unknown!r}, which the model was not trained on")
+        classes = list(fitted_classes)
     index = {c: i for i, c in enumerate(classes)}
     splits = {}
     for name, sentences in (("train", train), ("test", test)):

@@ -124,13 +124,13 @@ def truncated(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[list[list[int]
 def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token IDs (N, longest) zero-padded, and each sample's length; more than ``MAX_PADDED`` IDs is refused."""
     lengths = torch.tensor([len(i) for i in ids], dtype=torch.int64)
-    if len(ids) * int(lengths.max()) > MAX_PADDED:
+    longest = int(lengths.max()) if len(ids) else 0
+    if len(ids) * longest > MAX_PADDED:
         raise BirnnError(
-            f"padding {len(ids)} samples to the longest ({int(lengths.max())} tokens) takes "
-            f"{len(ids) * int(lengths.max()) * 8 / 1e9:.1f} GB (at most {MAX_PADDED * 8 / 1e9:.1f}): "
-            "set data.max_length, or split the longest texts"
+            f"padding {len(ids)} samples to the longest ({longest} tokens) takes {len(ids) * longest * 8 / 1e9:.1f} "
+            f"GB (at most {MAX_PADDED * 8 / 1e9:.1f}): set data.max_length, or split the longest texts"
         )
-    x = torch.zeros(len(ids), int(lengths.max()), dtype=torch.int64)
+    x = torch.zeros(len(ids), longest, dtype=torch.int64)
     for row, i in enumerate(ids):
         x[row, : len(i)] = torch.tensor(i, dtype=torch.int64)
     return x, lengths
@@ -181,11 +181,17 @@ def load_text(
     unknown: str = "unk",
     signature_suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
     fitted: str | None = None,
+    fitted_classes: Sequence[str] | None = None,
 ) -> Splits:
-    """The texts in ``path`` (and ``test_path``) as token IDs; ``root``/``download`` are unused."""
-    if not path:
+    """The texts in ``path`` (and ``test_path``) as token IDs; ``root``/``download`` are unused. A checkpoint's
+    tokenizer and classes (``fitted``, ``fitted_classes``) with a ``test_path``: the training texts are not read
+    (the training split is empty)."""
+    if fitted and fitted_classes is not None and test_path:
+        path, texts, labels = path or test_path, [], []
+    elif not path:
         raise BirnnError("data=text needs the labelled texts: data.path=FILE.csv|.tsv|.jsonl or a folder")
-    texts, labels = read_texts(Path(path), text_column, label_column)
+    else:
+        texts, labels = read_texts(Path(path), text_column, label_column)
     if test_path:
         test_texts, test_labels = read_texts(Path(test_path), text_column, label_column)
     else:
@@ -200,7 +206,7 @@ def load_text(
         else tokenize.fit(texts, tokenizer, vocab_size, min_freq, lowercase, True, unknown, signature_suffixes)
     )
     tok.max_length = max_length  # kept with the tokenizer: predict --text cuts raw text the same way
-    classes = sorted(set(labels))
+    classes = list(fitted_classes) if fitted_classes is not None else sorted(set(labels))
     train_ids, cut = truncated(tok, texts)
     test_ids, test_cut = truncated(tok, test_texts)
     if cut + test_cut:

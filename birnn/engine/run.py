@@ -28,6 +28,7 @@ from birnn.engine.resume import Progress, check_resumable, check_same_data, chec
 from birnn.engine.schedule import build_scheduler
 from birnn.engine.signals import Stopped
 from birnn.models.rnn import build_model
+from birnn.records import baseline
 from birnn.records.scores import EvalResult, macro_f1, tag_scores
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import to_plain
@@ -61,6 +62,9 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
+    empty = [s for s in ("train", "test", "val") if (y := getattr(data, f"{s}_y")) is not None and not len(y)]
+    if empty:
+        raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
     model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
@@ -414,6 +418,7 @@ class Run:
         self.metrics = {
             **self.metrics,
             **(self.test_pass(stop) if test else {}),
+            **(baseline.majority(self.data.train_y, self.data.test_y, self.data.classes) if test else {}),
             "test_on": self.cfg.trainer.get("test_on", "last"),
             **({f"best_{self.cfg.trainer.monitor}": p.best_val_accuracy} if self.data.val_x is not None else {}),
             "monitor": self.cfg.trainer.monitor,
@@ -429,10 +434,12 @@ class Run:
         self.save(metrics=self.metrics)
         self.write_records(self.metrics)
         if test:
+            trivial = self.metrics.get("test_baseline_accuracy")
             log.info(
-                "Test accuracy %.4f (%.2f%%); run dir %s",
+                "Test accuracy %.4f (%.2f%%)%s; run dir %s",
                 self.metrics["test_accuracy"],
                 100 * self.metrics["test_accuracy"],
+                "" if trivial is None else f", trivial baseline {trivial:.4f} ({self.metrics['test_baseline']})",
                 self.run_dir,
             )
         return self.metrics

@@ -4,8 +4,9 @@ A run dir counts as a job when it holds ``.hydra/overrides.yaml``. Its status co
 (written by ``birnn.records.callbacks.SweepSummary`` at the end of every job, failed ones included); a run with no
 record is ``completed`` when it holds ``metrics.json``, else ``incomplete`` (still running, or killed).
 The swept keys are the override keys whose values differ between the jobs. Jobs are ranked on their best
-validation accuracy when they have one (model selection never looks at the test split; the tables say so),
-and replicates (seeds, CV folds) of one configuration are also given as mean ± std.
+validation accuracy when they have one (model selection never looks at the test split; the tables say so), and
+their test scores are then those of that best epoch's model, the one ``best.pt`` holds (``test_epoch``), and
+replicates (seeds, CV folds) of one configuration are also given as mean ± std.
 ``python -m birnn.report`` (``birnn/report.py``) rebuilds them for any sweep dir or run dirs.
 """
 
@@ -19,7 +20,7 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ METRICS = ("test_accuracy", "test_loss", "train_seconds")
 # ranking metrics, first present wins (a run's ``monitor``, trainer.monitor, puts best_val_f1 first)
 VALIDATION = ("best_val_accuracy", "val_accuracy")
 REPLICATES = {"seed": "seeds", "data.fold": "folds"}  # swept keys averaged over (mean ± std per configuration)
+EPOCHS = ("test_epoch", "best_epoch")  # which epoch's model the test columns score, and which the ranking chose
 NOT_SELECTED = "†"  # marks the test columns in summary.md when the ranking did not look at them
 LOWER_IS_BETTER = ("loss", "seconds")
 
@@ -146,6 +148,23 @@ def default_metric(jobs: list[Job]) -> str:
     return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), "test_accuracy")
 
 
+def tested_model(metrics: dict, metric: str) -> dict:
+    """``metrics`` with the test scores of the model a ``best_*`` ranking chose (``best.pt``'s), ``best_epoch`` (the
+    epoch it chose) and ``test_epoch`` (the epoch whose model the test scores are). A run that tested its last model
+    (``trainer.test_on=last``) scored the best epoch's model too when it tested at every epoch end (its
+    ``history``); without such a score the last model's stay, and ``test_epoch`` is the last epoch."""
+    if not metric.startswith("best_") or metric not in metrics or "test_accuracy" not in metrics:
+        return metrics
+    monitored = metric.removeprefix("best_")
+    best = next((h for h in metrics.get("history") or [] if h.get(monitored) == metrics[metric]), None)
+    chosen = {**metrics, "best_epoch": best["epoch"]} if best else dict(metrics)
+    if "test_epoch" in metrics:  # test_on=best: the final test pass scored best.pt
+        return chosen
+    if best is not None and "test_accuracy" in best:
+        return {**chosen, **{k: v for k, v in best.items() if k.startswith("test_")}, "test_epoch": best["epoch"]}
+    return {**chosen, "test_epoch": metrics.get("epochs")}
+
+
 def lower_is_better(metric: str) -> bool:
     return any(word in metric for word in LOWER_IS_BETTER)
 
@@ -164,8 +183,11 @@ class Summary:
         ):
             known = sorted({k for job in jobs for k, v in job.metrics.items() if number(v) is not None})
             raise BirnnError(f"metric {self.metric!r} is in no run's metrics.json; choose one of {', '.join(known)}")
+        jobs = [replace(job, metrics=tested_model(job.metrics, self.metric)) for job in jobs]
         self.keys = swept_keys(jobs)
-        self.metric_columns = [*METRICS, *(m for m in VALIDATION[::-1] if any(m in j.metrics for j in jobs))]
+        tested, chosen = ([c] if any(c in j.metrics for j in jobs) else [] for c in EPOCHS)
+        validation = [m for m in VALIDATION[::-1] if any(m in j.metrics for j in jobs)]
+        self.metric_columns = [*METRICS, *tested, *validation, *chosen]
         if self.metric not in self.metric_columns:
             self.metric_columns.append(self.metric)
         sign = 1 if lower_is_better(self.metric) else -1
@@ -190,7 +212,14 @@ class Summary:
                 f"Ranked on {self.metric}: the test split chose the best job, so its test scores are no longer "
                 "an unbiased estimate (give the runs a validation split: data.val_size or data.folds)."
             )
-        return f"Ranked on {self.metric}; {NOT_SELECTED} test scores are reported, not used for selection."
+        same = (
+            f" test_epoch is the epoch whose model they score, best_epoch the one {self.metric} chose (best.pt); "
+            "they differ where a run tested its last model and kept no test score of its best epoch (a multirun's "
+            "default: trainer.test_on=best tests best.pt)."
+            if self.metric.startswith("best_")
+            else ""
+        )
+        return f"Ranked on {self.metric}; {NOT_SELECTED} test scores are reported, not used for selection.{same}"
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -224,7 +253,7 @@ class Summary:
         rows = []
         for values, members in groups.items():
             row: dict[str, Any] = dict(zip(others, values)) | {count: len(members)}
-            for m in self.metric_columns:
+            for m in (m for m in self.metric_columns if m not in EPOCHS):
                 xs = [v for job in members if (v := number(job.metrics.get(m))) is not None]
                 row[m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else None
             rows.append(row)
