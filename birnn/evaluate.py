@@ -7,6 +7,10 @@ precision, so a run's ``last.pt`` reproduces its ``metrics.json`` ``test_accurac
 
 from __future__ import annotations
 
+from birnn.schema.importpath import drop_cwd
+
+drop_cwd(__name__)  # python -m put the working directory first on sys.path: off it, before anything imports
+
 import argparse
 import json
 from collections.abc import Sequence
@@ -17,7 +21,6 @@ from birnn.engine.loop import eval_pass, label_count
 from birnn.engine.restore import add_trust_options, restore, user_errors
 from birnn.records.scores import confusion_matrix, per_class, tag_scores
 from birnn.schema import console
-from birnn.schema.config import import_from_cwd
 from birnn.schema.errors import BirnnError
 from birnn.system.device import effective_precision, setup_device
 from birnn.system.files import atomic_write
@@ -134,7 +137,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="JSON file to write (default: evaluation.json beside CHECKPOINT)")
     add_trust_options(parser)
     args = parser.parse_args(argv)
-    import_from_cwd()  # a loader named by the checkpoint's data._target_ may live in the working directory
     with user_errors():
         scores = evaluate_checkpoint(args.checkpoint, args.overrides, args.allow, args.allow_unverified)
         print(as_text(scores))

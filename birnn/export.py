@@ -18,6 +18,10 @@ output ``logits`` (N, classes), or (N, steps, classes) per-step scores for a tag
 
 from __future__ import annotations
 
+from birnn.schema.importpath import drop_cwd
+
+drop_cwd(__name__)  # python -m put the working directory first on sys.path: off it, before anything imports
+
 import argparse
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,7 +36,6 @@ from birnn.engine.restore import Restored, add_trust_options, restore, user_erro
 from birnn.models.rnn import RNNClassifier
 from birnn.models.unpacked import Unpacked
 from birnn.schema import console
-from birnn.schema.config import import_from_cwd
 from birnn.schema.errors import BirnnError, first_line
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
@@ -175,7 +178,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="file to write (default: model.onnx / model.pt2 beside CHECKPOINT)")
     add_trust_options(parser)
     args = parser.parse_args(argv)
-    import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
         restored = restore(args.checkpoint, allow=args.allow, unverified=args.allow_unverified)
         out, difference = export(restored, args.format, args.out)

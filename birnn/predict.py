@@ -18,6 +18,10 @@ was trained with ``data.patch=k``: give the series exactly as the data holds the
 
 from __future__ import annotations
 
+from birnn.schema.importpath import drop_cwd
+
+drop_cwd(__name__)  # python -m put the working directory first on sys.path: off it, before anything imports
+
 import argparse
 import json
 import sys
@@ -36,7 +40,7 @@ from birnn.data.uea import read_series
 from birnn.engine.loop import predicted
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.schema import console
-from birnn.schema.config import DEVICES, DeviceConfig, import_from_cwd
+from birnn.schema.config import DEVICES, DeviceConfig
 from birnn.schema.errors import BirnnError
 from birnn.system.device import setup_device
 from birnn.system.files import Unreadable, read_text
@@ -330,7 +334,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
     add_trust_options(parser)
     args = parser.parse_intermixed_args(argv)  # PATHs may follow --text
-    import_from_cwd()  # the data._target_ of an old checkpoint (no data spec) may live in the working directory
     with user_errors():
         if not args.paths and not args.text and not args.tokens:
             raise BirnnError("give PATHs to classify, or --text (or --tokens) for a text model")

@@ -29,6 +29,7 @@ from birnn.schema.config import CONFIG_DIR, apply_schemas, flatten, import_from_
 from birnn.schema.errors import BirnnError
 from birnn.studies import selection
 from birnn.system import distributed
+from birnn.system.files import atomic_write
 
 log = logging.getLogger("birnn.train")
 
@@ -122,7 +123,7 @@ def main() -> None:
     try:
         with console.one_line_errors():
             if env is None:
-                with explicit_dirs_held(sys.argv):
+                with explicit_dirs_held(sys.argv), sweep_record_kept(sys.argv):
                     sys.argv = keep_hydra_record(sys.argv)
                     console.run_hydra(job)
             else:
@@ -162,6 +163,31 @@ def explicit_dirs_held(argv: list[str]) -> Iterator[None]:
         yield
     finally:
         let_go()
+
+
+SWEEP_RECORD = "multirun.yaml"
+MAX_SWEEP_RECORD = 2**24  # bytes: a multirun.yaml larger than this is left to Hydra
+
+
+@contextmanager
+def sweep_record_kept(argv: list[str]) -> Iterator[None]:
+    """Keep the ``multirun.yaml`` of a sweep dir named on the command line as it was: Hydra's sweeper rewrites it
+    before any job runs, and so would a relaunch whose jobs are all refused. A relaunch continues the sweep that
+    file records; each relaunched job keeps its own config in ``.hydra/resume-N`` (``keep_hydra_record``)."""
+    kept: dict[Path, bytes] = {}
+    for key, _, value in (a.partition("=") for a in argv[1:]):
+        path = Path(value) / SWEEP_RECORD
+        if key == "hydra.sweep.dir" and path.is_file() and path.stat().st_size <= MAX_SWEEP_RECORD:
+            kept[path] = path.read_bytes()
+    try:
+        yield
+    finally:
+        for path, old in kept.items():
+            try:
+                if path.read_bytes() != old:
+                    atomic_write(path, lambda f, old=old: f.write(old))
+            except OSError as e:
+                log.warning("Could not keep %s as it was: %s", path, e)
 
 
 RUN_RECORDS = Path("outputs") / ".torchrun"  # run id -> run dir, so restarted workers find their run

@@ -16,7 +16,6 @@ import errno
 import hashlib
 import json
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from birnn.system.files import Unreadable, atomic_write, read_json
 FORMAT = "birnn-pack"
 VERSION = 1
 MANIFEST = "manifest.json"
+PACKING = "packing.json"  # there while birnn-pack writes: with no manifest, the directory is an incomplete pack
 SPLITS = ("train", "test", "val")
 ARRAYS = ("x", "y", "lengths")
 HEADER_BYTES = 256  # the .npy header is reserved at this size and rewritten with the final shape on close
@@ -170,9 +170,9 @@ def describe(path: Path) -> dict:
 class PackWriter:
     """Write a pack into ``out`` split by split, in chunks; the manifest comes last, on a clean ``close``.
 
-    ``with PackWriter(out, classes) as pack: pack.split("train").append(x, y)`` (see docs/packed.md). An
-    existing pack (or any non-empty directory) is refused unless ``overwrite``. Token data: ``vocab_size`` and
-    the ``tokenizer`` (JSON, ``birnn.data.tokenize``) that made the IDs, if one did.
+    ``with PackWriter(out, classes) as pack: pack.split("train").append(x, y)`` (see docs/packed.md). ``out``
+    must be new or empty, or hold a pack birnn-pack wrote and ``overwrite`` be set (``prepare``). Token data:
+    ``vocab_size`` and the ``tokenizer`` (JSON, ``birnn.data.tokenize``) that made the IDs, if one did.
     """
 
     def __init__(
@@ -197,6 +197,9 @@ class PackWriter:
         if name not in SPLITS:
             raise BirnnError(f"split {name!r}: a pack holds {', '.join(SPLITS)}")
         if name not in self.splits:
+            taken = [f for a in ARRAYS if _present(self.out / (f := file_name(name, a)))]
+            if taken:  # left by the user in a pack directory: never written over
+                raise BirnnError(f"{self.out / taken[0]} is not birnn-pack's: move it away, or pack elsewhere")
             moments = self.moments if name == "train" else None
             self.splits[name] = SplitWriter(self.out, name, len(self.classes), self.variable, moments, self.vocab_size)
         return self.splits[name]
@@ -222,6 +225,7 @@ class PackWriter:
         }
         path = self.out / MANIFEST
         atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=2).encode() + b"\n"))
+        (self.out / PACKING).unlink(missing_ok=True)
         return path
 
     def __enter__(self) -> PackWriter:
@@ -237,18 +241,72 @@ class PackWriter:
 
 
 def prepare(out: Path, overwrite: bool) -> None:
-    """Make ``out`` empty for a new pack: an existing pack only with ``overwrite`` (its manifest goes first)."""
+    """Make ``out`` ready for a new pack: new or empty, or with ``overwrite`` a pack birnn-pack wrote there.
+
+    Only what birnn-pack wrote is removed: the files its manifest lists, or those of an incomplete pack (one that
+    still has ``PACKING``); anything else in ``out`` stays. ``PACKING`` is written first, so an interrupted
+    overwrite leaves an incomplete pack, never a mix nor a folder that ``--overwrite`` no longer recognizes. ``out``
+    may be a symbolic link to a directory: the files are replaced inside its target.
+    """
+    if out.is_symlink() and not out.exists():
+        raise BirnnError(f"{out} is a symbolic link to {out.readlink()}, which does not exist")
     if out.exists() and not out.is_dir():
         raise BirnnError(f"{out} is a file, not a directory for a pack")
     if out.is_dir() and any(out.iterdir()):
-        what = "a pack" if (out / MANIFEST).exists() else "files"
+        what, own = _own_files(out)
+        if _present(out / PACKING) and _format_of(out / PACKING) != FORMAT:
+            raise BirnnError(f"{out / PACKING} is not birnn-pack's: move it away, or pack elsewhere")
         if not overwrite:
             raise BirnnError(f"{out} already holds {what}; pass --overwrite to replace it, or pack elsewhere")
-        if not (out / MANIFEST).exists() and not any(out.glob("*_x.npy")):
-            raise BirnnError(f"{out} holds files that are not a pack; --overwrite replaces only packs")
-        (out / MANIFEST).unlink(missing_ok=True)  # from now on the directory is an incomplete pack
-        shutil.rmtree(out)
+        _mark_packing(out)  # from now on the directory is an incomplete pack
+        for name in sorted(own - {PACKING}, key=lambda n: n != MANIFEST):  # the manifest first
+            (out / name).unlink(missing_ok=True)
+        return
     out.mkdir(parents=True, exist_ok=True)
+    _mark_packing(out)
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _mark_packing(out: Path) -> None:
+    atomic_write(out / PACKING, lambda f: f.write(json.dumps({"format": FORMAT, "version": VERSION}).encode() + b"\n"))
+
+
+def _own_files(out: Path) -> tuple[str, set[str]]:
+    """What ``out`` (not empty) holds and the names in it that birnn-pack wrote; refused unless it holds a pack
+    that birnn-pack wrote: a manifest with its format key and file list, or the mark of an incomplete pack."""
+    if _present(out / MANIFEST):
+        try:
+            manifest = read_manifest(out)
+        except BirnnError as e:
+            if _format_of(out / MANIFEST) != FORMAT:
+                raise BirnnError(
+                    f"{out} holds a {MANIFEST} that is not birnn-pack's: birnn-pack writes only into a new or empty "
+                    "directory, and --overwrite replaces only a pack birnn-pack wrote; pack elsewhere"
+                ) from None
+            raise BirnnError(f"{e}; --overwrite replaces only the files a manifest lists: pack elsewhere") from None
+        listed = {e["file"] for split in manifest["splits"].values() for e in split.values()}
+        return "a pack", {MANIFEST, PACKING, *listed}
+    if _format_of(out / PACKING) == FORMAT:
+        names = {file_name(split, a) for split in SPLITS for a in ARRAYS}
+        return "an incomplete pack (no manifest)", {PACKING, *(n for n in names if (out / n).exists())}
+    raise BirnnError(
+        f"{out} holds files and no pack (no birnn-pack {MANIFEST}): birnn-pack writes only into a new or empty "
+        "directory, and --overwrite replaces only a pack birnn-pack wrote; pack elsewhere"
+    )
+
+
+def _format_of(path: Path) -> object:
+    """The ``format`` key of the JSON object in ``path`` (a regular file of at most 64 MiB), else None."""
+    try:
+        if not path.is_file() or path.stat().st_size > 2**26:
+            return None
+        content = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return content.get("format") if isinstance(content, dict) else None
 
 
 def check_vocab(vocab_size: object, tokenizer: object, where: str) -> int | None:

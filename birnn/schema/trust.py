@@ -11,10 +11,14 @@ A checkpoint someone sends you carries its run's config, and a config names call
   an allowed module's attributes (``mymodels.torch.hub.load``, ``birnn.models.rnn.instantiate``, Hydra's) is refused.
 
 Anything else is refused before it is imported; nothing on the built-in list instantiates further targets.
+
+The working directory is searched only for a name the user allowed, while it is imported and called
+(``birnn.schema.importpath``): a module beside a received checkpoint is never imported otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable, Iterable
@@ -24,6 +28,7 @@ from hydra._internal.utils import _locate
 
 from birnn.schema.config import RENAMED
 from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.importpath import cwd_importable
 
 # birnn's own loaders, models and schedules: importing and calling these runs no code from the checkpoint.
 BUILTIN = frozenset(
@@ -81,8 +86,13 @@ def resolve(target: Any, key: str, allow: Iterable[str] = ()) -> Callable:
             f"checkpoint names is imported unless you allow it. If you trust that code, add "
             f"--allow {module}."
         )
+    own = target not in BUILTIN  # the user's: its module (and its siblings) may live in the working directory
     try:
-        found = _locate(target)  # get_method's lookup, without the error it logs before raising
+        if own:
+            with cwd_importable():
+                found = _locate(target)  # get_method's lookup, without the error it logs before raising
+        else:
+            found = _locate(target)
     except Exception as e:
         while e.__cause__ is not None:  # the ImportError under hydra's "Error loading ..." wrapper
             e = e.__cause__
@@ -98,4 +108,15 @@ def resolve(target: Any, key: str, allow: Iterable[str] = ()) -> Callable:
         )
     if not callable(found):
         raise BirnnError(f"The checkpoint's {key}={target} is not callable.")
-    return found
+    return _calling_from_cwd(found) if own else found
+
+
+def _calling_from_cwd(found: Callable) -> Callable:
+    """``found``, called with the working directory importable (an allowed module may import siblings lazily)."""
+
+    @functools.wraps(found)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with cwd_importable():
+            return found(*args, **kwargs)
+
+    return call
