@@ -127,7 +127,7 @@ def test_unusable_last_checkpoint_falls_back_and_stale_temp_files_go(tmp_path, c
     state = checkpoint.load(folder / "last.pt")
     del state["config"]
     write_checkpoint(state, folder / "last.pt")
-    with pytest.raises(BirnnError, match="missing or malformed: config"):
+    with pytest.raises(BirnnError, match="config is missing"):
         checkpoint.load(folder / "last.pt")
     state = checkpoint.load(folder / "previous.pt")
     state["progress"]["from_the_future"] = 1

@@ -144,10 +144,14 @@ class Run:
     def _resume(self, state: dict, path: Path) -> None:
         check_same_data(state.get("data"), data_spec(self.data), path)
         checkpoint.load_model_state(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        for part, key in ((self.scheduler, "scheduler"), (self.scaler, "scaler")):
-            if part is not None:
+        parts = [(self.optimizer, "optimizer"), (self.scheduler, "scheduler"), (self.scaler, "scaler")]
+        for part, key in parts:
+            if part is None:
+                continue
+            try:
                 part.load_state_dict(state[key])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a crafted state torch cannot take
+                raise BirnnError(f"{path} holds a {key} state that does not fit this run's {key}: {e}") from None
         rng = state["rng"]
         ranks = rng["ranks"]
         if len(ranks) != self.dist.world_size and self.dist.is_main:
@@ -170,7 +174,7 @@ class Run:
             or self.progress.global_step >= self.total_steps
             or (patience and self.progress.epochs_without_improvement >= patience)
         )
-        if state["finished"] and done:
+        if state.get("finished") and done:
             self.finished = state["metrics"]
             return
         log.info(
