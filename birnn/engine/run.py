@@ -58,7 +58,7 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     """
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, device)
+    data = load_data(cfg.data, device, fingerprint=True)
     model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
