@@ -118,6 +118,7 @@ class Run:
                 purge_step=self.progress.global_step + 1 if resumed else None,
                 config=self.config,
                 images=cfg.trainer.log_images,
+                guard=lambda: rundir.check(run_dir),  # nothing is recorded once another run has the path
             )
             if dist.is_main
             else None
@@ -435,6 +436,7 @@ class Run:
         """``metrics.json`` and TensorBoard's HParams, from the main rank."""
         if not self.dist.is_main:
             return
+        rundir.check(self.run_dir)
         try:
             write_metrics(self.run_dir, metrics)
         except OSError as e:
