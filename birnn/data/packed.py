@@ -434,8 +434,20 @@ def load_packed(
     if len({x.raw_shape[1:] for x in xs}) > 1 or len({y.ndim for y in ys}) > 1:
         raise BirnnError(f"{where}: its splits differ in features per step, or in labels per sample or per step")
     return Splits(
-        classes=manifest["classes"], kind=manifest["kind"], vocab_size=vocab_size, tokenizer=tokenizer, **fields
+        classes=manifest["classes"],
+        kind=manifest["kind"],
+        vocab_size=vocab_size,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint(manifest),
+        **fields,
     )
+
+
+def fingerprint(manifest: dict) -> str:
+    """The pack's content as a SHA-256 over its files' SHA-256s (from the manifest: nothing is read) and classes:
+    a repacked or replaced pack has another (``birnn.data.pipeline.Splits.fingerprint``)."""
+    files = {s: {a: e["sha256"] for a, e in entries.items()} for s, entries in manifest["splits"].items()}
+    return hashlib.sha256(json.dumps([manifest["classes"], files], sort_keys=True).encode()).hexdigest()
 
 
 def _labels_and_lengths(where: Path, split: str, maps: dict[str, NpyMap], classes: int) -> tuple[Tensor, Tensor | None]:

@@ -7,6 +7,7 @@ become sequences: one row per time step, one pixel per feature, scaled to [0, 1]
 from __future__ import annotations
 
 import gzip
+import hashlib
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -75,6 +76,8 @@ class Splits:
     ``vocab_size``: set for token data, whose inputs are int64 token IDs ``(N, steps)`` (0 = padding).
     ``tokenizer``: the text tokenizer as a JSON string (``birnn.data.tokenize``), None for other data. Labels
     ``(N, steps)`` instead of ``(N,)`` are one tag per step (``IGNORE`` at padding): ``per_step``.
+    ``fingerprint``: a SHA-256 of the data's content (``content_fingerprint``; a pack's comes from its manifest),
+    recorded in checkpoints so that a resume on other data is refused; None when not computed.
     """
 
     train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
@@ -93,6 +96,7 @@ class Splits:
     raw_shape: tuple[int, int] | None = None
     vocab_size: int | None = None
     tokenizer: str | None = None
+    fingerprint: str | None = None
 
     @property
     def input_size(self) -> int:
@@ -270,6 +274,7 @@ def load_data(
     allow: Sequence[str] | None = None,
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
+    fingerprint: bool = False,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
@@ -278,12 +283,16 @@ def load_data(
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
     inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
-    a checkpoint's, for its text loader, with the checkpoint's ``classes`` (``load_source``).
+    a checkpoint's, for its text loader, with the checkpoint's ``classes`` (``load_source``). ``fingerprint``: set
+    ``Splits.fingerprint`` from the loader's splits (``content_fingerprint``) unless the loader set it (a training
+    run records it).
 
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
     splits = separate(load_source(cfg, allow, tokenizer, classes))
+    if fingerprint and splits.fingerprint is None:
+        splits = replace(splits, fingerprint=content_fingerprint(splits))
     val = holdout(cfg, splits.train_y)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
@@ -317,6 +326,24 @@ def load_data(
     if patch > 1:
         splits = _patched(splits, patch)
     return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, (Tensor, Mapped))})
+
+
+def content_fingerprint(splits: Splits) -> str | None:
+    """SHA-256 over every split's inputs, labels and lengths as the loader returned them (dtype, shape and bytes),
+    with the classes: the same data give the same hex digest. None for memory-mapped inputs (a loader that maps
+    them sets ``Splits.fingerprint`` itself, as ``data=packed`` does from its manifest's SHA-256s)."""
+    h = hashlib.sha256(repr(list(splits.classes)).encode())
+    for name in ("train", "val", "test"):
+        for array in ("x", "y", "lengths"):
+            t = getattr(splits, f"{name}_{array}")
+            if isinstance(t, Mapped):
+                return None
+            if t is None:
+                continue
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}_{array}:{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # contiguous: a view, no copy
+    return h.hexdigest()
 
 
 def separate(splits: Splits) -> Splits:
@@ -410,7 +437,7 @@ def spec(splits: Splits) -> dict:
     checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
     (the model reads ``patch * features`` features per step); ``vocab_size``, ``tokenizer`` and ``per_step``
     for token data and tags (token data have one "feature" per step: the ID); ``samples`` per split (a resume
-    on a split of another size would shuffle other batches).
+    on a split of another size would shuffle other batches); ``fingerprint``: the data's content, as in ``Splits``.
     """
     steps, features = splits.raw_shape or (*splits.test_x.shape[1:], 1)[:2]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
@@ -425,6 +452,7 @@ def spec(splits: Splits) -> dict:
         "vocab_size": splits.vocab_size,
         "tokenizer": splits.tokenizer,
         "per_step": splits.per_step,
+        "fingerprint": splits.fingerprint,
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }
 

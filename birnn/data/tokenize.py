@@ -23,8 +23,8 @@ PAD, UNK = "<pad>", "<unk>"
 KINDS = ("char", "word", "bpe")
 WORD = re.compile(r"\w+|[^\w\s]")  # a run of letters/digits, or one punctuation mark
 MAX_JSON_CHARS = 64 * 2**20  # a stored tokenizer beyond 64 MiB is not one birnn wrote
-MAX_VOCAB = 2_000_000
-MAX_TOKEN_CHARS = 1_000
+MAX_VOCAB = 2_000_000  # token IDs a tokenizer holds: fit refuses more, from_json too (the same limit at both ends)
+MAX_TOKEN_CHARS = 1_000  # characters of one vocabulary entry: likewise
 UNKNOWN = ("unk", "signature")
 MAX_SUFFIXES, MAX_SUFFIX_CHARS = 100, 20
 
@@ -162,8 +162,11 @@ def fit(
     left out (rarer than ``min_freq`` or beyond ``vocab_size``), most frequent first, on top of ``vocab_size``."""
     if kind not in KINDS:
         raise BirnnError(f"data.tokenizer must be one of {', '.join(KINDS)}; got {kind!r}")
-    if vocab_size is not None and vocab_size < 3:
-        raise BirnnError(f"data.vocab_size must be >= 3 (<pad>, <unk> and one token) or null, got {vocab_size}")
+    if vocab_size is not None and not 3 <= vocab_size <= MAX_VOCAB:
+        raise BirnnError(
+            f"data.vocab_size must be in 3..{MAX_VOCAB} (<pad>, <unk> and the tokens; a stored tokenizer holds at "
+            f"most {MAX_VOCAB}) or null, got {vocab_size}"
+        )
     suffixes = list(suffixes) if unknown == "signature" else []
     check_unknown(unknown, suffixes, kind, "data.")
     if kind == "bpe":
@@ -182,7 +185,26 @@ def fit(
             if (token.lower() if lowercase else token) not in known:
                 left_out[signature(token, suffixes)] += n
         vocab += [s for s, _ in left_out.most_common() if s not in known]
+    check_fitted(vocab, min_freq)
     return Tokenizer(kind, lowercase, vocab, unknown=unknown, suffixes=suffixes)
+
+
+def check_fitted(vocab: list[str], min_freq: int) -> None:
+    """Refuse, when training starts, a vocabulary that ``from_json`` would refuse to load from the checkpoint:
+    more than ``MAX_VOCAB`` tokens, or one longer than ``MAX_TOKEN_CHARS`` characters."""
+    if len(vocab) > MAX_VOCAB:
+        raise BirnnError(
+            f"the training texts hold {len(vocab)} distinct tokens seen at least data.min_freq={min_freq} times "
+            f"(signatures included), more than a tokenizer holds ({MAX_VOCAB}): set data.vocab_size or raise "
+            "data.min_freq"
+        )
+    long = next((t for t in vocab if len(t) > MAX_TOKEN_CHARS), None)
+    if long is not None:
+        raise BirnnError(
+            f"the training texts hold a token of {len(long)} characters ({long[:20]!r}...), longer than a tokenizer "
+            f"holds ({MAX_TOKEN_CHARS}): clean the texts, or raise data.min_freq (or lower data.vocab_size) to leave "
+            "rare tokens out"
+        )
 
 
 def _fit_bpe(texts: Iterable[str], vocab_size: int | None, min_freq: int, lowercase: bool) -> Tokenizer:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from birnn.engine import contents
 from birnn.schema.errors import BirnnError, load_reason
 from birnn.system.files import atomic_write
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "birnn-checkpoint-v1"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
-REQUIRED = {"model": dict, "config": dict, "progress": dict}  # what every reader of a checkpoint relies on
 
 
 def digest(value: Any) -> str:
@@ -87,7 +87,8 @@ def save(state: dict, folder: Path, name: str = LAST) -> Path:
 
 def load(path: Path, unverified: bool = False) -> dict:
     """Load a birnn checkpoint with ``weights_only=True`` onto the CPU; a clear BirnnError if it is not one,
-    is damaged (unreadable, checksum mismatch) or lacks what birnn needs.
+    is damaged (unreadable, checksum mismatch), or holds a field of the wrong type or lacks one birnn needs
+    (``birnn.engine.contents``: checked here once, so readers can rely on every field they find).
 
     A file without a checksum (written before birnn wrote them, or with that key damaged) is refused unless
     ``unverified`` (the user's ``--allow-unverified`` / ``trainer.allow_unverified=true``).
@@ -114,12 +115,7 @@ def load(path: Path, unverified: bool = False) -> dict:
         )
     if stored is not None and stored != digest(state):
         raise BirnnError(f"{path} is damaged: its content does not match its checksum.")
-    wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
-    if wrong or not isinstance(state["progress"].get("global_step"), int):
-        raise BirnnError(
-            f"{path} is not a complete birnn checkpoint (missing or malformed: "
-            f"{', '.join(wrong) or 'progress.global_step'})."
-        )
+    contents.check(state, path)
     return state
 
 

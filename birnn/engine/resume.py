@@ -64,30 +64,28 @@ def check_resumable(cfg: DictConfig, stored: dict) -> None:
 
 
 def check_state(state: dict, path: Path) -> None:
-    """Refuse (so that ``load_latest`` falls back) a checkpoint this version cannot resume from."""
+    """Refuse (so that ``load_latest`` falls back) a checkpoint this version cannot resume from: the types of its
+    fields are checked on load (``birnn.engine.contents``); a resume also needs the optimizer and random state."""
     fields = {f.name for f in dataclasses.fields(Progress)}
     unknown = sorted(set(state["progress"]) - fields)
-    rng = state.get("rng")
     if unknown:
         raise BirnnError(f"{path} records progress fields this birnn does not know ({', '.join(unknown)}).")
-    if not (
-        isinstance(rng, dict)
-        and "shuffle" in rng
-        and isinstance(rng.get("ranks"), list)
-        and isinstance(state.get("optimizer"), dict)
-    ):
+    if not ("rng" in state and "optimizer" in state):
         raise BirnnError(f"{path} lacks the optimizer or random state a resume needs.")
 
 
 def check_same_data(then: dict | None, now: dict, path: Path) -> None:
-    """Refuse to resume on data that differs from the checkpoint's (a changed file behind ``data.path``...)."""
+    """Refuse to resume on data that differs from the checkpoint's (a changed file behind ``data.path``, a repacked
+    pack...): its shape, classes, statistics, sizes, tokenizer or content (``fingerprint``; checkpoints written
+    before it was recorded are compared on the rest)."""
     if then is None:
         return
-    keys = ("input_shape", "classes", "normalization", "kind", "vocab_size", "tokenizer", "samples")
+    keys = ("input_shape", "classes", "normalization", "kind", "vocab_size", "tokenizer", "samples", "fingerprint")
     changed = [k for k in keys if k in then and then[k] != now.get(k)]
     if changed:
+        what = ", ".join("content (fingerprint)" if k == "fingerprint" else k for k in changed)
         raise BirnnError(
             f"Cannot resume from {path}: the data differs from what it was trained on "
-            f"({', '.join(changed)} changed; was the data file replaced?). Restore the original data, "
+            f"({what} changed; was the data file replaced?). Restore the original data, "
             "or start a new run (a fresh hydra.run.dir)."
         )

@@ -61,7 +61,7 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     """
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg.data, device)
+    data = load_data(cfg.data, device, fingerprint=True)
     empty = [s for s in ("train", "test", "val") if (y := getattr(data, f"{s}_y")) is not None and not len(y)]
     if empty:
         raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
@@ -124,6 +124,7 @@ class Run:
                 purge_step=self.progress.global_step + 1 if resumed else None,
                 config=self.config,
                 images=cfg.trainer.log_images,
+                guard=lambda: rundir.check(run_dir),  # nothing is recorded once another run has the path
             )
             if dist.is_main
             else None
@@ -150,10 +151,14 @@ class Run:
     def _resume(self, state: dict, path: Path) -> None:
         check_same_data(state.get("data"), data_spec(self.data), path)
         checkpoint.load_model_state(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        for part, key in ((self.scheduler, "scheduler"), (self.scaler, "scaler")):
-            if part is not None:
+        parts = [(self.optimizer, "optimizer"), (self.scheduler, "scheduler"), (self.scaler, "scaler")]
+        for part, key in parts:
+            if part is None:
+                continue
+            try:
                 part.load_state_dict(state[key])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a crafted state torch cannot take
+                raise BirnnError(f"{path} holds a {key} state that does not fit this run's {key}: {e}") from None
         rng = state["rng"]
         ranks = rng["ranks"]
         if len(ranks) != self.dist.world_size and self.dist.is_main:
@@ -176,7 +181,7 @@ class Run:
             or self.progress.global_step >= self.total_steps
             or (patience and self.progress.epochs_without_improvement >= patience)
         )
-        if state["finished"] and done:
+        if state.get("finished") and done:
             self.finished = state["metrics"]
             return
         log.info(
@@ -465,6 +470,7 @@ class Run:
         """``metrics.json`` and TensorBoard's HParams, from the main rank."""
         if not self.dist.is_main:
             return
+        rundir.check(self.run_dir)
         try:
             write_metrics(self.run_dir, metrics)
         except OSError as e:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from birnn.schema.errors import BirnnError, Busy, Refused
+from birnn.schema.errors import BirnnError, Busy, Lost, Refused
 
 LOCK = ".lock"
 _HELD: dict[Path, Held] = {}  # this process's locks, by resolved dir (re-entrant)
@@ -32,14 +32,14 @@ class Held:
         self.folder, self.fd, self.path, self.count = folder, fd, path, 1
 
     def check(self) -> None:
-        """BirnnError if the locked dir or lock file is no longer the one at its path (deleted, replaced)."""
+        """``Lost`` if the locked dir or lock file is no longer the one at its path (deleted, replaced)."""
         try:
             now = os.lstat(self.path)
         except OSError:
             now = None
         held = os.fstat(self.fd)
         if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-            raise BirnnError(
+            raise Lost(
                 f"{self.path} was deleted or replaced while this run held it: another process may be writing "
                 f"{self.folder}. Stopping without writing there."
             )
@@ -99,7 +99,7 @@ def lock(folder: Path, what: str = "run dir") -> Held:
 
 
 def check(folder: Path) -> None:
-    """Before a write into ``folder``: BirnnError unless this process still holds it (a no-op if it never did)."""
+    """Before a write into ``folder``: ``Lost`` unless this process still holds it (a no-op if it never did)."""
     held = _HELD.get(folder.resolve())
     if held is not None:
         held.check()

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from birnn.records import summary
-from birnn.schema.errors import BirnnError, Refused
+from birnn.schema.errors import BirnnError, Lost, Refused
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ class SweepSummary(Callback):
             return  # a search worker: birnn.search records its trials and writes the study's summary
         run_dir = Path(config.hydra.runtime.output_dir)
         failed = job_return.status == JobStatus.FAILED
-        if not (failed and isinstance(job_return._return_value, Refused)):  # a refused run leaves nothing
+        # a refused run leaves nothing; one that lost its dir writes nothing at that path (another run's now)
+        if not (failed and isinstance(job_return._return_value, (Refused, Lost))):
             summary.write_status(
                 run_dir,
                 "failed" if failed else "completed",

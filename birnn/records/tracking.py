@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +23,7 @@ import birnn
 from birnn.records.figures import confusion_figure, misclassified_figure, misclassified_series_figure
 from birnn.records.scores import EvalResult, confusion_matrix
 from birnn.schema.config import flatten
-from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.errors import BirnnError, Lost, first_line
 from birnn.system.files import atomic_write
 
 MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
@@ -169,6 +170,10 @@ class Trackers:
     A tracker that fails (server down, store unwritable) costs one warning and is dropped for the rest of the
     run: ``metrics.json`` and the checkpoints are the run's record, never a tracker. A bad tracker config
     (BirnnError, e.g. a missing optional package) still stops the run before it trains.
+
+    ``guard`` (the run's ``birnn.engine.rundir.check``) is called before every call to the trackers: once it raises
+    ``Lost`` (the run dir was moved aside or replaced), every tracker is dropped without being flushed or closed
+    (TensorBoard writes by path: into whatever dir now has it) and the error stops the run, as before a checkpoint.
     """
 
     def __init__(
@@ -178,8 +183,10 @@ class Trackers:
         purge_step: int | None = None,
         config: dict | None = None,
         images: bool = True,
+        guard: Callable[[], None] = lambda: None,
     ):
         self.active: dict[str, Tracker] = {}
+        self.guard = guard
         for name, node in cfg.items():
             try:
                 self.active[str(name)] = instantiate(node, _partial_=True)(
@@ -205,6 +212,11 @@ class Trackers:
         )
 
     def _each(self, method: str, *args, **kwargs) -> None:
+        try:
+            self.guard()
+        except Lost:
+            self.active.clear()  # dropped unflushed: nothing more of theirs is written
+            raise
         for name, tracker in list(self.active.items()):
             try:
                 getattr(tracker, method)(*args, **kwargs)
@@ -232,7 +244,11 @@ class Trackers:
         self._each("finish", config, metrics)
 
     def close(self) -> None:
-        self._each("close")
+        """Close every tracker; after the run dir was lost, none (they were dropped unflushed)."""
+        try:
+            self._each("close")
+        except Lost:
+            pass
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> Path:

@@ -41,6 +41,11 @@ class Busy(Refused):
     """Another live process holds the run dir (or sweep dir)."""
 
 
+class Lost(BirnnError):
+    """The run's dir was removed or replaced while it ran: nothing more of the run is written at that path (no
+    checkpoint, tracker event, ``metrics.json`` or ``status.json``)."""
+
+
 def check_config(checks: list[tuple[bool, str]]) -> None:
     """Raise one BirnnError listing the message of every ``(ok, message)`` check that failed."""
     problems = [msg for ok, msg in checks if not ok]

@@ -1,0 +1,93 @@
+"""Crafted checkpoint fields (issue #35, item 13): a checksum does not stop a crafted file (anyone recomputes it), so
+every field is checked on load against ``birnn.engine.contents``: one ``error:`` line from each command, never a
+traceback."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from birnn.engine import checkpoint
+from birnn.train import train
+from conftest import FAST, make_cfg, run_cli, write_checkpoint
+
+RUN = [*FAST, "trainer.max_steps=3", "trainer.epochs=2"]
+
+
+def _set(section: str, key: str, value: object) -> Callable[[dict], None]:
+    def change(state: dict) -> None:
+        state[section][key] = value
+
+    return change
+
+
+def _weight_as_text(state: dict) -> None:
+    state["model"][next(iter(state["model"]))] = "x"
+
+
+def _no_lr(state: dict) -> None:
+    state["config"]["optimizer"] = {k: v for k, v in state["config"]["optimizer"].items() if k != "lr"}
+
+
+def _no_group_lr(state: dict) -> None:
+    del state["optimizer"]["param_groups"][0]["lr"]
+
+
+def _empty_data(state: dict) -> None:
+    state["data"] = {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("fields") / "run"
+    train(make_cfg(*RUN), run_dir)
+    return run_dir
+
+
+CASES = [
+    ("evaluate", _empty_data, "data.input_shape is missing"),
+    ("predict", _set("data", "classes", 5), "data.classes must be a non-empty list"),
+    ("evaluate", _set("data", "patch", "x"), "data.patch must be an integer >= 1, not str 'x'"),
+    ("predict", _weight_as_text, r"model\['lstm.weight_ih_l0'\] must be a tensor, not str 'x'"),
+    ("evaluate", _set("config", "model", [1, 2]), r"config.model must be a dict, not list \[1, 2\]"),
+    ("export", _no_lr, "config.optimizer.lr is missing"),
+    ("export", _set("data", "input_shape", [0, 1]), r"data.input_shape\[0\] must be an integer >= 1, not int 0"),
+    ("evaluate", _set("data", "normalization", {"mean": [0.0], "std": [1.0]}), "normalization must be"),
+    ("resume", _set("progress", "epoch", "x"), "progress.epoch must be an integer >= 0, not str 'x'"),
+    ("resume", _set("rng", "shuffle", "x"), "rng.shuffle must be a 5056 torch.uint8 tensor, not str 'x'"),
+    ("resume", _no_group_lr, r"optimizer.param_groups\[0\].lr is missing"),
+]
+
+
+@pytest.mark.parametrize("command, change, message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_crafted_fields_are_one_error_line(trained, tmp_path, command, change, message):
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    change(state)
+    if command == "resume":
+        run_dir = tmp_path / "run"
+        shutil.copytree(trained, run_dir)
+        (run_dir / "checkpoints" / "previous.pt").unlink()
+        write_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+        proc = run_cli(*RUN, "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    else:
+        ckpt = write_checkpoint(state, tmp_path / "crafted.pt")
+        np.save(tmp_path / "x.npy", np.zeros((8, 8), dtype=np.float32))
+        args = {"evaluate": ["--out", "e.json"], "predict": ["x.npy"], "export": ["--out", "m.onnx"]}[command]
+        proc = run_cli(str(ckpt), *args, cwd=tmp_path, module=f"birnn.{command}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in lines if line.startswith("error: ")]
+    assert len(error) == 1 and "not a usable birnn checkpoint" in error[0], proc.stderr
+    assert re.search(message, error[0]), error[0]
+
+
+def test_old_checkpoints_still_pass_the_schema():
+    fixtures = Path(__file__).parent / "fixtures"
+    for path in sorted(fixtures.glob("*.pt")):
+        state = checkpoint.load(path, unverified=True)
+        assert state["progress"]["global_step"] == 45
