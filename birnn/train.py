@@ -25,7 +25,7 @@ from birnn.schema import console
 from birnn.schema.config import CONFIG_DIR, apply_schemas, import_from_cwd, validate
 from birnn.schema.errors import BirnnError
 from birnn.studies import selection
-from birnn.system import distributed
+from birnn.system import distributed, threads
 
 log = logging.getLogger("birnn.train")
 
@@ -82,6 +82,7 @@ def job(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    threads.begin()
     import_from_cwd()
     env = distributed.world_env()
     try:
