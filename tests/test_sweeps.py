@@ -133,17 +133,23 @@ def test_event_files_hold_hparams_with_final_metrics(lr_sweep):
 
 def test_report_cli_rebuilds_the_summary_without_creating_run_dirs(lr_sweep, tmp_path, monkeypatch, capsys):
     sweep = shutil.copytree(lr_sweep, tmp_path / "copy")
-    for name in ("summary.csv", "summary.md", "summary.png"):
-        (sweep / name).unlink()
+    own = {name: (sweep / name).read_bytes() for name in ("summary.csv", "summary.md", "summary.png")}
     monkeypatch.chdir(tmp_path)
     assert report.main([str(sweep), "--metric", "test_loss"]) == 0
     out = capsys.readouterr().out
-    rows = read_csv(sweep / "summary.csv")
+    rows = read_csv(sweep / "summary-test_loss.csv")
     losses = [float(r["test_loss"]) for r in rows]
     assert losses == sorted(losses)  # lower is better
     assert "best first by test_loss" in out and f"| {rows[0]['job']} | completed |" in out
-    assert (sweep / "summary.md").is_file() and (sweep / "summary.png").is_file()
+    assert (sweep / "summary-test_loss.md").is_file() and (sweep / "summary-test_loss.png").is_file()
+    stem = "summary-test_loss"
+    assert out.strip().endswith(f"Wrote {stem}.csv, {stem}.md and {stem}.png to {sweep}")
+    assert {name: (sweep / name).read_bytes() for name in own} == own  # the sweep's own summary is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no outputs/ from a Hydra app
+    for name in own:
+        (sweep / name).unlink()
+    assert report.main([str(sweep)]) == 0  # without --metric: the sweep's own summary, rebuilt
+    assert read_csv(sweep / "summary.csv")[0]["ranked_on"] == "best_val_accuracy"
 
     assert report.main([str(tmp_path / "missing")]) == 2
     assert report.main([str(sweep), "--metric", "nope"]) == 2
