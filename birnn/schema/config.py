@@ -267,7 +267,9 @@ class OneCycleConfig:
 @dataclass
 class DeviceConfig:
     type: str = "auto"  # auto: cuda, else mps, else cpu | cpu | cuda | mps
-    num_threads: int | None = None  # CPU threads; null = torch's default (hydra/launcher=joblib: cores / n_jobs)
+    # CPU threads; null = OMP_NUM_THREADS if set, a joblib job's share of the cores, else the cores other processes
+    # leave free, measured again every 5 s (docs/speed.md, "Threads on a shared machine")
+    num_threads: int | None = None
     cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels for the batch shapes
     # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
     dist_timeout_s: float = 300.0
