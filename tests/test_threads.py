@@ -29,6 +29,8 @@ def keep_torch_threads(monkeypatch):
     before = torch.get_num_threads()
     for var in threads.ENV_VARS:
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "_started", None)  # no reading left from an earlier test
+    monkeypatch.setattr(threads, "_free", None)
     yield
     threads.setup(before)
     torch.set_num_threads(before)
