@@ -126,9 +126,10 @@ class FreeCores:
     def __init__(self, since: Sample | None):
         self.cpus = allowed_cpus()
         self.budget = max(1, min(TORCH_DEFAULT, len(self.cpus), quota_cores() or len(self.cpus)))
-        if since is None or time.monotonic() - since.wall < MIN_WINDOW_S:
-            since = since or sample(self.cpus)
-            time.sleep(max(0.0, MIN_WINDOW_S - (time.monotonic() - since.wall)) if since else 0.0)
+        if since is None:
+            since = sample(self.cpus)
+        if since is not None:  # a reading over less than MIN_WINDOW_S would be mostly rounding
+            time.sleep(max(0.0, MIN_WINDOW_S - (time.monotonic() - since.wall)))
         self.last = since
         self.threads = self.measure() or self.budget
         torch.set_num_threads(self.threads)
@@ -191,8 +192,9 @@ def setup(num_threads: int | None) -> str:
             how, threads = f"{how} ({env[0]}={env[1]} in the environment)", env[1]
         torch.set_num_threads(threads)
         return f"{how}: {threads} torch threads per job"
-    if env is not None:
-        return f"CPU threads: {torch.get_num_threads()} ({env[0]}={env[1]} in the environment)"
+    if env is not None:  # what torch took at start; set again in case an earlier run in this process changed it
+        torch.set_num_threads(env[1])
+        return f"CPU threads: {env[1]} ({env[0]}={env[1]} in the environment)"
     _free = FreeCores(since)
     return _free.describe()
 
