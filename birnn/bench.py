@@ -36,8 +36,8 @@ def whole_process(args: argparse.Namespace) -> dict:
     }
 
 
-def fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
+def fmt(x: float | None, unit: str = "") -> str:
+    return "n/a" if x is None else f"{x:.2f}{unit}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'':10} {'train samples/s':>16} {'eval samples/s':>15} {'time to ' + fmt(tta['target']):>14}")
     print(
         f"{'reference':10} {r['train_samples_per_second']:16.0f} {r['eval_samples_per_second']:15.0f} "
-        f"{fmt(tta['reference_seconds']):>13}s"
+        f"{fmt(tta['reference_seconds'], 's'):>14}"
     )
     print(
         f"{'birnn':10} {o['train_samples_per_second']:16.0f} {o['eval_samples_per_second']:15.0f} "
-        f"{fmt(tta['birnn_seconds']):>13}s"
+        f"{fmt(tta['birnn_seconds'], 's'):>14}"
     )
     if "train_tokens_per_second" in o:
         print(f"{'':10} {'train tokens/s':>16} {'eval tokens/s':>15}")

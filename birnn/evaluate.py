@@ -22,6 +22,7 @@ from birnn.engine.restore import add_trust_options, restore, user_errors
 from birnn.records.scores import confusion_matrix, per_class, tag_scores
 from birnn.schema import console
 from birnn.schema.errors import BirnnError
+from birnn.system import threads
 from birnn.system.device import effective_precision, setup_device
 from birnn.system.files import atomic_write
 
@@ -124,6 +125,7 @@ def as_text(scores: dict) -> str:
 
 @console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
+    threads.begin()
     parser = argparse.ArgumentParser(
         prog=console.prog("birnn.evaluate"), description="Re-test a checkpoint's model on its test split."
     )

@@ -43,6 +43,7 @@ TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-
 # Tracing messages from torch internals that a user cannot act on.
 QUIET = (
     "_check_is_size will be removed",
+    "# The axis name: batch will not be used",  # x and lengths share the batch axis, by design
     r"The tensor attributes self\.((model\.)*(lstm|gru)|(forward|backward)_layers\.\d+)\._flat_weights",
 )
 

@@ -9,6 +9,7 @@ every file of a pack against its manifest's SHA-256. The format: ``birnn.data.pa
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,18 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
     settings = carried.recorded(*(OmegaConf.to_container(c) for c in (alone, without)))
     fields = {carried.FIELD: settings, carried.SOURCE: f"data={option}"} if settings else {}
     return packed.pack_splits(load_source(cfg.data), out, overwrite, fields)
+
+
+def written(manifest: Path) -> str:
+    """What a pack holds, from its manifest: samples per split, classes, files and bytes written."""
+    m = json.loads(manifest.read_text())
+    entries = [e for arrays in m["splits"].values() for e in arrays.values()]
+    size = sum(e["bytes"] for e in entries) + manifest.stat().st_size
+    samples = ", ".join(f"{a['y']['shape'][0]:,} {split}" for split, a in m["splits"].items())
+    return (
+        f"Wrote {manifest.parent}: {samples} samples, {len(m['classes'])} classes, {len(entries) + 1} files, "
+        f"{size:,} bytes ({size / 2**20:.1f} MiB); manifest {manifest}"
+    )
 
 
 @console.closed_pipe_ok
@@ -81,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"Could not write the pack in {args.out}{full}: {e.strerror or e}. No manifest was written: "
                 "the directory is an incomplete pack; free space and pack again with --overwrite"
             ) from None
-        print(f"Wrote {manifest}")
+        print(written(manifest))
 
 
 if __name__ == "__main__":

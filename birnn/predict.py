@@ -42,6 +42,7 @@ from birnn.engine.restore import Restored, add_trust_options, restore, user_erro
 from birnn.schema import console
 from birnn.schema.config import DEVICES, DeviceConfig
 from birnn.schema.errors import BirnnError
+from birnn.system import threads
 from birnn.system.device import setup_device
 from birnn.system.files import Unreadable, read_text
 from birnn.system.files import lines as text_lines
@@ -296,6 +297,7 @@ def show(results: list[dict], as_json: bool) -> None:
 
 @console.closed_pipe_ok
 def main(argv: Sequence[str] | None = None) -> None:
+    threads.begin()
     parser = argparse.ArgumentParser(
         prog=console.prog("birnn.predict"),
         description="Classify image files (PNG/JPEG), .npy arrays or .ts series with a trained model.",

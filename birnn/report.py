@@ -1,5 +1,6 @@
 """Sweep summaries: ``python -m birnn.report <sweep dir or run dirs...> [--metric M] [--out DIR]`` rebuilds
-``summary.csv``, ``summary.md`` and ``summary.png`` from the records of finished runs and prints the tables.
+``summary.csv``, ``summary.md`` and ``summary.png`` from the records of finished runs and prints the tables;
+``--metric M`` writes ``summary-M.*`` beside them instead (the sweep's own summary stays as it is).
 
 It is a plain CLI: it creates no run dir. The summaries themselves are ``birnn.records.summary``'s.
 """
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=console.prog("birnn.report"), description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="a sweep dir, or run dirs")
     parser.add_argument(
-        "--metric", help="sort key, best first (default: best_val_accuracy when present, else test_accuracy)"
+        "--metric",
+        help="sort key, best first (default: best_val_accuracy when present, else test_accuracy); the files are "
+        "then summary-METRIC.csv/.md/.png, beside the sweep's own summary",
     )
     parser.add_argument(
         "--out",
@@ -33,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = find_runs([path.resolve() for path in args.paths])
         out = (args.out or (args.paths[0] if len(args.paths) == 1 else Path(os.path.commonpath(runs)))).resolve()
-        print(summarize(runs, out, args.metric), end="")
+        stem = f"summary-{args.metric}" if args.metric else "summary"
+        print(summarize(runs, out, args.metric, stem), end="")
     except BirnnError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\nWrote summary.csv, summary.md and summary.png to {out}")
+    print(f"\nWrote {stem}.csv, {stem}.md and {stem}.png to {out}")
     return 0
 
 

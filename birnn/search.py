@@ -30,6 +30,7 @@ from birnn.schema.errors import BirnnError
 from birnn.studies.objective import DONE, Objective, counts, not_optunas_pruned_line, trial_overrides, work
 from birnn.studies.outputs import write_outputs
 from birnn.studies.storage import OPEN_LOCK, open_study
+from birnn.system import threads
 
 log = logging.getLogger("birnn.search")
 
@@ -99,6 +100,7 @@ def job(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    threads.begin()
     import_from_cwd()
     if not any(a.startswith(("hparams_search=", "+hparams_search=")) for a in sys.argv[1:]):
         sys.argv.append("hparams_search=optuna")

@@ -28,7 +28,7 @@ from birnn.schema import console
 from birnn.schema.config import CONFIG_DIR, apply_schemas, flatten, import_from_cwd, validate
 from birnn.schema.errors import BirnnError
 from birnn.studies import selection
-from birnn.system import distributed
+from birnn.system import distributed, threads
 from birnn.system.files import atomic_write
 
 log = logging.getLogger("birnn.train")
@@ -118,6 +118,7 @@ def use_pack_settings(cfg: DictConfig, hc: DictConfig) -> None:
 
 
 def main() -> None:
+    threads.begin()
     import_from_cwd()
     env = distributed.world_env()
     try:

@@ -11,7 +11,7 @@ import torch
 from birnn.bench import main
 from birnn.benchmarks.step import TutorialBiRNN, compose_config, with_default_data
 from birnn.data.pipeline import load_data
-from conftest import FAST, make_cfg
+from conftest import FAST, make_cfg, tiny_idx_images, write_idx
 
 
 def test_bench_quick_on_digits_writes_all_fields(tmp_path, capsys):
@@ -47,6 +47,22 @@ def test_bench_quick_on_digits_writes_all_fields(tmp_path, capsys):
     assert saved["machine"]["device"] == "cpu" and saved["process_peak_rss_mb"] > 0
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line.startswith("speedup train=") and " eval=" in last_line and " time_to_acc=" in last_line
+
+
+def test_bench_reads_debians_fashion_mnist_on_both_sides_and_prints_n_a_plainly(tmp_path, capsys):
+    """Only Debian's .gz files (no <root>/FashionMNIST/raw/): the reference trains on the samples birnn read."""
+    system = tmp_path / "system"
+    write_idx(system, *tiny_idx_images(200, 0), "train", gz=True)
+    write_idx(system, *tiny_idx_images(100, 1), "t10k", gz=True)
+    data = ["data=fashion_mnist", f"data.root={tmp_path / 'root'}", "data.download=false", f"+data.system_dir={system}"]
+    small = ["device=cpu", "device.num_threads=1", "model.hidden_size=8", "trainer.max_steps=4"]
+    quick = ["--quick", "--rounds", "1", "--steps", "2", "--eval-every", "2", "--target", "1.01"]  # never reached
+    result = main([*quick, "--out", str(tmp_path / "b.json"), *data, *small])
+    assert result["time_to_accuracy"]["reference_seconds"] is None and result["ratios"]["time_to_acc"] is None
+    assert result["throughput"]["reference"]["train_samples_per_second"] > 0
+    out = capsys.readouterr().out
+    assert "n/as" not in out and out.strip().splitlines()[-1].endswith("time_to_acc=n/a")
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith(("reference ", "birnn "))] == ["n/a"] * 2
 
 
 def test_bench_on_tagged_sentences_reports_tokens_per_second_of_both(tmp_path, capsys):

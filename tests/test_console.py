@@ -132,6 +132,15 @@ def test_a_failed_sweep_job_names_itself_and_the_summary(tmp_path):
     assert "| 0 | failed |" in (sweep / "summary.md").read_text()  # every job failed: a summary all the same
 
 
+def test_a_failed_sweep_job_whose_message_ends_a_sentence_has_one_full_stop(tmp_path):
+    sweep = tmp_path / "sweep"
+    missing = ["data=mnist", f"data.root={tmp_path / 'none'}", "data.download=false"]
+    proc = run_cli("-m", "seed=0", *FAST, *missing, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    last = proc.stderr.splitlines()[-1]
+    assert proc.returncode == 1 and "or data=digits (ships with scikit-learn). Sweep dir " in last, last
+    assert ".." not in last
+
+
 def test_a_sweep_prints_its_dir_and_where_its_summary_went(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "seed=0", *FAST, "trainer.max_steps=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

@@ -578,3 +578,14 @@ def peak_rss_of_training_on(tmp_path, megabytes: int) -> int:
 def test_training_on_a_256_mb_pack_peaks_within_64_mb_of_a_16_mb_one(tmp_path):
     small, large = peak_rss_of_training_on(tmp_path, 16), peak_rss_of_training_on(tmp_path, 256)
     assert large - small <= 64 * 2**20, (small, large)
+
+
+def test_pack_says_what_it_wrote(tmp_path):
+    """Samples per split, classes, files and bytes: not only the manifest's path (issue #38)."""
+    proc = run_cli("out", "data=digits", cwd=tmp_path, module="birnn.pack")
+    assert proc.returncode == 0, proc.stderr
+    size = sum(p.stat().st_size for p in (tmp_path / "out").iterdir())
+    assert proc.stdout.splitlines() == [
+        f"Wrote out: 1,438 train, 359 test samples, 10 classes, 5 files, {size:,} bytes ({size / 2**20:.1f} MiB); "
+        "manifest out/manifest.json"
+    ]

@@ -1,5 +1,6 @@
 """End to end through the real CLI: run dir artifacts, a multirun, reload, and clean error exits."""
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -134,3 +135,45 @@ def test_a_step_budget_run_without_epoch_scores_logs_nothing_useless(tmp_path, c
     assert "Epoch [2/2], Step [15/15], Loss: " in "\n".join(lines)
     assert not [line for line in lines if line.startswith("Epoch ") and line.rstrip().endswith(":")]
     assert [line for line in lines if line.startswith("Test accuracy")]  # the one test pass, at the end
+
+
+def train_lines(tmp_path: Path, caplog, *overrides: str) -> list[str]:
+    with caplog.at_level(logging.INFO, logger="birnn.train"):
+        train(make_cfg(*FAST, *overrides), tmp_path / "run")
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Epoch [")]
+
+
+def test_every_epoch_logs_its_training_loss_whatever_log_every_n_steps(tmp_path, caplog):
+    """Text and tagged runs have 30-94 steps per epoch against the default log_every_n_steps=100 (issue #38)."""
+    lines = train_lines(tmp_path, caplog, "trainer.epochs=2", "trainer.log_every_n_steps=100")
+    assert [line.split(", Loss")[0] for line in lines] == ["Epoch [1/2], Step [15/15]", "Epoch [2/2], Step [15/15]"]
+
+
+def test_a_log_line_is_due_every_log_every_n_seconds(tmp_path, caplog):
+    lines = train_lines(
+        tmp_path, caplog, "trainer.max_steps=4", "trainer.log_every_n_steps=100", "trainer.log_every_n_seconds=1e-9"
+    )
+    assert [line.split(", Loss")[0] for line in lines] == [f"Epoch [1/1], Step [{n}/15]" for n in (1, 2, 3, 4)]
+    off = ["trainer.max_steps=4", "trainer.log_every_n_steps=2", "trainer.log_every_n_seconds=null"]
+    lines = train_lines(tmp_path / "off", caplog, *off)
+    assert len(lines) == 4 + 2  # the earlier run's four, then steps 2 and 4 only
+
+
+def test_the_progress_bar_shows_the_loss_from_the_first_step(tmp_path, monkeypatch):
+    """On a terminal the bar shows the loss before the first log line (here at step 15, the epoch's end)."""
+    import birnn.engine.training as training
+
+    shown = []
+
+    class Bar(training.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
+
+        def set_postfix(self, **kwargs):
+            shown.append((self.n, kwargs))
+
+    monkeypatch.setattr(training, "tqdm", Bar)
+    train(make_cfg(*FAST, "trainer.max_steps=15", "trainer.log_every_n_steps=100"), tmp_path / "run")
+    first_step, postfix = shown[0]
+    # at the first step (tqdm counts a step once the next batch is drawn), long before the first log line
+    assert first_step == 0 and float(postfix["loss"]) > 0 and 0 <= float(postfix["acc"]) <= 1

@@ -83,6 +83,10 @@ def test_evaluate_takes_overrides_and_out(ckpt, tmp_path, capsys):
         (["missing.pt"], "No checkpoint at missing.pt"),
         (["corrupt.pt"], "corrupt.pt is not a readable birnn checkpoint (not a file torch.save wrote)"),
         (["CKPT", "data.nope=1"], "Bad override: data.nope"),
+        (
+            ["CKPT", "trainer.precison=32"],
+            "Bad override: trainer.precison is not a config key. Did you mean trainer.precision?",
+        ),
         (["CKPT", "data.eval_batch_size=many"], "data.eval_batch_size"),
         (["CKPT", "device=gpu"], "device.type must be one of"),
         (["CKPT", "device"], "not key=value"),

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from birnn.data.pipeline import IGNORE, Splits, load_data, num_batches, shuffled_batches
+from birnn.data.pipeline import IDX_FILES, IGNORE, Splits, load_data, num_batches, shuffled_batches
 from birnn.engine.loop import eval_pass as birnn_eval_pass
 from birnn.engine.run import build
 from birnn.schema.config import CONFIG_DIR as CONF
@@ -99,12 +99,14 @@ class PilImages(Dataset):
 
 
 def reference_datasets(cfg: DictConfig, splits: Splits) -> tuple[Dataset, Dataset]:
-    """torchvision's own dataset classes for the IDX data (as in the tutorial), else PIL images of the splits."""
+    """torchvision's own dataset classes for the IDX data where its files are (as in the tutorial), else PIL images
+    of the splits birnn read (Debian's Fashion-MNIST ``.gz`` files, digits, series...): the same samples."""
     from torchvision import datasets, transforms
 
     classes = {"birnn.data.load_mnist": datasets.MNIST, "birnn.data.load_fashion_mnist": datasets.FashionMNIST}
-    if cfg.data._target_ in classes and not cfg.data.val_size:
-        cls = classes[cfg.data._target_]
+    cls = classes.get(cfg.data._target_)
+    raw = Path(cfg.data.root) / cls.__name__ / "raw" if cls else None
+    if raw and all((raw / f).is_file() for f in IDX_FILES) and not cfg.data.val_size:
         return (
             cls(cfg.data.root, train=True, transform=transforms.ToTensor()),
             cls(cfg.data.root, train=False, transform=transforms.ToTensor()),

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from birnn.data.pipeline import check_class_names, load_data
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint
 from birnn.models.rnn import build_model
 from birnn.schema.config import typed, validate
+from birnn.schema.console import unknown_key
 from birnn.schema.errors import BirnnError
 
 
@@ -104,6 +105,8 @@ def merge_overrides(stored: dict, overrides: Sequence[str]) -> DictConfig:
     OmegaConf.set_struct(cfg.model, True)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
+    except (ConfigKeyError, ConfigAttributeError) as e:  # a typo: the close keys, as birnn-train says them
+        raise BirnnError(f"Bad override: {unknown_key(e)}") from None
     except OmegaConfBaseException as e:
         raise BirnnError(f"Bad override: {_reason(e)}") from None
     validate(cfg)

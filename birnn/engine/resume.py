@@ -18,6 +18,7 @@ RESUMABLE = (
     "data.root",
     "data.download",
     "trainer.log_every_n_steps",
+    "trainer.log_every_n_seconds",
     "trainer.checkpoint_every_n_steps",
     "trainer.log_images",
     "trainer.test_on",

@@ -220,6 +220,12 @@ class Run:
         evaluated = bool(p.history) and p.history[-1]["step"] == p.global_step
         return p.global_step >= self.total_steps and p.step_in_epoch > 0 and not evaluated
 
+    @property
+    def epoch_ends(self) -> bool:
+        """Whether the step just taken is the running epoch's last (its last batch, or the run's step budget)."""
+        p = self.progress
+        return p.step_in_epoch == self.steps_per_epoch or p.global_step >= self.total_steps
+
     def epoch_batches(self) -> Iterator[Batch]:
         """This rank's share of the running epoch's batches, from the first one not yet trained on."""
         self.epoch_shuffle_state = self.shuffle.get_state()
@@ -275,6 +281,12 @@ class Run:
                 f"{kept}. Try a lower optimizer.lr or trainer.grad_clip=1.0."
             )
         return losses, totals[1].sum().item()
+
+    def running_scores(self) -> tuple[float, float]:
+        """This process's mean training loss and accuracy since the last log line (no collective: the progress bar's
+        between log lines)."""
+        w = self.window
+        return torch.stack(w.losses).sum().item() / w.samples, torch.stack(w.corrects).sum().item() / w.samples
 
     def train_scores(self) -> dict[str, float]:
         """Mean training loss and accuracy since the last call (over all ranks), and the lr; starts a new window."""

@@ -8,7 +8,9 @@ the state and knows how to resume and save it; ranks are ``birnn.system.distribu
 from __future__ import annotations
 
 import logging
+import math
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +20,11 @@ from tqdm import tqdm
 from birnn.engine import checkpoint
 from birnn.engine.run import Run
 from birnn.engine.signals import GracefulStop, Stopped
+from birnn.system import threads
 from birnn.system.distributed import Dist
 
 log = logging.getLogger("birnn.train")
+BAR_S = 1.0  # seconds between two updates of the progress bar's loss between log lines
 
 
 def train(
@@ -48,6 +52,7 @@ def train(
         t, p = cfg.trainer, run.progress
         test_every_epoch = t.get("test_every_epoch") is not False
         pruned = False
+        logged, bar_shown = time.monotonic(), -math.inf  # when the last log line, the bar's last loss were shown
         with GracefulStop() as stop:
 
             def agreed() -> int:
@@ -69,7 +74,18 @@ def train(
                     if p.global_step >= run.total_steps:  # resumed where only the evaluation was left to do
                         break
                     run.step(batch)
-                    if p.global_step % t.log_every_n_steps == 0:
+                    threads.refit()
+                    now = time.monotonic()
+                    # Every rank stops at the same step, on the signal agreed here: one that arrives later (during the
+                    # save's collectives, say) is agreed on at the next step, never acted on by one rank alone. A log
+                    # line due by the clock on any rank rides along (+1), as every rank takes part in its sums.
+                    every_s = t.get("log_every_n_seconds")
+                    by_clock = bool(every_s) and now - logged >= every_s
+                    decided = dist.agree(2 * (stop.requested or 0) + by_clock)
+                    stopping = decided // 2
+                    epoch_start = p.global_step - p.step_in_epoch
+                    unlogged_epoch = p.global_step // t.log_every_n_steps == epoch_start // t.log_every_n_steps
+                    if p.global_step % t.log_every_n_steps == 0 or decided % 2 or (run.epoch_ends and unlogged_epoch):
                         scores = run.train_scores()
                         log.info(
                             "Epoch [%d/%d], Step [%d/%d], Loss: %.4f",
@@ -81,10 +97,13 @@ def train(
                         )
                         run.track(scores)
                         bar.set_postfix(loss=f"{scores['train/loss']:.4f}", acc=f"{scores['train/accuracy']:.3f}")
-                    stopping = agreed()  # every rank stops at the same step
-                    last_step = p.step_in_epoch == run.steps_per_epoch or p.global_step >= run.total_steps
+                        logged = bar_shown = now
+                    elif not bar.disable and now - bar_shown >= BAR_S:  # the bar between log lines: this rank's window
+                        loss, accuracy = run.running_scores()
+                        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
+                        bar_shown = now
                     every = t.checkpoint_every_n_steps  # epoch ends save anyway
-                    if stopping or (every and p.global_step % every == 0 and not last_step):
+                    if stopping or (every and p.global_step % every == 0 and not run.epoch_ends):
                         path = run.save()
                         if stopping:
                             _stop(stop, stopping, f"at step {p.global_step}; checkpoint saved to {path}", run_dir)
@@ -104,6 +123,7 @@ def train(
                 shown = p.epoch + (p.step_in_epoch > 0)  # a max_steps stop mid-epoch: the epoch it stopped in
                 if scores:  # none without a test pass during training and a validation split
                     log.info("Epoch %d: %s", shown, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                    logged = time.monotonic()
                 run.save(checkpoint.LAST, *((checkpoint.BEST,) if improved else ()))
                 patience = t.early_stopping_patience
                 if patience and p.epochs_without_improvement >= patience:

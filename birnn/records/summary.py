@@ -344,13 +344,13 @@ class Summary:
         fig.suptitle(self.selection_note.replace(f"{NOT_SELECTED} ", ""), fontsize="small", wrap=True)
         return fig
 
-    def write(self, folder: Path) -> str:
-        """Write ``summary.csv``, ``summary.md`` and ``summary.png`` into ``folder``; return the markdown."""
+    def write(self, folder: Path, stem: str = "summary") -> str:
+        """Write ``<stem>.csv``, ``<stem>.md`` and ``<stem>.png`` into ``folder``; return the markdown."""
         md = self.markdown()
-        atomic_write(folder / "summary.csv", lambda f: f.write(self.csv().encode()))
-        atomic_write(folder / "summary.md", lambda f: f.write(f"# Sweep summary\n\n{md}".encode()))
+        atomic_write(folder / f"{stem}.csv", lambda f: f.write(self.csv().encode()))
+        atomic_write(folder / f"{stem}.md", lambda f: f.write(f"# Sweep summary\n\n{md}".encode()))
         fig = self.plot()
-        atomic_write(folder / "summary.png", lambda f: fig.savefig(f, format="png", dpi=100))
+        atomic_write(folder / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=100))
         return md
 
 
@@ -371,6 +371,7 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
-def summarize(run_dirs: list[Path], folder: Path, metric: str | None = None) -> str:
-    """Build the summary of ``run_dirs`` into ``folder`` (job names relative to it); return the markdown."""
-    return Summary([load_job(run, folder) for run in run_dirs], metric).write(folder)
+def summarize(run_dirs: list[Path], folder: Path, metric: str | None = None, stem: str = "summary") -> str:
+    """Build the summary of ``run_dirs`` into ``folder`` as ``<stem>.*`` (job names relative to it); return the
+    markdown."""
+    return Summary([load_job(run, folder) for run in run_dirs], metric).write(folder, stem)

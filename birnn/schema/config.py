@@ -267,7 +267,9 @@ class OneCycleConfig:
 @dataclass
 class DeviceConfig:
     type: str = "auto"  # auto: cuda, else mps, else cpu | cpu | cuda | mps
-    num_threads: int | None = None  # CPU threads; null = torch's default (hydra/launcher=joblib: cores / n_jobs)
+    # CPU threads; null = OMP_NUM_THREADS if set, a joblib job's share of the cores, else the cores other processes
+    # leave free, measured again every 5 s (docs/speed.md, "Threads on a shared machine")
+    num_threads: int | None = None
     cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest kernels for the batch shapes
     # Several processes (torchrun, SLURM): how long a collective waits for a silent peer before the run stops.
     dist_timeout_s: float = 300.0
@@ -279,7 +281,9 @@ class DeviceConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 2  # the tutorial's
-    log_every_n_steps: int = 100  # log line + tracker train scalars every N steps
+    log_every_n_steps: int = 100  # log line + tracker train scalars every N steps, and at an epoch's end without one
+    # also a log line once this many seconds passed since the last (off a terminal there is no progress bar); null: off
+    log_every_n_seconds: float | None = 60.0
     max_steps: int | None = None  # optional cap on optimizer steps
     grad_clip: float | None = None  # max gradient norm; null = off (the tutorial)
     precision: str = "32"  # 32 | bf16 (autocast, CPU and CUDA) | 16 (CUDA, grad scaler)
@@ -457,6 +461,10 @@ def validate(cfg: DictConfig) -> None:
         (cfg.device.dist_timeout_s > 0, f"device.dist_timeout_s must be > 0, got {cfg.device.dist_timeout_s}"),
         (t.epochs > 0, f"trainer.epochs must be > 0, got {t.epochs}"),
         (t.log_every_n_steps > 0, f"trainer.log_every_n_steps must be > 0, got {t.log_every_n_steps}"),
+        (
+            t.get("log_every_n_seconds") is None or t.log_every_n_seconds > 0,
+            f"trainer.log_every_n_seconds must be > 0 or null, got {t.get('log_every_n_seconds')}",
+        ),
         (t.max_steps is None or t.max_steps > 0, f"trainer.max_steps must be > 0 or null, got {t.max_steps}"),
         (t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0 or null, got {t.grad_clip}"),
         (t.precision in PRECISIONS, f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}"),

@@ -65,7 +65,10 @@ def one_line_errors() -> Iterator[None]:
         message = describe(failed.__cause__)
         if message is None:
             raise failed.__cause__ from None  # a bug: its own traceback
-        print(f"error: {_job_name(failed.job)}{message}{_sweep_note(failed.job)}", file=sys.stderr)
+        note = _sweep_note(failed.job)
+        if note:  # one full stop between the message and the note, whether or not the message ends with one
+            message = f"{message.removesuffix('.')}. {note}"
+        print(f"error: {_job_name(failed.job)}{message}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as e:
         message = describe(e)
@@ -157,7 +160,7 @@ def _sweep_note(job: JobReturn) -> str:
     if hydra is None or (job.cfg is not None and job.cfg.get("search") is not None):
         return ""
     sweep_dir = Path(hydra.runtime.output_dir).parents[len(Path(str(hydra.sweep.subdir)).parts) - 1]
-    return f". Sweep dir {sweep_dir}; its summary: {sweep_dir / 'summary.md'}"
+    return f"Sweep dir {sweep_dir}; its summary: {sweep_dir / 'summary.md'}"
 
 
 def run_hydra(main: Callable[[], Any]) -> None:

@@ -6,10 +6,10 @@ import functools
 import logging
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from birnn.schema.errors import BirnnError
+from birnn.system import threads
 from birnn.system.allocator import tune_allocator
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,7 @@ def setup_device(cfg: DictConfig, precision: str = "32") -> torch.device:
         raise BirnnError(f"trainer.precision=16 needs CUDA (running on {kind}); use trainer.precision=bf16 or 32.")
     if kind == "cpu" and cfg.tune_allocator:
         tune_allocator()
-    threads = cfg.num_threads or threads_per_job()
-    if threads:
-        torch.set_num_threads(threads)
+    log.info(threads.setup(cfg.num_threads))
     if kind == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     return torch.device(kind)
@@ -62,22 +60,6 @@ def effective_precision(precision: str, device: torch.device) -> str:
         )
         return "32"
     return precision
-
-
-def threads_per_job() -> int | None:
-    """Under the joblib launcher, the CPU cores shared evenly by its parallel jobs (n_jobs=-1: one per core)."""
-    if not HydraConfig.initialized():
-        return None
-    launcher = HydraConfig.get().launcher
-    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
-        return None
-    import joblib
-
-    cores, n_jobs = joblib.cpu_count(), launcher.n_jobs
-    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib's rule: -1 = all cores, -2 = all but one
-    threads = max(1, cores // jobs)
-    log.info("joblib launcher with n_jobs=%d on %d cores: %d torch threads per job", n_jobs, cores, threads)
-    return threads
 
 
 def synchronize(device: torch.device) -> None:
