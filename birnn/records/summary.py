@@ -27,15 +27,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from birnn.schema.errors import BirnnError
+from birnn.schema.metrics import HEADLINE, MONITORS, best_first
 from birnn.system.files import atomic_write
 
 STATUS_FILE = "status.json"
-METRICS = ("test_accuracy", "test_loss", "train_seconds")
+METRICS = (HEADLINE, "test_loss", "train_seconds")
 # ranking metrics, first present wins (a run's ``monitor``, trainer.monitor, puts best_val_f1 first)
-VALIDATION = ("best_val_accuracy", "val_accuracy")
+VALIDATION = (f"best_{MONITORS[0]}", MONITORS[0])
 REPLICATES = {"seed": "seeds", "data.fold": "folds"}  # swept keys averaged over (mean ± std per configuration)
 NOT_SELECTED = "†"  # marks the test columns in summary.md when the ranking did not look at them
-LOWER_IS_BETTER = ("loss", "seconds")
 
 
 @dataclass
@@ -115,12 +115,8 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 def default_metric(jobs: list[Job]) -> str:
     """The best validation score (``trainer.monitor``'s) when the runs have a validation split (model selection),
     else test accuracy."""
-    monitored = [f"best_{m}" for m in dict.fromkeys(job.metrics.get("monitor", "val_accuracy") for job in jobs)]
-    return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), "test_accuracy")
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
+    monitored = [f"best_{m}" for m in dict.fromkeys(job.metrics.get("monitor", MONITORS[0]) for job in jobs)]
+    return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), HEADLINE)
 
 
 def number(value: Any) -> float | None:
@@ -141,11 +137,10 @@ class Summary:
         self.metric_columns = [*METRICS, *(m for m in VALIDATION[::-1] if any(m in j.metrics for j in jobs))]
         if self.metric not in self.metric_columns:
             self.metric_columns.append(self.metric)
-        sign = 1 if lower_is_better(self.metric) else -1
 
         def rank(job: Job) -> tuple:
             value = number(job.metrics.get(self.metric))
-            return (0, sign * value) if value is not None else (1, 0.0)
+            return (0, best_first(self.metric, value)) if value is not None else (1, 0.0)
 
         self.jobs = sorted(jobs, key=rank)  # stable: unranked jobs keep their order
         self.completed = [job for job in self.jobs if job.metrics]
@@ -201,8 +196,7 @@ class Summary:
                 xs = [v for job in members if (v := number(job.metrics.get(m))) is not None]
                 row[m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else None
             rows.append(row)
-        sign = 1 if lower_is_better(self.metric) else -1
-        return sorted(rows, key=lambda r: sign * r[self.metric][0] if r[self.metric] else math.inf)
+        return sorted(rows, key=lambda r: best_first(self.metric, r[self.metric][0]) if r[self.metric] else math.inf)
 
     def csv(self) -> str:
         out = io.StringIO()
