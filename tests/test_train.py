@@ -66,7 +66,7 @@ def test_checkpoint_reload_reproduces_test_accuracy(cli_run):
     data = load_data(cfg.data, torch.device("cpu"))
     model = build_model(cfg.model, data.input_size, data.num_classes)
     checkpoint.load_model_state(model, state["model"], "last.pt")
-    result = eval_pass(model, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
+    result = eval_pass(model, data.target, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
     assert result.accuracy == json.loads((cli_run / "metrics.json").read_text())["test_accuracy"]
 
 

@@ -23,14 +23,15 @@ from omegaconf import DictConfig
 from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint, rundir
-from birnn.engine.loop import Stepper, correct, label_count, loss_and_predictions
+from birnn.engine.loop import Stepper, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
 from birnn.models.rnn import build_model
-from birnn.records.scores import EvalResult, macro_f1, tag_scores
+from birnn.records.scores import EvalResult
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import to_plain
 from birnn.schema.errors import BirnnError
+from birnn.schema.metrics import HEADLINE, better
 from birnn.system.device import effective_precision, setup_device, synchronize
 from birnn.system.distributed import Dist
 
@@ -59,7 +60,8 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
-    model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
+    target = data.target
+    model = build_model(cfg.model, data.input_size, target.outputs, None, data.vocab_size, target.per_step).to(device)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
     optimizer = instantiate(cfg.optimizer, model.parameters())
@@ -68,7 +70,15 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps)
     scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "16" else None
     stepper = Stepper(
-        dist.wrap(model, device), optimizer, device, tcfg.precision, tcfg.grad_clip, scheduler, scaler, dist.world_size
+        dist.wrap(model, device),
+        target,
+        optimizer,
+        device,
+        tcfg.precision,
+        tcfg.grad_clip,
+        scheduler,
+        scaler,
+        dist.world_size,
     )
     return Setup(data, model, optimizer, scheduler, scaler, stepper, steps_per_epoch, total_steps)
 
@@ -312,14 +322,16 @@ class Run:
         return path
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split); per-step
-        labels: per token, with macro-F1 over tags (and span scores for BIO/BIOES tags); macro-F1 of classes when
-        ``trainer.monitor`` is ``val_f1``."""
-        d = self.data
+        """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split), and the
+        other scores its kind of target reports (``birnn.data.targets``: per-step labels are scored per token,
+        with macro-F1 over tags and span scores for BIO/BIOES tags; classes get macro-F1 when ``trainer.monitor``
+        is ``val_f1``)."""
+        d, target = self.data, self.stepper.target
         x, y, lengths = (d.test_x, d.test_y, d.test_lengths) if split == "test" else (d.val_x, d.val_y, d.val_lengths)
         part = self.dist.shard(len(y))
         loss_sum, predictions = loss_and_predictions(
             self.model,
+            target,
             subset(x, part),
             y[part],
             self.cfg.data.eval_batch_size,
@@ -327,16 +339,13 @@ class Run:
             self.cfg.trainer.precision,
             lengths[part] if lengths is not None else None,
         )
-        loss_sum, right = self.dist.sum(torch.stack([loss_sum, correct(predictions, y[part]).to(loss_sum)]))
+        loss_sum, right = self.dist.sum(torch.stack([loss_sum, target.correct(predictions, y[part]).to(loss_sum)]))
         predictions = self.dist.cat(predictions)
-        n = label_count(y)
+        n = target.count(y)
         result = EvalResult(loss_sum.item() / n, right.item() / n, predictions)
         scores = {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
-        if d.per_step:
-            scores |= {f"{split}_{k}": v for k, v in tag_scores(y, predictions, d.classes).items()}
-        elif self.cfg.trainer.monitor == "val_f1":
-            scores[f"{split}_f1"] = macro_f1(y, predictions)
-        if self.tracker and (d.per_step or d.vocab_size is not None):  # no pictures of tokens or tags
+        scores |= {f"{split}_{k}": v for k, v in target.scores(y, predictions, self.cfg.trainer.monitor).items()}
+        if self.tracker and (not target.pictures or d.vocab_size is not None):  # no pictures of tokens or tags
             self.tracker.scalars(self.progress.global_step, {k.replace("_", "/", 1): v for k, v in scores.items()})
         elif self.tracker:
             self.tracker.evaluation(self.progress.global_step, split, result, x, y, d.classes, d.kind, lengths)
@@ -358,7 +367,7 @@ class Run:
         self.metrics = scores
         p.history.append({"epoch": p.epoch, "step": p.global_step, **scores})
         monitor = self.cfg.trainer.monitor
-        improved = monitor in scores and (p.best_val_accuracy is None or scores[monitor] > p.best_val_accuracy)
+        improved = monitor in scores and better(monitor, scores[monitor], p.best_val_accuracy)
         if improved:
             p.best_val_accuracy = scores[monitor]
             p.epochs_without_improvement = 0
@@ -370,7 +379,7 @@ class Run:
     def test_pass(self) -> dict:
         """Test scores of the checkpoint ``trainer.test_on`` names: the model as trained (last) or ``best.pt``."""
         if self.cfg.trainer.get("test_on", "last") == "last":
-            return self.evaluate("test") if "test_accuracy" not in self.metrics else {}
+            return self.evaluate("test") if HEADLINE not in self.metrics else {}
         path = self.ckpt_dir / checkpoint.BEST
         best = self.dist.broadcast(checkpoint.load(path) if self.dist.is_main else None)
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -402,12 +411,7 @@ class Run:
         self.save(metrics=self.metrics)
         self.write_records(self.metrics)
         if test:
-            log.info(
-                "Test accuracy %.4f (%.2f%%); run dir %s",
-                self.metrics["test_accuracy"],
-                100 * self.metrics["test_accuracy"],
-                self.run_dir,
-            )
+            log.info("%s; run dir %s", self.stepper.target.headline(self.metrics), self.run_dir)
         return self.metrics
 
     def complete(self) -> dict:
