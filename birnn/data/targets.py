@@ -61,7 +61,7 @@ class Target(Protocol):
         """What ``birnn-evaluate`` reports of the test split beside its loss and accuracy."""
 
     def headline(self, scores: dict) -> str:
-        """The test score in words, as logged at the end of a run and printed by ``birnn-evaluate``."""
+        """The test score in words, as logged at the end of a run."""
 
     def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
         """``birnn-predict``'s fields for each input of a batch (``label``: what its table prints; ``probability``
