@@ -16,10 +16,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from birnn.data.pipeline import IGNORE, load_data, spec
-from birnn.engine.loop import eval_pass, label_count
+from birnn.data.pipeline import load_data, spec
+from birnn.engine.loop import eval_pass
 from birnn.engine.restore import add_trust_options, restore, user_errors
-from birnn.records.scores import confusion_matrix, per_class, tag_scores
 from birnn.schema import console
 from birnn.schema.errors import BirnnError
 from birnn.system import threads
@@ -31,7 +30,8 @@ def evaluate_checkpoint(
     path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = (), unverified: bool = False
 ) -> dict:
     """Test loss, accuracy, per-class precision/recall and the confusion matrix of the model in ``path``; per-step
-    labels: per token (padding left out), with macro-F1 and span scores (``birnn.records.scores.tag_scores``)."""
+    labels: per token (padding left out), with macro-F1 and span scores (the kind of target's ``report``,
+    ``birnn.data.targets``)."""
     restored = restore(path, overrides, allow, unverified)
     cfg = restored.cfg
     device = setup_device(cfg.device, cfg.trainer.precision)
@@ -62,16 +62,10 @@ def evaluate_checkpoint(
         raise BirnnError(f"{cfg.data._target_} gives {', '.join(changed)}: not what the model reads.")
     model = restored.model.to(device)
     precision = effective_precision(cfg.trainer.precision, device)
+    target = data.target
     result = eval_pass(
-        model, data.test_x, data.test_y, cfg.data.eval_batch_size, device, precision, lengths=data.test_lengths
+        model, target, data.test_x, data.test_y, cfg.data.eval_batch_size, device, precision, lengths=data.test_lengths
     )
-    y, predictions = data.test_y, result.predictions
-    tags = tag_scores(y, predictions, data.classes) if data.per_step else {}
-    if data.per_step:  # per token: the valid steps of every sample
-        valid = y != IGNORE
-        y, predictions = y[valid], predictions[valid]
-    matrix = confusion_matrix(y, predictions, data.num_classes)
-    scored = label_count(data.test_y)
     return {
         "checkpoint": str(path),
         "overrides": list(overrides),
@@ -79,12 +73,7 @@ def evaluate_checkpoint(
         "device": str(device),
         "test_loss": result.loss,
         "test_accuracy": result.accuracy,
-        **{f"test_{k}": v for k, v in tags.items()},
-        "test_samples": scored,  # per-step labels: the scored tokens, as test_tokens says
-        **({"test_tokens": scored} if data.per_step else {}),
-        "classes": data.classes,
-        "per_class": per_class(y, predictions, data.classes),
-        "confusion_matrix": matrix.tolist(),
+        **target.report(data.test_y, result.predictions),  # per-step labels: test_samples are the scored tokens
     }
 
 

@@ -139,8 +139,8 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         model = Standardized(model, restored.normalization).eval()
     inputs = examples(restored)
     dynamic = {"x": {0: torch.export.Dim("batch")}}
-    crf = getattr(reference, "crf", None) if len(inputs) == 2 else None
-    outputs = ["logits"] if crf is None else ["logits", "tags"]
+    target = restored.target
+    outputs = target.export_outputs(reference, unpacked=len(inputs) == 2)
     if len(inputs) == 2:
         model, batch = Unpacked(reference).eval(), torch.export.Dim("batch")
         dynamic = {"x": {0: batch}, "lengths": {0: batch}}  # the exporters unroll the recurrence: steps are fixed
@@ -155,14 +155,8 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
             raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
     with torch.inference_mode():
         exported, expected = run(*inputs), reference(*inputs) if len(inputs) == 2 else model(*inputs)
-    if crf is not None:  # the Viterbi tags must be the PyTorch model's, exactly
-        exported, tags = exported
-        if not torch.equal(tags, crf.decode(expected, inputs[1])):
-            raise BirnnError(f"{out} gives other Viterbi tags than PyTorch's CRF.")
-    if exported.ndim == 3:  # per-step scores: the valid steps only
-        valid = torch.arange(exported.shape[1]) < inputs[1].unsqueeze(1)
-        exported, expected = exported[valid], expected[valid]
-    difference = (exported - expected).abs().max().item()
+    lengths = inputs[1] if len(inputs) == 2 else None
+    difference = target.export_difference(reference, exported, expected, lengths, out)
     if not difference <= TOLERANCE:
         raise BirnnError(f"{out} gives logits {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
     return out, difference
@@ -192,15 +186,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if restored.patch > 1:
         scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
-    vocab, classes = restored.spec.get("vocab_size"), len(restored.classes)
+    vocab = restored.spec.get("vocab_size")
     inputs = f"images float32 (N, {steps}, {features}) {scale}"
     if variable_length(restored):
         shape = f"token IDs int64 (N, {steps}), 0-padded" if vocab else f"float32 (N, {steps}, {features}), padded"
         inputs = f"inputs {shape}, and lengths int64 (N,)"
-    outputs = f"(N, {steps}, {classes}) per step" if restored.spec.get("per_step") else f"(N, {classes})"
-    print(
-        f"Wrote {out} ({args.format}): input {inputs}, output logits {outputs}; classes {', '.join(restored.classes)}."
-    )
+    print(f"Wrote {out} ({args.format}): input {inputs}, {restored.target.exported(steps)}.")
     print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")
 
 

@@ -37,7 +37,6 @@ from birnn.data import tokenize
 from birnn.data.normalize import apply as standardize
 from birnn.data.patches import patch
 from birnn.data.uea import read_series
-from birnn.engine.loop import predicted
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.schema import console
 from birnn.schema.config import DEVICES, DeviceConfig
@@ -204,16 +203,16 @@ def predict(
         if restored.normalization:
             inputs = [standardize(x, restored.normalization) for x in inputs]
         inputs = [patch(x[None], restored.patch)[0] for x in inputs]
-        logits = torch.empty(len(inputs), len(restored.classes))
+        kind = restored.target
+        logits = torch.empty(len(inputs), kind.outputs)
         with torch.inference_mode():
             for shape in {x.shape for x in inputs}:  # one batch per length (variable-length data)
                 index = [i for i, x in enumerate(inputs) if x.shape == shape]
                 batch = torch.stack([inputs[i] for i in index]).to(target)
                 logits[index] = restored.model.to(target)(batch).float().cpu()
-        probability, prediction = logits.softmax(1).max(1)
         ok = (r for r in results if "error" not in r)
-        for r, p, q in zip(ok, prediction.tolist(), probability.tolist()):
-            r.update(prediction=p, label=restored.classes[p], probability=q)
+        for r, answer in zip(ok, kind.answers(restored.model, logits)):
+            r.update(answer)
     return results
 
 
@@ -232,7 +231,7 @@ def predict_texts(
     restored = restore(checkpoint, allow=allow, unverified=unverified)
     if restored.tokenizer is None:
         raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
-    tok = tokenize.from_json(restored.tokenizer)
+    tok, kind = tokenize.from_json(restored.tokenizer), restored.target
     embedding = getattr(restored.model, "embedding", None)
     rows = embedding.num_embeddings if isinstance(embedding, torch.nn.Embedding) else restored.spec.get("vocab_size")
     if rows is not None and tok.size > rows:
@@ -253,19 +252,13 @@ def predict_texts(
             continue
         records += [{"file": str(path), "index": i, "text": t} for i, t in enumerate(lines) if t.strip()]
     for r in (r for r in records if "error" not in r):
-        per_step = bool(restored.spec.get("per_step"))
         split = r["file"] == "--tokens"
-        tokens = r["text"].split() if split else tok.split(r["text"]) if per_step else None
-        ids = (tok.ids(tokens) or [1]) if per_step or split else tok.encode(r["text"])
-        ids = ids if per_step else tok.truncated(ids)
+        tokens = r["text"].split() if split else tok.split(r["text"]) if kind.per_step else None
+        ids = (tok.ids(tokens) or [1]) if kind.per_step or split else tok.encode(r["text"])
+        ids = ids if kind.per_step else tok.truncated(ids)
         with torch.inference_mode():
             logits = model(torch.tensor([ids], device=target)).float().cpu()
-        if per_step:
-            tags = [restored.classes[t] for t in predicted(model, logits, None, per_step=True)[0].tolist()]
-            r.update(tags=tags, label=" ".join(f"{w}/{t}" for w, t in zip(tokens, tags)), probability=None)
-        else:
-            probability, prediction = logits[0].softmax(0).max(0)
-            r.update(prediction=int(prediction), label=restored.classes[prediction], probability=float(probability))
+        r.update(kind.answers(model, logits, None if tokens is None else [tokens])[0])
     return records
 
 

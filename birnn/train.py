@@ -27,6 +27,7 @@ from birnn.engine.training import train
 from birnn.schema import console
 from birnn.schema.config import CONFIG_DIR, apply_schemas, flatten, import_from_cwd, validate
 from birnn.schema.errors import BirnnError
+from birnn.schema.metrics import judged_by
 from birnn.studies import selection
 from birnn.system import distributed, threads
 from birnn.system.files import atomic_write
@@ -59,7 +60,7 @@ _publish_run_dir: Callable[[Path], None] | None = None
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def job(cfg: DictConfig) -> float:
     """One Hydra job. Returns the sweep objective: the best ``trainer.monitor`` score (test accuracy only without a
-    val split).
+    val split: ``birnn.schema.metrics.judged_by``).
 
     The job holds its run dir (one writer); refused before training, it leaves nothing there.
     """
@@ -83,7 +84,7 @@ def job(cfg: DictConfig) -> float:
         if _publish_run_dir is not None:
             _publish_run_dir(run_dir)
         metrics = train(cfg, run_dir, started=started)
-    return metrics.get(f"best_{cfg.trainer.monitor}", metrics["test_accuracy"])
+    return judged_by(metrics, cfg.trainer.monitor)
 
 
 def use_pack_settings(cfg: DictConfig, hc: DictConfig) -> None:

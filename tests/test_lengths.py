@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import birnn.models.layers
 from birnn.data.patches import patch, patch_lengths
+from birnn.data.targets import ClassPerSequence
 from birnn.engine.loop import Stepper, eval_pass
 from birnn.models.rnn import RNNClassifier
 
@@ -118,11 +119,12 @@ def test_training_step_and_evaluation_pass_lengths():
     alone = torch.cat([models[0](x[i : i + 1, :n]) for i, n in enumerate(LENGTHS)]).detach()
     cpu = torch.device("cpu")
 
-    result = eval_pass(models[0], x, y, 4, cpu, lengths=lengths)
+    classes = ClassPerSequence([str(c) for c in range(CLASSES)])
+    result = eval_pass(models[0], classes, x, y, 4, cpu, lengths=lengths)
     assert result.predictions.tolist() == alone.argmax(1).tolist()
     assert result.loss == pytest.approx(F.cross_entropy(alone, y).item(), abs=1e-5)
     losses = [
-        Stepper(m, torch.optim.SGD(m.parameters(), lr=0.5), cpu).step(batch, y, lengths)[0]
+        Stepper(m, classes, torch.optim.SGD(m.parameters(), lr=0.5), cpu).step(batch, y, lengths)[0]
         for m, batch in zip(models, (x, other))
     ]
     assert losses[0].item() == pytest.approx(F.cross_entropy(alone, y, reduction="sum").item(), abs=1e-5)

@@ -15,11 +15,10 @@ from test_resume import interrupt_at, kill_9_then_resume, state_of
 
 from birnn.data.arrays import load_arrays
 from birnn.data.pipeline import IGNORE
-from birnn.engine.loop import correct, loss_sum, predicted
+from birnn.data.targets import ClassPerStep, span_scheme, tag_scores
 from birnn.models.crf import CRF
 from birnn.models.rnn import RNNClassifier
 from birnn.models.unpacked import Unpacked
-from birnn.records.scores import span_scheme, tag_scores
 from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import WALL_CLOCK, make_cfg
@@ -87,13 +86,14 @@ def test_per_step_loss_ignores_padding():
     expected = sum(
         torch.nn.functional.cross_entropy(logits[i, :n], y[i, :n], reduction="sum") for i, n in enumerate(LENGTHS)
     )
-    torch.testing.assert_close(loss_sum(model, logits, y, lengths), expected)
+    tags = ClassPerStep([str(t) for t in range(TAGS)])
+    torch.testing.assert_close(tags.loss_sum(model, logits, y, lengths), expected)
     junk = logits.clone()
     junk[padded] = 1e4 * torch.randn(int(padded.sum()), TAGS)
-    torch.testing.assert_close(loss_sum(model, junk, y, lengths), expected)  # padded logits never count
-    pred = predicted(model, junk, lengths, per_step=True)
+    torch.testing.assert_close(tags.loss_sum(model, junk, y, lengths), expected)  # padded logits never count
+    pred = tags.predict(model, junk, lengths)
     assert (pred[padded] == IGNORE).all()
-    assert correct(pred, y) == ((pred == y) & ~padded).sum() <= lengths.sum()
+    assert tags.correct(pred, y) == ((pred == y) & ~padded).sum() <= lengths.sum()
 
 
 @pytest.mark.parametrize("crf", [False, True])
@@ -116,9 +116,10 @@ def test_per_step_outputs_of_a_padded_batch_equal_each_sample_alone(tokens, crf)
         alone = model(x[i : i + 1, :n])
         assert (logits[i, :n] - alone[0]).abs().max() <= 1e-5
         assert (logits[i, n:] == model.fc.bias).all()  # padding: the head of zero outputs, never the junk
-    path = predicted(model, logits, lengths, per_step=True)
+    tags = ClassPerStep([str(t) for t in range(TAGS)])
+    path = tags.predict(model, logits, lengths)
     for i, n in enumerate(LENGTHS):
-        assert torch.equal(path[i, :n], predicted(model, model(x[i : i + 1, :n]), None, per_step=True)[0])
+        assert torch.equal(path[i, :n], tags.predict(model, model(x[i : i + 1, :n]), None)[0])
 
 
 def test_readout_set_with_per_step_labels_warns_once(caplog):

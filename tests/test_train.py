@@ -67,7 +67,7 @@ def test_checkpoint_reload_reproduces_test_accuracy(cli_run):
     data = load_data(cfg.data, torch.device("cpu"))
     model = build_model(cfg.model, data.input_size, data.num_classes)
     checkpoint.load_model_state(model, state["model"], "last.pt")
-    result = eval_pass(model, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
+    result = eval_pass(model, data.target, data.test_x, data.test_y, cfg.data.eval_batch_size, torch.device("cpu"))
     metrics = json.loads((cli_run / "metrics.json").read_text())
     assert result.accuracy == metrics["test_accuracy"]
     # the trivial baseline beside the score: the training split's commonest class, scored on the test split

@@ -19,9 +19,9 @@ from PIL import Image
 import birnn.schema.config  # noqa: F401  (registers the structured-config schemas)
 from birnn import evaluate, export, predict
 from birnn.data import load_digits
+from birnn.data.targets import confusion_matrix, per_class
 from birnn.engine.restore import Restored, merge_overrides, restore
 from birnn.models.rnn import RNNClassifier
-from birnn.records.scores import confusion_matrix, per_class
 from birnn.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -256,6 +256,7 @@ def birnn(cfg: DictConfig, device: torch.device) -> Contender:
     def eval_pass() -> float:
         return birnn_eval_pass(
             run.model,
+            run.stepper.target,
             data.test_x,
             data.test_y,
             cfg.data.eval_batch_size,

@@ -1,5 +1,6 @@
 """Data: every source (torchvision IDX, digits, arrays, UCR/UEA, packs, text, tagged text), normalization,
-patches, splits and batches.
+patches, splits and batches, and the kind of target the labels are (``targets.py``: a class per sequence or per
+step, and everything that differs between them).
 
 A new source is a loader ``(root, download, **kwargs) -> Splits`` in a module here, named by ``data._target_``;
 what happens to every source's splits (hold-out, standardization, patches, batching) is in ``pipeline.py``.

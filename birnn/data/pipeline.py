@@ -20,6 +20,7 @@ from torch import Tensor
 
 from birnn.data import normalize, patches
 from birnn.data.mapped import Mapped
+from birnn.data.targets import IGNORE, Target, for_classes, per_step
 from birnn.schema import trust
 from birnn.schema.errors import BirnnError
 from birnn.system.distributed import Dist
@@ -48,7 +49,6 @@ OFFLINE_HINT = (
     "or data=digits (ships with scikit-learn)."
 )
 # Keys of a data config that birnn itself handles (batching, hold-out, standardization), not the loader.
-IGNORE = -100  # the label of padded steps in per-step labels (cross_entropy's ignore_index)
 COMMON_KEYS = (
     "batch_size",
     "eval_batch_size",
@@ -106,7 +106,12 @@ class Splits:
     @property
     def per_step(self) -> bool:
         """One label per step (tagging) rather than one per sequence."""
-        return self.train_y.ndim == 2
+        return per_step(self.train_y)
+
+    @property
+    def target(self) -> Target:
+        """The kind of target (``birnn.data.targets``): what the model outputs, its loss, predictions and scores."""
+        return for_classes(self.classes, self.per_step)
 
     @property
     def num_classes(self) -> int:
@@ -398,7 +403,7 @@ def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
     of them) drawn with ``split_seed``, or fold ``fold`` of a stratified ``folds``-fold split seeded the same."""
     n = len(train_y)
     folds = cfg.get("folds", 0)
-    if folds > 1 and train_y.ndim == 2:  # per-step labels: no class per sample to stratify by
+    if folds > 1 and per_step(train_y):  # per-step labels: no class per sample to stratify by
         from sklearn.model_selection import KFold
 
         splitter = KFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
@@ -497,7 +502,7 @@ def shuffled_batches(
     for i in range(start * batch_size, len(y), batch_size):
         batch = order[i : i + batch_size]
         idx = batch[dist.shard(len(batch))]
-        targets = int((y[batch] != IGNORE).sum()) if y.ndim == 2 else None
+        targets = int((y[batch] != IGNORE).sum()) if per_step(y) else None
         tokens = (len(batch) * x.shape[1] if lengths is None else int(lengths[batch].sum())) if x.ndim == 2 else 0
         yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch), targets, tokens)
 

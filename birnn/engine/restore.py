@@ -19,6 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from birnn.data.pipeline import check_class_names, load_data
 from birnn.data.pipeline import spec as data_spec
+from birnn.data.targets import Target, for_classes
 from birnn.engine import checkpoint
 from birnn.models.rnn import build_model
 from birnn.schema.config import typed, validate
@@ -38,6 +39,11 @@ class Restored:
     classes: list[str]
     spec: dict = field(default_factory=dict)  # the checkpoint's ``birnn.data.pipeline.spec`` (less in old checkpoints)
     allow: tuple[str, ...] = ()  # modules (and targets) the user allows this checkpoint's config to name
+
+    @property
+    def target(self) -> Target:
+        """The kind of target the model learned (``birnn.data.targets``): what it outputs and how to read it."""
+        return for_classes(self.classes, bool(self.spec.get("per_step")))
 
     @property
     def normalization(self) -> dict | None:
@@ -157,13 +163,14 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     check_class_names(spec["classes"], str(path), "train it again on valid labels")
     steps, features = spec["input_shape"]
     vocab_size = spec.get("vocab_size")
+    target = for_classes(list(spec["classes"]), bool(spec.get("per_step")))
     model = build_model(
         cfg.model,
         vocab_size or features * int(spec.get("patch", 1)),
-        len(spec["classes"]),
+        target.outputs,
         allow,
         vocab_size,
-        bool(spec.get("per_step")),
+        target.per_step,
     )
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])

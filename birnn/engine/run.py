@@ -23,16 +23,17 @@ from omegaconf import DictConfig
 from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
 from birnn.engine import checkpoint, rundir
-from birnn.engine.loop import Stepper, correct, label_count, loss_and_predictions
+from birnn.engine.loop import Stepper, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
 from birnn.engine.signals import Stopped
 from birnn.models.rnn import build_model
 from birnn.records import baseline
-from birnn.records.scores import EvalResult, macro_f1, tag_scores
+from birnn.records.scores import EvalResult
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import to_plain
 from birnn.schema.errors import BirnnError
+from birnn.schema.metrics import HEADLINE, better
 from birnn.system.device import effective_precision, setup_device, synchronize
 from birnn.system.distributed import Dist
 from birnn.system.files import read_json
@@ -65,7 +66,8 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     empty = [s for s in ("train", "test", "val") if (y := getattr(data, f"{s}_y")) is not None and not len(y)]
     if empty:
         raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
-    model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
+    target = data.target
+    model = build_model(cfg.model, data.input_size, target.outputs, None, data.vocab_size, target.per_step).to(device)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
     optimizer = instantiate(cfg.optimizer, model.parameters())
@@ -74,7 +76,15 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps)
     scaler = torch.amp.GradScaler("cuda") if tcfg.precision == "16" else None
     stepper = Stepper(
-        dist.wrap(model, device), optimizer, device, tcfg.precision, tcfg.grad_clip, scheduler, scaler, dist.world_size
+        dist.wrap(model, device),
+        target,
+        optimizer,
+        device,
+        tcfg.precision,
+        tcfg.grad_clip,
+        scheduler,
+        scaler,
+        dist.world_size,
     )
     return Setup(data, model, optimizer, scheduler, scaler, stepper, steps_per_epoch, total_steps)
 
@@ -346,14 +356,15 @@ class Run:
         return path
 
     def evaluate(self, split: str, stop: Callable[[], int] = lambda: 0) -> dict[str, float]:
-        """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split); per-step
-        labels: per token, with macro-F1 over tags (and span scores for BIO/BIOES tags); macro-F1 of classes when
-        ``trainer.monitor`` is ``val_f1``.
+        """Loss and accuracy on ``split`` (each rank takes a share; sums over ranks give the whole split), and the
+        other scores its kind of target reports (``birnn.data.targets``: per-step labels are scored per token,
+        with macro-F1 over tags and span scores for BIO/BIOES tags; classes get macro-F1 when ``trainer.monitor``
+        is ``val_f1``).
 
         ``stop`` (the stop signal every rank agrees on, 0 for none) is asked before each batch, as often on every
         rank; a signal raises ``Stopped`` there, before anything of the pass is recorded.
         """
-        d = self.data
+        d, target = self.data, self.stepper.target
         x, y, lengths = (d.test_x, d.test_y, d.test_lengths) if split == "test" else (d.val_x, d.val_y, d.val_lengths)
         part = self.dist.shard(len(y))
         size = self.cfg.data.eval_batch_size
@@ -364,6 +375,7 @@ class Run:
 
         loss_sum, predictions = loss_and_predictions(
             self.model,
+            target,
             subset(x, part),
             y[part],
             size,
@@ -375,16 +387,13 @@ class Run:
         largest = -(-len(y) // self.dist.world_size)  # the first rank's share: it polls most often
         for _ in range(num_batches(largest, size) - num_batches(part.stop - part.start, size)):
             poll()
-        loss_sum, right = self.dist.sum(torch.stack([loss_sum, correct(predictions, y[part]).to(loss_sum)]))
+        loss_sum, right = self.dist.sum(torch.stack([loss_sum, target.correct(predictions, y[part]).to(loss_sum)]))
         predictions = self.dist.cat(predictions)
-        n = label_count(y)
+        n = target.count(y)
         result = EvalResult(loss_sum.item() / n, right.item() / n, predictions)
         scores = {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
-        if d.per_step:
-            scores |= {f"{split}_{k}": v for k, v in tag_scores(y, predictions, d.classes).items()}
-        elif self.cfg.trainer.monitor == "val_f1":
-            scores[f"{split}_f1"] = macro_f1(y, predictions)
-        if self.tracker and (d.per_step or d.vocab_size is not None):  # no pictures of tokens or tags
+        scores |= {f"{split}_{k}": v for k, v in target.scores(y, predictions, self.cfg.trainer.monitor).items()}
+        if self.tracker and (not target.pictures or d.vocab_size is not None):  # no pictures of tokens or tags
             self.tracker.scalars(self.progress.global_step, {k.replace("_", "/", 1): v for k, v in scores.items()})
         elif self.tracker:
             self.tracker.evaluation(self.progress.global_step, split, result, x, y, d.classes, d.kind, lengths)
@@ -406,7 +415,7 @@ class Run:
         self.metrics = scores
         p.history.append({"epoch": p.epoch, "step": p.global_step, **scores})
         monitor = self.cfg.trainer.monitor
-        improved = monitor in scores and (p.best_val_accuracy is None or scores[monitor] > p.best_val_accuracy)
+        improved = monitor in scores and better(monitor, scores[monitor], p.best_val_accuracy)
         if improved:
             p.best_val_accuracy = scores[monitor]
             p.epochs_without_improvement = 0
@@ -418,7 +427,7 @@ class Run:
     def test_pass(self, stop: Callable[[], int] = lambda: 0) -> dict:
         """Test scores of the checkpoint ``trainer.test_on`` names: the model as trained (last) or ``best.pt``."""
         if self.cfg.trainer.get("test_on", "last") == "last":
-            return self.evaluate("test", stop) if "test_accuracy" not in self.metrics else {}
+            return self.evaluate("test", stop) if HEADLINE not in self.metrics else {}
         path = self.ckpt_dir / checkpoint.BEST
         best = self.dist.broadcast(checkpoint.load(path) if self.dist.is_main else None)
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -452,13 +461,8 @@ class Run:
         self.write_records(self.metrics)
         if test:
             trivial = self.metrics.get("test_baseline_accuracy")
-            log.info(
-                "Test accuracy %.4f (%.2f%%)%s; run dir %s",
-                self.metrics["test_accuracy"],
-                100 * self.metrics["test_accuracy"],
-                "" if trivial is None else f", trivial baseline {trivial:.4f} ({self.metrics['test_baseline']})",
-                self.run_dir,
-            )
+            beside = "" if trivial is None else f", trivial baseline {trivial:.4f} ({self.metrics['test_baseline']})"
+            log.info("%s%s; run dir %s", self.stepper.target.headline(self.metrics), beside, self.run_dir)
         return self.metrics
 
     def complete(self) -> dict:

@@ -29,16 +29,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from birnn.schema.errors import BirnnError
+from birnn.schema.metrics import HEADLINE, MONITORS, best_first
 from birnn.system.files import MAX_RECORD_BYTES, atomic_write, read_json, read_text
 
 STATUS_FILE = "status.json"
-METRICS = ("test_accuracy", "test_loss", "train_seconds")
+METRICS = (HEADLINE, "test_loss", "train_seconds")
 # ranking metrics, first present wins (a run's ``monitor``, trainer.monitor, puts best_val_f1 first)
-VALIDATION = ("best_val_accuracy", "val_accuracy")
+VALIDATION = (f"best_{MONITORS[0]}", MONITORS[0])
 REPLICATES = {"seed": "seeds", "data.fold": "folds"}  # swept keys averaged over (mean ± std per configuration)
 EPOCHS = ("test_epoch", "best_epoch")  # which epoch's model the test columns score, and which the ranking chose
 NOT_SELECTED = "†"  # marks the test columns in summary.md when the ranking did not look at them
-LOWER_IS_BETTER = ("loss", "seconds")
 
 
 @dataclass
@@ -144,8 +144,8 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 def default_metric(jobs: list[Job]) -> str:
     """The best validation score (``trainer.monitor``'s) when the runs have a validation split (model selection),
     else test accuracy."""
-    monitored = [f"best_{m}" for m in dict.fromkeys(job.metrics.get("monitor", "val_accuracy") for job in jobs)]
-    return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), "test_accuracy")
+    monitored = [f"best_{m}" for m in dict.fromkeys(job.metrics.get("monitor", MONITORS[0]) for job in jobs)]
+    return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), HEADLINE)
 
 
 def tested_model(metrics: dict, metric: str) -> dict:
@@ -153,20 +153,16 @@ def tested_model(metrics: dict, metric: str) -> dict:
     epoch it chose) and ``test_epoch`` (the epoch whose model the test scores are). A run that tested its last model
     (``trainer.test_on=last``) scored the best epoch's model too when it tested at every epoch end (its
     ``history``); without such a score the last model's stay, and ``test_epoch`` is the last epoch."""
-    if not metric.startswith("best_") or metric not in metrics or "test_accuracy" not in metrics:
+    if not metric.startswith("best_") or metric not in metrics or HEADLINE not in metrics:
         return metrics
     monitored = metric.removeprefix("best_")
     best = next((h for h in metrics.get("history") or [] if h.get(monitored) == metrics[metric]), None)
     chosen = {**metrics, "best_epoch": best["epoch"]} if best else dict(metrics)
     if "test_epoch" in metrics:  # test_on=best: the final test pass scored best.pt
         return chosen
-    if best is not None and "test_accuracy" in best:
+    if best is not None and HEADLINE in best:
         return {**chosen, **{k: v for k, v in best.items() if k.startswith("test_")}, "test_epoch": best["epoch"]}
     return {**chosen, "test_epoch": metrics.get("epochs")}
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
 
 
 def number(value: Any) -> float | None:
@@ -190,11 +186,10 @@ class Summary:
         self.metric_columns = [*METRICS, *tested, *validation, *chosen]
         if self.metric not in self.metric_columns:
             self.metric_columns.append(self.metric)
-        sign = 1 if lower_is_better(self.metric) else -1
 
         def rank(job: Job) -> tuple:
             value = number(job.metrics.get(self.metric))
-            return (0, sign * value) if value is not None else (1, 0.0)
+            return (0, best_first(self.metric, value)) if value is not None else (1, 0.0)
 
         self.jobs = sorted(jobs, key=rank)  # stable: unranked jobs keep their order
         self.completed = [job for job in self.jobs if job.metrics]
@@ -257,8 +252,7 @@ class Summary:
                 xs = [v for job in members if (v := number(job.metrics.get(m))) is not None]
                 row[m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else None
             rows.append(row)
-        sign = 1 if lower_is_better(self.metric) else -1
-        return sorted(rows, key=lambda r: sign * r[self.metric][0] if r[self.metric] else math.inf)
+        return sorted(rows, key=lambda r: best_first(self.metric, r[self.metric][0]) if r[self.metric] else math.inf)
 
     def csv(self) -> str:
         out = io.StringIO()

@@ -20,8 +20,9 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 import birnn
+from birnn.data.targets import confusion_matrix
 from birnn.records.figures import confusion_figure, misclassified_figure, misclassified_series_figure
-from birnn.records.scores import EvalResult, confusion_matrix
+from birnn.records.scores import EvalResult
 from birnn.schema.config import flatten
 from birnn.schema.errors import BirnnError, Lost, first_line
 from birnn.system.files import atomic_write

@@ -20,12 +20,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.metrics import MONITORS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 TEST_ON = ("last", "best")
-MONITORS = ("val_accuracy", "val_f1")
 # data.signature_suffixes' default: common English endings (inflection, derivation, possessive 's); the longest a
 # word ends with goes into its signature
 SIGNATURE_SUFFIXES = (

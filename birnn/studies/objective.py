@@ -22,6 +22,7 @@ from birnn.engine.training import train
 from birnn.records import summary
 from birnn.schema.config import apply_schemas, validate
 from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.metrics import HEADLINE, MONITORS
 from birnn.studies import selection
 from birnn.studies.space import as_override, distribution, suggest
 
@@ -125,7 +126,7 @@ class Objective:
         if pruned.stopped:
             log.info("Trial %d pruned at epoch %d of %d.", trial.number, metrics["epochs"], cfg.trainer.epochs)
             raise optuna.TrialPruned()  # Optuna's own line for it is left out: not_optunas_pruned_line
-        trial.set_user_attr("test_accuracy", metrics["test_accuracy"])
+        trial.set_user_attr(HEADLINE, metrics[HEADLINE])
         return metrics[f"best_{cfg.trainer.monitor}"]
 
     def one_too_many(self, trial: optuna.Trial) -> bool:
@@ -153,9 +154,9 @@ def frozen(trial: optuna.Trial) -> FrozenTrial:
 
 
 class Pruning:
-    """``Run.on_evaluation`` for a trial: report each epoch's validation accuracy, stop when the pruner says."""
+    """``Run.on_evaluation`` for a trial: report each epoch's ``monitor`` score, stop when the pruner says."""
 
-    def __init__(self, trial: optuna.Trial, epochs: int, monitor: str = "val_accuracy"):
+    def __init__(self, trial: optuna.Trial, epochs: int, monitor: str = MONITORS[0]):
         self.trial, self.epochs, self.monitor, self.reported, self.stopped = trial, epochs, monitor, set(), False
 
     def __call__(self, history: list[dict]) -> bool:

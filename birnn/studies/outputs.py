@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from birnn.records import summary
 from birnn.records.callbacks import locked
 from birnn.schema.errors import first_line
+from birnn.schema.metrics import HEADLINE, MONITORS
 from birnn.studies.objective import SKIPPED
 from birnn.system.files import atomic_write
 
@@ -61,21 +62,21 @@ def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
         best = study.best_trial
         lines += [
             f"Best trial {best.number} ({best.user_attrs.get('run_dir')}): best validation accuracy "
-            f"{best.value:.4f}, test accuracy {best.user_attrs.get('test_accuracy', float('nan')):.4f} "
+            f"{best.value:.4f}, test accuracy {best.user_attrs.get(HEADLINE, float('nan')):.4f} "
             "(its tested checkpoint; test not used for selection).",
             "",
             "Best parameters: " + ", ".join(f"{k}={v}" for k, v in best.params.items()),
             "",
         ]
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    columns = ["trial", "state", *keys, "best_val_accuracy", "test_accuracy †", "epochs", "run dir", "retry of"]
+    columns = ["trial", "state", *keys, f"best_{MONITORS[0]}", f"{HEADLINE} †", "epochs", "run dir", "retry of"]
     rows = [
         [
             str(t.number),
             t.state.name,
             *(str(t.params.get(k, "")) for k in keys),
             f"{t.value:.4f}" if t.value is not None and not math.isnan(t.value) else "",
-            f"{t.user_attrs['test_accuracy']:.4f}" if "test_accuracy" in t.user_attrs else "",
+            f"{t.user_attrs[HEADLINE]:.4f}" if HEADLINE in t.user_attrs else "",
             str(t.user_attrs.get("epochs", "")),
             Path(t.user_attrs.get("run_dir", "")).name,
             retried(t),

@@ -14,6 +14,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
 from birnn.schema.errors import BirnnError, first_line
+from birnn.schema.metrics import direction
 from birnn.system.files import not_regular
 
 # the pip package of each database driver SQLAlchemy imports (by module name)
@@ -80,8 +81,9 @@ def connect_args(url: str) -> dict:
 
 
 def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Study:
-    """Create the study or load it; refuse one whose direction, search space or trial overrides differ."""
-    s = cfg.search
+    """Create the study or load it (its direction: ``trainer.monitor``'s); refuse one whose direction, search space
+    or trial overrides differ."""
+    s, monitor = cfg.search, cfg.trainer.monitor
     pruner_args = dict(s.pruners.get(s.pruner) or {})
     if s.pruner not in PRUNERS:
         raise BirnnError(f"search.pruner must be one of {', '.join(PRUNERS)}; got {s.pruner!r}")
@@ -95,7 +97,7 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
     # (workers on other machines sharing an RDB server keep the retries).
     try:
         with FileLock(study_dir / OPEN_LOCK, timeout=LOCK_TIMEOUT_S):
-            study = create_study(s, study_dir, sampler, pruner)
+            study = create_study(s, study_dir, sampler, pruner, direction(monitor))
     except Timeout:
         raise BirnnError(
             f"Another worker has been opening study {s.study_name!r} for {LOCK_TIMEOUT_S} s (it holds "
@@ -118,8 +120,8 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
         study.set_user_attr("trial_overrides", base)
         attrs = study.user_attrs
     problems = (
-        [f"direction {study.direction.name.lower()} (birnn maximizes validation accuracy)"]
-        if study.direction != optuna.study.StudyDirection.MAXIMIZE
+        [f"direction {study.direction.name.lower()} (birnn {direction(monitor)[:-1]}es {monitor})"]
+        if study.direction.name.lower() != direction(monitor)
         else []
     )
     if attrs["search_space"] != space:
@@ -135,9 +137,14 @@ def open_study(cfg: DictConfig, base: list[str], study_dir: Path) -> optuna.Stud
 
 
 def create_study(
-    s: DictConfig, study_dir: Path, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner
+    s: DictConfig,
+    study_dir: Path,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    goal: str,
 ) -> optuna.Study:
-    """Create or load the study; a failure is retried twice (workers on other machines may race to create it)."""
+    """Create or load the study (``goal``: maximize or minimize); a failure is retried twice (workers on other
+    machines may race to create it)."""
     for attempt in (1, 2, 3):
         try:
             return optuna.create_study(
@@ -145,7 +152,7 @@ def create_study(
                 storage=open_storage(s, study_dir),
                 sampler=sampler,
                 pruner=pruner,
-                direction="maximize",
+                direction=goal,
                 load_if_exists=True,
             )
         except BirnnError:

@@ -1,0 +1,317 @@
+"""The kind of target a model learns, in one place: everything that differs between a class per sequence and a class
+per step (a tagger, with or without a CRF).
+
+A kind (``Target``) says how many outputs the model gives and where (``outputs``, ``per_step``), which targets
+count, the summed loss, what is predicted from the outputs and how many predictions are right, the scores it reports
+beside loss and accuracy, whether a test pass is drawn, what ``birnn-evaluate`` reports, what ``birnn-predict``
+answers for an input and what ``birnn-export`` outputs. The loop (``birnn.engine.loop``), a run's evaluation and
+records (``birnn.engine.run``), restoring a model, ``birnn-evaluate``, ``birnn-predict`` and ``birnn-export`` ask
+it; which score judges a run and which way it is better is ``birnn.schema.metrics``'s. A new kind is one more class
+with the ``Target`` methods, chosen where ``for_classes`` chooses these (from the labels, ``Splits.target``, and
+from a checkpoint's data spec, ``Restored.target``). The scores of classes (scikit-learn's, seqeval's) are below.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from birnn.schema.errors import BirnnError
+from birnn.schema.metrics import HEADLINE
+
+IGNORE = -100  # the label of padded steps in per-step labels (cross_entropy's ignore_index)
+
+
+class Target(Protocol):
+    """What a kind of target decides. ``outputs``/``predictions``: the model's outputs (fp32) and what is predicted
+    from them, per sequence ``(batch, ...)`` or per step ``(batch, steps, ...)``; ``lengths``: valid steps per sample
+    (None: all); ``model``: the model that gave the outputs (a DDP wrapper or the model itself)."""
+
+    per_step: bool  # one target per step (the model outputs every step) rather than one per sequence
+    pictures: bool  # a test pass is drawn (birnn.records.tracking.pictures: confusion matrix, misclassified inputs)
+
+    @property
+    def outputs(self) -> int:
+        """The model's outputs per position: ``num_classes`` (the size of its head)."""
+
+    def count(self, y: Tensor) -> int:
+        """The targets in ``y`` that are scored (padded steps are not)."""
+
+    def loss_sum(self, model: nn.Module, outputs: Tensor, y: Tensor, lengths: Tensor | None) -> Tensor:
+        """The loss summed over the scored targets of a batch."""
+
+    def batch_mean(self, outputs: Tensor, y: Tensor) -> Tensor | None:
+        """The mean loss of a whole batch in one fused call, or None (the loop then weighs ``loss_sum``)."""
+
+    def predict(self, model: nn.Module, outputs: Tensor, lengths: Tensor | None) -> Tensor:
+        """What the model predicts, shaped like the targets (``IGNORE`` beyond a length)."""
+
+    def correct(self, predictions: Tensor, y: Tensor) -> Tensor:
+        """The number of right predictions among the scored targets (a device tensor: no sync)."""
+
+    def scores(self, y: Tensor, predictions: Tensor, monitor: str) -> dict[str, float]:
+        """The scores of a split reported beside its loss and accuracy, by name without the split (``f1``)."""
+
+    def report(self, y: Tensor, predictions: Tensor) -> dict:
+        """What ``birnn-evaluate`` reports of the test split beside its loss and accuracy."""
+
+    def headline(self, scores: dict) -> str:
+        """The test score in words, as logged at the end of a run."""
+
+    def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
+        """``birnn-predict``'s fields for each input of a batch (``label``: what its table prints; ``probability``
+        or None); ``tokens``: each input's words, for per-step targets of text."""
+
+    def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
+        """The names of an exported model's outputs (``unpacked``: the graph takes ``lengths``)."""
+
+    def export_difference(
+        self,
+        model: nn.Module,
+        exported: Tensor | tuple[Tensor, ...],
+        expected: Tensor,
+        lengths: Tensor | None,
+        out: Path,
+    ) -> float:
+        """The largest difference between an exported model's outputs and PyTorch's ``expected`` outputs where they
+        count; raises a BirnnError for outputs that must match exactly and do not."""
+
+    def exported(self, steps: int) -> str:
+        """An exported model's outputs in words, as ``birnn-export`` prints them."""
+
+
+def for_classes(classes: list[str], per_step: bool) -> Target:
+    """The kind of target of data with these ``classes``, one per step or one per sequence."""
+    return ClassPerStep(classes) if per_step else ClassPerSequence(classes)
+
+
+def per_step(y: Tensor) -> bool:
+    """Whether labels ``y`` hold one target per step ``(N, steps)`` rather than one per sequence ``(N,)``."""
+    return y.ndim == 2
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model behind a DistributedDataParallel wrapper (or itself)."""
+    return getattr(model, "module", model)
+
+
+def _full(lengths: Tensor | None, y: Tensor) -> Tensor:
+    """``lengths``, or every step of ``y`` (batch, steps) when None."""
+    return lengths if lengths is not None else torch.full((len(y),), y.shape[1], dtype=torch.int64)
+
+
+class Classes:
+    """What the kinds of class targets share: the class names, logits as outputs, accuracy as the score."""
+
+    per_step = False
+    pictures = True
+
+    def __init__(self, classes: list[str]):
+        self.classes = list(classes)
+
+    @property
+    def outputs(self) -> int:
+        return len(self.classes)
+
+    def correct(self, predictions: Tensor, y: Tensor) -> Tensor:
+        return ((predictions == y) & (y != IGNORE)).sum()
+
+    def headline(self, scores: dict) -> str:
+        return f"Test accuracy {scores[HEADLINE]:.4f} ({100 * scores[HEADLINE]:.2f}%)"
+
+    def per_class(self, y: Tensor, predictions: Tensor) -> dict:
+        """The classes, precision and recall of each, and the confusion matrix of labels ``y`` (N,)."""
+        return {
+            "classes": self.classes,
+            "per_class": per_class(y, predictions, self.classes),
+            "confusion_matrix": confusion_matrix(y, predictions, len(self.classes)).tolist(),
+        }
+
+    def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
+        return ["logits"]
+
+    def export_difference(
+        self,
+        model: nn.Module,
+        exported: Tensor | tuple[Tensor, ...],
+        expected: Tensor,
+        lengths: Tensor | None,
+        out: Path,
+    ) -> float:
+        return (exported - expected).abs().max().item()
+
+    def exported(self, steps: int) -> str:
+        return f"output logits (N, {len(self.classes)}); classes {', '.join(self.classes)}"
+
+
+class ClassPerSequence(Classes):
+    """One class per sequence: labels ``(N,)``, logits ``(batch, classes)``, cross-entropy; macro-F1 when it is
+    ``trainer.monitor``."""
+
+    def count(self, y: Tensor) -> int:
+        return len(y)
+
+    def loss_sum(self, model: nn.Module, outputs: Tensor, y: Tensor, lengths: Tensor | None) -> Tensor:
+        return F.cross_entropy(outputs, y, reduction="sum")
+
+    def batch_mean(self, outputs: Tensor, y: Tensor) -> Tensor | None:
+        return F.cross_entropy(outputs, y)
+
+    def predict(self, model: nn.Module, outputs: Tensor, lengths: Tensor | None) -> Tensor:
+        return outputs.argmax(1)
+
+    def scores(self, y: Tensor, predictions: Tensor, monitor: str) -> dict[str, float]:
+        return {"f1": macro_f1(y, predictions)} if monitor == "val_f1" else {}
+
+    def report(self, y: Tensor, predictions: Tensor) -> dict:
+        return {"test_samples": len(y), **self.per_class(y, predictions)}
+
+    def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
+        """The most probable class (index ``prediction``, name ``label``) and its softmax probability."""
+        probability, prediction = outputs.softmax(1).max(1)
+        return [
+            {"prediction": p, "label": self.classes[p], "probability": q}
+            for p, q in zip(prediction.tolist(), probability.tolist())
+        ]
+
+
+class ClassPerStep(Classes):
+    """One class (tag) per step: labels ``(N, steps)`` with ``IGNORE`` at padding, logits ``(batch, steps,
+    classes)``; cross-entropy over the valid steps, or the negative log-likelihood and the Viterbi path of the
+    model's linear-chain CRF (``model.crf``) when it has one. Scored per token: accuracy, macro-F1 over tags, and
+    span scores for BIO/BIOES tags. The test pass is not drawn."""
+
+    per_step = True
+    pictures = False
+
+    def count(self, y: Tensor) -> int:
+        return int((y != IGNORE).sum())
+
+    def loss_sum(self, model: nn.Module, outputs: Tensor, y: Tensor, lengths: Tensor | None) -> Tensor:
+        crf = getattr(_unwrapped(model), "crf", None)
+        if crf is not None:
+            return crf.nll(outputs, y, _full(lengths, y)).sum()
+        return F.cross_entropy(outputs.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+
+    def batch_mean(self, outputs: Tensor, y: Tensor) -> Tensor | None:
+        return None
+
+    def predict(self, model: nn.Module, outputs: Tensor, lengths: Tensor | None) -> Tensor:
+        crf = getattr(_unwrapped(model), "crf", None)
+        full = _full(lengths, outputs[..., 0])
+        if crf is not None:
+            return crf.decode(outputs, full)
+        steps = torch.arange(outputs.shape[1], device=outputs.device)
+        return outputs.argmax(-1).masked_fill(steps >= full.to(outputs.device).unsqueeze(1), IGNORE)
+
+    def scores(self, y: Tensor, predictions: Tensor, monitor: str) -> dict[str, float]:
+        return tag_scores(y, predictions, self.classes)
+
+    def report(self, y: Tensor, predictions: Tensor) -> dict:
+        """Span scores over the sequences, then per token (the valid steps of every sample)."""
+        tags = {f"test_{k}": v for k, v in tag_scores(y, predictions, self.classes).items()}
+        valid, tokens = y != IGNORE, self.count(y)
+        return {**tags, "test_samples": tokens, "test_tokens": tokens, **self.per_class(y[valid], predictions[valid])}
+
+    def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
+        """The tag of every step (``tags``); ``label``: each word with its tag, ``word/TAG ...``."""
+        answers = []
+        for path, words in zip(self.predict(model, outputs, None).tolist(), tokens):
+            tags = [self.classes[t] for t in path]
+            label = " ".join(f"{w}/{t}" for w, t in zip(words, tags))
+            answers.append({"tags": tags, "label": label, "probability": None})
+        return answers
+
+    def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
+        """The per-step logits, and with a CRF in an unpacked graph its Viterbi ``tags`` too."""
+        return ["logits", "tags"] if unpacked and getattr(model, "crf", None) is not None else ["logits"]
+
+    def export_difference(
+        self,
+        model: nn.Module,
+        exported: Tensor | tuple[Tensor, ...],
+        expected: Tensor,
+        lengths: Tensor | None,
+        out: Path,
+    ) -> float:
+        """The Viterbi tags must be the PyTorch model's exactly; the logits count at the valid steps only."""
+        if isinstance(exported, tuple):
+            exported, tags = exported
+            if not torch.equal(tags, model.crf.decode(expected, lengths)):
+                raise BirnnError(f"{out} gives other Viterbi tags than PyTorch's CRF.")
+        if lengths is not None:
+            valid = torch.arange(exported.shape[1]) < lengths.unsqueeze(1)
+            exported, expected = exported[valid], expected[valid]
+        return super().export_difference(model, exported, expected, lengths, out)
+
+    def exported(self, steps: int) -> str:
+        return f"output logits (N, {steps}, {len(self.classes)}) per step; classes {', '.join(self.classes)}"
+
+
+def confusion_matrix(y: Tensor, predictions: Tensor, num_classes: int) -> Tensor:
+    """Counts (num_classes, num_classes) on the CPU: row = true class, column = predicted class."""
+    from sklearn import metrics
+
+    return torch.from_numpy(metrics.confusion_matrix(y.cpu(), predictions.cpu(), labels=range(num_classes)))
+
+
+def per_class(y: Tensor, predictions: Tensor, classes: list[str]) -> list[dict]:
+    """Precision, recall and support per class; a score with nothing to divide by is None."""
+    from sklearn import metrics
+
+    precision, recall, _, support = metrics.precision_recall_fscore_support(
+        y.cpu(), predictions.cpu(), labels=range(len(classes)), zero_division=math.nan
+    )
+    return [
+        {
+            "class": name,
+            "precision": None if math.isnan(p) else float(p),
+            "recall": None if math.isnan(r) else float(r),
+            "support": int(s),
+        }
+        for name, p, r, s in zip(classes, precision, recall, support)
+    ]
+
+
+def macro_f1(y: Tensor, predictions: Tensor) -> float:
+    """Macro-averaged F1 over the classes present in ``y`` or ``predictions`` (valid labels only: ``y >= 0``)."""
+    from sklearn import metrics
+
+    valid = y >= 0
+    return float(metrics.f1_score(y[valid].cpu(), predictions[valid].cpu(), average="macro", zero_division=0))
+
+
+def span_scheme(classes: list[str]) -> str | None:
+    """``BIOES`` or ``IOB2`` when every tag name is ``O`` or ``B-``/``I-`` (/``E-``/``S-``) plus a type, else None."""
+    prefixes = {c.split("-", 1)[0] for c in classes if c != "O"}
+    if not prefixes or any("-" not in c for c in classes if c != "O") or "B" not in prefixes:
+        return None
+    if prefixes <= {"B", "I"}:
+        return "IOB2"
+    return "BIOES" if prefixes <= {"B", "I", "E", "S"} else None
+
+
+def tag_scores(y: Tensor, predictions: Tensor, classes: list[str]) -> dict[str, float]:
+    """Per-token macro-F1 and, for BIO/BIOES tags, span precision, recall and F1 (seqeval, strict matching)."""
+    scores = {"f1": macro_f1(y, predictions)}
+    scheme = span_scheme(classes)
+    if scheme is None:
+        return scores
+    from seqeval import metrics as spans
+    from seqeval.scheme import IOB2, IOBES
+
+    true, pred = [], []
+    for row_y, row_p in zip(y.cpu().tolist(), predictions.cpu().tolist()):
+        true.append([classes[t] for t in row_y if t >= 0])
+        pred.append([classes[p] if p >= 0 else "O" for t, p in zip(row_y, row_p) if t >= 0])
+    kwargs = {"mode": "strict", "scheme": IOBES if scheme == "BIOES" else IOB2, "zero_division": 0}
+    return scores | {
+        "span_precision": float(spans.precision_score(true, pred, **kwargs)),
+        "span_recall": float(spans.recall_score(true, pred, **kwargs)),
+        "span_f1": float(spans.f1_score(true, pred, **kwargs)),
+    }
