@@ -26,6 +26,7 @@ from birnn.engine import checkpoint, rundir
 from birnn.engine.loop import Stepper, correct, label_count, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
+from birnn.models import crf
 from birnn.models.rnn import build_model
 from birnn.records.scores import EvalResult, macro_f1, tag_scores
 from birnn.records.tracking import Trackers, provenance, write_metrics
@@ -60,6 +61,8 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
     model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
+    if isinstance(getattr(model, "crf", None), crf.CRF):  # decoding's BIO/BIOES constraints: model.crf_constraints
+        crf.configure(model.crf, cfg.model.get("crf_constraints", "auto"), data.classes, data.train_y)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
     optimizer = instantiate(cfg.optimizer, model.parameters())
