@@ -164,7 +164,7 @@ def test_auto_constraints_follow_the_gold_sequences(caplog):
     configure(forced, True, BIO, iob1)
     assert torch.equal(forced.allowed, on.allowed) and "1 of 2 training sequences break them" in caplog.text
     configure(none, "auto", ["NN", "VB"], torch.zeros(2, 3, dtype=torch.int64))
-    assert none.allowed.all() and "off (the tag names are not BIO/BIOES)" in caplog.text
+    assert none.allowed.all() and "off (the tag names are not BIO/BIOES: O, and B-X among" in caplog.text
     with pytest.raises(BirnnError, match="model.crf_constraints=true needs BIO or BIOES tag names"):
         configure(none, True, ["NN", "VB"], torch.zeros(2, 3, dtype=torch.int64))
     for bad in ("yes", 1):

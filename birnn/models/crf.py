@@ -185,7 +185,7 @@ def configure(crf: CRF, setting: str | bool, classes: Sequence[str], train_y: Te
                 "model.crf_constraints=true needs BIO or BIOES tag names (O, B-X, I-X, E-X, S-X); "
                 f"the tags are {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}"
             )
-        log.info("CRF constraints: off (the tag names are not BIO/BIOES)")
+        log.info("CRF constraints: off (the tag names are not BIO/BIOES: O, and B-X among B-, I-, E-, S- plus a type)")
         return
     scheme, broken = tag_scheme(classes), broken_sequences(train_y, *masks)
     if broken and setting == "auto":
