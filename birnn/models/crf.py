@@ -22,8 +22,9 @@ from birnn.schema.errors import BirnnError
 log = logging.getLogger("birnn")
 
 PAD_TAG = -100  # decoded tag at padded steps (the ignore index of per-step labels)
-# Smallest sum the forward algorithm takes the log of: a tag whose every way in is e^-87 below the best score and
-# the best incoming transition is floored there (it weighs under float32's precision in the total).
+# Smallest sum the forward algorithm takes the log of (float32's smallest normal, e^-87): a tag whose every way in
+# lies 87 nats below the step's best score plus its best incoming transition is floored there. Its error in log Z
+# is below e^(2 x the span of the transition scores - 87), under float32's precision while that span is under ~35.
 TINY = torch.finfo(torch.float32).tiny
 BUFFERS = ("allowed_start", "allowed_end", "allowed")  # the constraints, in the state dict (True: allowed)
 
