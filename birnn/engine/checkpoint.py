@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from birnn.engine import contents
+from birnn.models.crf import with_constraints
 from birnn.schema.errors import BirnnError, load_reason
 from birnn.system.files import atomic_write
 
@@ -156,7 +157,9 @@ def load_latest(
 
 
 def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> None:
-    """``load_state_dict`` with a message naming every missing, unexpected or mis-shaped tensor."""
+    """``load_state_dict`` with a message naming every missing, unexpected or mis-shaped tensor. A CRF's
+    decoding constraints missing from an older checkpoint allow everything (``birnn.models.crf``)."""
+    state_dict = with_constraints(model, state_dict)
     own = model.state_dict()
     problems = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"

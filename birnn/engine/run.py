@@ -27,6 +27,7 @@ from birnn.engine.loop import Stepper, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
 from birnn.engine.signals import Stopped
+from birnn.models import crf
 from birnn.models.rnn import build_model
 from birnn.records import baseline
 from birnn.records.scores import EvalResult
@@ -68,6 +69,8 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
         raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
     target = data.target
     model = build_model(cfg.model, data.input_size, target.outputs, None, data.vocab_size, target.per_step).to(device)
+    if isinstance(getattr(model, "crf", None), crf.CRF):  # decoding's BIO/BIOES constraints: model.crf_constraints
+        crf.configure(model.crf, cfg.model.get("crf_constraints", "auto"), data.classes, data.train_y)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
     optimizer = instantiate(cfg.optimizer, model.parameters())

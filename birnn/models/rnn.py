@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
-from birnn.models.crf import CRF
+from birnn.models.crf import CRF, check_setting
 from birnn.models.layers import pack
 from birnn.models.stem import ConvStem, check_stem
 from birnn.schema import trust
@@ -112,7 +112,8 @@ class RNNClassifier(nn.Module):
     Token data (``vocab_size`` given): int64 IDs ``(batch, steps)`` pass an ``nn.Embedding`` (``embedding.*``,
     padding ID 0) first. ``per_step``: the head reads every step and the logits are ``(batch, steps,
     num_classes)`` (readouts do not apply); ``crf`` adds a linear-chain CRF (``crf.*``) that the training loss
-    and the decoding use (``birnn.engine.loop``).
+    and the decoding use (``birnn.engine.loop``); ``crf_constraints`` (auto, true, false) says whether its decoding
+    follows the BIO/BIOES rules of the tag names, which the training run sets (``birnn.models.crf.configure``).
 
     ``stem="conv"``: a learned patch embedding (``birnn.models.stem``, ``stem.*``) reads the steps (after the
     embedding, if any) first; the recurrence then runs over ``ceil(steps / stem_stride)`` steps of
@@ -132,6 +133,7 @@ class RNNClassifier(nn.Module):
         cell: str = "lstm",
         embedding_dim: int = 64,
         crf: bool = False,
+        crf_constraints: str | bool = "auto",
         vocab_size: int | None = None,
         per_step: bool = False,
         stem: str = "none",
@@ -144,6 +146,9 @@ class RNNClassifier(nn.Module):
         check_stem(stem, stem_kernel, stem_stride, stem_channels, MAX_WIDTH, per_step)
         if crf and not per_step:
             raise BirnnError("model.crf=true needs per-step labels (data=tagged, or arrays with y of shape (N, steps))")
+        check_setting(crf_constraints)
+        if crf_constraints is True and not crf:
+            raise BirnnError("model.crf_constraints=true needs model.crf=true: the constraints are the CRF's")
         if vocab_size is not None and not 0 < embedding_dim <= MAX_WIDTH:
             raise BirnnError(f"model.embedding_dim must be in 1..{MAX_WIDTH}, got {embedding_dim}")
         if per_step and (readout != "last" or not backward_shortcut):

@@ -89,6 +89,9 @@ class ModelConfig:
     cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
     embedding_dim: int = 64  # token data only: the nn.Embedding (padding ID 0) in front of the recurrence
     crf: bool = False  # per-step labels only: a linear-chain CRF on the per-step scores (birnn/models/crf.py)
+    # auto | true | false: the CRF decodes only valid BIO/BIOES sequences (no I-X after O); auto: when the tag names
+    # are BIO/BIOES and every gold sequence of the training split obeys the rules (IOB1 files do not)
+    crf_constraints: Any = "auto"
     # none | conv: a learned patch embedding before the recurrence (birnn/models/stem.py): Conv1d-LayerNorm-GELU,
     # ceil(steps / stem_stride) steps of stem_channels features; after data.patch's reshaping if both are set
     stem: str = "none"
