@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from birnn.data.pipeline import IGNORE
+from birnn.data.targets import ClassPerStep
 from birnn.engine.loop import Stepper
 from birnn.models.rnn import RNNClassifier
 from birnn.system.allocator import tune_allocator
@@ -103,7 +104,8 @@ def main() -> None:
             per_step=True,
             crf=crf,
         )
-        steppers[crf] = Stepper(model, torch.optim.Adam(model.parameters(), lr=2e-3), torch.device("cpu"))
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+        steppers[crf] = Stepper(model, ClassPerStep([str(t) for t in range(args.tags)]), optimizer, torch.device("cpu"))
     times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for round_ in range(args.rounds + 1):
         for crf, stepper in steppers.items():

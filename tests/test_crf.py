@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from birnn import export, predict
+from birnn.data.targets import span_scheme
 from birnn.engine import checkpoint
 from birnn.engine.restore import restore
 from birnn.engine.run import build
 from birnn.models.crf import CRF, allowed_transitions, broken_sequences, configure, tag_scheme
 from birnn.models.rnn import RNNClassifier
 from birnn.models.unpacked import Unpacked
-from birnn.records.scores import span_scheme
 from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import make_cfg

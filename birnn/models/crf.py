@@ -119,7 +119,7 @@ def _mask(emissions: Tensor, lengths: Tensor) -> Tensor:
 
 def tag_scheme(classes: Sequence[str]) -> str | None:
     """``BIOES`` or ``IOB2`` when every tag name is ``O`` or ``B-``/``I-`` (/``E-``/``S-``) plus a type, else None
-    (the rule of span scoring, ``birnn.records.scores.span_scheme``)."""
+    (the rule of span scoring, ``birnn.data.targets.span_scheme``)."""
     prefixes = {c.split("-", 1)[0] for c in classes if c != "O"}
     if not prefixes or any("-" not in c for c in classes if c != "O") or "B" not in prefixes:
         return None
