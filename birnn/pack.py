@@ -33,6 +33,11 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
         raise BirnnError(f"Cannot compose the data config from {list(overrides)}: {first_line(e)}") from None
     if cfg.data._target_ == "birnn.data.load_packed":
         raise BirnnError("data=packed is already a pack; copy the directory instead")
+    if cfg.data.get("vectors"):
+        raise BirnnError(
+            "data.vectors: a pack does not hold pretrained vectors yet; train from the files (data=text or "
+            "data=tagged) to use them"
+        )
     return packed.pack_splits(load_source(cfg.data), out, overwrite)
 
 

@@ -75,6 +75,7 @@ class Splits:
     ``vocab_size``: set for token data, whose inputs are int64 token IDs ``(N, steps)`` (0 = padding).
     ``tokenizer``: the text tokenizer as a JSON string (``birnn.data.tokenize``), None for other data. Labels
     ``(N, steps)`` instead of ``(N,)`` are one tag per step (``IGNORE`` at padding): ``per_step``.
+    ``word_vectors`` and ``trained_vocab``: pretrained word vectors (``birnn.data.vectors``) for the model's embedding.
     """
 
     train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
@@ -93,6 +94,8 @@ class Splits:
     raw_shape: tuple[int, int] | None = None
     vocab_size: int | None = None
     tokenizer: str | None = None
+    word_vectors: Tensor | None = None  # data.vectors: (vocab_size, dim) pretrained rows, NaN where a token has none
+    trained_vocab: int | None = None  # data.vectors: token IDs below this train, the rest are frozen pretrained words
 
     @property
     def input_size(self) -> int:
@@ -392,6 +395,7 @@ def spec(splits: Splits) -> dict:
         "vocab_size": splits.vocab_size,
         "tokenizer": splits.tokenizer,
         "per_step": splits.per_step,
+        **({"trained_vocab": splits.trained_vocab} if splits.trained_vocab is not None else {}),
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }
 

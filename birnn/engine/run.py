@@ -22,10 +22,12 @@ from omegaconf import DictConfig
 
 from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
+from birnn.data.vectors import resolve_embedding_dim
 from birnn.engine import checkpoint, rundir
 from birnn.engine.loop import Stepper, correct, label_count, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
+from birnn.models.embedding import load_vectors
 from birnn.models.rnn import build_model
 from birnn.records.scores import EvalResult, macro_f1, tag_scores
 from birnn.records.tracking import Trackers, provenance, write_metrics
@@ -58,8 +60,13 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     """
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
+    resolve_embedding_dim(cfg.model, cfg.data)
     data = load_data(cfg.data, device)
-    model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step).to(device)
+    frozen = data.vocab_size - data.trained_vocab if data.trained_vocab is not None else 0
+    model = build_model(cfg.model, data.input_size, data.num_classes, None, data.vocab_size, data.per_step, frozen)
+    model = model.to(device)
+    if data.word_vectors is not None:
+        load_vectors(model, data.word_vectors)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)
     optimizer = instantiate(cfg.optimizer, model.parameters())
@@ -97,6 +104,7 @@ class Run:
         self.device = dist.place(setup_device(cfg.device, cfg.trainer.precision))
         cfg.trainer.precision = effective_precision(cfg.trainer.precision, self.device)
         dist.check_batch(cfg.data.batch_size)
+        resolve_embedding_dim(cfg.model, cfg.data)  # as the checkpoint's config holds it
         resumed = self._resume_point()
         if resumed:
             check_resumable(cfg, resumed[0]["config"])
