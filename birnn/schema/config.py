@@ -548,8 +548,9 @@ def upgrade(stored: dict) -> dict:
     """A checkpoint's config from an earlier birnn in today's form (to compare on resume, after ``typed``, which
     renames old homes).
 
-    A model without ``_target_`` is birnn's RNNClassifier (``embedding_dim`` 64 if unset). The old ``scheduler.name`` switch becomes today's
-    component where the saved schedule state fits it (none, onecycle); the old cosine (a ``LambdaLR``) does not.
+    A model without ``_target_`` is birnn's RNNClassifier (``embedding_dim`` 64 if unset). The old
+    ``scheduler.name`` switch becomes today's component where the saved schedule state fits it (none, onecycle);
+    the old cosine (a ``LambdaLR``) does not.
     """
     model = {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}
     if RENAMED.get(model["_target_"], model["_target_"]) == RNN_CLASSIFIER:
