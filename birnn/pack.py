@@ -42,6 +42,11 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
         raise BirnnError("data=packed is already a pack; copy the directory instead")
     settings = carried.recorded(*(OmegaConf.to_container(c) for c in (alone, without)))
     fields = {carried.FIELD: settings, carried.SOURCE: f"data={option}"} if settings else {}
+    if cfg.data.get("vectors"):
+        raise BirnnError(
+            "data.vectors: a pack does not hold pretrained vectors yet; train from the files (data=text or "
+            "data=tagged) to use them"
+        )
     return packed.pack_splits(load_source(cfg.data), out, overwrite, fields)
 
 

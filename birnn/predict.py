@@ -233,7 +233,12 @@ def predict_texts(
         raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
     tok, kind = tokenize.from_json(restored.tokenizer), restored.target
     embedding = getattr(restored.model, "embedding", None)
-    rows = embedding.num_embeddings if isinstance(embedding, torch.nn.Embedding) else restored.spec.get("vocab_size")
+    pretrained = getattr(restored.model, "pretrained", None)  # data.vectors' words beyond the trained rows
+    rows = (
+        embedding.num_embeddings + (0 if pretrained is None else len(pretrained))
+        if isinstance(embedding, torch.nn.Embedding)
+        else restored.spec.get("vocab_size")
+    )
     if rows is not None and tok.size > rows:
         raise BirnnError(
             f"{checkpoint}: its tokenizer makes {tok.size} token IDs, but the model embeds only {rows}: refused"

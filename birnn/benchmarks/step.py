@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from birnn.data.pipeline import IDX_FILES, IGNORE, Splits, load_data, num_batches, shuffled_batches
+from birnn.data.vectors import resolve_embedding_dim
 from birnn.engine.loop import eval_pass as birnn_eval_pass
 from birnn.engine.run import build
 from birnn.schema.config import CONFIG_DIR as CONF
@@ -155,6 +156,7 @@ def mean_tokens(splits: Splits) -> tuple[float, float] | None:
 def token_reference(cfg: DictConfig, splits: Splits, device: torch.device) -> Contender:
     """``TutorialTagger`` in the tutorial's loop (``DataLoader`` shuffling, Adam) at the config's width, batch, lr."""
     torch.manual_seed(cfg.seed)
+    resolve_embedding_dim(cfg.model, cfg.data)
     m = cfg.model
     classes = splits.num_classes
     model = TutorialTagger(splits.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, classes, splits.per_step)

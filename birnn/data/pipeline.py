@@ -78,6 +78,7 @@ class Splits:
     ``(N, steps)`` instead of ``(N,)`` are one tag per step (``IGNORE`` at padding): ``per_step``.
     ``fingerprint``: a SHA-256 of the data's content (``content_fingerprint``; a pack's comes from its manifest),
     recorded in checkpoints so that a resume on other data is refused; None when not computed.
+    ``word_vectors`` and ``trained_vocab``: pretrained word vectors (``birnn.data.vectors``) for the model's embedding.
     """
 
     train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
@@ -97,6 +98,8 @@ class Splits:
     vocab_size: int | None = None
     tokenizer: str | None = None
     fingerprint: str | None = None
+    word_vectors: Tensor | None = None  # data.vectors: (vocab_size, dim) pretrained rows, NaN where a token has none
+    trained_vocab: int | None = None  # data.vectors: token IDs below this train, the rest are frozen pretrained words
 
     @property
     def input_size(self) -> int:
@@ -458,6 +461,7 @@ def spec(splits: Splits) -> dict:
         "tokenizer": splits.tokenizer,
         "per_step": splits.per_step,
         "fingerprint": splits.fingerprint,
+        **({"trained_vocab": splits.trained_vocab} if splits.trained_vocab is not None else {}),
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }
 

@@ -21,6 +21,7 @@ import torch
 from birnn.data import tokenize
 from birnn.data.pipeline import IGNORE, Splits
 from birnn.data.text import check_test_fraction, padded
+from birnn.data.vectors import fitted_table, read_vectors
 from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
 from birnn.system.files import lines as text_lines
@@ -120,6 +121,8 @@ def load_tagged(
     signature_suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
     fitted: str | None = None,
     fitted_classes: Sequence[str] | None = None,
+    vectors: str | None = None,
+    vectors_format: str = "auto",
 ) -> Splits:
     """The tagged sentences in ``path`` (and ``test_path``) as token IDs and per-step tags; ``root``/``download``
     are unused. A checkpoint's tokenizer and tags (``fitted``, ``fitted_classes``) with a ``test_path``: the
@@ -146,11 +149,20 @@ def load_tagged(
             f"{long.where}: a sentence of {len(long.tokens)} tokens, longer than data.max_length={max_length} "
             "(tagging never truncates: raise data.max_length or set it to null)"
         )
+    pretrained = read_vectors(vectors, vectors_format) if vectors and not fitted else None
     tok = (
         tokenize.from_json(fitted)
         if fitted
         else tokenize.fit(
-            (s.tokens for s in train), "word", vocab_size, min_freq, lowercase, False, unknown, signature_suffixes
+            (s.tokens for s in train),
+            "word",
+            vocab_size,
+            min_freq,
+            lowercase,
+            False,
+            unknown,
+            signature_suffixes,
+            pretrained,
         )
     )
     classes = sorted({t for s in (*train, *test) for t in s.tags})  # the tag set (a rare tag may be test-only)
@@ -178,4 +190,8 @@ def load_tagged(
         kind="text",
         vocab_size=tok.size,
         tokenizer=tok.to_json(),
+        word_vectors=None
+        if pretrained is None
+        else fitted_table(tok.vocab, pretrained, (t for s in train for t in s.tokens)),
+        trained_vocab=tok.trained,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -20,6 +20,7 @@ import torch
 
 from birnn.data import tokenize
 from birnn.data.pipeline import Splits
+from birnn.data.vectors import fitted_table, read_vectors
 from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
 from birnn.system.files import loads_json, not_regular, read_text, text_stream
@@ -182,6 +183,8 @@ def load_text(
     signature_suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
     fitted: str | None = None,
     fitted_classes: Sequence[str] | None = None,
+    vectors: str | None = None,
+    vectors_format: str = "auto",
 ) -> Splits:
     """The texts in ``path`` (and ``test_path``) as token IDs; ``root``/``download`` are unused. A checkpoint's
     tokenizer and classes (``fitted``, ``fitted_classes``) with a ``test_path``: the training texts are not read
@@ -200,10 +203,13 @@ def load_text(
         texts, labels = [texts[i] for i in train], [labels[i] for i in train]
     if max_length is not None and max_length < 1:
         raise BirnnError(f"data.max_length must be a positive number of tokens or null, got {max_length}")
+    pretrained = read_vectors(vectors, vectors_format) if vectors and not fitted else None
     tok = (
         tokenize.from_json(fitted)
         if fitted
-        else tokenize.fit(texts, tokenizer, vocab_size, min_freq, lowercase, True, unknown, signature_suffixes)
+        else tokenize.fit(
+            texts, tokenizer, vocab_size, min_freq, lowercase, True, unknown, signature_suffixes, pretrained
+        )
     )
     tok.max_length = max_length  # kept with the tokenizer: predict --text cuts raw text the same way
     classes = list(fitted_classes) if fitted_classes is not None else sorted(set(labels))
@@ -228,4 +234,10 @@ def load_text(
         kind="text",
         vocab_size=tok.size,
         tokenizer=tok.to_json(),
+        word_vectors=None if pretrained is None else fitted_table(tok.vocab, pretrained, _words(tok, texts)),
+        trained_vocab=tok.trained,
     )
+
+
+def _words(tok: tokenize.Tokenizer, texts: list[str]) -> Iterator[str]:
+    return (t for text in texts for t in tok.split(text))

@@ -14,16 +14,22 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
 from birnn.system.files import loads_json
 
+if TYPE_CHECKING:
+    from birnn.data.vectors import Vectors
+
 PAD, UNK = "<pad>", "<unk>"
 KINDS = ("char", "word", "bpe")
 WORD = re.compile(r"\w+|[^\w\s]")  # a run of letters/digits, or one punctuation mark
-MAX_JSON_CHARS = 64 * 2**20  # a stored tokenizer beyond 64 MiB is not one birnn wrote
-MAX_VOCAB = 2_000_000  # token IDs a tokenizer holds: fit refuses more, from_json too (the same limit at both ends)
+MAX_JSON_CHARS = 128 * 2**20  # a stored tokenizer beyond 128 MiB is not one birnn wrote
+# token IDs a tokenizer holds (with data.vectors, up to 4 M pretrained words beside the training ones): fit refuses
+# more, from_json too (the same limit at both ends)
+MAX_VOCAB = 6_000_000
 MAX_TOKEN_CHARS = 1_000  # characters of one vocabulary entry: likewise
 UNKNOWN = ("unk", "signature")
 MAX_SUFFIXES, MAX_SUFFIX_CHARS = 100, 20
@@ -81,6 +87,9 @@ class Tokenizer:
     unknown: str = "unk"  # unk | signature: what a word outside the vocabulary becomes
     suffixes: list[str] = field(default_factory=list)  # the signatures' suffixes (unknown=signature)
     max_length: int | None = None  # a text's IDs are cut to this many (data.max_length of data=text)
+    # data.vectors: IDs below this are the training split's tokens (their embeddings train); the rest are words only
+    # the pretrained vectors hold (frozen). None: every ID trains.
+    trained: int | None = None
 
     def __post_init__(self) -> None:
         self._ids = {t: i for i, t in enumerate(self.vocab)}
@@ -128,14 +137,14 @@ class Tokenizer:
 
     def ids(self, tokens: Iterable[str]) -> list[int]:
         """IDs of already split tokens; unknown ones are ``<unk>``, or their signature's if the vocabulary has it."""
-        if self.unknown == "unk":
-            return [self._ids.get(t, 1) for t in self.cased(tokens)]
         tokens = list(tokens)
-        cased = self.cased(tokens)
-        return [
-            self._ids[c] if c in self._ids else self._ids.get(signature(t, self.suffixes), 1)
-            for t, c in zip(tokens, cased)
-        ]
+        fallback = [1] * len(tokens)
+        if self.unknown == "signature":
+            fallback = [self._ids.get(signature(t, self.suffixes), 1) for t in tokens]
+        if self.trained is None:
+            return [self._ids.get(c, f) for c, f in zip(self.cased(tokens), fallback)]
+        # pretrained words: looked up as written, then lower-cased (GloVe's words are lower-case)
+        return [self._ids.get(c, self._ids.get(c.lower(), f)) for c, f in zip(self.cased(tokens), fallback)]
 
     def to_json(self) -> str:
         data = {"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab, "bpe": self.bpe}
@@ -143,6 +152,8 @@ class Tokenizer:
             data |= {"unknown": self.unknown, "suffixes": self.suffixes}
         if self.max_length is not None:  # nor one that keeps texts whole
             data |= {"max_length": self.max_length}
+        if self.trained is not None:  # nor one without pretrained vectors
+            data |= {"trained": self.trained}
         return json.dumps(data)
 
 
@@ -155,11 +166,15 @@ def fit(
     split: bool = True,
     unknown: str = "unk",
     suffixes: Sequence[str] = SIGNATURE_SUFFIXES,
+    vectors: Vectors | None = None,
 ) -> Tokenizer:
     """A tokenizer fitted on ``texts`` (the training split only): the ``vocab_size`` most frequent tokens seen at
     least ``min_freq`` times (ties by first appearance), ``<pad>`` and ``<unk>`` included. ``split`` False: each
     item of ``texts`` is a list of tokens already. ``unknown="signature"``: then the signatures of the training words
-    left out (rarer than ``min_freq`` or beyond ``vocab_size``), most frequent first, on top of ``vocab_size``."""
+    left out (rarer than ``min_freq`` or beyond ``vocab_size``), most frequent first, on top of ``vocab_size``.
+
+    ``vectors`` (word tokenizers): a token with a pretrained vector is kept however rare; after the training
+    tokens (``trained`` of them) come the vectors' other words, so that a word training never saw keeps its vector."""
     if kind not in KINDS:
         raise BirnnError(f"data.tokenizer must be one of {', '.join(KINDS)}; got {kind!r}")
     if vocab_size is not None and not 3 <= vocab_size <= MAX_VOCAB:
@@ -176,7 +191,8 @@ def fit(
     counts: Counter[str] = Counter()
     for token, n in surface.items():  # first appearances stay in order: ties keep breaking the same way
         counts[token.lower() if lowercase else token] += n
-    kept = [t for t, n in counts.most_common() if n >= min_freq and t not in (PAD, UNK)]
+    has_vector = (lambda t: vectors.lookup(t) is not None) if vectors is not None else (lambda t: False)
+    kept = [t for t, n in counts.most_common() if (n >= min_freq or has_vector(t)) and t not in (PAD, UNK)]
     vocab = [PAD, UNK, *kept[: None if vocab_size is None else vocab_size - 2]]
     if unknown == "signature":
         known = set(vocab)
@@ -185,8 +201,18 @@ def fit(
             if (token.lower() if lowercase else token) not in known:
                 left_out[signature(token, suffixes)] += n
         vocab += [s for s, _ in left_out.most_common() if s not in known]
+    trained = None
+    if vectors is not None:
+        if kind != "word":
+            raise BirnnError(f"data.vectors needs the word tokenizer (data.tokenizer=word), not {kind}")
+        trained, known = len(vocab), set(vocab)
+        for word in vectors.words:  # most frequent first, as vectors files are ordered
+            key = word.lower() if lowercase else word
+            if key not in known:
+                known.add(key)
+                vocab.append(key)
     check_fitted(vocab, min_freq)
-    return Tokenizer(kind, lowercase, vocab, unknown=unknown, suffixes=suffixes)
+    return Tokenizer(kind, lowercase, vocab, unknown=unknown, suffixes=suffixes, trained=trained)
 
 
 def check_fitted(vocab: list[str], min_freq: int) -> None:
@@ -194,14 +220,14 @@ def check_fitted(vocab: list[str], min_freq: int) -> None:
     more than ``MAX_VOCAB`` tokens, or one longer than ``MAX_TOKEN_CHARS`` characters."""
     if len(vocab) > MAX_VOCAB:
         raise BirnnError(
-            f"the training texts hold {len(vocab)} distinct tokens seen at least data.min_freq={min_freq} times "
-            f"(signatures included), more than a tokenizer holds ({MAX_VOCAB}): set data.vocab_size or raise "
-            "data.min_freq"
+            f"the vocabulary holds {len(vocab)} tokens (those seen at least data.min_freq={min_freq} times, "
+            f"signatures and data.vectors' words included), more than a tokenizer holds ({MAX_VOCAB}): set "
+            "data.vocab_size or raise data.min_freq"
         )
     long = next((t for t in vocab if len(t) > MAX_TOKEN_CHARS), None)
     if long is not None:
         raise BirnnError(
-            f"the training texts hold a token of {len(long)} characters ({long[:20]!r}...), longer than a tokenizer "
+            f"the vocabulary holds a token of {len(long)} characters ({long[:20]!r}...), longer than a tokenizer "
             f"holds ({MAX_TOKEN_CHARS}): clean the texts, or raise data.min_freq (or lower data.vocab_size) to leave "
             "rare tokens out"
         )
@@ -251,7 +277,12 @@ def from_json(text: object) -> Tokenizer:
     max_length = data.get("max_length")  # absent: stored before it was kept, or texts kept whole
     if max_length is not None and (type(max_length) is not int or max_length < 1):
         raise BirnnError(f"the stored tokenizer's max_length must be a positive integer or absent, got {max_length!r}")
-    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe, unknown, suffixes, max_length)
+    trained = data.get("trained")  # absent: stored without pretrained vectors
+    if trained is not None and (type(trained) is not int or not 2 <= trained <= len(vocab) or data["kind"] != "word"):
+        raise BirnnError(
+            f"the stored tokenizer's trained count must be in 2..{len(vocab)} (word kind), got {trained!r}"
+        )
+    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe, unknown, suffixes, max_length, trained)
     if tokenizer.size > MAX_VOCAB:
         raise BirnnError(f"the stored BPE tokenizer has {tokenizer.size} tokens (at most {MAX_VOCAB}): refused")
     return tokenizer

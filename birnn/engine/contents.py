@@ -120,9 +120,15 @@ DATA = Record(
         "tokenizer": maybe(TEXT),  # JSON, checked by birnn.data.tokenize.from_json where it is used
         "per_step": FLAG,
         "samples": mapping(integer(0)),  # per split
-        "fingerprint": maybe(TEXT),  # SHA-256 of the training data's content (birnn.data.pipeline.fingerprint)
+        "fingerprint": maybe(TEXT),
+        "trained_vocab": integer(
+            2
+        ),  # data.vectors: token IDs below it train, the rest are frozen pretrained words  # SHA-256 of the training data's content (birnn.data.pipeline.fingerprint)
     },
-    checks=(("normalization must be {mean, std}: lists of input_shape[1] numbers each, std > 0", _statistics),),
+    checks=(
+        ("normalization must be {mean, std}: lists of input_shape[1] numbers each, std > 0", _statistics),
+        ("trained_vocab must be at most vocab_size", lambda d: d.get("trained_vocab", 0) <= (d.get("vocab_size") or 0)),
+    ),
     what="the data spec",
 )
 

@@ -171,6 +171,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
         allow,
         vocab_size,
         target.per_step,
+        vocab_size - spec["trained_vocab"] if spec.get("trained_vocab") is not None else 0,
     )
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])

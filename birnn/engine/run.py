@@ -22,12 +22,14 @@ from omegaconf import DictConfig
 
 from birnn.data.pipeline import Batch, Splits, load_data, num_batches, shuffled_batches, subset
 from birnn.data.pipeline import spec as data_spec
+from birnn.data.vectors import resolve_embedding_dim
 from birnn.engine import checkpoint, rundir
 from birnn.engine.loop import Stepper, loss_and_predictions
 from birnn.engine.resume import Progress, check_resumable, check_same_data, check_state
 from birnn.engine.schedule import build_scheduler
 from birnn.engine.signals import Stopped
 from birnn.models import crf
+from birnn.models.embedding import load_vectors
 from birnn.models.rnn import build_model
 from birnn.records import baseline
 from birnn.records.scores import EvalResult
@@ -63,12 +65,17 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     """
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
+    resolve_embedding_dim(cfg.model, cfg.data)
     data = load_data(cfg.data, device, fingerprint=True)
     empty = [s for s in ("train", "test", "val") if (y := getattr(data, f"{s}_y")) is not None and not len(y)]
     if empty:
         raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
     target = data.target
-    model = build_model(cfg.model, data.input_size, target.outputs, None, data.vocab_size, target.per_step).to(device)
+    frozen = data.vocab_size - data.trained_vocab if data.trained_vocab is not None else 0
+    model = build_model(cfg.model, data.input_size, target.outputs, None, data.vocab_size, target.per_step, frozen)
+    model = model.to(device)
+    if data.word_vectors is not None:
+        load_vectors(model, data.word_vectors)
     if isinstance(getattr(model, "crf", None), crf.CRF):  # decoding's BIO/BIOES constraints: model.crf_constraints
         crf.configure(model.crf, cfg.model.get("crf_constraints", "auto"), data.classes, data.train_y)
     if dist.rank:
@@ -116,6 +123,7 @@ class Run:
         self.device = dist.place(setup_device(cfg.device, cfg.trainer.precision))
         cfg.trainer.precision = effective_precision(cfg.trainer.precision, self.device)
         dist.check_batch(cfg.data.batch_size)
+        resolve_embedding_dim(cfg.model, cfg.data)  # as the checkpoint's config holds it
         resumed = self._resume_point()
         if resumed:
             check_resumable(cfg, resumed[0]["config"])

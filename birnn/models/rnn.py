@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
 from birnn.models.crf import CRF, check_setting
+from birnn.models.embedding import embed
 from birnn.models.layers import pack
 from birnn.models.stem import ConvStem, check_stem
 from birnn.schema import trust
@@ -110,10 +111,12 @@ class RNNClassifier(nn.Module):
     model (``lstm.*``, ``fc.*``); a GRU's are ``gru.*``.
 
     Token data (``vocab_size`` given): int64 IDs ``(batch, steps)`` pass an ``nn.Embedding`` (``embedding.*``,
-    padding ID 0) first. ``per_step``: the head reads every step and the logits are ``(batch, steps,
-    num_classes)`` (readouts do not apply); ``crf`` adds a linear-chain CRF (``crf.*``) that the training loss
-    and the decoding use (``birnn.engine.loop``); ``crf_constraints`` (auto, true, false) says whether its decoding
-    follows the BIO/BIOES rules of the tag names, which the training run sets (``birnn.models.crf.configure``).
+    padding ID 0) first; with ``frozen_words`` the last IDs are pretrained words read from the ``pretrained`` buffer
+    (``birnn.models.embedding``); ``freeze_embeddings``: the embedding does not train. ``per_step``: the head reads
+    every step and the logits are ``(batch, steps, num_classes)`` (readouts do not apply); ``crf`` adds a
+    linear-chain CRF (``crf.*``) that the training loss and the decoding use (``birnn.engine.loop``);
+    ``crf_constraints`` (auto, true, false) says whether its decoding follows the BIO/BIOES rules of the tag names,
+    which the training run sets (``birnn.models.crf.configure``).
 
     ``stem="conv"``: a learned patch embedding (``birnn.models.stem``, ``stem.*``) reads the steps (after the
     embedding, if any) first; the recurrence then runs over ``ceil(steps / stem_stride)`` steps of
@@ -131,7 +134,7 @@ class RNNClassifier(nn.Module):
         readout: str = "last",
         backward_shortcut: bool = True,
         cell: str = "lstm",
-        embedding_dim: int = 64,
+        embedding_dim: int | None = 64,
         crf: bool = False,
         crf_constraints: str | bool = "auto",
         vocab_size: int | None = None,
@@ -140,8 +143,11 @@ class RNNClassifier(nn.Module):
         stem_kernel: int = 8,
         stem_stride: int = 4,
         stem_channels: int = 64,
+        freeze_embeddings: bool = False,
+        frozen_words: int = 0,
     ):
         super().__init__()
+        embedding_dim = embedding_dim or 64
         check_options(hidden_size, num_layers, dropout, readout, cell)
         check_stem(stem, stem_kernel, stem_stride, stem_channels, MAX_WIDTH, per_step)
         if crf and not per_step:
@@ -155,7 +161,10 @@ class RNNClassifier(nn.Module):
             log.warning("model.readout and model.backward_shortcut do not apply to per-step labels: every step is read")
         self.readout, self.cell, self.per_step = readout, cell, per_step
         if vocab_size is not None:
-            self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+            self.embedding = nn.Embedding(vocab_size - frozen_words, embedding_dim, padding_idx=0)
+            self.embedding.weight.requires_grad_(not freeze_embeddings)
+            if frozen_words:  # pretrained words outside the training split: a buffer, so no optimizer state
+                self.register_buffer("pretrained", torch.zeros(frozen_words, embedding_dim))
             input_size = embedding_dim
         if stem == "conv":
             self.stem = ConvStem(input_size, stem_channels, stem_kernel, stem_stride)
@@ -182,7 +191,7 @@ class RNNClassifier(nn.Module):
         if lengths is not None and not len(lengths):
             lengths = None  # an empty batch (a process's share of DDP's last batch) has nothing to pack
         if hasattr(self, "embedding"):
-            x = self.embedding(x)
+            x = embed(x, self.embedding, getattr(self, "pretrained", None))
         if hasattr(self, "stem"):
             x, lengths = self.stem(x, lengths)
         if self._last_step is not None:
@@ -253,6 +262,7 @@ def build_model(
     allow: Iterable[str] | None = None,
     vocab_size: int | None = None,
     per_step: bool = False,
+    frozen_words: int = 0,
 ) -> nn.Module:
     """The model ``cfg`` (the ``model`` node) names: ``cfg._target_(input_size=..., num_classes=..., **keys)``.
 
@@ -269,6 +279,7 @@ def build_model(
         "num_classes": num_classes,
         **({"vocab_size": vocab_size} if vocab_size is not None else {}),
         **({"per_step": True} if per_step else {}),
+        **({"frozen_words": frozen_words} if frozen_words else {}),
     }
     try:
         if allow is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from birnn.models.embedding import embed
 from birnn.models.rnn import CELLS, RNNClassifier
 
 
@@ -43,6 +44,7 @@ class Unpacked(nn.Module):
         super().__init__()
         rnn = model.rnn
         self.embedding = getattr(model, "embedding", None)
+        self.pretrained = getattr(model, "pretrained", None)  # a buffer of the model: exported with the graph
         self.stem = getattr(model, "stem", None)
         self.fc, self.readout, self.per_step = model.fc, model.readout, model.per_step
         self.crf = getattr(model, "crf", None)
@@ -54,7 +56,7 @@ class Unpacked(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """Logits; a tagger with a CRF also gives its Viterbi tags (batch, steps), -100 past each length."""
         if self.embedding is not None:
-            x = self.embedding(x)
+            x = embed(x, self.embedding, self.pretrained)
         if self.stem is not None:
             x, lengths = self.stem(x, lengths)
         for i, forward_layer in enumerate(self.forward_layers):

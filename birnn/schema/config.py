@@ -87,7 +87,9 @@ class ModelConfig:
         True  # readout=last: the last layer's backward direction runs over the final step only (exact, faster)
     )
     cell: str = "lstm"  # lstm | gru (model=bigru): the recurrent module is nn.LSTM / nn.GRU
-    embedding_dim: int = 64  # token data only: the nn.Embedding (padding ID 0) in front of the recurrence
+    # token data only: the nn.Embedding (padding ID 0) in front of the recurrence; null: 64, or data.vectors' dimension
+    embedding_dim: int | None = None
+    freeze_embeddings: bool = False  # token data: the embeddings do not train (with data.vectors: keep the vectors)
     crf: bool = False  # per-step labels only: a linear-chain CRF on the per-step scores (birnn/models/crf.py)
     # auto | true | false: the CRF decodes only valid BIO/BIOES sequences (no I-X after O); auto: when the tag names
     # are BIO/BIOES and every gold sequence of the training split obeys the rules (IOB1 files do not)
@@ -187,6 +189,10 @@ class TextDataConfig(DataConfig):
     signature_suffixes: list[str] = field(default_factory=lambda: [*SIGNATURE_SUFFIXES])  # the endings it may carry
     max_length: int | None = None  # longer texts are truncated to this many tokens (one warning counts them)
     batch_size: int = 32
+    # pretrained word vectors (birnn/data/vectors.py): a GloVe, word2vec (text or binary) or fastText .vec file, also
+    # .gz; a word with a vector keeps it however rare, and words only the vectors know keep theirs at predict time
+    vectors: str | None = None
+    vectors_format: str = "auto"  # auto (from the file) | glove | word2vec | word2vec_binary | fasttext
 
 
 @dataclass
@@ -209,6 +215,10 @@ class TaggedDataConfig(DataConfig):
     signature_suffixes: list[str] = field(default_factory=lambda: [*SIGNATURE_SUFFIXES])  # the endings it may carry
     max_length: int | None = None  # a longer sentence is refused (naming file and line): tags are never truncated
     batch_size: int = 32
+    # pretrained word vectors (birnn/data/vectors.py): a GloVe, word2vec (text or binary) or fastText .vec file, also
+    # .gz; a word with a vector keeps it however rare, and words only the vectors know keep theirs at predict time
+    vectors: str | None = None
+    vectors_format: str = "auto"  # auto (from the file) | glove | word2vec | word2vec_binary | fasttext
 
 
 def data_schema(schema: type = DataConfig) -> DictConfig:
@@ -549,10 +559,14 @@ def upgrade(stored: dict) -> dict:
     """A checkpoint's config from an earlier birnn in today's form (to compare on resume, after ``typed``, which
     renames old homes).
 
-    A model without ``_target_`` is birnn's RNNClassifier. The old ``scheduler.name`` switch becomes today's
-    component where the saved schedule state fits it (none, onecycle); the old cosine (a ``LambdaLR``) does not.
+    A model without ``_target_`` is birnn's RNNClassifier (``embedding_dim`` 64 if unset). The old
+    ``scheduler.name`` switch becomes today's component where the saved schedule state fits it (none, onecycle);
+    the old cosine (a ``LambdaLR``) does not.
     """
-    stored = {**stored, "model": {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}}
+    model = {"_target_": RNN_CLASSIFIER, **stored.get("model", {})}
+    if RENAMED.get(model["_target_"], model["_target_"]) == RNN_CLASSIFIER:
+        model.setdefault("embedding_dim", 64)  # its width before the key existed (and before null meant "follow")
+    stored = {**stored, "model": model}
     old = stored.get("scheduler") or {}
     if "name" not in old:
         return stored

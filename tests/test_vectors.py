@@ -1,0 +1,198 @@
+"""Pretrained word vectors (data.vectors): every file format, bad files, the vocabulary's precedence, and a tagger
+that keeps the vectors of words it never saw in training at predict and export time."""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gensim")
+
+from gensim.models import KeyedVectors
+
+from birnn.data import tokenize
+from birnn.data.vectors import MAX_WORDS, dimension, read_vectors
+from birnn.engine.restore import restore
+from birnn.models.embedding import embed
+from birnn.schema.errors import BirnnError
+from birnn.train import train
+from conftest import make_cfg, run_cli
+
+WORDS = ["the", "jury", "dog", "cat", "said", "Paris"]
+MATRIX = np.arange(len(WORDS) * 4, dtype=np.float32).reshape(-1, 4) / 10 - 1
+
+
+def glove_lines(words=WORDS, matrix=MATRIX) -> str:
+    return "".join(f"{w} {' '.join(f'{v:g}' for v in row)}\n" for w, row in zip(words, matrix))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    """The same vectors in every format birnn reads."""
+    glove = tmp_path / "glove.txt"
+    glove.write_text(glove_lines())
+    word2vec = tmp_path / "w2v.txt"
+    word2vec.write_text(f"{len(WORDS)} 4\n" + glove_lines())
+    fasttext = tmp_path / "cc.vec"
+    fasttext.write_text(f"{len(WORDS)} 4\n" + glove_lines())
+    binary = tmp_path / "w2v.bin"
+    KeyedVectors.load_word2vec_format(str(word2vec)).save_word2vec_format(str(binary), binary=True)
+    gz = tmp_path / "glove.txt.gz"
+    gz.write_bytes(gzip.compress(glove.read_bytes()))
+    return {"glove": glove, "word2vec": word2vec, "fasttext": fasttext, "word2vec_binary": binary, "gzip": gz}
+
+
+@pytest.mark.parametrize("kind", ["glove", "word2vec", "fasttext", "word2vec_binary", "gzip"])
+def test_every_format_reads_the_same_vectors(files, kind):
+    vectors = read_vectors(files[kind])
+    assert vectors.words == WORDS
+    np.testing.assert_allclose(vectors.matrix, MATRIX, rtol=1e-6)
+    assert dimension(files[kind]) == 4
+    if kind != "gzip":  # the explicit format gives the same
+        explicit = "word2vec" if kind == "fasttext" else kind
+        assert read_vectors(files[kind], explicit).words == WORDS
+
+
+def test_lookup_as_written_then_lower_cased(files):
+    vectors = read_vectors(files["glove"])
+    assert vectors.lookup("The") == 0 and vectors.lookup("paris") == 5 and vectors.lookup("PARIS") == 5
+    assert vectors.lookup("zebra") is None
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (glove_lines() + "bad 0.1 0.2\n", "line 7: 2 values where the vectors have 4"),
+        (glove_lines() + "bad 0.1 x 0.3 0.4\n", "line 7: not a word and its numbers"),
+        (glove_lines() + "bad 0.1 nan 0.3 0.4\n", "line 7 ('bad'): a value is NaN or infinite"),
+        ("7 4\n" + glove_lines(), "is not a word2vec vectors file"),  # the header counts more words than it holds
+        ("3 4\nthe 1 2 3\n", "line 2: 3 values where the vectors have 4"),
+        (f"{MAX_WORDS + 1} 4\n" + glove_lines(), f"at most {MAX_WORDS} of 1000): refused"),
+        ("", "is empty"),
+    ],
+)
+def test_a_bad_file_is_one_error_naming_file_and_line(tmp_path, content, message):
+    path = tmp_path / "v.txt"
+    path.write_text(content)
+    with pytest.raises(BirnnError, match=f"v.txt.*{message.replace('(', '.').replace(')', '.')}"):
+        read_vectors(path)
+
+
+def test_a_fifo_or_a_folder_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(BirnnError, match="not a regular file"):
+            read_vectors(path)
+    with pytest.raises(BirnnError, match="no such file"):
+        read_vectors(tmp_path / "missing.txt")
+
+
+def test_a_word_with_a_vector_is_kept_however_rare_and_unseen_words_follow(files):
+    vectors = read_vectors(files["glove"])
+    sentences = [["The", "jury", "said"]] * 3 + [["a", "dog"]]  # dog and a: seen once
+    tok = tokenize.fit(sentences, "word", min_freq=2, lowercase=True, split=False, vectors=vectors)
+    assert tok.vocab[: tok.trained] == ["<pad>", "<unk>", "the", "jury", "said", "dog"]  # 'a' (no vector) is <unk>
+    assert tok.vocab[tok.trained :] == ["cat", "paris"]  # only the vectors know these
+    ids = tok.ids(["a", "Cat", "Paris", "zebra"])
+    assert ids == [1, tok.trained, tok.trained + 1, 1]
+    again = tokenize.from_json(tok.to_json())
+    assert again.trained == tok.trained and again.ids(["Cat"]) == [tok.trained]
+
+
+CONLL = "".join(
+    f"{w}\t{t}\n" + ("\n" if w == "." else "")
+    for w, t in [("The", "at"), ("jury", "nn"), ("said", "vbd"), (".", ".")] * 3
+)
+
+
+@pytest.fixture
+def tagged(tmp_path: Path, files) -> tuple[Path, Path, Path]:
+    train_file, test_file = tmp_path / "train.conll", tmp_path / "test.conll"
+    train_file.write_text(CONLL * 5)
+    test_file.write_text("The\tat\ncat\tnn\nsaid\tvbd\n.\t.\n\n")
+    return train_file, test_file, files["glove"]
+
+
+def tagger_cfg(train_file: Path, test_file: Path, vectors: Path, *more: str):
+    return make_cfg(
+        "data=tagged",
+        f"data.path={train_file}",
+        f"data.test_path={test_file}",
+        f"data.vectors={vectors}",
+        "device=cpu",
+        "device.num_threads=1",
+        "model.hidden_size=8",
+        "trainer.max_steps=3",
+        "trainer.log_images=false",
+        *more,
+    )
+
+
+def test_a_tagger_keeps_the_vectors_of_words_training_never_saw(tmp_path, tagged):
+    train_file, test_file, glove = tagged
+    cfg = tagger_cfg(train_file, test_file, glove, "model.freeze_embeddings=true")
+    train(cfg, tmp_path / "run")
+    assert cfg.model.embedding_dim == 4  # null follows the vectors
+    restored = restore(tmp_path / "run" / "checkpoints" / "last.pt")
+    tok = tokenize.from_json(restored.tokenizer)
+    model = restored.model
+    assert model.embedding.num_embeddings == tok.trained and len(model.pretrained) == tok.size - tok.trained
+    words = ["The", "jury", "cat", "Paris"]  # cat and Paris: never in the training split
+    ids = tok.ids(words)
+    assert ids[2] >= tok.trained and ids[3] >= tok.trained
+    vectors = embed(torch.tensor([ids]), model.embedding, model.pretrained)[0]
+    expected = torch.from_numpy(MATRIX[[0, 1, 3, 5]])
+    torch.testing.assert_close(vectors, expected)  # frozen: every word is its vector, seen or not
+    optimizer = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    shapes = [tuple(s["exp_avg"].shape) for s in optimizer["state"].values()]
+    assert all(shape[0] != len(model.pretrained) for shape in shapes if len(shape) == 2 and shape[1] == 4)
+
+
+def test_trained_embeddings_start_from_the_vectors_and_predict_export_resume_work(tmp_path, tagged):
+    train_file, test_file, glove = tagged
+    run_dir = tmp_path / "run"
+    common = [
+        "data=tagged",
+        f"data.path={train_file}",
+        f"data.test_path={test_file}",
+        f"data.vectors={glove}",
+        "device=cpu",
+        "model.hidden_size=8",
+        "trainer.log_images=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    first = run_cli(*common, "trainer.max_steps=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "data.vectors cover 45 of 60 training tokens (75.0%), 3 of 4 distinct words" in first.stdout
+    resumed = run_cli(*common, "trainer.max_steps=4", cwd=tmp_path)  # the resolved embedding_dim matches
+    assert resumed.returncode == 0, resumed.stderr
+    ckpt = str(run_dir / "checkpoints" / "last.pt")
+    predicted = run_cli(ckpt, "--text", "The cat said .", cwd=tmp_path, module="birnn.predict")
+    assert predicted.returncode == 0, predicted.stderr
+    assert "cat/" in predicted.stdout
+    pytest.importorskip("onnxruntime")
+    exported = run_cli(ckpt, cwd=tmp_path, module="birnn.export")  # checks the graph against PyTorch on random IDs
+    assert exported.returncode == 0, exported.stderr
+
+
+def test_an_explicit_other_embedding_dim_is_refused(tmp_path, tagged):
+    train_file, test_file, glove = tagged
+    with pytest.raises(BirnnError, match="model.embedding_dim=16 but data.vectors=.* holds vectors of 4 dimensions"):
+        train(tagger_cfg(train_file, test_file, glove, "model.embedding_dim=16"), tmp_path / "run")
+
+
+def test_a_pack_refuses_vectors(tmp_path, tagged):
+    train_file, _, glove = tagged
+    done = run_cli(
+        str(tmp_path / "pack"),
+        "data=tagged",
+        f"data.path={train_file}",
+        f"data.vectors={glove}",
+        cwd=tmp_path,
+        module="birnn.pack",
+    )
+    assert done.returncode != 0 and "error: data.vectors: a pack does not hold pretrained vectors" in done.stderr
