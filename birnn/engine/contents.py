@@ -120,10 +120,8 @@ DATA = Record(
         "tokenizer": maybe(TEXT),  # JSON, checked by birnn.data.tokenize.from_json where it is used
         "per_step": FLAG,
         "samples": mapping(integer(0)),  # per split
-        "fingerprint": maybe(TEXT),
-        "trained_vocab": integer(
-            2
-        ),  # data.vectors: token IDs below it train, the rest are frozen pretrained words  # SHA-256 of the training data's content (birnn.data.pipeline.fingerprint)
+        "fingerprint": maybe(TEXT),  # SHA-256 of the training data's content (birnn.data.pipeline.fingerprint)
+        "trained_vocab": integer(2),  # data.vectors: token IDs below it train, the rest are frozen pretrained words
     },
     checks=(
         ("normalization must be {mean, std}: lists of input_shape[1] numbers each, std > 0", _statistics),
