@@ -27,7 +27,7 @@ def test_what_fit_accepts_from_json_loads_and_no_more(monkeypatch):
     words = [" ".join(f"w{i}" for i in range(8))]
     fitted = tokenize.fit(words)
     assert fitted.size == 10 and tokenize.from_json(fitted.to_json()).vocab == fitted.vocab
-    with pytest.raises(BirnnError, match=r"hold 11 distinct tokens .* more than a tokenizer holds \(10\)"):
+    with pytest.raises(BirnnError, match=r"the vocabulary holds 11 tokens .* more than a tokenizer holds \(10\)"):
         tokenize.fit([" ".join(f"w{i}" for i in range(9))])
     with pytest.raises(BirnnError, match=r"data.vocab_size must be in 3..10"):
         tokenize.fit(words, vocab_size=11)
