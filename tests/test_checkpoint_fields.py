@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,3 +92,22 @@ def test_old_checkpoints_still_pass_the_schema():
     for path in sorted(fixtures.glob("*.pt")):
         state = checkpoint.load(path, unverified=True)
         assert state["progress"]["global_step"] == 45
+
+
+def test_deeply_nested_checkpoint_is_one_error_line(trained, tmp_path):
+    """Lists nested 3,000 deep (anywhere, here in ``provenance``) were a RecursionError in the checksum."""
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    nested: list = []
+    for _ in range(3000):
+        nested = [nested]
+    state["provenance"]["x"] = nested
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # the attacker's own digest and torch.save
+    try:
+        ckpt = write_checkpoint(state, tmp_path / "crafted.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    proc = run_cli(str(ckpt), "--out", "e.json", cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
+    assert "nested over" in proc.stderr
