@@ -159,7 +159,7 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         exported, tags = exported
         if not torch.equal(tags, crf.decode(expected, inputs[1])):
             raise BirnnError(f"{out} gives other Viterbi tags than PyTorch's CRF.")
-    if exported.ndim == 3:  # per-step scores: the valid steps only
+    if exported.ndim == 3 and len(inputs) == 2:  # per-step scores of variable-length data: the valid steps only
         valid = torch.arange(exported.shape[1]) < inputs[1].unsqueeze(1)
         exported, expected = exported[valid], expected[valid]
     difference = (exported - expected).abs().max().item()

@@ -13,7 +13,8 @@ light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from 
 ``.npy`` file is one sample ``(steps, features)`` as the data gives it; a ``.ts`` file (the UCR/UEA archive
 format) holds many series, each one input whose record carries its ``index``. Inputs are standardized with
 the checkpoint's statistics when it was trained with ``data.normalize``, then read k steps at a time when it
-was trained with ``data.patch=k``: give the series exactly as the data holds them.
+was trained with ``data.patch=k``: give the series exactly as the data holds them. A model trained on one label
+per step (``data=arrays`` with ``y`` of shape ``(N, steps)``) gives a tag per step (``tags``; ``label``: the tags).
 """
 
 from __future__ import annotations
@@ -204,16 +205,22 @@ def predict(
         if restored.normalization:
             inputs = [standardize(x, restored.normalization) for x in inputs]
         inputs = [patch(x[None], restored.patch)[0] for x in inputs]
-        logits = torch.empty(len(inputs), len(restored.classes))
+        logits: list[torch.Tensor] = [torch.empty(0)] * len(inputs)  # per input: (classes) or (steps, classes)
+        model = restored.model.to(target)
         with torch.inference_mode():
             for shape in {x.shape for x in inputs}:  # one batch per length (variable-length data)
                 index = [i for i, x in enumerate(inputs) if x.shape == shape]
                 batch = torch.stack([inputs[i] for i in index]).to(target)
-                logits[index] = restored.model.to(target)(batch).float().cpu()
-        probability, prediction = logits.softmax(1).max(1)
+                for i, out in zip(index, model(batch).float().cpu()):
+                    logits[i] = out
         ok = (r for r in results if "error" not in r)
-        for r, p, q in zip(ok, prediction.tolist(), probability.tolist()):
-            r.update(prediction=p, label=restored.classes[p], probability=q)
+        for r, out in zip(ok, logits):
+            if restored.spec.get("per_step"):  # a tag per step (arrays with per-step labels)
+                tags = [restored.classes[t] for t in predicted(model, out[None], None, per_step=True)[0].tolist()]
+                r.update(tags=tags, label=" ".join(tags), probability=None)
+            else:
+                probability, prediction = out.softmax(0).max(0)
+                r.update(prediction=int(prediction), label=restored.classes[prediction], probability=float(probability))
     return results
 
 
