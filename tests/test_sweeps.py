@@ -139,6 +139,9 @@ def test_event_files_hold_hparams_with_final_metrics(lr_sweep):
         ("- !!python/object/apply:os.system ['touch pwned']\n", "could not determine a constructor for the tag"),
         ("optimizer.lr: 0.1\n", "not a list of override strings"),
         ("- 'optimizer.lr=(('\n", "mismatched input"),
+        ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("- optimizer.lr=range(0,1000)\n", "optimizer.lr=range(0,1000) is a sweep, not one job's value"),
+        ("- optimizer.lr=0.1,0.2\n", "optimizer.lr=0.1,0.2 is a sweep, not one job's value"),
     ],
 )
 def test_a_crafted_overrides_record_is_one_error_line(tmp_path, monkeypatch, capsys, record, reason):

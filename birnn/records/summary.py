@@ -101,10 +101,17 @@ def read_overrides(run_dir: Path) -> list:
     that is not one (a YAML tag, a damaged file) is one line naming the file. YAML is read safely: nothing is built."""
     path = run_dir / ".hydra" / "overrides.yaml"
     try:
-        overrides = yaml.safe_load(read_text(path, MAX_RECORD_BYTES))
+        try:
+            overrides = yaml.safe_load(read_text(path, MAX_RECORD_BYTES))
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise ValueError("nested too deeply") from None
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             raise ValueError("not a list of override strings")
-        return OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        sweep = next((o.input_line for o in parsed if o.is_sweep_override()), None)
+        if sweep is not None:
+            raise ValueError(f"{sweep} is a sweep, not one job's value")
+        return parsed
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, HydraException) as e:
         first = " ".join(str(e).split("\n")[0].split())
         raise BirnnError(f"{path} is not a Hydra overrides record: {first}") from None
