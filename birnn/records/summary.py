@@ -262,7 +262,9 @@ class Summary:
             row: dict[str, Any] = dict(zip(others, values)) | {count: len(members)}
             for m in (m for m in self.metric_columns if m not in EPOCHS):
                 xs = [v for job in members if (v := number(job.metrics.get(m))) is not None]
-                row[m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else None
+                finite = all(map(math.isfinite, xs))  # statistics.stdev fails on nan and inf (AttributeError)
+                spread = (statistics.stdev(xs) if finite else math.nan) if len(xs) > 1 else 0.0
+                row[m] = (statistics.fmean(xs), spread) if xs else None
             rows.append(row)
         sign = 1 if lower_is_better(self.metric) else -1
         return sorted(rows, key=lambda r: sign * r[self.metric][0] if r[self.metric] else math.inf)
