@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from birnn.engine import checkpoint
 from birnn.train import train
@@ -37,6 +38,10 @@ def _no_lr(state: dict) -> None:
 
 def _no_group_lr(state: dict) -> None:
     del state["optimizer"]["param_groups"][0]["lr"]
+
+
+def _moment_of_another_shape(state: dict) -> None:
+    state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)  # Adam took it, then failed at its first step
 
 
 def _empty_data(state: dict) -> None:
@@ -111,3 +116,18 @@ def test_deeply_nested_checkpoint_is_one_error_line(trained, tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
     assert "nested over" in proc.stderr
+
+
+def test_an_optimizer_moment_of_another_shape_is_one_error_line_on_resume(trained, tmp_path):
+    """Adam's ``load_state_dict`` takes a moment of any shape; the first step then failed with a traceback."""
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    _moment_of_another_shape(state)
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    (run_dir / "checkpoints" / "previous.pt").unlink()
+    write_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+    proc = run_cli(*RUN, "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "optimizer state that does not fit" in error[0], proc.stderr
+    assert "exp_avg is a torch.float32 tensor of shape (3,)" in error[0], error[0]

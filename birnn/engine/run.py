@@ -40,6 +40,23 @@ from birnn.system.files import read_json
 log = logging.getLogger("birnn.train")
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError unless each per-parameter state tensor of Adam, AdamW or SGD (moments, momentum) has its parameter's
+    shape and dtype: ``load_state_dict`` takes any, and a crafted one failed at the first step with a traceback.
+    Other optimizers' states may be factored (Adafactor's), so they are left to the optimizer."""
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)):
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                fits = (value.shape, value.dtype) == (p.shape, p.dtype) if isinstance(value, torch.Tensor) else True
+                if not fits and value.ndim > 0:
+                    raise ValueError(
+                        f"{name} is a {value.dtype} tensor of shape {tuple(value.shape)} for a {p.dtype} parameter of "
+                        f"shape {tuple(p.shape)}"
+                    )
+
+
 @dataclass
 class Setup:
     """Everything a run trains with, built from the config."""
@@ -157,6 +174,8 @@ class Run:
                 continue
             try:
                 part.load_state_dict(state[key])
+                if part is self.optimizer:
+                    check_optimizer_state(part)
             except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a crafted state torch cannot take
                 raise BirnnError(f"{path} holds a {key} state that does not fit this run's {key}: {e}") from None
         rng = state["rng"]
