@@ -67,6 +67,7 @@ CASES = [
     ("resume", _set("progress", "epoch", "x"), "progress.epoch must be an integer >= 0, not str 'x'"),
     ("resume", _set("rng", "shuffle", "x"), "rng.shuffle must be a 5056 torch.uint8 tensor, not str 'x'"),
     ("resume", _no_group_lr, r"optimizer.param_groups\[0\].lr is missing"),
+    ("resume", _set("progress", "step_in_epoch", 10**9), "progress.step_in_epoch 1000000000 is beyond"),  # a hang
 ]
 
 

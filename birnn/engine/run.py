@@ -194,6 +194,12 @@ class Run:
                 torch.cuda.set_rng_state(mine["cuda"][0], self.device)
         self.shuffle.set_state(rng["shuffle"])
         self.progress = Progress(**state["progress"])
+        if not self.progress.step_in_epoch <= min(self.steps_per_epoch, self.progress.global_step):
+            raise BirnnError(  # beyond the epoch's last batch, no step ends the epoch: training would spin forever
+                f"{path} is not a usable birnn checkpoint (crafted or damaged): progress.step_in_epoch "
+                f"{self.progress.step_in_epoch} is beyond this run's {self.steps_per_epoch} steps per epoch or its "
+                f"global_step {self.progress.global_step}."
+            )
         patience = self.cfg.trainer.early_stopping_patience
         done = (
             self.progress.epoch >= self.cfg.trainer.epochs
