@@ -68,6 +68,7 @@ CASES = [
     ("resume", _set("rng", "shuffle", "x"), "rng.shuffle must be a 5056 torch.uint8 tensor, not str 'x'"),
     ("resume", _no_group_lr, r"optimizer.param_groups\[0\].lr is missing"),
     ("resume", _set("progress", "step_in_epoch", 10**9), "progress.step_in_epoch 1000000000 is beyond"),  # a hang
+    ("resume", _set("rng", "shuffle", torch.zeros(5056, dtype=torch.uint8)), "rng: Invalid mt19937 state"),
 ]
 
 

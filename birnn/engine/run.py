@@ -187,12 +187,15 @@ class Run:
                 len(ranks),
                 self.dist.world_size,
             )
-        if self.dist.rank < len(ranks):
-            mine = ranks[self.dist.rank]
-            torch.set_rng_state(mine["torch"])
-            if self.device.type == "cuda" and mine["cuda"]:
-                torch.cuda.set_rng_state(mine["cuda"][0], self.device)
-        self.shuffle.set_state(rng["shuffle"])
+        try:  # the schema checks each state's size and dtype; torch checks its content (a crafted one: RuntimeError)
+            if self.dist.rank < len(ranks):
+                mine = ranks[self.dist.rank]
+                torch.set_rng_state(mine["torch"])
+                if self.device.type == "cuda" and mine["cuda"]:
+                    torch.cuda.set_rng_state(mine["cuda"][0], self.device)
+            self.shuffle.set_state(rng["shuffle"])
+        except RuntimeError as e:
+            raise BirnnError(f"{path} is not a usable birnn checkpoint (crafted or damaged): rng: {e}") from None
         self.progress = Progress(**state["progress"])
         if not self.progress.step_in_epoch <= min(self.steps_per_epoch, self.progress.global_step):
             raise BirnnError(  # beyond the epoch's last batch, no step ends the epoch: training would spin forever
