@@ -336,3 +336,15 @@ def test_a_per_step_model_of_fixed_length_arrays_exports_and_predicts(tmp_path, 
     with torch.inference_mode():
         expected = restore(ckpt).model(torch.from_numpy(x[40:41]))[0].argmax(-1).tolist()
     assert result["tags"] == [str(t) for t in expected] and result["label"] == " ".join(result["tags"])
+
+
+def test_evaluating_a_per_step_model_on_per_sample_labels_is_one_error(tmp_path):
+    """A model trained on labels (N, steps), evaluated on a file with labels (N,): a RuntimeError from the loss."""
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 6, 3), dtype=np.float32)
+    y = (x[..., 0] > 0.5).astype(np.int64)
+    np.savez(tmp_path / "steps.npz", x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    np.savez(tmp_path / "whole.npz", x_train=x[:32], y_train=y[:32, 0], x_test=x[32:], y_test=y[32:, 0])
+    train(make_cfg(*FAST, f"data.path={tmp_path / 'steps.npz'}", "trainer.max_steps=2"), tmp_path / "run")
+    with pytest.raises(BirnnError, match=r"gives per_step False \(the model's: True\): not what the model reads"):
+        evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", [f"data.path={tmp_path}/whole.npz"])
