@@ -55,7 +55,7 @@ def evaluate_checkpoint(
     now = spec(data)
     changed = [
         f"{k} {now[k]} (the model's: {restored.spec[k]})"
-        for k in ("features", "vocab_size")
+        for k in ("features", "vocab_size", "per_step")
         if k in restored.spec and restored.spec[k] != now[k]
     ]
     if changed:

@@ -13,7 +13,8 @@ light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from 
 ``.npy`` file is one sample ``(steps, features)`` as the data gives it; a ``.ts`` file (the UCR/UEA archive
 format) holds many series, each one input whose record carries its ``index``. Inputs are standardized with
 the checkpoint's statistics when it was trained with ``data.normalize``, then read k steps at a time when it
-was trained with ``data.patch=k``: give the series exactly as the data holds them.
+was trained with ``data.patch=k``: give the series exactly as the data holds them. A model trained on one label
+per step (``data=arrays`` with ``y`` of shape ``(N, steps)``) gives a tag per step (``tags``; ``label``: the tags).
 """
 
 from __future__ import annotations
@@ -203,16 +204,17 @@ def predict(
         if restored.normalization:
             inputs = [standardize(x, restored.normalization) for x in inputs]
         inputs = [patch(x[None], restored.patch)[0] for x in inputs]
-        kind = restored.target
-        logits = torch.empty(len(inputs), kind.outputs)
+        kind, model = restored.target, restored.model.to(target)
+        outputs: list[torch.Tensor] = [torch.empty(0)] * len(inputs)  # per input: (classes) or (steps, classes)
         with torch.inference_mode():
             for shape in {x.shape for x in inputs}:  # one batch per length (variable-length data)
                 index = [i for i, x in enumerate(inputs) if x.shape == shape]
                 batch = torch.stack([inputs[i] for i in index]).to(target)
-                logits[index] = restored.model.to(target)(batch).float().cpu()
+                for i, out in zip(index, model(batch).float().cpu()):
+                    outputs[i] = out
         ok = (r for r in results if "error" not in r)
-        for r, answer in zip(ok, kind.answers(restored.model, logits)):
-            r.update(answer)
+        for r, out in zip(ok, outputs):
+            r.update(kind.answers(model, out[None])[0])
     return results
 
 

@@ -7,6 +7,10 @@ It is a plain CLI: it creates no run dir. The summaries themselves are ``birnn.r
 
 from __future__ import annotations
 
+from birnn.schema.importpath import drop_cwd
+
+drop_cwd(__name__)  # python -m put the working directory first on sys.path: off it, before anything imports
+
 import argparse
 import os
 import sys

@@ -179,7 +179,7 @@ def sweep_record_kept(argv: list[str]) -> Iterator[None]:
     kept: dict[Path, bytes] = {}
     for key, _, value in (a.partition("=") for a in argv[1:]):
         path = Path(value) / SWEEP_RECORD
-        if key == "hydra.sweep.dir" and path.is_file() and path.stat().st_size <= MAX_SWEEP_RECORD:
+        if key.lstrip("+") == "hydra.sweep.dir" and path.is_file() and path.stat().st_size <= MAX_SWEEP_RECORD:
             kept[path] = path.read_bytes()
     try:
         yield

@@ -314,3 +314,37 @@ def test_export_bakes_the_standardization_in(normalized_run, capsys):
     with torch.inference_mode():
         expected = restored.model(normalize.apply(raw, restored.normalization))
     torch.testing.assert_close(program(raw), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_per_step_model_of_fixed_length_arrays_exports_and_predicts(tmp_path, capsys):
+    """Labels (N, steps) on float arrays without lengths: export's check of per-step scores wanted lengths
+    (IndexError), predict wrote (steps, classes) scores into one row per file (RuntimeError)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 6, 3), dtype=np.float32)
+    y = (x[..., 0] > 0.5).astype(np.int64)  # one label per step
+    path = tmp_path / "steps.npz"
+    np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    run = tmp_path / "run"
+    train(make_cfg(*FAST, f"data.path={path}", "trainer.max_steps=2"), run)
+    ckpt = run / "checkpoints" / "last.pt"
+    np.save(tmp_path / "one.npy", x[40])
+    export.main([str(ckpt), "--out", str(tmp_path / "m.onnx")])
+    assert (tmp_path / "m.onnx").is_file()
+    capsys.readouterr()
+    predict.main([str(ckpt), str(tmp_path / "one.npy"), "--json"])
+    (result,) = json.loads(capsys.readouterr().out)
+    with torch.inference_mode():
+        expected = restore(ckpt).model(torch.from_numpy(x[40:41]))[0].argmax(-1).tolist()
+    assert result["tags"] == [str(t) for t in expected] and result["label"] == " ".join(result["tags"])
+
+
+def test_evaluating_a_per_step_model_on_per_sample_labels_is_one_error(tmp_path):
+    """A model trained on labels (N, steps), evaluated on a file with labels (N,): a RuntimeError from the loss."""
+    rng = np.random.default_rng(0)
+    x = rng.random((48, 6, 3), dtype=np.float32)
+    y = (x[..., 0] > 0.5).astype(np.int64)
+    np.savez(tmp_path / "steps.npz", x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    np.savez(tmp_path / "whole.npz", x_train=x[:32], y_train=y[:32, 0], x_test=x[32:], y_test=y[32:, 0])
+    train(make_cfg(*FAST, f"data.path={tmp_path / 'steps.npz'}", "trainer.max_steps=2"), tmp_path / "run")
+    with pytest.raises(BirnnError, match=r"gives per_step False \(the model's: True\): not what the model reads"):
+        evaluate.evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", [f"data.path={tmp_path}/whole.npz"])

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from birnn.engine import checkpoint
 from birnn.train import train
@@ -38,6 +40,10 @@ def _no_group_lr(state: dict) -> None:
     del state["optimizer"]["param_groups"][0]["lr"]
 
 
+def _moment_of_another_shape(state: dict) -> None:
+    state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)  # Adam took it, then failed at its first step
+
+
 def _empty_data(state: dict) -> None:
     state["data"] = {}
 
@@ -61,6 +67,8 @@ CASES = [
     ("resume", _set("progress", "epoch", "x"), "progress.epoch must be an integer >= 0, not str 'x'"),
     ("resume", _set("rng", "shuffle", "x"), "rng.shuffle must be a 5056 torch.uint8 tensor, not str 'x'"),
     ("resume", _no_group_lr, r"optimizer.param_groups\[0\].lr is missing"),
+    ("resume", _set("progress", "step_in_epoch", 10**9), "progress.step_in_epoch 1000000000 is beyond"),  # a hang
+    ("resume", _set("rng", "shuffle", torch.zeros(5056, dtype=torch.uint8)), "rng: Invalid mt19937 state"),
 ]
 
 
@@ -91,3 +99,37 @@ def test_old_checkpoints_still_pass_the_schema():
     for path in sorted(fixtures.glob("*.pt")):
         state = checkpoint.load(path, unverified=True)
         assert state["progress"]["global_step"] == 45
+
+
+def test_deeply_nested_checkpoint_is_one_error_line(trained, tmp_path):
+    """Lists nested 3,000 deep (anywhere, here in ``provenance``) were a RecursionError in the checksum."""
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    nested: list = []
+    for _ in range(3000):
+        nested = [nested]
+    state["provenance"]["x"] = nested
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # the attacker's own digest and torch.save
+    try:
+        ckpt = write_checkpoint(state, tmp_path / "crafted.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    proc = run_cli(str(ckpt), "--out", "e.json", cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
+    assert "nested over" in proc.stderr
+
+
+def test_an_optimizer_moment_of_another_shape_is_one_error_line_on_resume(trained, tmp_path):
+    """Adam's ``load_state_dict`` takes a moment of any shape; the first step then failed with a traceback."""
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    _moment_of_another_shape(state)
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    (run_dir / "checkpoints" / "previous.pt").unlink()
+    write_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+    proc = run_cli(*RUN, "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "optimizer state that does not fit" in error[0], proc.stderr
+    assert "exp_avg is a torch.float32 tensor of shape (3,)" in error[0], error[0]

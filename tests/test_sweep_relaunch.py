@@ -17,3 +17,14 @@ def test_a_refused_sweep_relaunch_leaves_multirun_yaml_as_it_was(tmp_path):
     assert refused.returncode != 0 and "Cannot resume" in refused.stderr + refused.stdout
     assert (sweep / "multirun.yaml").read_bytes() == before
     assert "hidden_size: 16" in before.decode()
+
+
+def test_a_refused_relaunch_naming_the_sweep_dir_with_plus_plus_keeps_multirun_yaml(tmp_path):
+    """``++hydra.sweep.dir=DIR`` (Hydra's force-add form) names the same sweep dir: it was not recognized."""
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (sweep / "multirun.yaml").read_bytes()
+    refused = run_cli("-m", *SWEEP, "model.hidden_size=8", f"++hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert refused.returncode != 0 and "Cannot resume" in refused.stderr + refused.stdout
+    assert (sweep / "multirun.yaml").read_bytes() == before

@@ -139,6 +139,9 @@ def test_event_files_hold_hparams_with_final_metrics(lr_sweep):
         ("- !!python/object/apply:os.system ['touch pwned']\n", "could not determine a constructor for the tag"),
         ("optimizer.lr: 0.1\n", "not a list of override strings"),
         ("- 'optimizer.lr=(('\n", "mismatched input"),
+        ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("- optimizer.lr=range(0,1000)\n", "optimizer.lr=range(0,1000) is a sweep, not one job's value"),
+        ("- optimizer.lr=0.1,0.2\n", "optimizer.lr=0.1,0.2 is a sweep, not one job's value"),
     ],
 )
 def test_a_crafted_overrides_record_is_one_error_line(tmp_path, monkeypatch, capsys, record, reason):
@@ -325,3 +328,17 @@ def test_the_docs_example_table_is_what_the_summary_writes():
     assert header == [expected.header(c) for c in expected.columns[:-1]]
     ranked = [float(r["best_val_accuracy"]) for r in rows]
     assert len(rows) == 9 and ranked == sorted(ranked, reverse=True)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_a_non_finite_metric_among_seeds_is_summarized(tmp_path, monkeypatch, capsys, value):
+    """``metrics.json`` may hold NaN or Infinity (Python's json reads and writes them): the mean and std over seeds
+    were an AttributeError from ``statistics.stdev``."""
+    for job, loss in (("0", "0.5"), ("1", value)):
+        (tmp_path / "sweep" / job / ".hydra").mkdir(parents=True)
+        (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / "sweep" / job / "metrics.json").write_text(f'{{"test_accuracy": 0.5, "test_loss": {loss}}}')
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(tmp_path / "sweep")]) == 0
+    table = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| 2 | 0.5000 ± 0.0000 | " + {"NaN": "nan ± nan", "Infinity": "inf ± nan"}[value] in table, table

@@ -185,3 +185,17 @@ def test_an_allowed_module_and_its_siblings_are_found_in_the_working_directory_o
     assert sys.path == before
     for name in ("lazy", "mylazy"):
         monkeypatch.delitem(sys.modules, name)
+
+
+def test_report_under_python_m_imports_no_module_from_the_working_directory(tmp_path):
+    """A received sweep folder may hold a ``packaging.py``: matplotlib imports ``packaging``, and under ``python -m``
+    Python puts the working directory first on sys.path."""
+    marker = tmp_path / "MARKER"
+    (tmp_path / "packaging.py").write_text(f"open({str(marker)!r}, 'a').write('packaging')\n")
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    (job / "metrics.json").write_text('{"test_accuracy": 0.5}')
+    proc = command("report", "sweep", cwd=tmp_path, console_script=False)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()

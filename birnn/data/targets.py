@@ -219,11 +219,12 @@ class ClassPerStep(Classes):
         return {**tags, "test_samples": tokens, "test_tokens": tokens, **self.per_class(y[valid], predictions[valid])}
 
     def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
-        """The tag of every step (``tags``); ``label``: each word with its tag, ``word/TAG ...``."""
+        """The tag of every step (``tags``); ``label``: each word with its tag, ``word/TAG ...`` (the tags alone
+        without ``tokens``: a series)."""
         answers = []
-        for path, words in zip(self.predict(model, outputs, None).tolist(), tokens):
+        for path, words in zip(self.predict(model, outputs, None).tolist(), tokens or [None] * len(outputs)):
             tags = [self.classes[t] for t in path]
-            label = " ".join(f"{w}/{t}" for w, t in zip(words, tags))
+            label = " ".join(tags if words is None else (f"{w}/{t}" for w, t in zip(words, tags)))
             answers.append({"tags": tags, "label": label, "probability": None})
         return answers
 

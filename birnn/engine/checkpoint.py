@@ -27,6 +27,7 @@ from birnn.system.files import atomic_write
 log = logging.getLogger(__name__)
 
 FORMAT = "birnn-checkpoint-v1"
+MAX_DEPTH = 64  # nesting of dicts and lists birnn never comes near (a config is a few levels); deeper is crafted
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 
 
@@ -55,6 +56,21 @@ def digest(value: Any) -> str:
 
     feed(value)
     return h.hexdigest()
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether dicts and lists nest more than ``limit`` levels in ``value`` (walked without recursion, so a crafted
+    file nested 100,000 deep is answered, not a RecursionError in ``digest`` or a reader)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(v, dict):
+            stack += [(item, depth + 1) for item in v.values()]
+        elif isinstance(v, (list, tuple)):
+            stack += [(item, depth + 1) for item in v]
+    return False
 
 
 def _serialize(state: dict) -> bytes:
@@ -107,6 +123,10 @@ def load(path: Path, unverified: bool = False) -> dict:
         raise BirnnError(f"{path} is not a readable birnn checkpoint (damaged or truncated: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BirnnError(f"{path} is not a birnn checkpoint (expected format {FORMAT!r}).")
+    if too_deep(state):
+        raise BirnnError(
+            f"{path} is not a usable birnn checkpoint (crafted or damaged): values nested over {MAX_DEPTH} levels."
+        )
     stored = state.pop("checksum", None)
     if stored is None and not unverified:
         raise BirnnError(

@@ -44,6 +44,23 @@ from birnn.system.files import read_json
 log = logging.getLogger("birnn.train")
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError unless each per-parameter state tensor of Adam, AdamW or SGD (moments, momentum) has its parameter's
+    shape and dtype: ``load_state_dict`` takes any, and a crafted one failed at the first step with a traceback.
+    Other optimizers' states may be factored (Adafactor's), so they are left to the optimizer."""
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)):
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                fits = (value.shape, value.dtype) == (p.shape, p.dtype) if isinstance(value, torch.Tensor) else True
+                if not fits and value.ndim > 0:
+                    raise ValueError(
+                        f"{name} is a {value.dtype} tensor of shape {tuple(value.shape)} for a {p.dtype} parameter of "
+                        f"shape {tuple(p.shape)}"
+                    )
+
+
 @dataclass
 class Setup:
     """Everything a run trains with, built from the config."""
@@ -178,6 +195,8 @@ class Run:
                 continue
             try:
                 part.load_state_dict(state[key])
+                if part is self.optimizer:
+                    check_optimizer_state(part)
             except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a crafted state torch cannot take
                 raise BirnnError(f"{path} holds a {key} state that does not fit this run's {key}: {e}") from None
         rng = state["rng"]
@@ -189,13 +208,22 @@ class Run:
                 len(ranks),
                 self.dist.world_size,
             )
-        if self.dist.rank < len(ranks):
-            mine = ranks[self.dist.rank]
-            torch.set_rng_state(mine["torch"])
-            if self.device.type == "cuda" and mine["cuda"]:
-                torch.cuda.set_rng_state(mine["cuda"][0], self.device)
-        self.shuffle.set_state(rng["shuffle"])
+        try:  # the schema checks each state's size and dtype; torch checks its content (a crafted one: RuntimeError)
+            if self.dist.rank < len(ranks):
+                mine = ranks[self.dist.rank]
+                torch.set_rng_state(mine["torch"])
+                if self.device.type == "cuda" and mine["cuda"]:
+                    torch.cuda.set_rng_state(mine["cuda"][0], self.device)
+            self.shuffle.set_state(rng["shuffle"])
+        except RuntimeError as e:
+            raise BirnnError(f"{path} is not a usable birnn checkpoint (crafted or damaged): rng: {e}") from None
         self.progress = Progress(**state["progress"])
+        if not self.progress.step_in_epoch <= min(self.steps_per_epoch, self.progress.global_step):
+            raise BirnnError(  # beyond the epoch's last batch, no step ends the epoch: training would spin forever
+                f"{path} is not a usable birnn checkpoint (crafted or damaged): progress.step_in_epoch "
+                f"{self.progress.step_in_epoch} is beyond this run's {self.steps_per_epoch} steps per epoch or its "
+                f"global_step {self.progress.global_step}."
+            )
         patience = self.cfg.trainer.early_stopping_patience
         done = (
             self.progress.epoch >= self.cfg.trainer.epochs

@@ -101,10 +101,17 @@ def read_overrides(run_dir: Path) -> list:
     that is not one (a YAML tag, a damaged file) is one line naming the file. YAML is read safely: nothing is built."""
     path = run_dir / ".hydra" / "overrides.yaml"
     try:
-        overrides = yaml.safe_load(read_text(path, MAX_RECORD_BYTES))
+        try:
+            overrides = yaml.safe_load(read_text(path, MAX_RECORD_BYTES))
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise ValueError("nested too deeply") from None
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             raise ValueError("not a list of override strings")
-        return OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        sweep = next((o.input_line for o in parsed if o.is_sweep_override()), None)
+        if sweep is not None:
+            raise ValueError(f"{sweep} is a sweep, not one job's value")
+        return parsed
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, HydraException) as e:
         first = " ".join(str(e).split("\n")[0].split())
         raise BirnnError(f"{path} is not a Hydra overrides record: {first}") from None
@@ -250,7 +257,9 @@ class Summary:
             row: dict[str, Any] = dict(zip(others, values)) | {count: len(members)}
             for m in (m for m in self.metric_columns if m not in EPOCHS):
                 xs = [v for job in members if (v := number(job.metrics.get(m))) is not None]
-                row[m] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else None
+                finite = all(map(math.isfinite, xs))  # statistics.stdev fails on nan and inf (AttributeError)
+                spread = (statistics.stdev(xs) if finite else math.nan) if len(xs) > 1 else 0.0
+                row[m] = (statistics.fmean(xs), spread) if xs else None
             rows.append(row)
         return sorted(rows, key=lambda r: best_first(self.metric, r[self.metric][0]) if r[self.metric] else math.inf)
 
