@@ -15,11 +15,12 @@ from test_resume import interrupt_at, kill_9_then_resume, state_of
 
 from birnn.data.arrays import load_arrays
 from birnn.data.pipeline import IGNORE
-from birnn.data.targets import ClassPerStep, span_scheme, tag_scores
+from birnn.data.targets import ClassPerStep, tag_scores
 from birnn.models.crf import CRF
 from birnn.models.rnn import RNNClassifier
 from birnn.models.unpacked import Unpacked
 from birnn.schema.errors import BirnnError
+from birnn.schema.tags import span_scheme
 from birnn.train import train
 from conftest import WALL_CLOCK, make_cfg
 

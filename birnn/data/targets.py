@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from birnn.schema.errors import BirnnError
 from birnn.schema.metrics import HEADLINE
+from birnn.schema.tags import span_scheme
 
 IGNORE = -100  # the label of padded steps in per-step labels (cross_entropy's ignore_index)
 
@@ -285,16 +286,6 @@ def macro_f1(y: Tensor, predictions: Tensor) -> float:
 
     valid = y >= 0
     return float(metrics.f1_score(y[valid].cpu(), predictions[valid].cpu(), average="macro", zero_division=0))
-
-
-def span_scheme(classes: list[str]) -> str | None:
-    """``BIOES`` or ``IOB2`` when every tag name is ``O`` or ``B-``/``I-`` (/``E-``/``S-``) plus a type, else None."""
-    prefixes = {c.split("-", 1)[0] for c in classes if c != "O"}
-    if not prefixes or any("-" not in c for c in classes if c != "O") or "B" not in prefixes:
-        return None
-    if prefixes <= {"B", "I"}:
-        return "IOB2"
-    return "BIOES" if prefixes <= {"B", "I", "E", "S"} else None
 
 
 def tag_scores(y: Tensor, predictions: Tensor, classes: list[str]) -> dict[str, float]:

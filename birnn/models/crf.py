@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from birnn.schema.errors import BirnnError
+from birnn.schema.tags import span_scheme
 
 log = logging.getLogger("birnn")
 
@@ -117,23 +118,12 @@ def _mask(emissions: Tensor, lengths: Tensor) -> Tensor:
     return steps < lengths.to(emissions.device).unsqueeze(1)
 
 
-def tag_scheme(classes: Sequence[str]) -> str | None:
-    """``BIOES`` or ``IOB2`` when every tag name is ``O`` or ``B-``/``I-`` (/``E-``/``S-``) plus a type, else None
-    (the rule of span scoring, ``birnn.data.targets.span_scheme``)."""
-    prefixes = {c.split("-", 1)[0] for c in classes if c != "O"}
-    if not prefixes or any("-" not in c for c in classes if c != "O") or "B" not in prefixes:
-        return None
-    if prefixes <= {"B", "I"}:
-        return "IOB2"
-    return "BIOES" if prefixes <= {"B", "I", "E", "S"} else None
-
-
 def allowed_transitions(classes: Sequence[str]) -> tuple[Tensor, Tensor, Tensor] | None:
     """The start, end and ``[from, to]`` masks of valid BIO (IOB2) or BIOES sequences over the tags ``classes``
     (as AllenNLP's ``allowed_transitions``); None when the names are neither. IOB2: no ``I-X`` first or after
     anything but ``B-X``/``I-X``. BIOES: ``B-X`` and ``I-X`` go on to ``I-X`` or ``E-X`` only; a sequence starts,
     and follows ``O``/``E-``/``S-``, with ``O``, ``B-`` or ``S-``; it ends with ``O``, ``E-`` or ``S-``."""
-    scheme = tag_scheme(classes)
+    scheme = span_scheme(classes)
     if scheme is None:
         return None
     parts = [("O", None) if c == "O" else tuple(c.split("-", 1)) for c in classes]
@@ -188,7 +178,7 @@ def configure(crf: CRF, setting: str | bool, classes: Sequence[str], train_y: Te
             )
         log.info("CRF constraints: off (the tag names are not BIO/BIOES: O, and B-X among B-, I-, E-, S- plus a type)")
         return
-    scheme, broken = tag_scheme(classes), broken_sequences(train_y, *masks)
+    scheme, broken = span_scheme(classes), broken_sequences(train_y, *masks)
     if broken and setting == "auto":
         log.info(
             "CRF constraints: off (%d of %d training sequences break %s's transitions, e.g. an I- tag after O: "
