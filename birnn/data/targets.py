@@ -64,6 +64,10 @@ class Target(Protocol):
     def headline(self, scores: dict) -> str:
         """The test score in words, as logged at the end of a run."""
 
+    def baseline(self, train_y: Tensor, test_y: Tensor) -> dict:
+        """The trivial predictor's test score (``test_baseline_accuracy``) and what it is (``test_baseline``),
+        reported beside the model's: does the model beat it?"""
+
     def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
         """``birnn-predict``'s fields for each input of a batch (``label``: what its table prints; ``probability``
         or None); ``tokens``: each input's words, for per-step targets of text."""
@@ -124,6 +128,19 @@ class Classes:
 
     def headline(self, scores: dict) -> str:
         return f"Test accuracy {scores[HEADLINE]:.4f} ({100 * scores[HEADLINE]:.2f}%)"
+
+    def baseline(self, train_y: Tensor, test_y: Tensor) -> dict:
+        """Always the training split's most frequent class (per step: tag, counted over every token), scored on
+        the test split; nothing for an empty split."""
+        train, test = train_y[train_y != IGNORE], test_y[test_y != IGNORE]
+        if not train.numel() or not test.numel():
+            return {}
+        top = int(torch.bincount(train).argmax())
+        what = "tag overall" if self.per_step else "class"
+        return {
+            "test_baseline_accuracy": (test == top).float().mean().item(),
+            "test_baseline": f"always {self.classes[top]!r}, the training split's most frequent {what}",
+        }
 
     def per_class(self, y: Tensor, predictions: Tensor) -> dict:
         """The classes, precision and recall of each, and the confusion matrix of labels ``y`` (N,)."""

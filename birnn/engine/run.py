@@ -31,7 +31,6 @@ from birnn.engine.signals import Stopped
 from birnn.models import crf
 from birnn.models.embedding import load_vectors
 from birnn.models.rnn import build_model
-from birnn.records import baseline
 from birnn.records.scores import EvalResult
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import to_plain
@@ -483,7 +482,7 @@ class Run:
         self.metrics = {
             **self.metrics,
             **(self.test_pass(stop) if test else {}),
-            **(baseline.majority(self.data.train_y, self.data.test_y, self.data.classes) if test else {}),
+            **(self.stepper.target.baseline(self.data.train_y, self.data.test_y) if test else {}),
             "test_on": self.cfg.trainer.get("test_on", "last"),
             **({f"best_{self.cfg.trainer.monitor}": p.best_val_accuracy} if self.data.val_x is not None else {}),
             "monitor": self.cfg.trainer.monitor,
