@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
-import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from birnn.schema.errors import BirnnError, first_line
+from birnn.system.files import not_regular
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +82,16 @@ def detect(path: Path) -> str:
 
 
 def check_file(path: Path, what: str = "data.vectors") -> None:
-    """``path`` is a regular file of at most ``MAX_BYTES`` (a FIFO or device would block or never end)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise BirnnError(f"{what}={path}: no such file") from None
-    except OSError as e:
-        raise BirnnError(f"{what}={path}: cannot be read ({e.strerror or e})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise BirnnError(f"{what}={path} is not a regular file (a folder, FIFO or device): refused")
-    if info.st_size == 0:
+    """``path`` is a regular file (birnn's file rule, ``birnn.system.files``: a FIFO or device would block or never
+    end) of 1 to ``MAX_BYTES`` bytes."""
+    reason = not_regular(path)
+    if reason is not None:
+        raise BirnnError(f"{what}={path}: {reason}")
+    size = path.stat().st_size
+    if size == 0:
         raise BirnnError(f"{what}={path} is empty")
-    if info.st_size > MAX_BYTES:
-        raise BirnnError(f"{what}={path} is {info.st_size} bytes (at most {MAX_BYTES}): refused")
+    if size > MAX_BYTES:
+        raise BirnnError(f"{what}={path} is {size} bytes (at most {MAX_BYTES}): refused")
 
 
 def read_vectors(path: str | Path, format: str = "auto") -> Vectors:
