@@ -3,28 +3,20 @@ it before any job runs, so a relaunch whose jobs are all refused changed the rec
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import FAST, run_cli
 
 SWEEP = [*FAST, "trainer.max_steps=3", "seed=0"]
 
 
-def test_a_refused_sweep_relaunch_leaves_multirun_yaml_as_it_was(tmp_path):
+@pytest.mark.parametrize("key", ["hydra.sweep.dir", "++hydra.sweep.dir"])  # ++: Hydra's force-add form, same dir
+def test_a_refused_sweep_relaunch_leaves_multirun_yaml_as_it_was(tmp_path, key):
     sweep = tmp_path / "sweep"
     first = run_cli("-m", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = (sweep / "multirun.yaml").read_bytes()
-    refused = run_cli("-m", *SWEEP, "model.hidden_size=8", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    refused = run_cli("-m", *SWEEP, "model.hidden_size=8", f"{key}={sweep}", cwd=tmp_path)
     assert refused.returncode != 0 and "Cannot resume" in refused.stderr + refused.stdout
     assert (sweep / "multirun.yaml").read_bytes() == before
     assert "hidden_size: 16" in before.decode()
-
-
-def test_a_refused_relaunch_naming_the_sweep_dir_with_plus_plus_keeps_multirun_yaml(tmp_path):
-    """``++hydra.sweep.dir=DIR`` (Hydra's force-add form) names the same sweep dir: it was not recognized."""
-    sweep = tmp_path / "sweep"
-    first = run_cli("-m", *SWEEP, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    before = (sweep / "multirun.yaml").read_bytes()
-    refused = run_cli("-m", *SWEEP, "model.hidden_size=8", f"++hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert refused.returncode != 0 and "Cannot resume" in refused.stderr + refused.stdout
-    assert (sweep / "multirun.yaml").read_bytes() == before
