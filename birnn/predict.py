@@ -5,7 +5,8 @@ A model trained on text (``data=text``, ``data=tagged``) reads raw text instead:
 ``data.max_length`` like the training texts); a tagger prints each token with its tag. A word tokenizer splits raw
 text into runs of letters and digits and single punctuation marks (``Atlanta's`` is ``Atlanta ' s``), which need
 not be how a CoNLL file was split: ``--tokens "..."`` (repeatable) takes text already split into tokens, on
-whitespace only (word tokenizers).
+whitespace only (word tokenizers). ``PATH --out FILE`` tags a CoNLL or slash file token by token, as it is split,
+and writes it with the predicted tags (``birnn.data.tagfile``).
 
 Each image (PNG or JPEG, any size; a folder stands for the files in it) becomes one input the way the
 training data looks: grayscale, area-resized to the data's (steps x features) shape, scaled to [0, 1],
@@ -37,6 +38,7 @@ from PIL import Image, ImageOps
 from birnn.data import tokenize
 from birnn.data.normalize import apply as standardize
 from birnn.data.patches import patch
+from birnn.data.tagfile import TagFile, read_tag_file
 from birnn.data.uea import read_series
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.schema import console
@@ -44,7 +46,7 @@ from birnn.schema.config import DEVICES, DeviceConfig
 from birnn.schema.errors import BirnnError
 from birnn.system import threads
 from birnn.system.device import setup_device
-from birnn.system.files import Unreadable, read_text
+from birnn.system.files import Unreadable, atomic_write, not_regular, read_text
 from birnn.system.files import lines as text_lines
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -218,6 +220,39 @@ def predict(
     return results
 
 
+def text_model(checkpoint: Path, allow: Sequence[str] = (), unverified: bool = False) -> Restored:
+    """A checkpoint trained on text, restored; its tokenizer must make no more token IDs than the model embeds."""
+    restored = restore(checkpoint, allow=allow, unverified=unverified)
+    if restored.tokenizer is None:
+        raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
+    tok = tokenize.from_json(restored.tokenizer)
+    embedding = getattr(restored.model, "embedding", None)
+    pretrained = getattr(restored.model, "pretrained", None)  # data.vectors' words beyond the trained rows
+    rows = (
+        embedding.num_embeddings + (0 if pretrained is None else len(pretrained))
+        if isinstance(embedding, torch.nn.Embedding)
+        else restored.spec.get("vocab_size")
+    )
+    if rows is not None and tok.size > rows:
+        raise BirnnError(
+            f"{checkpoint}: its tokenizer makes {tok.size} token IDs, but the model embeds only {rows}: refused"
+        )
+    return restored
+
+
+def _answer(
+    restored: Restored, tok: tokenize.Tokenizer, target: torch.device, text: str, tokens: list[str] | None = None
+) -> dict:
+    """The model's answer for one raw ``text`` (split by the tokenizer), or for ``tokens`` already split."""
+    kind, model = restored.target, restored.model
+    tokens = tok.split(text) if tokens is None and kind.per_step else tokens
+    ids = (tok.ids(tokens) or [1]) if tokens is not None else tok.encode(text)
+    ids = ids if kind.per_step else tok.truncated(ids)
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids], device=target)).float().cpu()
+    return kind.answers(model, logits, None if tokens is None else [tokens])[0]
+
+
 def predict_texts(
     checkpoint: Path,
     paths: Sequence[Path],
@@ -230,25 +265,12 @@ def predict_texts(
     """Per text (each ``--text``, each line of each file, each ``pretokenized`` text: tokens split on whitespace
     only) ``{file, index, text, prediction, label, probability}`` (a tagger: ``label`` is ``token/TAG ...``,
     ``tags`` the list), or ``{file, error}`` for an unreadable file."""
-    restored = restore(checkpoint, allow=allow, unverified=unverified)
-    if restored.tokenizer is None:
-        raise BirnnError(f"{checkpoint} was not trained on text (data=text or data=tagged): give files, not --text")
-    tok, kind = tokenize.from_json(restored.tokenizer), restored.target
-    embedding = getattr(restored.model, "embedding", None)
-    pretrained = getattr(restored.model, "pretrained", None)  # data.vectors' words beyond the trained rows
-    rows = (
-        embedding.num_embeddings + (0 if pretrained is None else len(pretrained))
-        if isinstance(embedding, torch.nn.Embedding)
-        else restored.spec.get("vocab_size")
-    )
-    if rows is not None and tok.size > rows:
-        raise BirnnError(
-            f"{checkpoint}: its tokenizer makes {tok.size} token IDs, but the model embeds only {rows}: refused"
-        )
+    restored = text_model(checkpoint, allow, unverified)
+    tok = tokenize.from_json(restored.tokenizer)
     if pretokenized and tok.kind != "word":
         raise BirnnError(f"--tokens gives words: {checkpoint} reads {tok.kind} tokens (use --text)")
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
-    model = restored.model.to(target)
+    restored.model.to(target)
     records: list[dict] = [{"file": "--text", "index": i, "text": t} for i, t in enumerate(texts)]
     records += [{"file": "--tokens", "index": i, "text": t} for i, t in enumerate(pretokenized)]
     for path in paths:
@@ -259,14 +281,56 @@ def predict_texts(
             continue
         records += [{"file": str(path), "index": i, "text": t} for i, t in enumerate(lines) if t.strip()]
     for r in (r for r in records if "error" not in r):
-        split = r["file"] == "--tokens"
-        tokens = r["text"].split() if split else tok.split(r["text"]) if kind.per_step else None
-        ids = (tok.ids(tokens) or [1]) if kind.per_step or split else tok.encode(r["text"])
-        ids = ids if kind.per_step else tok.truncated(ids)
-        with torch.inference_mode():
-            logits = model(torch.tensor([ids], device=target)).float().cpu()
-        r.update(kind.answers(model, logits, None if tokens is None else [tokens])[0])
+        r.update(_answer(restored, tok, target, r["text"], r["text"].split() if r["file"] == "--tokens" else None))
     return records
+
+
+def check_out(out: Path, path: Path) -> None:
+    """``--out`` may be ``-`` (standard output), a new file, or a regular file other than the input (replaced, as
+    ``birnn-evaluate --out`` and ``birnn-export --out`` replace theirs); a FIFO, device or folder is refused."""
+    if str(out) == "-" or not (out.exists() or out.is_symlink()):
+        return
+    if (reason := not_regular(out)) is not None:
+        raise BirnnError(f"--out {out}: {reason}: give a file to write, or - for standard output")
+    if path.exists() and out.samefile(path):
+        raise BirnnError(f"--out {out} is the file to tag: write the tagged file elsewhere")
+
+
+def tag_file(
+    checkpoint: Path,
+    path: Path,
+    out: Path,
+    fmt: str | None = None,
+    token_column: int | None = None,
+    device: str = "cpu",
+    allow: Sequence[str] = (),
+    unverified: bool = False,
+) -> tuple[TagFile, list[list[str]]]:
+    """Tag every sentence of the CoNLL or slash file ``path`` (``fmt`` and ``token_column``: the checkpoint's
+    ``data.format`` and ``data.token_column`` unless given) and write it to ``out`` (``-``: standard output) with
+    the predicted tags (``birnn.data.tagfile``); the file read and each sentence's tags."""
+    check_out(out, path)
+    restored = text_model(checkpoint, allow, unverified)
+    tok, kind = tokenize.from_json(restored.tokenizer), restored.target
+    if not kind.per_step or tok.kind != "word":
+        what = "classifies whole texts" if not kind.per_step else f"reads {tok.kind} tokens"
+        raise BirnnError(f"--out writes a tag per token of a file: {checkpoint} {what} (a tagger of data=tagged does)")
+    data = restored.cfg.data
+    fmt = fmt or data.get("format", "conll")
+    column = data.get("token_column", 0) if token_column is None else token_column
+    tag_file = read_tag_file(path, fmt, column, data.get("max_length"))
+    target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
+    restored.model.to(target)
+    tags = [_answer(restored, tok, target, "", s.words)["tags"] for s in tag_file.sentences]
+    text = tag_file.tagged(tags)
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return tag_file, tags
+    try:
+        atomic_write(out, lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise BirnnError(f"Could not write {out}: {e.strerror or e}") from None
+    return tag_file, tags
 
 
 def _name(result: dict) -> str:
@@ -293,6 +357,22 @@ def show(results: list[dict], as_json: bool) -> None:
         else:
             probability = "-" if r["probability"] is None else f"{r['probability']:.4f}"
             print(f"{_name(r):<{width}}  {r['label']:<{label_width}}  {probability:>11}")
+
+
+def tag_file_and_say(args: argparse.Namespace) -> None:
+    """``--out``: tag the file, then say what was written (``--json``: as one JSON object; nothing more when the
+    file went to standard output)."""
+    (path,) = args.paths
+    done, tags = tag_file(
+        args.checkpoint, path, args.out, args.format, args.token_column, args.device, args.allow, args.allow_unverified
+    )
+    summary = {"file": str(path), "out": str(args.out), "sentences": len(tags), "tokens": sum(map(len, tags))}
+    if str(args.out) == "-":
+        return
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"Wrote {args.out}: {summary['sentences']} sentences, {summary['tokens']} tokens tagged ({done.format})")
 
 
 @console.closed_pipe_ok
@@ -327,6 +407,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         'files; repeatable): --tokens "Atlanta\'s jury"',
     )
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
+    tagging = parser.add_argument_group("tag a file (a tagger trained with data=tagged)")
+    tagging.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the one PATH (CoNLL or slash format) with a predicted tag per token: CoNLL gets a new last "
+        "column, slash word/TAG tokens; - writes to standard output; an existing file is replaced",
+    )
+    tagging.add_argument(
+        "--format", choices=("conll", "slash"), help="the file's format (default: the model's data.format)"
+    )
+    tagging.add_argument(
+        "--token-column", type=int, metavar="N", help="CoNLL: the token's column, 0-based (default: data.token_column)"
+    )
     parser.add_argument(
         "--invert",
         choices=("auto", "yes", "no"),
@@ -339,6 +433,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     with user_errors():
         if not args.paths and not args.text and not args.tokens:
             raise BirnnError("give PATHs to classify, or --text (or --tokens) for a text model")
+        if args.out is not None:
+            if len(args.paths) != 1 or args.text or args.tokens:
+                raise BirnnError("--out tags one file: give exactly one PATH (and no --text or --tokens)")
+            tag_file_and_say(args)
+            return
+        if args.format or args.token_column is not None:
+            raise BirnnError("--format and --token-column describe the file that --out tags: give --out FILE")
         is_text = args.text or args.tokens or all(p.suffix.lower() == ".txt" for p in args.paths)
         if is_text:
             results = predict_texts(
