@@ -1,9 +1,10 @@
 """``birnn-pack OUT [key=value ...]``: a data config's splits (or Parquet/CSV files) as a pack for ``data=packed``.
 
 ``birnn-pack out/fmnist data=fashion_mnist`` packs what the loader gives (text and tagged data as token IDs,
-with the tokenizer fitted on the training split); ``--train/--test [--val] FILE``
-packs Parquet or CSV files read block by block (``birnn.data.tables``); ``birnn-pack --verify DIR`` checks
-every file of a pack against its manifest's SHA-256. The format: ``birnn.data.packed`` and docs/packed.md.
+with the tokenizer fitted on the training split, and with ``data.vectors`` the pretrained rows training starts
+from); ``--train/--test [--val] FILE`` packs Parquet or CSV files read block by block (``birnn.data.tables``);
+``birnn-pack --verify DIR`` checks every file of a pack against its manifest's SHA-256. The format:
+``birnn.data.packed`` and docs/packed.md.
 """
 
 from __future__ import annotations
@@ -42,11 +43,6 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
         raise BirnnError("data=packed is already a pack; copy the directory instead")
     settings = carried.recorded(*(OmegaConf.to_container(c) for c in (alone, without)))
     fields = {carried.FIELD: settings, carried.SOURCE: f"data={option}"} if settings else {}
-    if cfg.data.get("vectors"):
-        raise BirnnError(
-            "data.vectors: a pack does not hold pretrained vectors yet; train from the files (data=text or "
-            "data=tagged) to use them"
-        )
     return packed.pack_splits(load_source(cfg.data), out, overwrite, fields)
 
 

@@ -370,10 +370,18 @@ TOKENS = ["device=cpu", "device.num_threads=1", "model.hidden_size=8", "model.em
 TOKENS += ["trainer.epochs=2", "trainer.checkpoint_every_n_steps=5", "data.val_size=20"]
 
 
-@pytest.fixture(scope="module", params=["text", "tagged"])
+def write_vectors(path, dim: int = 8):
+    """GloVe text vectors for half the words of ``write_tagged`` and a word it never writes (``zanzibar``)."""
+    rng = np.random.default_rng(0)
+    words = [*GOOD[::2], *FILLER[::2], "zanzibar"]
+    path.write_text("".join(f"{w} {' '.join(f'{v:.4f}' for v in rng.normal(size=dim))}\n" for w in words))
+    return path
+
+
+@pytest.fixture(scope="module", params=["text", "tagged", "vectors"])
 def token_data(request, tmp_path_factory):
-    """A text (one label per review) or tagged (one tag per word, BiLSTM-CRF) run's overrides: the data config's,
-    the model's, and its pack."""
+    """A text (one label per review), tagged (one tag per word, BiLSTM-CRF) or tagged with pretrained word vectors
+    run's overrides: the data config's, the model's, and its pack."""
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "text":
         data = ["data=text", f"data.path={write_reviews(folder / 'train.csv', 120, 0)}", "data.test_fraction=0.25"]
@@ -381,6 +389,9 @@ def token_data(request, tmp_path_factory):
         model = ["model.readout=final"]
     else:
         data, model = ["data=tagged", f"data.path={write_tagged(folder / 'train.conll', 100, 0)}"], ["model.crf=true"]
+    if request.param == "vectors":
+        pytest.importorskip("gensim")
+        data.append(f"data.vectors={write_vectors(folder / 'glove.txt')}")
     pack_config(folder / "pack", data, overwrite=False)
     return data, model, folder / "pack"
 
@@ -395,6 +406,11 @@ def test_text_and_tags_pack_as_token_ids_and_train_bit_identically(token_data, t
     assert manifest["vocab_size"] == memory.vocab_size and manifest["tokenizer"] == memory.tokenizer
     mapped = load_data(make_cfg("data=packed", f"data.path={pack}").data, torch.device("cpu"))
     assert not isinstance(mapped.train_x, torch.Tensor) and mapped.per_step == memory.per_step
+    assert mapped.trained_vocab == memory.trained_vocab
+    assert (mapped.word_vectors is None) == (memory.word_vectors is None)
+    if memory.word_vectors is not None:  # the pretrained rows training starts from, NaN where a word has none
+        assert manifest["version"] == 2 and memory.trained_vocab == memory.vocab_size - 1  # zanzibar: vectors only
+        torch.testing.assert_close(mapped.word_vectors, memory.word_vectors, rtol=0, atol=0, equal_nan=True)
     idx = torch.tensor([7, 2, 50, 2])
     assert torch.equal(mapped.train_x[idx], memory.train_x[idx]) and mapped.train_x[idx].dtype == torch.int64
 
@@ -454,10 +470,11 @@ def test_the_writer_checks_token_ids_and_per_step_labels(tmp_path, x, y, message
     assert not (tmp_path / "p" / MANIFEST).exists()
 
 
-def tag_pack(out, tokenizer=None):
-    """A tiny tagged pack (vocab 6, one tag per step, -100 at padding) written with PackWriter."""
+def tag_pack(out, tokenizer=None, **vectors):
+    """A tiny tagged pack (vocab 6, one tag per step, -100 at padding) written with PackWriter (``vectors``: its
+    ``vectors`` and ``trained_vocab``)."""
     ids, y, lengths = np.array([[1, 2, 0], [3, 4, 5]]), np.array([[0, 1, -100], [1, 1, 0]]), np.array([2, 3])
-    with PackWriter(out, ["a", "b"], "tagged", True, vocab_size=6, tokenizer=tokenizer) as pack:
+    with PackWriter(out, ["a", "b"], "tagged", True, vocab_size=6, tokenizer=tokenizer, **vectors) as pack:
         pack.split("train").append(np.tile(ids, (4, 1)), np.tile(y, (4, 1)), np.tile(lengths, 4))
         pack.split("test").append(ids, y, lengths)
     return out
@@ -503,6 +520,55 @@ def test_a_damaged_token_pack_is_refused_when_opened(tmp_path, edit, message):
     edit(pack)
     with pytest.raises(BirnnError, match=re.escape(message)):
         load_packed(path=str(pack))
+
+
+def vectors_pack(out):
+    """``tag_pack`` with 3-dimensional pretrained vectors: IDs 4 and 5 are words only the vectors know."""
+    vectors = np.full((6, 3), np.nan, np.float32)
+    vectors[[2, 4, 5]] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    tokenizer = json.dumps({**json.loads(tokenizer_of(6)), "trained": 4})
+    return tag_pack(out, tokenizer, vectors=vectors, trained_vocab=4)
+
+
+def resave_vectors(pack, array):
+    np.save(pack / "vectors.npy", array)
+    manifest = json.loads((pack / MANIFEST).read_text())
+    manifest["vectors"].update(
+        shape=list(array.shape), dtype=array.dtype.str, bytes=(pack / "vectors.npy").stat().st_size
+    )
+    (pack / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: resave_vectors(p, np.full((6, 3), np.inf, np.float32)), "the vectors hold infinity, or NaN in a"),
+        (lambda p: resave_vectors(p, np.full((6, 3), np.nan, np.float32)), "NaN in a frozen word's row (ID 4 on)"),
+        (lambda p: resave_vectors(p, np.zeros((5, 3), np.float32)), "must be float32 (6, dim), one row per token ID"),
+        (lambda p: resave_vectors(p, np.zeros((6, 3))), "must be float32 (6, dim), one row per token ID"),
+        (lambda p: edit_manifest(p, trained_vocab=5), "trained_vocab 5 is not its tokenizer's (4)"),
+        (lambda p: edit_manifest(p, trained_vocab=7), "trained_vocab 7 is outside 2..6 (vocab_size)"),
+        (lambda p: edit_manifest(p, version=1), "manifest.json is damaged"),  # an older birnn reads no vectors
+        (lambda p: edit_manifest(p, vectors=None), "manifest.json is damaged"),
+    ],
+)
+def test_a_pack_with_damaged_vectors_is_refused_when_opened(tmp_path, edit, message):
+    pack = vectors_pack(tmp_path / "p")
+    assert json.loads((pack / MANIFEST).read_text())["version"] == 2 and verify(pack) == 7
+    assert load_packed(path=str(pack)).word_vectors[4:].tolist() == [[3, 4, 5], [6, 7, 8]]
+    edit(pack)
+    with pytest.raises(BirnnError, match=re.escape(message)):
+        load_packed(path=str(pack))
+
+
+def test_the_embedding_follows_a_packs_vectors(tmp_path):
+    pack = vectors_pack(tmp_path / "p")
+    run = ["device=cpu", "device.num_threads=1", "model.hidden_size=4", "trainer.max_steps=2", "data=packed"]
+    cfg = make_cfg(*run, f"data.path={pack}", "trainer.log_images=false")
+    train(cfg, tmp_path / "run")
+    assert cfg.model.embedding_dim == 3
+    with pytest.raises(BirnnError, match=f"model.embedding_dim=8 but the pack {pack} holds vectors of 3 dimensions"):
+        train(make_cfg(*run, f"data.path={pack}", "model.embedding_dim=8"), tmp_path / "other")
 
 
 def edit_manifest(pack, **changes):

@@ -183,16 +183,3 @@ def test_an_explicit_other_embedding_dim_is_refused(tmp_path, tagged):
     train_file, test_file, glove = tagged
     with pytest.raises(BirnnError, match="model.embedding_dim=16 but data.vectors=.* holds vectors of 4 dimensions"):
         train(tagger_cfg(train_file, test_file, glove, "model.embedding_dim=16"), tmp_path / "run")
-
-
-def test_a_pack_refuses_vectors(tmp_path, tagged):
-    train_file, _, glove = tagged
-    done = run_cli(
-        str(tmp_path / "pack"),
-        "data=tagged",
-        f"data.path={train_file}",
-        f"data.vectors={glove}",
-        cwd=tmp_path,
-        module="birnn.pack",
-    )
-    assert done.returncode != 0 and "error: data.vectors: a pack does not hold pretrained vectors" in done.stderr

@@ -5,9 +5,12 @@ for text), ``<split>_y.npy`` (int64 labels ``(N,)``, or one per step ``(N, steps
 and, for variable-length series and text, ``<split>_lengths.npy`` (int64 valid steps), for ``train``, ``test``
 and optionally ``val``; and ``manifest.json``, written last and atomically: shapes, dtypes, byte sizes and a
 SHA-256 per file, the classes, the kind, the training split's standardization statistics (float inputs) or the
-vocabulary size and the tokenizer as JSON (token IDs). No manifest means the packing did not finish: such a
-directory is refused. Training reads the inputs through memory maps (``birnn.data.mapped``) and holds only
-labels and lengths in memory.
+vocabulary size and the tokenizer as JSON (token IDs). A pack of text or tags made with ``data.vectors`` also holds
+``vectors.npy``: the pretrained row of every token ID ((vocab_size, dim) float32, NaN where a token has none) and, in
+the manifest, ``trained_vocab`` (IDs below it train, the rest are frozen pretrained words); its manifest says version
+2, which a birnn without this refuses rather than training without the vectors. No manifest means the packing did
+not finish: such a directory is refused. Training reads the inputs through memory maps (``birnn.data.mapped``) and
+holds only labels and lengths (and the vectors) in memory.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from birnn.system.files import Unreadable, atomic_write, read_json
 
 FORMAT = "birnn-pack"
 VERSION = 1
+VECTORS_VERSION = 2  # a pack with pretrained word vectors (``vectors.npy``)
+VERSIONS = (VERSION, VECTORS_VERSION)
+VECTORS = "vectors.npy"
+MAX_DIM = 1_000  # birnn.data.vectors' bound on the vectors' dimension
 MANIFEST = "manifest.json"
 PACKING = "packing.json"  # there while birnn-pack writes: with no manifest, the directory is an incomplete pack
 SPLITS = ("train", "test", "val")
@@ -172,7 +179,8 @@ class PackWriter:
 
     ``with PackWriter(out, classes) as pack: pack.split("train").append(x, y)`` (see docs/packed.md). ``out``
     must be new or empty, or hold a pack birnn-pack wrote and ``overwrite`` be set (``prepare``). Token data:
-    ``vocab_size`` and the ``tokenizer`` (JSON, ``birnn.data.tokenize``) that made the IDs, if one did.
+    ``vocab_size`` and the ``tokenizer`` (JSON, ``birnn.data.tokenize``) that made the IDs, if one did; with
+    pretrained word vectors, ``vectors`` (``Splits.word_vectors``) and ``trained_vocab``.
     """
 
     def __init__(
@@ -185,10 +193,16 @@ class PackWriter:
         vocab_size: int | None = None,
         tokenizer: str | None = None,
         carried: dict | None = None,
+        vectors: Tensor | np.ndarray | None = None,
+        trained_vocab: int | None = None,
     ):
         self.out, self.classes, self.kind, self.variable = Path(out), list(classes), kind, variable
         self.carried = carried or {}  # more manifest fields: the training settings of birnn.data.carried
         self.vocab_size, self.tokenizer = check_vocab(vocab_size, tokenizer, "PackWriter"), tokenizer
+        self.vectors = None if vectors is None else _numpy(vectors)
+        if self.vectors is not None:
+            check_vectors(self.vectors, trained_vocab, self.vocab_size, tokenizer, "PackWriter")
+        self.trained_vocab = trained_vocab
         prepare(self.out, overwrite)
         self.moments = normalize.Moments()
         self.splits: dict[str, SplitWriter] = {}
@@ -210,17 +224,24 @@ class PackWriter:
         if missing:
             raise BirnnError(f"a pack needs a train and a test split; {', '.join(missing)} got no samples")
         splits = {name: s.close() for name, s in self.splits.items()}
+        vectors = {}
+        if self.vectors is not None:
+            writer = _Appender(self.out / VECTORS)
+            writer.append(self.vectors.astype(np.float32))
+            writer.close()
+            vectors = {"vectors": describe(self.out / VECTORS), "trained_vocab": self.trained_vocab}
         if len({(s.files["x"].row_shape[1:], len(s.files["y"].row_shape)) for s in self.splits.values()}) > 1:
             raise BirnnError("the splits differ in features per step, or in labels per sample or per step")
         manifest = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VECTORS_VERSION if vectors else VERSION,
             "classes": self.classes,
             "kind": self.kind,
             "normalization": None if self.vocab_size is not None else self.moments.stats(),
             "vocab_size": self.vocab_size,
             "tokenizer": self.tokenizer,
             "splits": splits,
+            **vectors,
             **self.carried,
         }
         path = self.out / MANIFEST
@@ -287,10 +308,10 @@ def _own_files(out: Path) -> tuple[str, set[str]]:
                     "directory, and --overwrite replaces only a pack birnn-pack wrote; pack elsewhere"
                 ) from None
             raise BirnnError(f"{e}; --overwrite replaces only the files a manifest lists: pack elsewhere") from None
-        listed = {e["file"] for split in manifest["splits"].values() for e in split.values()}
+        listed = {e["file"] for e in entries(manifest)}
         return "a pack", {MANIFEST, PACKING, *listed}
     if _format_of(out / PACKING) == FORMAT:
-        names = {file_name(split, a) for split in SPLITS for a in ARRAYS}
+        names = {file_name(split, a) for split in SPLITS for a in ARRAYS} | {VECTORS}
         return "an incomplete pack (no manifest)", {PACKING, *(n for n in names if (out / n).exists())}
     raise BirnnError(
         f"{out} holds files and no pack (no birnn-pack {MANIFEST}): birnn-pack writes only into a new or empty "
@@ -339,8 +360,8 @@ def read_manifest(path: Path) -> dict:
         manifest = read_json(path / MANIFEST)
     except Unreadable as e:
         raise BirnnError(f"{path / MANIFEST} is unreadable: {MANIFEST}: {e.reason}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise BirnnError(f"{path / MANIFEST} is not a {FORMAT} version {VERSION} manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") not in VERSIONS:
+        raise BirnnError(f"{path / MANIFEST} is not a {FORMAT} version {VERSION} or {VECTORS_VERSION} manifest")
     if not _well_formed(manifest):
         raise BirnnError(
             f"{path / MANIFEST} is damaged: it needs classes (names), a kind, and splits train, test (and val) "
@@ -361,11 +382,45 @@ def _well_formed(manifest: dict) -> bool:
         or len(set(map(frozenset, arrays.values()))) > 1
     ):
         return False
+    vectors = manifest.get("vectors")
+    entry = isinstance(vectors, dict) and vectors.keys() >= ENTRY and vectors["file"] == VECTORS
+    if (vectors is not None) != (manifest["version"] == VECTORS_VERSION) or (vectors is not None and not entry):
+        return False
     return all(
         isinstance(e, dict) and e.keys() >= ENTRY and e["file"] == file_name(split, a)
         for split, entries in splits.items()
         for a, e in entries.items()
     ) and _statistics(manifest.get("normalization"))
+
+
+def entries(manifest: dict) -> list[dict]:
+    """Every file entry of a (well-formed) manifest: the splits' arrays, then the vectors, if any."""
+    listed = [e for split in manifest["splits"].values() for e in split.values()]
+    return listed + ([manifest["vectors"]] if manifest.get("vectors") is not None else [])
+
+
+def check_vectors(vectors: np.ndarray, trained_vocab: object, vocab_size: int | None, tokenizer: object, where: str):
+    """Pretrained rows for token IDs, as ``birnn.data.vectors.fitted_table`` makes them: float32 ``(vocab_size,
+    dim)`` with ``dim`` in ``1..MAX_DIM``, no infinity, NaN rows only below ``trained_vocab`` (tokens without a
+    vector), ``trained_vocab`` in ``2..vocab_size`` and the tokenizer's own (a crafted pack is refused here)."""
+    if vocab_size is None:
+        raise BirnnError(f"{where}: pretrained word vectors come with token data, and vocab_size is null")
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != vocab_size:
+        raise BirnnError(
+            f"{where}: the vectors must be float32 ({vocab_size}, dim), one row per token ID; got {vectors.dtype} "
+            f"{list(vectors.shape)}"
+        )
+    if not 1 <= vectors.shape[1] <= MAX_DIM:
+        raise BirnnError(f"{where}: vectors of {vectors.shape[1]} dimensions (1..{MAX_DIM})")
+    if isinstance(trained_vocab, bool) or not isinstance(trained_vocab, (int, np.integer)):
+        raise BirnnError(f"{where}: trained_vocab {trained_vocab!r} is not a number of token IDs")
+    if not 2 <= trained_vocab <= vocab_size:
+        raise BirnnError(f"{where}: trained_vocab {trained_vocab} is outside 2..{vocab_size} (vocab_size)")
+    stored = tokenize.from_json(tokenizer).trained if isinstance(tokenizer, str) else None
+    if stored != trained_vocab:
+        raise BirnnError(f"{where}: trained_vocab {trained_vocab} is not its tokenizer's ({stored})")
+    if np.isinf(vectors).any() or np.isnan(vectors[trained_vocab:]).any():
+        raise BirnnError(f"{where}: the vectors hold infinity, or NaN in a frozen word's row (ID {trained_vocab} on)")
 
 
 def _statistics(stats: object) -> bool:
@@ -433,21 +488,42 @@ def load_packed(
     xs, ys = [fields[f"{s}_x"] for s in manifest["splits"]], [fields[f"{s}_y"] for s in manifest["splits"]]
     if len({x.raw_shape[1:] for x in xs}) > 1 or len({y.ndim for y in ys}) > 1:
         raise BirnnError(f"{where}: its splits differ in features per step, or in labels per sample or per step")
+    vectors = None
+    if manifest.get("vectors") is not None:
+        vectors = np.array(_open(where, manifest["vectors"]).array)
+        check_vectors(vectors, manifest.get("trained_vocab"), vocab_size, tokenizer, str(where / MANIFEST))
+        vectors = torch.from_numpy(vectors)
     return Splits(
         classes=manifest["classes"],
         kind=manifest["kind"],
         vocab_size=vocab_size,
         tokenizer=tokenizer,
         fingerprint=fingerprint(manifest),
+        word_vectors=vectors,
+        trained_vocab=None if vectors is None else int(manifest["trained_vocab"]),
         **fields,
     )
+
+
+def vectors_dimension(path: Path) -> int | None:
+    """The dimension of the pretrained word vectors the pack at ``path`` holds (from its manifest), else None."""
+    vectors = read_manifest(path).get("vectors")
+    if vectors is None:
+        return None
+    shape = vectors["shape"]
+    if not (isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int) and 1 <= shape[1] <= MAX_DIM):
+        raise BirnnError(f"{path / MANIFEST}: its vectors' shape {shape!r} is not (token IDs, 1..{MAX_DIM})")
+    return shape[1]
 
 
 def fingerprint(manifest: dict) -> str:
     """The pack's content as a SHA-256 over its files' SHA-256s (from the manifest: nothing is read) and classes:
     a repacked or replaced pack has another (``birnn.data.pipeline.Splits.fingerprint``)."""
     files = {s: {a: e["sha256"] for a, e in entries.items()} for s, entries in manifest["splits"].items()}
-    return hashlib.sha256(json.dumps([manifest["classes"], files], sort_keys=True).encode()).hexdigest()
+    content = [manifest["classes"], files]
+    if manifest.get("vectors") is not None:  # packs without vectors keep the fingerprint they had
+        content.append(manifest["vectors"]["sha256"])
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _labels_and_lengths(where: Path, split: str, maps: dict[str, NpyMap], classes: int) -> tuple[Tensor, Tensor | None]:
@@ -471,14 +547,13 @@ def _labels_and_lengths(where: Path, split: str, maps: dict[str, NpyMap], classe
 
 def verify(path: Path, progress: Callable[[str], None] = lambda _: None) -> int:
     """Check every file of the pack against its manifest entry, SHA-256 included; the number of files."""
-    manifest = read_manifest(path)
-    entries = [e for split in manifest["splits"].values() for e in split.values()]
-    for entry in entries:
+    listed = entries(read_manifest(path))
+    for entry in listed:
         _open(path, entry)
         if sha256(path / entry["file"]) != entry["sha256"]:
             raise BirnnError(f"{path / entry['file']}: SHA-256 differs from the manifest's (the file changed)")
         progress(entry["file"])
-    return len(entries)
+    return len(listed)
 
 
 def pack_splits(splits: Splits, out: Path, overwrite: bool = False, carried: dict | None = None) -> Path:
@@ -486,7 +561,7 @@ def pack_splits(splits: Splits, out: Path, overwrite: bool = False, carried: dic
     more manifest fields (``birnn.data.carried``)."""
     variable = splits.train_lengths is not None or splits.test_lengths is not None
     args = (splits.classes, splits.kind, variable, overwrite, splits.vocab_size, splits.tokenizer, carried)
-    with PackWriter(out, *args) as pack:
+    with PackWriter(out, *args, vectors=splits.word_vectors, trained_vocab=splits.trained_vocab) as pack:
         for name in SPLITS:
             x, y, lengths = (getattr(splits, f"{name}_{a}") for a in ("x", "y", "lengths"))
             if x is None:

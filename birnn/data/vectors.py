@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from birnn.data.packed import vectors_dimension
 from birnn.schema.errors import BirnnError, first_line
 from birnn.system.files import not_regular
 
@@ -171,29 +172,41 @@ def dimension(path: str | Path, format: str = "auto") -> int:
     return dim
 
 
-def resolve_embedding_dim(model: DictConfig, data: DictConfig) -> None:
-    """Set ``model.embedding_dim`` to the dimension of ``data.vectors`` when it is null (64 without vectors); an
-    explicit other value is refused. Other models (no ``embedding_dim`` key) refuse ``data.vectors``."""
+def _data_vectors(data: DictConfig) -> tuple[str, int] | None:
+    """The pretrained vectors the data brings, as ``(what, dimension)``: ``data.vectors``' file, or the vectors a
+    pack holds (``data=packed``, packed with ``data.vectors``); None without any."""
     path = data.get("vectors")
+    if path:
+        return f"data.vectors={path}", dimension(path, data.get("vectors_format", "auto"))
+    if data.get("_target_") == "birnn.data.load_packed" and data.get("path"):
+        dim = vectors_dimension(Path(data.path))
+        return (f"the pack {data.path}", dim) if dim is not None else None
+    return None
+
+
+def resolve_embedding_dim(model: DictConfig, data: DictConfig) -> None:
+    """Set ``model.embedding_dim`` to the dimension of the data's pretrained vectors (``data.vectors``, or a pack's)
+    when it is null (64 without vectors); an explicit other value is refused. Other models (no ``embedding_dim``
+    key) refuse the vectors."""
+    vectors = _data_vectors(data)
     if "embedding_dim" not in model:
-        if path:
+        if vectors:
             raise BirnnError(
-                f"data.vectors needs birnn's recurrent classifier (model=bilstm or bigru); model._target_="
-                f"{model.get('_target_')} has no word embedding to fill"
+                f"{vectors[0]}: pretrained vectors need birnn's recurrent classifier (model=bilstm or bigru); "
+                f"model._target_={model.get('_target_')} has no word embedding to fill"
             )
         return
-    if not path:
+    if not vectors:
         if model.embedding_dim is None:
             model.embedding_dim = DEFAULT_EMBEDDING_DIM
         return
-    dim = dimension(path, data.get("vectors_format", "auto"))
+    what, dim = vectors
     if model.embedding_dim is None:
         model.embedding_dim = dim
     elif model.embedding_dim != dim:
         raise BirnnError(
-            f"model.embedding_dim={model.embedding_dim} but data.vectors={path} holds vectors of {dim} dimensions: "
-            "leave model.embedding_dim unset (it follows the vectors) or set it to "
-            f"{dim}"
+            f"model.embedding_dim={model.embedding_dim} but {what} holds vectors of {dim} dimensions: "
+            f"leave model.embedding_dim unset (it follows the vectors) or set it to {dim}"
         )
 
 
