@@ -65,12 +65,23 @@ def test_bench_reads_debians_fashion_mnist_on_both_sides_and_prints_n_a_plainly(
     assert [line.split()[-1] for line in out.splitlines() if line.startswith(("reference ", "birnn "))] == ["n/a"] * 2
 
 
-def test_bench_on_tagged_sentences_reports_tokens_per_second_of_both(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "tagger", ["softmax", pytest.param("crf", marks=pytest.mark.slow), pytest.param("vectors", marks=pytest.mark.slow)]
+)
+def test_bench_on_tagged_sentences_reports_tokens_per_second_of_both(tmp_path, capsys, tagger):
+    """The token mode with each tagger birnn trains: per-step softmax, a CRF, pretrained vectors (birnn's side; the
+    reference is the tutorial's tagger at the same width)."""
     conll = tmp_path / "t.conll"
     conll.write_text(
         "".join("a X\ngood ADJ\nfilm X\n\n" if i % 2 else "the X\nplot X\nwas X\ngood ADJ\n\n" for i in range(40))
     )
     data = ["data=tagged", f"data.path={conll}", "data.batch_size=8", "device=cpu", "device.num_threads=1"]
+    if tagger == "vectors":
+        pytest.importorskip("gensim")
+        (tmp_path / "v.txt").write_text("".join(f"{w} {' '.join(['0.5'] * 8)}\n" for w in ("good", "the", "zanzibar")))
+        data.append(f"data.vectors={tmp_path / 'v.txt'}")
+    elif tagger == "crf":
+        data.append("model.crf=true")
     result = main(
         [
             "--rounds",

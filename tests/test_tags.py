@@ -40,13 +40,44 @@ def tagged_arrays(n: int, seed: int, steps: int = 8) -> tuple[np.ndarray, np.nda
     return x, y
 
 
+CLASSES = ["O", "B-A", "I-A"]
+
+
 @pytest.fixture
 def tags_file(tmp_path: Path) -> Path:
     (x_train, y_train), (x_test, y_test) = tagged_arrays(120, 0), tagged_arrays(40, 1)
     path = tmp_path / "tags.npz"
-    classes = np.array(["O", "B-A", "I-A"])
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, classes=classes)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, classes=np.array(CLASSES))
     return path
+
+
+def write_conll(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """The sentences of ``tagged_arrays`` as a CoNLL file: token ID ``i`` is the word ``wi``."""
+    path.write_text("".join("".join(f"w{i} {CLASSES[t]}\n" for i, t in zip(r, c) if i) + "\n" for r, c in zip(x, y)))
+    return path
+
+
+VARIANTS = ["softmax", "crf", "vectors"]  # a tagger of token IDs, with a CRF, and of words with pretrained vectors
+
+
+def tagger_data(variant: str, tags_file: Path) -> list[str]:
+    """The data and model overrides of a tagger ``variant`` of the sentences in ``tags_file``. ``vectors``: the same
+    sentences as CoNLL files (``data=tagged``) with 8-dimensional GloVe vectors for half their words and two words
+    they never hold, which training keeps as a frozen lookup (``birnn.models.embedding``)."""
+    if variant != "vectors":
+        crf = str(variant == "crf").lower()
+        return ["data=arrays", f"data.path={tags_file}", "model.embedding_dim=8", f"model.crf={crf}"]
+    folder, arrays = tags_file.parent, np.load(tags_file)
+    rng = np.random.default_rng(0)
+    glove = folder / "glove.txt"
+    words = ["w1", "w3", "w5", "w7", "w11", "w12"]
+    glove.write_text("".join(f"{w} {' '.join(f'{v:.4f}' for v in rng.normal(size=8))}\n" for w in words))
+    return [
+        "data=tagged",
+        f"data.path={write_conll(folder / 'train.conll', arrays['x_train'], arrays['y_train'])}",
+        f"data.test_path={write_conll(folder / 'test.conll', arrays['x_test'], arrays['y_test'])}",
+        f"data.vectors={glove}",
+    ]
 
 
 def brute_force(crf: CRF, emissions: torch.Tensor, length: int) -> tuple[torch.Tensor, dict]:
@@ -187,16 +218,14 @@ def test_a_tagging_run_scores_tokens_and_picks_best_by_the_monitor(tags_file, tm
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["monitor"] == "val_f1"
 
 
-def tagging_cfg(path: Path, *extra: str):
+def tagging_cfg(data: list[str], *extra: str):
     return make_cfg(
-        "data=arrays",
-        f"data.path={path}",
+        *data,
         "data.batch_size=16",
         "data.val_size=20",
         "device=cpu",
         "device.num_threads=1",
         "model.hidden_size=8",
-        "model.embedding_dim=8",
         "model.dropout=0.3",
         "model.num_layers=2",
         "trainer.checkpoint_every_n_steps=4",
@@ -204,20 +233,20 @@ def tagging_cfg(path: Path, *extra: str):
     )
 
 
-@pytest.mark.parametrize("crf", [False, True])
-def test_a_stopped_tagging_run_resumes_bit_identically(tags_file, tmp_path, monkeypatch, crf):
-    cfg = [f"model.crf={str(crf).lower()}", "trainer.epochs=3"]
-    reference = train(tagging_cfg(tags_file, *cfg), tmp_path / "reference")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_stopped_tagging_run_resumes_bit_identically(tags_file, tmp_path, monkeypatch, variant):
+    cfg = [*tagger_data(variant, tags_file), "trainer.epochs=3"]
+    reference = train(tagging_cfg(cfg), tmp_path / "reference")
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         interrupt_at(monkeypatch, 9, lambda _: os.kill(os.getpid(), signal.SIGTERM))  # mid-epoch 2 (7 per epoch)
         with pytest.raises(SystemExit):
-            train(tagging_cfg(tags_file, *cfg), tmp_path / "stopped")
+            train(tagging_cfg(cfg), tmp_path / "stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
     monkeypatch.undo()
     assert state_of(tmp_path / "stopped")["progress"]["step_in_epoch"] == 2
-    resumed = train(tagging_cfg(tags_file, *cfg), tmp_path / "stopped")
+    resumed = train(tagging_cfg(cfg), tmp_path / "stopped")
     assert {k: v for k, v in resumed.items() if k not in WALL_CLOCK} == {
         k: v for k, v in reference.items() if k not in WALL_CLOCK
     }
@@ -225,17 +254,14 @@ def test_a_stopped_tagging_run_resumes_bit_identically(tags_file, tmp_path, monk
         assert torch.equal(tensor, state_of(tmp_path / "reference")["model"][name]), name
 
 
-@pytest.mark.parametrize("crf", [False, True])
-def test_two_processes_tag_with_the_single_process_math(tags_file, tmp_path, crf):
+@pytest.mark.parametrize("variant", ["softmax", "crf", pytest.param("vectors", marks=pytest.mark.slow)])
+def test_two_processes_tag_with_the_single_process_math(tags_file, tmp_path, variant):
     overrides = [
-        "data=arrays",
-        f"data.path={tags_file}",
+        *tagger_data(variant, tags_file),
         "data.batch_size=16",
         "data.val_size=21",  # 99 training sentences: the last batch (3) splits unevenly over 2 processes
         "device=cpu",
         "model.hidden_size=8",
-        "model.embedding_dim=8",
-        f"model.crf={str(crf).lower()}",
         "trainer.epochs=2",
         "trainer.log_images=false",
     ]
@@ -282,16 +308,14 @@ def test_the_unpacked_model_for_export_equals_the_packed_one(options):
 
 
 @pytest.mark.slow
-def test_kill_9_of_a_tagging_run_then_resume_is_bit_identical(tags_file, tmp_path):
+@pytest.mark.parametrize("variant", ["crf", "vectors"])
+def test_kill_9_of_a_tagging_run_then_resume_is_bit_identical(tags_file, tmp_path, variant):
     args = [
-        "data=arrays",
-        f"data.path={tags_file}",
+        *tagger_data(variant, tags_file),
         "data.batch_size=8",
         "device=cpu",
         "device.num_threads=1",
         "model.hidden_size=8",
-        "model.embedding_dim=8",
-        "model.crf=true",
         "trainer.checkpoint_every_n_steps=3",
         "trainer.log_images=false",
     ]

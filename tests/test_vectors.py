@@ -2,6 +2,7 @@
 that keeps the vectors of words it never saw in training at predict and export time."""
 
 import gzip
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ pytest.importorskip("gensim")
 
 from gensim.models import KeyedVectors
 
+from birnn import evaluate, export
 from birnn.data import tokenize
 from birnn.data.vectors import MAX_WORDS, dimension, read_vectors
 from birnn.engine.restore import restore
@@ -152,13 +154,24 @@ def test_a_tagger_keeps_the_vectors_of_words_training_never_saw(tmp_path, tagged
     assert all(shape[0] != len(model.pretrained) for shape in shapes if len(shape) == 2 and shape[1] == 4)
 
 
-def test_trained_embeddings_start_from_the_vectors_and_predict_export_resume_work(tmp_path, tagged):
+REVIEWS = "label,text\n" + "pos,The jury said .\nneg,the dog said no\n" * 10
+
+
+@pytest.mark.parametrize("data", ["tagged", pytest.param("text", marks=pytest.mark.slow)])
+def test_trained_embeddings_start_from_the_vectors_and_every_command_keeps_them(tmp_path, tagged, data):
+    """A tagger (data=tagged) and a text classifier of words (data=text data.tokenizer=word) with vectors: training
+    resumes, evaluate reads a test file with a word only the vectors know, predict --text and .txt files read such
+    words, and ONNX and torch.export graphs give PyTorch's outputs on their IDs."""
     train_file, test_file, glove = tagged
+    source = [f"data={data}", f"data.path={train_file}", f"data.test_path={test_file}"]
+    if data == "text":
+        (tmp_path / "train.csv").write_text(REVIEWS)
+        (tmp_path / "test.csv").write_text("label,text\npos,The cat said .\n")
+        source = ["data=text", "data.tokenizer=word", f"data.path={tmp_path / 'train.csv'}"]
+        source += [f"data.test_path={tmp_path / 'test.csv'}", "model.readout=final"]
     run_dir = tmp_path / "run"
     common = [
-        "data=tagged",
-        f"data.path={train_file}",
-        f"data.test_path={test_file}",
+        *source,
         f"data.vectors={glove}",
         "device=cpu",
         "model.hidden_size=8",
@@ -167,15 +180,38 @@ def test_trained_embeddings_start_from_the_vectors_and_predict_export_resume_wor
     ]
     first = run_cli(*common, "trainer.max_steps=2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "data.vectors cover 45 of 60 training tokens (75.0%), 3 of 4 distinct words" in first.stdout
+    tokens = {"tagged": "45 of 60 training tokens (75.0%), 3 of 4", "text": "60 of 80 training tokens (75.0%), 4 of 6"}
+    covered = f"{tokens[data]} distinct words"
+    assert f"data.vectors cover {covered}" in first.stdout
     resumed = run_cli(*common, "trainer.max_steps=4", cwd=tmp_path)  # the resolved embedding_dim matches
     assert resumed.returncode == 0, resumed.stderr
-    ckpt = str(run_dir / "checkpoints" / "last.pt")
-    predicted = run_cli(ckpt, "--text", "The cat said .", cwd=tmp_path, module="birnn.predict")
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    restored = restore(ckpt)
+    tok, model = tokenize.from_json(restored.tokenizer), restored.model
+    unseen = tok.ids(["cat"])[0]
+    assert unseen >= tok.trained == model.embedding.num_embeddings  # cat: a frozen pretrained word
+    scores = evaluate.evaluate_checkpoint(ckpt)  # the test file's 'cat' is its vector's ID, not <unk>
+    assert scores["test_samples"] == (4 if data == "tagged" else 1)
+    (tmp_path / "new.txt").write_text("Paris cat\n")
+    predicted = run_cli(
+        str(ckpt), "--text", "The cat said .", "new.txt", "--json", cwd=tmp_path, module="birnn.predict"
+    )
     assert predicted.returncode == 0, predicted.stderr
-    assert "cat/" in predicted.stdout
+    answers = json.loads(predicted.stdout)
+    assert len(answers) == 2 and (data == "text" or [len(a["tags"]) for a in answers] == [4, 2])
+    export.main([str(ckpt), "--format", "pt2", "--out", str(tmp_path / "model.pt2")])  # checks itself on random IDs
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    x, lengths = torch.tensor([tok.ids(["Paris", "cat", "said"]), [unseen, 0, 0]]), torch.tensor([3, 1])
+    steps = restored.input_shape[0]
+    x = torch.nn.functional.pad(x, (0, steps - 3))
+    with torch.no_grad():
+        got, expected = program(x, lengths), model(x, lengths)
+    if data == "tagged":  # per step: the valid steps count
+        valid = torch.arange(steps) < lengths[:, None]
+        got, expected = got[valid], expected[valid]
+    torch.testing.assert_close(got, expected)
     pytest.importorskip("onnxruntime")
-    exported = run_cli(ckpt, cwd=tmp_path, module="birnn.export")  # checks the graph against PyTorch on random IDs
+    exported = run_cli(str(ckpt), cwd=tmp_path, module="birnn.export")  # checks the graph against PyTorch
     assert exported.returncode == 0, exported.stderr
 
 
