@@ -104,6 +104,14 @@ def test_a_slash_file_gets_word_slash_tag_tokens(tagger, tmp_path, capsys, gold)
     assert (blank, end) == ("", "") and second == "  ".join(f"{w}/{t}" for w, t in zip(sentences[1], tags[1]))
 
 
+def test_a_txt_file_of_raw_text_is_tagged_line_by_line_as_text(tagger, tmp_path, capsys):
+    (tmp_path / "raw.txt").write_text("the superb film\n\ngood plot\n")
+    capsys.readouterr()
+    predict.main([str(tagger), str(tmp_path / "raw.txt"), "--text", "the superb film", "--json"])
+    given, first, second = json.loads(capsys.readouterr().out)
+    assert first["tags"] == given["tags"] and len(first["tags"]) == 3 and len(second["tags"]) == 2
+
+
 def test_standard_output_and_an_existing_output_file(tagger, tmp_path, capsys):
     source = tmp_path / "test.conll"
     source.write_text("the X\ngood ADJ\n")
