@@ -64,6 +64,7 @@ CONLL = (
     "superb JJ ADJ\r\n"
     "film NN X\r\n"
     "\n"
+    "# SYM X\n"  # a token '#' (as many columns as the token lines), not a comment
     "fine JJ ADJ"  # no newline at the end
 )
 
@@ -74,8 +75,8 @@ def test_a_conll_file_gets_a_last_column_of_the_tags_predict_gives(tagger, tmp_p
     out = tmp_path / "tagged.conll"
     done = run_cli(str(tagger), str(source), "--out", str(out), cwd=tmp_path, module="birnn.predict")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"Wrote {out}: 3 sentences, 7 tokens tagged (conll)"
-    sentences = [["the", "good", "Movie"], ["a", "superb", "film"], ["fine"]]
+    assert done.stdout.strip() == f"Wrote {out}: 3 sentences, 8 tokens tagged (conll)"
+    sentences = [["the", "good", "Movie"], ["a", "superb", "film"], ["#", "fine"]]
     tags = json_tags(tagger, sentences, capsys)
     got = out.read_bytes().decode().split("\n")
     given = CONLL.split("\n")
@@ -84,7 +85,7 @@ def test_a_conll_file_gets_a_last_column_of_the_tags_predict_gives(tagger, tmp_p
     assert got[3:6] == [f"the\tDT\tX\t{tags[0][0]}", f"good\tJJ\tADJ\t{tags[0][1]}", f"Movie\tNN\tX\t{tags[0][2]}"]
     assert got[6:8] == ["", ""]
     assert got[8:11] == [f"{line} {tag}\r" for line, tag in zip(["a NN X", "superb JJ ADJ", "film NN X"], tags[1])]
-    assert got[11:] == ["", f"fine JJ ADJ {tags[2][0]}"]
+    assert got[11:] == ["", f"# SYM X {tags[2][0]}", f"fine JJ ADJ {tags[2][1]}"]
     # the file written is what data=tagged reads: the predictions are its last column, gold the one before
     predicted = [line.split()[-1] for line in got[3:] if line.strip()]
     assert predicted == [t for s in tags for t in s]

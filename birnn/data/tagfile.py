@@ -6,10 +6,12 @@ reads it); the predicted tag becomes a new last column (joined with a tab when t
 so ``conlleval``-style scorers read gold (the old last column) and prediction (the new one). A blank line ends a
 sentence and stays; a ``-DOCSTART-`` line stays and repeats its last column (every line keeps one column count,
 which ``conlleval`` requires); a line that starts with ``#`` before a sentence's first token is a comment (CoNLL-U's
-``# text = ...``) and stays as it is. ``slash``: one sentence per line. When every token of the file is
-``word/tag`` (a gold file, as ``data=tagged data.format=slash`` reads it) the word is what precedes the last ``/``
-and the prediction replaces the tag; otherwise every token is a word and gets ``/TAG``. The white space between
-tokens, blank lines and line endings are kept.
+``# text = ...``) and stays as it is, unless it has as many columns as the next token line (a token ``#``).
+
+``slash``: one sentence per line. When every token of the file is ``word/tag`` (a gold file, as ``data=tagged
+data.format=slash`` reads it) the word is what precedes the last ``/`` and the prediction replaces the tag;
+otherwise every token is a word and gets ``/TAG``. The white space between tokens, blank lines and line endings
+are kept.
 """
 
 from __future__ import annotations
@@ -98,13 +100,28 @@ def read_tag_file(path: Path, format: str = "conll", token_column: int = 0, max_
     return tag_file
 
 
+def _columns_after(lines: list[str]) -> list[int | None]:
+    """Per line, the number of columns of the nearest later line that holds some and does not start with ``#``."""
+    after: list[int | None] = [None] * len(lines)
+    found = None
+    for i in range(len(lines) - 1, -1, -1):
+        after[i] = found
+        columns = fields(lines[i])
+        if columns and not lines[i].startswith("#"):
+            found = len(columns)
+    return after
+
+
 def _conll(path: Path, lines: list[str], token_column: int) -> TagFile:
     sentences: list[Sentence] = []
     words: list[str] = []
     at: list[int] = []
+    after = _columns_after(lines)
     for i, line in enumerate([*lines, ""]):
         columns = fields(line)
-        if columns[:1] == [DOCSTART] or (not words and line.startswith("#")):
+        # before a sentence's first token, a line starting with # is a comment, unless it has as many columns as the
+        # next token line (a token '#', as Penn Treebank files have)
+        if columns[:1] == [DOCSTART] or (not words and line.startswith("#") and len(columns) != after[i]):
             continue
         if not columns:
             if words:
