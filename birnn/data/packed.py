@@ -458,8 +458,9 @@ def _open(path: Path, entry: dict) -> NpyMap:
 def load_packed(
     root: str = "data", download: bool = False, path: str | None = None, fitted: str | None = None
 ) -> Splits:
-    """``data=packed``: the pack in directory ``path``; inputs stay memory-mapped, labels and lengths load.
-    ``fitted``: a checkpoint's tokenizer, which must be the pack's (its token IDs mean what the model learned)."""
+    """``data=packed``: the pack in directory ``path``; inputs stay memory-mapped, labels, lengths and pretrained
+    vectors load. ``fitted``: a checkpoint's tokenizer, which must be the pack's (its token IDs mean what the model
+    learned); its model holds the vectors, which are then not read."""
     if not path:
         raise BirnnError("data=packed needs the pack: data.path=DIR (made by birnn-pack DIR data=...)")
     where = Path(path)
@@ -489,7 +490,7 @@ def load_packed(
     if len({x.raw_shape[1:] for x in xs}) > 1 or len({y.ndim for y in ys}) > 1:
         raise BirnnError(f"{where}: its splits differ in features per step, or in labels per sample or per step")
     vectors = None
-    if manifest.get("vectors") is not None:
+    if manifest.get("vectors") is not None and fitted is None:  # a checkpoint's model holds its vectors already
         vectors = np.array(_open(where, manifest["vectors"]).array)
         check_vectors(vectors, manifest.get("trained_vocab"), vocab_size, tokenizer, str(where / MANIFEST))
         vectors = torch.from_numpy(vectors)
@@ -500,7 +501,7 @@ def load_packed(
         tokenizer=tokenizer,
         fingerprint=fingerprint(manifest),
         word_vectors=vectors,
-        trained_vocab=None if vectors is None else int(manifest["trained_vocab"]),
+        trained_vocab=None if tokenizer is None else tokenize.from_json(tokenizer).trained,  # as data=tagged's
         **fields,
     )
 
