@@ -129,12 +129,17 @@ def test_per_step_loss_ignores_padding():
 
 
 @pytest.mark.parametrize("crf", [False, True])
-@pytest.mark.parametrize("tokens", [False, True])
-def test_per_step_outputs_of_a_padded_batch_equal_each_sample_alone(tokens, crf):
+@pytest.mark.parametrize("inputs", ["features", "tokens", "vectors"])
+def test_per_step_outputs_of_a_padded_batch_equal_each_sample_alone(inputs, crf):
     torch.manual_seed(1)
     g = torch.Generator().manual_seed(1)
-    if tokens:
-        model = RNNClassifier(VOCAB, TAGS, hidden_size=5, vocab_size=VOCAB, per_step=True, crf=crf, embedding_dim=4)
+    if inputs != "features":  # vectors: IDs 7 to 10 are pretrained words, a frozen lookup (birnn.models.embedding)
+        frozen = {"frozen_words": 4} if inputs == "vectors" else {}
+        model = RNNClassifier(
+            VOCAB, TAGS, hidden_size=5, vocab_size=VOCAB, per_step=True, crf=crf, embedding_dim=4, **frozen
+        )
+        if frozen:
+            model.pretrained.normal_(generator=g)
         x = torch.randint(1, VOCAB, (len(LENGTHS), max(LENGTHS)), generator=g)
     else:
         model = RNNClassifier(3, TAGS, hidden_size=5, per_step=True, crf=crf)
