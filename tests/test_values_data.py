@@ -1,0 +1,188 @@
+"""Values around the regression core (issue #36): packs and Parquet/CSV tables with float targets, text with a
+numeric label column, and what birnn-predict, birnn-export and the test pictures make of values."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from test_packed import edit_manifest, one_error_line, resave
+
+from birnn.data.packed import MANIFEST, PackWriter, load_packed
+from birnn.data.text import load_text
+from birnn.schema.errors import BirnnError
+from conftest import run_cli
+
+
+def values_pack(out, y_train, y_test, variable=False):
+    """A pack of 6 train and 3 test series (4 steps, 2 features) with float targets ``y_*``."""
+    rng = np.random.default_rng(0)
+    lengths = {"train": np.array([4, 2, 3, 4, 1, 4]), "test": np.array([2, 4, 3])} if variable else {}
+    with PackWriter(out, [], "series", variable=variable, values=True) as pack:
+        for split, y in (("train", y_train), ("test", y_test)):
+            x = rng.normal(size=(len(y), 4, 2)).astype(np.float32)
+            pack.split(split).append(x, y, lengths.get(split))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("y_train", "y_test"),
+    [
+        (np.linspace(-1, 1, 6, dtype=np.float32), np.array([0.5, 2.0, -3.25], np.float32)),  # one value each
+        (np.arange(12.0).reshape(6, 2), np.ones((3, 2))),  # two outputs, float64 kept
+        (np.where(np.arange(24).reshape(6, 4) % 5, np.arange(24.0).reshape(6, 4), np.nan), np.ones((3, 4))),
+    ],
+    ids=["per-sequence", "two-outputs", "per-step-with-nan"],
+)
+def test_a_pack_holds_float_targets_as_written(tmp_path, y_train, y_test):
+    pack = values_pack(tmp_path / "p", y_train, y_test)
+    manifest = json.loads((pack / MANIFEST).read_text())
+    assert manifest["targets"] == "values" and manifest["classes"] == []
+    assert manifest["splits"]["train"]["y"]["dtype"] == y_train.dtype.str
+    splits = load_packed(path=str(pack))
+    assert splits.classes == [] and splits.train_y.dtype == torch.from_numpy(y_train).dtype
+    np.testing.assert_array_equal(splits.train_y.numpy(), y_train)  # NaN where NaN, every bit else
+    np.testing.assert_array_equal(splits.test_y.numpy(), y_test)
+
+
+def test_integer_targets_of_a_values_pack_become_float32(tmp_path):
+    pack = values_pack(tmp_path / "p", np.arange(6), np.arange(3))
+    assert load_packed(path=str(pack)).train_y.dtype == torch.float32
+
+
+def test_a_class_pack_has_no_targets_key(tmp_path):
+    """Class packs are written as before values existed: the previous release reads them, and they read here."""
+    with PackWriter(tmp_path / "p", ["a", "b"]) as pack:
+        for split in ("train", "test"):
+            pack.split(split).append(np.zeros((2, 3, 1), np.float32), np.array([0, 1]))
+    assert "targets" not in json.loads((tmp_path / "p" / MANIFEST).read_text())
+    assert load_packed(path=str(tmp_path / "p")).train_y.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (np.array([1.0, np.inf]), "sample 1 has target inf: targets must be finite numbers"),
+        (np.array([np.nan, 1.0]), "sample 0 has target nan: targets must be finite numbers (NaN marks a step"),
+        (np.array([[1.0, 2.0, 3.0, 4.0], [1.0, -np.inf, 3.0, 4.0]]), "sample 1 step 1 has target -inf"),
+        (np.array(["1.5", "2"]), "targets must be real numbers shaped (2,) or (2, d); got <U3 (2,)"),
+        (np.zeros((2, 2, 2)), "targets must be real numbers shaped (2,) or (2, d); got float64 (2, 2, 2)"),
+    ],
+)
+def test_the_writer_refuses_targets_it_cannot_score(tmp_path, y, message):
+    with pytest.raises(BirnnError, match=re.escape(message)):
+        with PackWriter(tmp_path / "p", [], values=True) as pack:
+            pack.split("train").append(np.zeros((2, 4, 1), np.float32), y)
+    assert not (tmp_path / "p" / MANIFEST).exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: resave(p, "train_y", np.arange(6)), "train_y holds int64 [6]; expected float targets (6,) or"),
+        (lambda p: resave(p, "test_y", np.array([1.0, np.nan, 2.0])), "test_y: sample 1 has target nan"),
+        (lambda p: edit_manifest(p, targets="counts"), "manifest.json is damaged"),
+        (lambda p: edit_manifest(p, targets=None), "manifest.json is damaged"),
+    ],
+)
+def test_a_damaged_values_pack_is_refused_when_opened(tmp_path, edit, message):
+    pack = values_pack(tmp_path / "p", np.linspace(0, 1, 6), np.ones(3))
+    load_packed(path=str(pack))
+    edit(pack)
+    with pytest.raises(BirnnError, match=re.escape(message)):
+        load_packed(path=str(pack))
+
+
+def test_a_class_pack_without_classes_stays_damaged(tmp_path):
+    pack = values_pack(tmp_path / "p", np.linspace(0, 1, 6), np.ones(3))
+    manifest = json.loads((pack / MANIFEST).read_text())
+    del manifest["targets"]
+    (pack / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BirnnError, match="manifest.json is damaged: it needs classes"):
+        load_packed(path=str(pack))
+
+
+def write_value_tables(folder):
+    """CSV files with one column per step and a float label column, and Parquet files with a list column per
+    channel, lengths and a float64 label column of whole numbers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header = "label,s0,s1,s2\n"
+    (folder / "train.csv").write_text(header + "".join(f"{i / 4},{i},{i + 0.5},{-i}\n" for i in range(8)))
+    (folder / "test.csv").write_text(header + "2.5,1,2,3\n-1e3,0,0,0\n")
+    for split, n in (("train", 9), ("test", 4)):
+        lengths = np.arange(n) % 3 + 1
+        table = pa.table({"a": [[1.0] * k for k in lengths], "label": np.arange(n, dtype=np.float64), "n": lengths})
+        pq.write_table(table, folder / f"{split}.parquet", row_group_size=4)
+
+
+def pack_cli(folder, out, *args):
+    return run_cli(
+        out, "--train", f"train.{args[0]}", "--test", f"test.{args[0]}", *args[1:], cwd=folder, module="birnn.pack"
+    )
+
+
+def test_a_float_label_column_packs_as_float_targets(tmp_path):
+    write_value_tables(tmp_path)
+    proc = pack_cli(tmp_path, "csv", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "float targets" in proc.stdout
+    splits = load_packed(path=str(tmp_path / "csv"))
+    assert splits.train_y.dtype == torch.float64 and splits.train_y.tolist() == [i / 4 for i in range(8)]
+    assert splits.test_y.tolist() == [2.5, -1000.0]
+    proc = pack_cli(tmp_path, "pq", "parquet", "--length", "n")  # a float column of whole numbers: values too
+    assert proc.returncode == 0, proc.stderr
+    splits = load_packed(path=str(tmp_path / "pq"))
+    assert splits.train_y.tolist() == list(range(9)) and splits.train_lengths.tolist() == [1, 2, 3] * 3
+
+
+def test_task_chooses_classes_or_values_of_a_table(tmp_path):
+    write_value_tables(tmp_path)
+    (tmp_path / "int.csv").write_text("label,s0\n0,1\n2,3\n")
+    cmd = ["out", "--train", "int.csv", "--test", "int.csv"]
+    assert run_cli(*cmd, cwd=tmp_path, module="birnn.pack").returncode == 0
+    assert load_packed(path=str(tmp_path / "out")).classes == ["0", "1", "2"]
+    proc = run_cli(*cmd, "--task", "regression", "--overwrite", cwd=tmp_path, module="birnn.pack")
+    assert proc.returncode == 0, proc.stderr
+    assert load_packed(path=str(tmp_path / "out")).train_y.tolist() == [0.0, 2.0]
+    line = one_error_line(pack_cli(tmp_path, "refused", "csv", "--task", "classification"))
+    assert "column 'label' of train.csv, test.csv holds numbers that are not integer class labels" in line
+    assert "--task regression" in line and not (tmp_path / "refused" / MANIFEST).exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("nan,1,2,3", "test.csv row 2 column label: target nan is not a finite number"),
+        ("inf,1,2,3", "test.csv row 2 column label: target inf is not a finite number"),
+        ("abc,1,2,3", "test.csv row 2 column label: 'abc' is not a number"),
+    ],
+)
+def test_a_non_finite_table_target_is_one_line_naming_its_row(tmp_path, row, message):
+    write_value_tables(tmp_path)
+    (tmp_path / "test.csv").write_text(f"label,s0,s1,s2\n2.5,1,2,3\n{row}\n")
+    line = one_error_line(pack_cli(tmp_path, "out", "csv"))
+    assert message in line and not (tmp_path / "out" / MANIFEST).exists()
+
+
+REVIEWS = "text,label\n" + "".join(
+    f"{w} movie,{r}\n" for w, r in [("great", 4.5), ("awful", 1), ("fine", 3), ("good", 4), ("bad", 1.5)] * 4
+)
+
+
+def test_a_numeric_text_label_is_a_value_under_regression(tmp_path):
+    (tmp_path / "r.csv").write_text(REVIEWS)
+    splits = load_text(path=str(tmp_path / "r.csv"), test_fraction=0.25, task="regression")
+    assert splits.classes == [] and splits.train_y.dtype == torch.float64
+    assert sorted(splits.train_y.tolist() + splits.test_y.tolist()) == sorted([4.5, 1, 3, 4, 1.5] * 4)
+    classes = load_text(path=str(tmp_path / "r.csv"), test_fraction=0.25)
+    assert classes.classes == ["1", "1.5", "3", "4", "4.5"] and classes.train_y.dtype == torch.int64
+
+
+@pytest.mark.parametrize("label", ["good", "nan", "inf", ""])
+def test_a_text_label_that_is_no_finite_number_is_refused_under_regression(tmp_path, label):
+    (tmp_path / "r.csv").write_text(REVIEWS.replace("fine movie,3\n", f"fine movie,{label}\n", 1))
+    with pytest.raises(BirnnError, match=re.escape(f"r.csv: sample 3 has label {label!r}, not a finite number")):
+        load_text(path=str(tmp_path / "r.csv"), test_fraction=0.25, task="regression")
