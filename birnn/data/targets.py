@@ -14,9 +14,11 @@ from a checkpoint's data spec, ``Restored.target``). The scores of classes (scik
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,6 +70,9 @@ class Target(Protocol):
         """The trivial predictor's test score (``test_baseline_accuracy``) and what it is (``test_baseline``),
         reported beside the model's: does the model beat it?"""
 
+    def drawn(self, y: Tensor, predictions: Tensor, most: int) -> Drawn | None:
+        """What a test pass's pictures show (when ``pictures``): the whole split and at most ``most`` inputs."""
+
     def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
         """``birnn-predict``'s fields for each input of a batch (``label``: what its table prints; ``probability``
         or None); ``tokens``: each input's words, for per-step targets of text."""
@@ -110,6 +115,26 @@ def _full(lengths: Tensor | None, y: Tensor) -> Tensor:
     return lengths if lengths is not None else torch.full((len(y),), y.shape[1], dtype=torch.int64)
 
 
+@dataclass
+class Drawn:
+    """What the pictures of a test pass show, as the kind of target chooses it (``Target.drawn``;
+    ``birnn.records.tracking.pictures`` draws it): the whole split under ``summary``, a ``confusion_matrix``
+    (``matrix``: rows true, columns predicted, of classes ``names``) or ``predicted_vs_true`` (``values``: true and
+    predicted ``(n, outputs)``, NaN where not scored, of outputs ``names``); and the inputs worth a look under
+    ``inputs`` (``misclassified``, ``worst_predicted``): samples ``shown`` (worst first), each captioned with what is
+    ``true`` and what was ``predicted``, ``total`` of them in the split."""
+
+    summary: str
+    names: list[str]
+    inputs: str
+    shown: Tensor
+    true: list[str]
+    predicted: list[str]
+    total: int
+    matrix: np.ndarray | None = None
+    values: tuple[np.ndarray, np.ndarray] | None = None
+
+
 class Classes:
     """What the kinds of class targets share: the class names, logits as outputs, accuracy as the score."""
 
@@ -149,6 +174,14 @@ class Classes:
             "per_class": per_class(y, predictions, self.classes),
             "confusion_matrix": confusion_matrix(y, predictions, len(self.classes)).tolist(),
         }
+
+    def drawn(self, y: Tensor, predictions: Tensor, most: int) -> Drawn | None:
+        """The confusion matrix and the first ``most`` misclassified inputs (classes per sequence)."""
+        matrix = confusion_matrix(y, predictions, len(self.classes)).numpy()
+        wrong = (predictions != y).nonzero().squeeze(1).cpu()
+        shown = wrong[:most]
+        true, predicted = ([self.classes[i] for i in t[shown].tolist()] for t in (y.cpu(), predictions.cpu()))
+        return Drawn("confusion_matrix", self.classes, "misclassified", shown, true, predicted, len(wrong), matrix)
 
     def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
         return ["logits"]
