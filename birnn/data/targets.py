@@ -77,6 +77,12 @@ class Target(Protocol):
         """``birnn-predict``'s fields for each input of a batch (``label``: what its table prints; ``probability``
         or None); ``tokens``: each input's words, for per-step targets of text."""
 
+    compared: str  # how export_difference compares, for birnn-export's line ("" or " (in standardized units)")
+
+    def graph(self, model: nn.Module) -> nn.Module:
+        """What ``birnn-export`` traces of ``model`` (the whole input pipeline in front of it): the model, or one that
+        outputs the predictions in the target's units."""
+
     def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
         """The names of an exported model's outputs (``unpacked``: the graph takes ``lengths``)."""
 
@@ -182,6 +188,11 @@ class Classes:
         shown = wrong[:most]
         true, predicted = ([self.classes[i] for i in t[shown].tolist()] for t in (y.cpu(), predictions.cpu()))
         return Drawn("confusion_matrix", self.classes, "misclassified", shown, true, predicted, len(wrong), matrix)
+
+    compared = ""
+
+    def graph(self, model: nn.Module) -> nn.Module:
+        return model
 
     def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
         return ["logits"]
