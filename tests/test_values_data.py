@@ -186,3 +186,187 @@ def test_a_text_label_that_is_no_finite_number_is_refused_under_regression(tmp_p
     (tmp_path / "r.csv").write_text(REVIEWS.replace("fine movie,3\n", f"fine movie,{label}\n", 1))
     with pytest.raises(BirnnError, match=re.escape(f"r.csv: sample 3 has label {label!r}, not a finite number")):
         load_text(path=str(tmp_path / "r.csv"), test_fraction=0.25, task="regression")
+
+
+# ---- through training (the regression core: task=regression) ----
+
+RUN = ["task=regression", "device=cpu", "device.num_threads=1", "model.hidden_size=8", "model.num_layers=1"]
+RUN += ["trainer.log_images=false", "data.batch_size=16", "trainer.epochs=2", "trainer.checkpoint_every_n_steps=5"]
+
+
+def ramps(path, per_step=False, seed=0):
+    """Series (n, 6 steps, 2 features) rising with a slope; targets about 1000 + 300 x the slope (far from 0 and 1:
+    an uninverted scaling shows), per sequence, or per step with the last step unscored (NaN)."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in (("train", 48), ("test", 16)):
+        slope = rng.uniform(-1, 1, n)
+        x = slope[:, None, None] * np.linspace(0, 1, 6)[None, :, None] + rng.normal(0, 0.05, (n, 6, 2))
+        y = 1000 + 300 * slope
+        if per_step:
+            y = y[:, None] + 10 * np.arange(6)[None, :]
+            y[:, -1] = np.nan
+        splits |= {f"x_{split}": x.astype(np.float32), f"y_{split}": y.astype(np.float32)}
+    np.savez(path, **splits)
+    return path
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def same_runs(a, b, ra, rb):
+    assert a["history"] == b["history"] and a["test_rmse"] == b["test_rmse"] and a["test_r2"] == b["test_r2"]
+    ref = weights(rb)
+    for name, w in weights(ra).items():
+        assert torch.equal(w, ref[name]), name
+
+
+@pytest.mark.parametrize("per_step", [False, True], ids=["per-sequence", "per-step"])
+def test_training_from_a_values_pack_is_bit_identical_to_the_file(tmp_path, per_step):
+    from birnn.pack import pack_config
+    from birnn.train import train
+    from conftest import make_cfg
+
+    data = ["data=arrays", f"data.path={ramps(tmp_path / 'r.npz', per_step)}"]
+    task = ["task.per_step=true"] if per_step else []
+    pack_config(tmp_path / "pack", [*data, "task=regression", *task], overwrite=False)
+    assert json.loads((tmp_path / "pack" / MANIFEST).read_text())["targets"] == "values"
+    extra = ["data.val_size=8", "data.normalize=true", *task]
+    files = train(make_cfg(*RUN, *data, *extra), tmp_path / "files")
+    packed = train(make_cfg(*RUN, "data=packed", f"data.path={tmp_path / 'pack'}", *extra), tmp_path / "packed")
+    same_runs(packed, files, tmp_path / "packed", tmp_path / "files")
+
+
+def test_a_values_pack_trained_as_classes_is_one_line(tmp_path):
+    pack = values_pack(tmp_path / "p", np.linspace(0, 1, 6), np.ones(3))
+    cmd = ["data=packed", f"data.path={pack}", "device=cpu", "trainer.max_steps=1", "hydra.run.dir=run"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path))
+    assert "task=regression" in line
+
+
+def reviews(path, bad=None):
+    rng = np.random.default_rng(0)
+    words = {"great": 5, "good": 4, "fine": 3, "dull": 2, "awful": 1}
+    rows = []
+    for _ in range(80):
+        chosen = rng.choice(list(words), 3)
+        rows.append(f"{' '.join(chosen)} film,{np.mean([words[w] for w in chosen]):.3f}\n")
+    if bad is not None:
+        rows[5] = f"some film,{bad}\n"
+    path.write_text("text,label\n" + "".join(rows))
+    return path
+
+
+def test_a_text_pack_of_ratings_trains_bit_identically_and_predicts_ratings(tmp_path):
+    from birnn.pack import pack_config
+    from birnn.train import train
+    from conftest import make_cfg
+
+    data = ["data=text", f"data.path={reviews(tmp_path / 'r.csv')}", "data.test_fraction=0.25"]
+    pack_config(tmp_path / "pack", [*data, "task=regression"], overwrite=False)
+    model = ["model.embedding_dim=8", "model.readout=final"]
+    files = train(make_cfg(*RUN, *model, *data), tmp_path / "files")
+    packed = train(make_cfg(*RUN, *model, "data=packed", f"data.path={tmp_path / 'pack'}"), tmp_path / "packed")
+    same_runs(packed, files, tmp_path / "packed", tmp_path / "files")
+    ckpt = str(tmp_path / "packed" / "checkpoints" / "last.pt")
+    proc = run_cli(ckpt, "--text", "great great film", "--json", cwd=tmp_path, module="birnn.predict")
+    assert proc.returncode == 0, proc.stderr
+    (answer,) = json.loads(proc.stdout)
+    assert isinstance(answer["value"], float) and answer["probability"] is None
+
+
+def test_a_text_label_that_is_no_number_stops_training_with_one_line(tmp_path):
+    path = reviews(tmp_path / "r.csv", bad="good")
+    cmd = ["data=text", f"data.path={path}", "task=regression", "device=cpu", "hydra.run.dir=run"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path))
+    assert "r.csv: sample 6 has label 'good', not a finite number" in line
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["per-sequence", "per-step"])
+def value_run(request, tmp_path_factory):
+    """A tiny regression run on ramps (log_target for the per-sequence one), pictures on; its checkpoint."""
+    from birnn.train import train
+    from conftest import make_cfg
+
+    folder = tmp_path_factory.mktemp("values")
+    data = ["data=arrays", f"data.path={ramps(folder / 'r.npz', request.param)}", "trainer.log_images=true"]
+    task = ["task.per_step=true"] if request.param else ["task.log_target=true"]
+    train(make_cfg(*RUN, *data, *task, "data.val_size=8"), folder / "run")
+    return folder / "run", request.param
+
+
+def in_units(restored, x):
+    """What the checkpoint's model predicts for ``x``, in the target's units, computed here from the stored scaling."""
+    values = restored.spec["values"]
+    with torch.inference_mode():
+        z = restored.model(x).float()
+    z = z[..., 0] if values["per_step"] or z.shape[-1] == 1 else z
+    v = z * torch.tensor(values["std"]) + torch.tensor(values["mean"])
+    return torch.expm1(v) if values["log"] else v
+
+
+def test_predict_prints_values_in_the_targets_units(value_run, tmp_path):
+    from birnn.engine.restore import restore
+
+    run, per_step = value_run
+    ckpt = run / "checkpoints" / "last.pt"
+    x = np.load(run.parent / "r.npz")["x_test"][:2]
+    for i in range(2):
+        np.save(tmp_path / f"s{i}.npy", x[i])
+    files = [str(tmp_path / f"s{i}.npy") for i in range(2)]
+    expected = in_units(restore(ckpt), torch.from_numpy(x))
+    proc = run_cli(str(ckpt), *files, "--json", cwd=tmp_path, module="birnn.predict")
+    assert proc.returncode == 0, proc.stderr
+    answers = json.loads(proc.stdout)
+    got = torch.tensor([a["value"] for a in answers])
+    assert got.shape == ((2, 6) if per_step else (2,))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
+    assert 300 < float(got.abs().mean()) < 3000  # the target's units, not the standardized ones
+    proc = run_cli(str(ckpt), *files, cwd=tmp_path, module="birnn.predict")
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.splitlines()
+    assert header.split() == ["file", "prediction", "probability"] and len(rows) == 2
+    shown = [float(v) for v in rows[0].split()[1:-1]]
+    assert shown == pytest.approx(answers[0]["value"] if per_step else [answers[0]["value"]], rel=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_outputs_values_in_the_targets_units(value_run, tmp_path, fmt):
+    from birnn.engine.restore import restore
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+        pytest.importorskip("onnxruntime")
+    run, per_step = value_run
+    ckpt = run / "checkpoints" / "last.pt"
+    out = tmp_path / f"m.{fmt}"
+    proc = run_cli(str(ckpt), "--format", fmt, "--out", str(out), cwd=tmp_path, module="birnn.export")
+    assert proc.returncode == 0, proc.stderr
+    assert "output values" in proc.stdout and "max |values - PyTorch values|" in proc.stdout
+    x = torch.from_numpy(np.load(run.parent / "r.npz")["x_test"])
+    expected = in_units(restore(ckpt), x)
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        assert [o.name for o in session.get_outputs()] == ["values"]
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    else:
+        with torch.inference_mode():
+            got = torch.export.load(str(out)).module()(x)
+    assert got.shape == expected.shape and 300 < float(got.abs().mean()) < 3000
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-2)
+
+
+def test_tensorboard_draws_predicted_against_true_and_the_worst_series(value_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = value_run
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    steps = [h["step"] for h in json.loads((run / "metrics.json").read_text())["history"]]
+    for tag in ("test/predicted_vs_true", "test/worst_predicted"):
+        assert [e.step for e in events.Images(tag)] == steps, tag
+    assert "test/confusion_matrix" not in events.Tags()["images"]
+    assert {"val/rmse", "val/mae", "val/r2", "test/rmse"} <= set(events.Tags()["scalars"])
