@@ -370,3 +370,34 @@ def test_tensorboard_draws_predicted_against_true_and_the_worst_series(value_run
         assert [e.step for e in events.Images(tag)] == steps, tag
     assert "test/confusion_matrix" not in events.Tags()["images"]
     assert {"val/rmse", "val/mae", "val/r2", "test/rmse"} <= set(events.Tags()["scalars"])
+
+
+def test_the_worst_predicted_series_come_first_captioned_in_the_targets_units():
+    from birnn.data.targets import Values
+    from birnn.records.scores import EvalResult
+    from birnn.records.tracking import pictures
+
+    x, y = torch.zeros(4, 5, 2), torch.tensor([1.0, 10.0, 5.0, 2.0])
+    result = EvalResult(0.1, 0.0, torch.tensor([1.5, 0.0, 5.0, 4.0]), {"test_loss": 0.1}, Values(["price"]))
+    figures = pictures("test", result, x, y, [], kind="series", lengths=torch.tensor([5, 3, 2, 4]))
+    assert set(figures) == {"test/predicted_vs_true", "test/worst_predicted"}
+    worst = figures["test/worst_predicted"]
+    visible = [ax for ax in worst.axes if ax.axison]
+    assert [ax.get_title() for ax in visible] == [
+        "true 10 \u2192 predicted 0",
+        "true 2 \u2192 predicted 4",
+        "true 1 \u2192 predicted 1.5",
+        "true 5 \u2192 predicted 5",
+    ]
+    assert [len(ax.lines[0].get_xdata()) for ax in visible] == [3, 4, 5, 2]  # each cut to its length
+    (scatter,) = figures["test/predicted_vs_true"].axes
+    assert scatter.get_xlabel() == "true price" and len(scatter.collections[0].get_offsets()) == 4
+
+    per_step = Values(["v"], per_step=True)
+    y = torch.tensor([[1.0, 2.0, float("nan")], [4.0, 4.0, 4.0]])
+    result = EvalResult(0.1, 0.0, torch.tensor([[1.0, 2.0, 9.0], [0.0, 4.0, 5.0]]), None, per_step)
+    figures = pictures("test", result, torch.zeros(2, 3, 1), y, [], kind="series")
+    titles = [ax.get_title() for ax in figures["test/worst_predicted"].axes if ax.axison]
+    assert titles == ["true mean 4 \u2192 predicted 3, MAE 1.67", "true mean 1.5 \u2192 predicted 1.5, MAE 0"]
+    (scatter,) = figures["test/predicted_vs_true"].axes
+    assert len(scatter.collections[0].get_offsets()) == 5  # the scored steps only

@@ -102,7 +102,7 @@ def worst_series_figure(
     """The worst-predicted series (steps, channels) as line plots of their channels, each titled with its true and
     predicted values (as text: one value, several, or a summary of values per step)."""
     captions = [f"true {label(t)} \u2192 predicted {label(p)}" for t, p in zip(true, predicted)]
-    title = f"the {len(series)} worst predicted of {total} (largest error first; one line per channel)"
+    title = f"the {len(series)} worst predicted of {total} (largest mean absolute error first; one line per channel)"
     return series_figure(series, captions, title, columns)
 
 
@@ -111,11 +111,11 @@ def series_figure(series: list[np.ndarray], captions: list[str], title: str, col
     n = len(series)
     cols = min(columns, n)
     rows = math.ceil(n / cols)
-    title, panel_w, panel_h = 0.4, 2.6, 1.5  # inches
-    width, height = panel_w * cols, panel_h * rows + title
+    band, panel_w, panel_h = 0.4, 2.6, 1.5  # inches: the title band, each panel
+    width, height = panel_w * cols, panel_h * rows + band
     fig = Figure(figsize=(width, height), dpi=100)
     fig.subplots_adjust(
-        left=0.35 / width, right=1 - 0.1 / width, bottom=0.25 / height, top=1 - title / height, wspace=0.3, hspace=0.45
+        left=0.35 / width, right=1 - 0.1 / width, bottom=0.25 / height, top=1 - band / height, wspace=0.3, hspace=0.45
     )
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, s, caption in zip(axes, series, captions):
