@@ -3,7 +3,9 @@
 Input ``images``: float32 (N, steps, features) scaled as the loader gives them (images: [0, 1]), any N;
 a model trained with ``data.normalize`` carries its standardization inside the graph, so it takes these raw
 inputs too, and one trained with ``data.patch=k`` carries its patching (raw series in, k steps read as one).
-Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
+Output ``logits``: (N, classes); a regression model's (``task=regression``) ``values`` instead, (N,), (N, d) or per
+step (N, steps), in the target's own units: its training scaling is inverted inside the graph (the kind of target's
+``graph``). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
 Both formats are checked against the PyTorch model before the command reports success.
 
