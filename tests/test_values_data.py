@@ -2,6 +2,7 @@
 numeric label column, and what birnn-predict, birnn-export and the test pictures make of values."""
 
 import json
+import math
 import re
 
 import numpy as np
@@ -401,3 +402,57 @@ def test_the_worst_predicted_series_come_first_captioned_in_the_targets_units():
     assert titles == ["true mean 4 \u2192 predicted 3, MAE 1.67", "true mean 1.5 \u2192 predicted 1.5, MAE 0"]
     (scatter,) = figures["test/predicted_vs_true"].axes
     assert len(scatter.collections[0].get_offsets()) == 5  # the scored steps only
+
+
+def write_step_tables(folder, bad_row=None):
+    """Parquet files of series (two list columns) with one target per step (a list label column) and lengths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        lengths = rng.integers(2, 6, n)
+        y = [(1000 + 10 * np.arange(k)).tolist() for k in lengths]
+        y[1][0] = float("nan")  # not scored
+        if bad_row is not None and split == "train":
+            y[bad_row] = y[bad_row][:-1]
+        table = pa.table(
+            {
+                "a": [np.linspace(0, 1, k).tolist() for k in lengths],
+                "b": [rng.normal(size=k).tolist() for k in lengths],
+                "target": y,
+                "n": lengths,
+            }
+        )
+        pq.write_table(table, folder / f"{split}.parquet", row_group_size=5)
+
+
+def test_a_list_label_column_packs_one_target_per_step(tmp_path, monkeypatch):
+    from birnn.data import tables
+    from birnn.train import train
+    from conftest import make_cfg
+
+    write_step_tables(tmp_path)
+    monkeypatch.setattr(tables, "BLOCK_ROWS", 5)  # several blocks per file
+    files = {s: tmp_path / f"{s}.parquet" for s in ("train", "test")}
+    tables.pack_tables(tmp_path / "pack", files, label="target", length="n")
+    splits = load_packed(path=str(tmp_path / "pack"))
+    lengths, y = splits.train_lengths, splits.train_y
+    assert y.shape == (24, 5) and y.dtype == torch.float64
+    beyond = torch.arange(5) >= lengths.unsqueeze(1)
+    assert y[beyond].isnan().all() and y[1, 0].isnan()
+    within = ~beyond
+    within[1, 0] = False
+    assert torch.equal(y[within], (1000 + 10 * torch.arange(5).expand(24, 5))[within].double())
+    metrics = train(
+        make_cfg(*RUN, "data=packed", f"data.path={tmp_path / 'pack'}", "task.per_step=true", "trainer.max_steps=2"),
+        tmp_path / "run",
+    )
+    assert math.isfinite(metrics["test_rmse"])
+
+
+def test_a_ragged_list_label_names_its_row(tmp_path):
+    write_step_tables(tmp_path, bad_row=3)
+    cmd = ["out", "--train", "train.parquet", "--test", "test.parquet", "--label", "target", "--length", "n"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
+    assert re.search(r"train.parquet row 4 column target: \d values; expected \d \(its length column\)", line)
