@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_packed import edit_manifest, one_error_line, resave
 
+from birnn import evaluate
 from birnn.data.packed import MANIFEST, PackWriter, load_packed
 from birnn.data.text import load_text
 from birnn.schema.errors import BirnnError
@@ -237,6 +238,8 @@ def test_training_from_a_values_pack_is_bit_identical_to_the_file(tmp_path, per_
     files = train(make_cfg(*RUN, *data, *extra), tmp_path / "files")
     packed = train(make_cfg(*RUN, "data=packed", f"data.path={tmp_path / 'pack'}", *extra), tmp_path / "packed")
     same_runs(packed, files, tmp_path / "packed", tmp_path / "files")
+    scores = evaluate.evaluate_checkpoint(tmp_path / "packed" / "checkpoints" / "last.pt")
+    assert scores["test_rmse"] == pytest.approx(packed["test_rmse"], rel=1e-6)
 
 
 def test_a_values_pack_trained_as_classes_is_one_line(tmp_path):
@@ -270,6 +273,8 @@ def test_a_text_pack_of_ratings_trains_bit_identically_and_predicts_ratings(tmp_
     files = train(make_cfg(*RUN, *model, *data), tmp_path / "files")
     packed = train(make_cfg(*RUN, *model, "data=packed", f"data.path={tmp_path / 'pack'}"), tmp_path / "packed")
     same_runs(packed, files, tmp_path / "packed", tmp_path / "files")
+    scores = evaluate.evaluate_checkpoint(tmp_path / "packed" / "checkpoints" / "last.pt")
+    assert scores["test_rmse"] == pytest.approx(packed["test_rmse"], rel=1e-6)
     ckpt = str(tmp_path / "packed" / "checkpoints" / "last.pt")
     proc = run_cli(ckpt, "--text", "great great film", "--json", cwd=tmp_path, module="birnn.predict")
     assert proc.returncode == 0, proc.stderr
