@@ -461,3 +461,14 @@ def test_a_ragged_list_label_names_its_row(tmp_path):
     cmd = ["out", "--train", "train.parquet", "--test", "test.parquet", "--label", "target", "--length", "n"]
     line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
     assert re.search(r"train.parquet row 4 column target: \d values; expected \d \(its length column\)", line)
+
+
+def test_packing_a_non_finite_target_is_one_line(tmp_path):
+    path = ramps(tmp_path / "r.npz")
+    arrays = dict(np.load(path))
+    arrays["y_train"][3] = np.inf
+    np.savez(path, **arrays)
+    cmd = ["out", "data=arrays", f"data.path={path}", "task=regression"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
+    assert "train chunk at sample 0: sample 3 has target inf: targets must be finite numbers" in line
+    assert not (tmp_path / "out" / MANIFEST).exists()
