@@ -10,8 +10,9 @@ import pytest
 import torch
 from test_packed import edit_manifest, one_error_line, resave
 
-from birnn import evaluate
+from birnn import evaluate, export
 from birnn.data.packed import MANIFEST, PackWriter, load_packed
+from birnn.data.tables import pack_tables
 from birnn.data.text import load_text
 from birnn.schema.errors import BirnnError
 from conftest import run_cli
@@ -134,8 +135,8 @@ def test_a_float_label_column_packs_as_float_targets(tmp_path):
     splits = load_packed(path=str(tmp_path / "csv"))
     assert splits.train_y.dtype == torch.float64 and splits.train_y.tolist() == [i / 4 for i in range(8)]
     assert splits.test_y.tolist() == [2.5, -1000.0]
-    proc = pack_cli(tmp_path, "pq", "parquet", "--length", "n")  # a float column of whole numbers: values too
-    assert proc.returncode == 0, proc.stderr
+    files = {s: tmp_path / f"{s}.parquet" for s in ("train", "test")}
+    pack_tables(tmp_path / "pq", files, length="n")  # a float column of whole numbers: values too
     splits = load_packed(path=str(tmp_path / "pq"))
     assert splits.train_y.tolist() == list(range(9)) and splits.train_lengths.tolist() == [1, 2, 3] * 3
 
@@ -143,11 +144,10 @@ def test_a_float_label_column_packs_as_float_targets(tmp_path):
 def test_task_chooses_classes_or_values_of_a_table(tmp_path):
     write_value_tables(tmp_path)
     (tmp_path / "int.csv").write_text("label,s0\n0,1\n2,3\n")
-    cmd = ["out", "--train", "int.csv", "--test", "int.csv"]
-    assert run_cli(*cmd, cwd=tmp_path, module="birnn.pack").returncode == 0
+    files = {"train": tmp_path / "int.csv", "test": tmp_path / "int.csv"}
+    pack_tables(tmp_path / "out", files)
     assert load_packed(path=str(tmp_path / "out")).classes == ["0", "1", "2"]
-    proc = run_cli(*cmd, "--task", "regression", "--overwrite", cwd=tmp_path, module="birnn.pack")
-    assert proc.returncode == 0, proc.stderr
+    pack_tables(tmp_path / "out", files, overwrite=True, task="regression")
     assert load_packed(path=str(tmp_path / "out")).train_y.tolist() == [0.0, 2.0]
     line = one_error_line(pack_cli(tmp_path, "refused", "csv", "--task", "classification"))
     assert "column 'label' of train.csv, test.csv holds numbers that are not integer class labels" in line
@@ -338,7 +338,7 @@ def test_predict_prints_values_in_the_targets_units(value_run, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_export_outputs_values_in_the_targets_units(value_run, tmp_path, fmt):
+def test_export_outputs_values_in_the_targets_units(value_run, tmp_path, fmt, capsys):
     from birnn.engine.restore import restore
 
     if fmt == "onnx":
@@ -347,9 +347,9 @@ def test_export_outputs_values_in_the_targets_units(value_run, tmp_path, fmt):
     run, per_step = value_run
     ckpt = run / "checkpoints" / "last.pt"
     out = tmp_path / f"m.{fmt}"
-    proc = run_cli(str(ckpt), "--format", fmt, "--out", str(out), cwd=tmp_path, module="birnn.export")
-    assert proc.returncode == 0, proc.stderr
-    assert "output values" in proc.stdout and "max |values - PyTorch values|" in proc.stdout
+    export.main([str(ckpt), "--format", fmt, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "output values" in printed and "max |values - PyTorch values|" in printed
     x = torch.from_numpy(np.load(run.parent / "r.npz")["x_test"])
     expected = in_units(restore(ckpt), x)
     if fmt == "onnx":
