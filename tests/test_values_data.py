@@ -472,3 +472,28 @@ def test_packing_a_non_finite_target_is_one_line(tmp_path):
     line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
     assert "train chunk at sample 0: sample 3 has target inf: targets must be finite numbers" in line
     assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [
+        ({"names": ["a", "b"], "mean": [1.0, 2.0], "std": [10.0, 20.0]}, (3, 2)),
+        ({"names": ["v"], "mean": [0.5], "std": [2.0], "log": True}, (3,)),
+        ({"names": ["v"], "per_step": True, "mean": [5.0], "std": [3.0]}, (3, 4)),
+    ],
+    ids=["two-outputs", "log-target", "per-step"],
+)
+def test_the_exported_graph_inverts_the_scaling_as_predict_does(kind, shape):
+    from birnn.data.targets import Values
+
+    class Head(torch.nn.Module):  # outputs (N, d), or per step (N, steps, 1)
+        def forward(self, x, lengths=None):
+            return x if kind.get("per_step") else x.mean(1)[:, : len(kind["names"])]
+
+    values, model = Values(**kind), Head()
+    x = torch.randn(3, 4, 2) if not kind.get("per_step") else torch.randn(3, 4, 1)
+    graph = values.graph(model)
+    assert graph(x).shape == shape
+    torch.testing.assert_close(graph(x), values.predict(model, model(x), None))
+    answers = values.answers(model, model(x))
+    torch.testing.assert_close(torch.tensor([a["value"] for a in answers]), graph(x))
