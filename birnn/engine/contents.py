@@ -91,6 +91,7 @@ FLAG = Rule("true or false", lambda v: type(v) is bool)
 NUMBER = Rule("a finite number", lambda v: type(v) in (int, float) and math.isfinite(v))
 POSITIVE = integer(1)
 DICT = Rule("a dict", lambda v: isinstance(v, dict))
+MAX_INPUT_VALUES = 2**24  # one raw input (steps x features): a 4096 x 4096 image; readers allocate a few of them
 RNG_STATE = tensor(torch.uint8, torch.get_rng_state().numel())  # torch's CPU generator state
 
 
@@ -124,6 +125,10 @@ DATA = Record(
         "trained_vocab": integer(2),  # data.vectors: token IDs below it train, the rest are frozen pretrained words
     },
     checks=(
+        (
+            f"input_shape must be at most {MAX_INPUT_VALUES:,} values (steps x features)",
+            lambda d: d["input_shape"][0] * d["input_shape"][1] <= MAX_INPUT_VALUES,
+        ),
         ("normalization must be {mean, std}: lists of input_shape[1] numbers each, std > 0", _statistics),
         ("trained_vocab must be at most vocab_size", lambda d: d.get("trained_vocab", 0) <= (d.get("vocab_size") or 0)),
     ),
