@@ -45,6 +45,17 @@ def _moment_of_another_shape(state: dict) -> None:
     state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)  # Adam took it, then failed at its first step
 
 
+def _step(value: object) -> Callable[[dict], None]:
+    """Every parameter's optimizer step set to ``value``: a string gave a message quoting a generator object, a
+    negative count a traceback at the first step (a complex bias correction)."""
+
+    def change(state: dict) -> None:
+        for per_param in state["optimizer"]["state"].values():
+            per_param["step"] = value
+
+    return change
+
+
 def _empty_data(state: dict) -> None:
     state["data"] = {}
 
@@ -70,6 +81,8 @@ CASES = [
     ("resume", _no_group_lr, r"optimizer.param_groups\[0\].lr is missing"),
     ("resume", _set("progress", "step_in_epoch", 10**9), "progress.step_in_epoch 1000000000 is beyond"),  # a hang
     ("resume", _set("rng", "shuffle", torch.zeros(5056, dtype=torch.uint8)), "rng: Invalid mt19937 state"),
+    ("resume", _step("x"), r"optimizer.state: each parameter's step must be a whole number >= 0 \(a number or"),
+    ("resume", _step(torch.tensor(-5.0)), "optimizer.state: each parameter's step must be a whole number >= 0"),
 ]
 
 

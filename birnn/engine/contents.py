@@ -150,11 +150,30 @@ CONFIG = Record(
     }
 )
 
+
+def _step(value: Any) -> bool:
+    """An optimizer's step count as torch stores it: a number or a one-value tensor, whole, finite and >= 0."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype.is_complex or value.dtype == torch.bool:
+            return False
+        value = value.item()
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0 and value == int(value)
+
+
+def _steps(optimizer: dict) -> bool:
+    return all(
+        _step(per_param["step"])
+        for per_param in optimizer["state"].values()
+        if isinstance(per_param, dict) and "step" in per_param
+    )
+
+
 OPTIMIZER = Record(
     {
         "state": need(DICT),
         "param_groups": need(list_of(Record({"lr": need(NUMBER), "params": need(list_of(integer(0)))}), nonempty=True)),
-    }
+    },
+    checks=(("state: each parameter's step must be a whole number >= 0 (a number or a one-value tensor)", _steps),),
 )
 
 RNG = Record(
