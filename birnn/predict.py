@@ -39,6 +39,7 @@ from birnn.data.normalize import apply as standardize
 from birnn.data.patches import patch
 from birnn.data.uea import read_series
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
+from birnn.engine.signals import stopped_in_one_line
 from birnn.schema import console
 from birnn.schema.config import DEVICES, DeviceConfig
 from birnn.schema.errors import BirnnError
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
     add_trust_options(parser)
     args = parser.parse_intermixed_args(argv)  # PATHs may follow --text
-    with user_errors():
+    with stopped_in_one_line("the prediction"), user_errors():
         if not args.paths and not args.text and not args.tokens:
             raise BirnnError("give PATHs to classify, or --text (or --tokens) for a text model")
         is_text = args.text or args.tokens or all(p.suffix.lower() == ".txt" for p in args.paths)
