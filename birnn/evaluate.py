@@ -19,6 +19,7 @@ from pathlib import Path
 from birnn.data.pipeline import load_data, spec
 from birnn.engine.loop import eval_pass
 from birnn.engine.restore import add_trust_options, restore, user_errors
+from birnn.engine.signals import stopped_in_one_line
 from birnn.schema import console
 from birnn.schema.errors import BirnnError
 from birnn.system import threads
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="JSON file to write (default: evaluation.json beside CHECKPOINT)")
     add_trust_options(parser)
     args = parser.parse_args(argv)
-    with user_errors():
+    with stopped_in_one_line("the evaluation"), user_errors():
         scores = evaluate_checkpoint(args.checkpoint, args.overrides, args.allow, args.allow_unverified)
         print(as_text(scores))
         out = args.out or args.checkpoint.parent / "evaluation.json"

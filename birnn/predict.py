@@ -45,6 +45,7 @@ from birnn.data.patches import patch
 from birnn.data.tagfile import TagFile, read_tag_file
 from birnn.data.uea import read_series
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
+from birnn.engine.signals import stopped_in_one_line
 from birnn.schema import console
 from birnn.schema.config import DEVICES, DeviceConfig
 from birnn.schema.errors import BirnnError
@@ -435,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model (default: cpu)")
     add_trust_options(parser)
     args = parser.parse_intermixed_args(argv)  # PATHs may follow --text
-    with user_errors():
+    with stopped_in_one_line("the prediction"), user_errors():
         if not args.paths and not args.text and not args.tokens:
             raise BirnnError("give PATHs to classify, or --text (or --tokens) for a text model")
         if args.out is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -125,6 +126,7 @@ def main() -> None:
     try:
         with console.one_line_errors():
             if env is None:
+                sys.argv += configured_dirs(sys.argv)
                 with explicit_dirs_held(sys.argv), sweep_record_kept(sys.argv):
                     sys.argv = keep_hydra_record(sys.argv)
                     console.run_hydra(job)
@@ -133,6 +135,51 @@ def main() -> None:
     except KeyboardInterrupt:
         print("Interrupted. (A run stopped before it started training leaves nothing behind.)", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+PLAIN_PATH = re.compile(r"[\w./@+-]+")  # a path the guards and Hydra's override grammar both take as it is
+
+
+def configured_dirs(argv: list[str]) -> list[str]:
+    """``hydra.run.dir=...``/``hydra.sweep.dir=...`` for each of the two that the user's own config files set (an
+    experiment in ``--config-dir``, a ``--config-name`` of theirs) to a fixed path, so that the guards below see
+    it as they see the command line's: the dir held, a sweep's ``multirun.yaml`` kept, Hydra's record set aside.
+
+    Composed as Hydra will compose it; only when the user's configs take part (birnn's own set no fixed dir). A
+    value with an interpolation (``${now:...}``: a new dir each launch) or other characters than ``PLAIN_PATH``'s
+    is left out; so is a config that does not compose, which Hydra then reports itself.
+    """
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        args = get_args_parser().parse_args(argv[1:])
+    except SystemExit:  # Hydra's own parser prints the problem again when it runs
+        return []
+    named = {o.partition("=")[0].lstrip("+~") for o in args.overrides}
+    if not (args.config_dir or args.config_name or any("searchpath" in k for k in named)) or args.config_path:
+        return []
+    try:
+        search = create_automatic_config_search_path(None, None, str(CONFIG_DIR))
+        if args.config_dir:
+            search.prepend("command-line", f"file://{os.path.abspath(args.config_dir)}", SearchPathQuery("schema"))
+        cfg = Hydra.create_main_hydra2("train", search).compose_config(
+            args.config_name or "config", list(args.overrides), RunMode.MULTIRUN, validate_sweep_overrides=False
+        )
+    except Exception:  # Hydra reports it with its own message when it runs
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    found = []
+    for key in DIR_KEYS:
+        section, _, leaf = key.rpartition(".")
+        value = OmegaConf.select(cfg, section)._get_node(leaf)._value()  # as written, no interpolation resolved
+        if key not in named and isinstance(value, str) and PLAIN_PATH.fullmatch(value):
+            found.append(f"{key}={value}")
+    return found
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from birnn.engine import checkpoint
+from birnn.schema.errors import BirnnError
 from birnn.train import train
 from conftest import FAST, make_cfg, run_cli, write_checkpoint
 
@@ -44,6 +45,17 @@ def _moment_of_another_shape(state: dict) -> None:
     state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)  # Adam took it, then failed at its first step
 
 
+def _step(value: object) -> Callable[[dict], None]:
+    """Every parameter's optimizer step set to ``value``: a string gave a message quoting a generator object, a
+    negative count a traceback at the first step (a complex bias correction)."""
+
+    def change(state: dict) -> None:
+        for per_param in state["optimizer"]["state"].values():
+            per_param["step"] = value
+
+    return change
+
+
 def _empty_data(state: dict) -> None:
     state["data"] = {}
 
@@ -69,6 +81,8 @@ CASES = [
     ("resume", _no_group_lr, r"optimizer.param_groups\[0\].lr is missing"),
     ("resume", _set("progress", "step_in_epoch", 10**9), "progress.step_in_epoch 1000000000 is beyond"),  # a hang
     ("resume", _set("rng", "shuffle", torch.zeros(5056, dtype=torch.uint8)), "rng: Invalid mt19937 state"),
+    ("resume", _step("x"), r"optimizer.state: each parameter's step must be a whole number >= 0 \(a number or"),
+    ("resume", _step(torch.tensor(-5.0)), "optimizer.state: each parameter's step must be a whole number >= 0"),
 ]
 
 
@@ -133,3 +147,63 @@ def test_an_optimizer_moment_of_another_shape_is_one_error_line_on_resume(traine
     error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "optimizer state that does not fit" in error[0], proc.stderr
     assert "exp_avg is a torch.float32 tensor of shape (3,)" in error[0], error[0]
+
+
+@pytest.mark.parametrize("command", ["export", "predict"])
+def test_a_huge_input_shape_is_one_error_line(trained, tmp_path, command):
+    """data.input_shape=[10**9, 8] was a traceback in export (seven example inputs of 224 GB); other readers
+    allocated images of that shape."""
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    state["data"]["input_shape"] = [10**9, 8]
+    ckpt = write_checkpoint(state, tmp_path / "crafted.pt")
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), dtype=np.float32))
+    args = {"predict": ["x.npy"], "export": ["--out", "m.onnx"]}[command]
+    proc = run_cli(str(ckpt), *args, cwd=tmp_path, module=f"birnn.{command}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "input_shape must be at most 16,777,216 values" in error[0], proc.stderr
+
+
+def test_a_huge_model_is_refused_before_it_is_allocated(trained, tmp_path):
+    """A vocabulary of 10**10 in the data spec asked for a 2.5 TB embedding: the model is now built on the meta
+    device and compared with the checkpoint's tensors first, so the refusal names the difference, not an
+    allocation failure (a smaller crafted size was allocated and initialized in full before)."""
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    state["data"]["vocab_size"] = 10**10
+    ckpt = write_checkpoint(state, tmp_path / "crafted.pt")
+    proc = run_cli(str(ckpt), "--out", "e.json", cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "holds a different architecture" in error[0], proc.stderr
+    assert "embedding.weight: missing in checkpoint" in proc.stderr
+    assert "allocate" not in proc.stderr
+
+
+def test_a_tensor_expanded_by_its_strides_is_one_error_line(trained, tmp_path):
+    """A zero-stride tensor stores one value and shows 64 x 10**9: the checksum (and a model of that size) expanded
+    it, a 256 GB allocation and a traceback. Refused before the checksum is computed."""
+    state = checkpoint.load(trained / "checkpoints" / "last.pt")
+    state["model"]["lstm.weight_ih_l0"] = torch.zeros(1).expand(64, 10**9)
+    ckpt = tmp_path / "crafted.pt"
+    torch.save({"format": checkpoint.FORMAT, **state, "checksum": "0" * 64}, ckpt)  # its digest would expand it too
+    proc = run_cli(str(ckpt), "--out", "e.json", cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "a tensor shows more values than it stores" in error[0], proc.stderr
+
+
+def test_a_model_larger_than_its_checkpoint_is_refused_unallocated(tmp_path):
+    """Tensors a model does not save (non-persistent buffers) are bounded by the file's size: built on the meta
+    device, nothing is allocated before the refusal."""
+    from birnn.engine.restore import check_plan
+
+    class Bloated(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+            self.register_buffer("scratch", torch.zeros(10**12), persistent=False)
+
+    ckpt = tmp_path / "small.pt"
+    ckpt.write_bytes(b"x" * 1000)
+    with pytest.raises(BirnnError, match="builds a model of 3,814,697 MiB"):
+        check_plan(Bloated, {"w": torch.zeros(2)}, ckpt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
 
 from birnn import evaluate, predict
+from birnn.data import uea
 from birnn.data.pipeline import load_data
 from birnn.data.uea import bundled_problems, load_uea, read_ts
 from birnn.records.figures import misclassified_series_figure
@@ -287,3 +289,26 @@ def test_misclassified_series_picture(tmp_path):
     [image] = events.Images("test/misclassified")
     with Image.open(io.BytesIO(image.encoded_image_string)) as png:
         assert png.format == "PNG" and image.step == 7 and png.width > 100 and math.isclose(png.width, 260, abs_tol=20)
+
+
+def test_a_ts_file_that_is_a_fifo_is_one_error_line_not_a_wait(tmp_path):
+    """A ``.ts`` file follows birnn's rule for files it reads: a FIFO was reported as missing (and a FIFO passed to
+    the reader blocked it); now it says what it is, from the command as from the reader."""
+    root = problem(tmp_path, "Piped", ramps(4, 5, seed=0), ramps(2, 5, seed=1))
+    fifo = root / "Piped" / "Piped_TRAIN.ts"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    result = run_cli("data=uea", "data.name=Piped", f"data.root={root}", "device=cpu", cwd=tmp_path, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1] == f"error: {fifo}: a FIFO, not a regular file", result.stderr
+    with pytest.raises(BirnnError, match="Piped_TRAIN.ts: a FIFO, not a regular file"):
+        read_ts(fifo)
+
+
+def test_a_ts_file_beyond_the_size_bound_is_refused(tmp_path, monkeypatch):
+    """No bound held for ``.ts`` files (a link to a huge file was read whole); ``MAX_DATA_BYTES`` now applies."""
+    path = write_ts(tmp_path / "big.ts", *ramps(4, 5, seed=0))
+    monkeypatch.setattr(uea, "MAX_DATA_BYTES", 100)
+    with pytest.raises(BirnnError, match=r"big\.ts: \d+ bytes, more than the 100 birnn reads from such a file"):
+        read_ts(path)

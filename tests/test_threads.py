@@ -179,3 +179,27 @@ def test_train_says_how_many_threads_it_took(tmp_path):
     assert proc.returncode == 0, proc.stderr
     log = (tmp_path / "run" / "train.log").read_text()
     assert "CPU threads: " in log and "other processes are using" in log, log
+
+
+@pytest.mark.parametrize("value, why", [("99999", "more than"), ("0", "not a thread count"), ("abc", "not a thread")])
+def test_an_absurd_or_invalid_omp_num_threads_is_one_warning_and_counts_as_unset(monkeypatch, caplog, value, why):
+    """OMP_NUM_THREADS=99999 was taken silently (torch.set_num_threads(99999): that many threads at every parallel
+    region); 0 or abc were passed over without a word from birnn."""
+    machine = FakeMachine(monkeypatch, cpus=2, others=0.0)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    threads.begin()
+    machine.run(1.0)
+    with caplog.at_level(logging.WARNING, logger="birnn.system.threads"):
+        line = threads.setup(None)
+    taken = torch.get_num_threads()
+    torch.set_num_threads(1)  # never leave an absurd count behind, whatever happened
+    assert taken == 2 and line.startswith("CPU threads: 2 of 2"), line
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"OMP_NUM_THREADS={value!r} is {why}") and "ignored" in warnings[0], warnings
+
+
+def test_an_openmp_list_counts_its_first_level(monkeypatch):
+    FakeMachine(monkeypatch, cpus=2, others=2.0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1,2")
+    assert threads.setup(None) == "CPU threads: 1 (OMP_NUM_THREADS=1 in the environment)"

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from birnn.data.targets import confusion_matrix, per_class
 from birnn.engine.restore import Restored, merge_overrides, restore
 from birnn.models.rnn import RNNClassifier
 from birnn.train import train
+from conftest import FAST, ROOT, make_cfg, wait_for
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TRAIN = [
@@ -290,3 +294,35 @@ def test_onnx_export_without_the_extra_says_how_to_install_it(ckpt, tmp_path, mo
         export.main([str(ckpt), "--out", str(tmp_path / "m.onnx")])
     assert exit_.value.code == 2
     assert "onnxruntime is missing): pip install 'birnn[export]'" in capsys.readouterr().err
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (its ``SigCgt`` mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("module, what", [("birnn.evaluate", "the evaluation"), ("birnn.predict", "the prediction")])
+def test_sigterm_stops_evaluate_and_predict_with_one_line(tmp_path, module, what):
+    """SIGTERM ended birnn-evaluate with exit 143 and not a word; now one line says it stopped (as training does),
+    with exit 128 + signal, and no result file is left behind."""
+    run_dir = tmp_path / "run"
+    train(make_cfg(*FAST, "trainer.max_steps=3", "trainer.epochs=1"), run_dir)
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), dtype=np.float32))
+    args = ["--out", "e.json"] if module == "birnn.evaluate" else ["x.npy"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, str(run_dir / "checkpoints" / "last.pt"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: proc.poll() is not None or catches_sigterm(proc.pid), timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == f"Stopped by SIGTERM: {what} did not finish.", err
+    assert "Traceback" not in err and not (tmp_path / "e.json").exists()

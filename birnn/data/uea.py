@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from birnn.data.pipeline import Splits
 from birnn.schema.errors import BirnnError, first_line
+from birnn.system.files import MAX_DATA_BYTES, Unreadable, not_regular, open_regular
 
 INSTALL_HINT = 'pip install -e ".[timeseries]"'
 ARCHIVE_URL = "https://timeseriesclassification.com"
@@ -69,14 +70,16 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
     and their class labels as strings, or a regression file's targets (``@targetLabel true``) as float64 values
     (None when the file has neither).
 
-    aeon's reader lower-cases the labels. Any problem with the file is one ``BirnnError`` naming it.
+    aeon's reader lower-cases the labels. Any problem with the file is one ``BirnnError`` naming it. The file
+    follows birnn's rule for files it reads (``birnn.system.files``): a regular file (a FIFO or device is refused,
+    not waited on) of at most ``MAX_DATA_BYTES``.
     """
-    if not path.is_file():
-        raise BirnnError(f"{path}: no such file")
-    try:
-        data, labels, meta = _reader()(str(path), return_meta_data=True)
-    except Exception as e:  # aeon raises OSError for bad headers, ValueError for bad numbers, and others
-        raise BirnnError(f"{path} is not a readable .ts file: {first_line(e)}") from None
+    load = _reader()
+    with open_regular(path, MAX_DATA_BYTES):  # held open while aeon reads it by name
+        try:
+            data, labels, meta = load(str(path), return_meta_data=True)
+        except Exception as e:  # aeon raises OSError for bad headers, ValueError for bad numbers, and others
+            raise BirnnError(f"{path} is not a readable .ts file: {first_line(e)}") from None
     if len(data) == 0:
         raise BirnnError(f"{path} is not a readable .ts file: it holds no series")
     with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
@@ -124,6 +127,9 @@ def _files(root: str | None, name: str | None) -> tuple[Path, Path]:
     if not name:
         raise BirnnError(f"data=uea needs a problem: data.name=NAME (bundled: {', '.join(bundled_problems())})")
     train, test = (folder / name / f"{name}_{split}.ts" for split in ("TRAIN", "TEST"))
+    for path in (train, test):  # a FIFO or device says what it is (read_ts refuses it), not "not found"
+        if path.exists() and not_regular(path):
+            raise Unreadable(path, not_regular(path))
     if not (train.is_file() and test.is_file()):
         where = "the problems bundled with aeon" if root is None else f"data.root={root}"
         raise BirnnError(

@@ -73,6 +73,21 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+def inflated(value: Any) -> bool:
+    """Whether a tensor in ``value`` shows more elements than its storage holds (a crafted file's zero strides: a
+    few bytes on disk that ``digest`` or a model would expand to gigabytes)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor) and v.numel() * v.element_size() > v.untyped_storage().nbytes():
+            return True
+        if isinstance(v, dict):
+            stack += v.values()
+        elif isinstance(v, (list, tuple)):
+            stack += v
+    return False
+
+
 def _serialize(state: dict) -> bytes:
     """The checkpoint file's bytes, built in memory: a full disk then fails in a plain file write (OSError)."""
     content = {"format": FORMAT, **state}
@@ -127,6 +142,10 @@ def load(path: Path, unverified: bool = False) -> dict:
         raise BirnnError(
             f"{path} is not a usable birnn checkpoint (crafted or damaged): values nested over {MAX_DEPTH} levels."
         )
+    if inflated(state):
+        raise BirnnError(
+            f"{path} is not a usable birnn checkpoint (crafted or damaged): a tensor shows more values than it stores."
+        )
     stored = state.pop("checksum", None)
     if stored is None and not unverified:
         raise BirnnError(
@@ -179,6 +198,13 @@ def load_latest(
 def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> None:
     """``load_state_dict`` with a message naming every missing, unexpected or mis-shaped tensor. A CRF's
     decoding constraints missing from an older checkpoint allow everything (``birnn.models.crf``)."""
+    state_dict = check_architecture(model, state_dict, source)
+    model.load_state_dict(state_dict)
+
+
+def check_architecture(model: nn.Module, state_dict: dict, source: Path | str) -> dict:
+    """``state_dict`` (with a CRF's missing constraints) if its tensors are ``model``'s, names and shapes; else a
+    BirnnError naming each difference. ``model`` may live on the meta device: nothing is allocated."""
     state_dict = with_constraints(model, state_dict)
     own = model.state_dict()
     problems = [
@@ -192,7 +218,7 @@ def load_model_state(model: nn.Module, state_dict: dict, source: Path | str) -> 
         raise BirnnError(
             f"{source} holds a different architecture than the configured model:\n  " + "\n  ".join(problems)
         )
-    model.load_state_dict(state_dict)
+    return state_dict
 
 
 def non_finite(state_dict: dict) -> str | None:

@@ -91,6 +91,7 @@ FLAG = Rule("true or false", lambda v: type(v) is bool)
 NUMBER = Rule("a finite number", lambda v: type(v) in (int, float) and math.isfinite(v))
 POSITIVE = integer(1)
 DICT = Rule("a dict", lambda v: isinstance(v, dict))
+MAX_INPUT_VALUES = 2**24  # one raw input (steps x features): a 4096 x 4096 image; readers allocate a few of them
 RNG_STATE = tensor(torch.uint8, torch.get_rng_state().numel())  # torch's CPU generator state
 
 
@@ -137,6 +138,10 @@ DATA = Record(
         "values": VALUES,  # task=regression: the targets' scaling and loss (birnn.data.targets.Values.spec)
     },
     checks=(
+        (
+            f"input_shape must be at most {MAX_INPUT_VALUES:,} values (steps x features)",
+            lambda d: d["input_shape"][0] * d["input_shape"][1] <= MAX_INPUT_VALUES,
+        ),
         ("normalization must be {mean, std}: lists of input_shape[1] numbers each, std > 0", _statistics),
         (
             "values must have one mean and std per output (classes)",
@@ -162,11 +167,30 @@ CONFIG = Record(
     }
 )
 
+
+def _step(value: Any) -> bool:
+    """An optimizer's step count as torch stores it: a number or a one-value tensor, whole, finite and >= 0."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype.is_complex or value.dtype == torch.bool:
+            return False
+        value = value.item()
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0 and value == int(value)
+
+
+def _steps(optimizer: dict) -> bool:
+    return all(
+        _step(per_param["step"])
+        for per_param in optimizer["state"].values()
+        if isinstance(per_param, dict) and "step" in per_param
+    )
+
+
 OPTIMIZER = Record(
     {
         "state": need(DICT),
         "param_groups": need(list_of(Record({"lr": need(NUMBER), "params": need(list_of(integer(0)))}), nonempty=True)),
-    }
+    },
+    checks=(("state: each parameter's step must be a whole number >= 0 (a number or a one-value tensor)", _steps),),
 )
 
 RNG = Record(

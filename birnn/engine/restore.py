@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,8 @@ from birnn.models.rnn import build_model
 from birnn.schema.config import typed, validate
 from birnn.schema.console import unknown_key
 from birnn.schema.errors import BirnnError
+
+MODEL_SLACK = 2**26  # bytes a model may hold beyond its checkpoint's file (buffers it does not save)
 
 
 @dataclass
@@ -146,6 +148,27 @@ def check_overrides(overrides: Sequence[str]) -> None:
         )
 
 
+def check_plan(build: Callable[[], torch.nn.Module], weights: dict, path: Path) -> None:
+    """Build the model on the meta device (nothing allocated) and refuse it unless its tensors are the
+    checkpoint's, names and shapes, and its size stays within the file's (plus ``MODEL_SLACK``): a crafted
+    ``data.input_shape``, vocabulary or width is one line here, not an allocation failure or an OOM kill.
+
+    A model of the user's own that cannot be built on the meta device is left to the real build."""
+    try:
+        with torch.device("meta"):
+            shell = build()
+    except BirnnError:
+        return
+    checkpoint.check_architecture(shell, weights, path)
+    size = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
+    limit = path.stat().st_size + MODEL_SLACK
+    if size > limit:
+        raise BirnnError(
+            f"{path}'s config builds a model of {size / 2**20:,.0f} MiB, far beyond the "
+            f"{path.stat().st_size / 2**20:,.1f} MiB file that should hold its weights (crafted or damaged)."
+        )
+
+
 def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = (), unverified: bool = False) -> Restored:
     """Load ``path``, merge ``overrides`` into its config and rebuild its model in eval mode.
 
@@ -164,15 +187,20 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     steps, features = spec["input_shape"]
     vocab_size = spec.get("vocab_size")
     target = for_data(list(spec["classes"]), bool(spec.get("per_step")), spec.get("values"))
-    model = build_model(
-        cfg.model,
-        vocab_size or features * int(spec.get("patch", 1)),
-        target.outputs,
-        allow,
-        vocab_size,
-        target.per_step,
-        vocab_size - spec["trained_vocab"] if spec.get("trained_vocab") is not None else 0,
-    )
+
+    def build() -> torch.nn.Module:
+        return build_model(
+            cfg.model,
+            vocab_size or features * int(spec.get("patch", 1)),
+            target.outputs,
+            allow,
+            vocab_size,
+            target.per_step,
+            vocab_size - spec["trained_vocab"] if spec.get("trained_vocab") is not None else 0,
+        )
+
+    check_plan(build, state["model"], path)
+    model = build()
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])
     if bad:

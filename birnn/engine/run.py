@@ -197,7 +197,8 @@ class Run:
                 if part is self.optimizer:
                     check_optimizer_state(part)
             except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a crafted state torch cannot take
-                raise BirnnError(f"{path} holds a {key} state that does not fit this run's {key}: {e}") from None
+                a = "an" if key == "optimizer" else "a"
+                raise BirnnError(f"{path} holds {a} {key} state that does not fit this run's {key}: {e}") from None
         rng = state["rng"]
         ranks = rng["ranks"]
         if len(ranks) != self.dist.world_size and self.dist.is_main:

@@ -1,9 +1,12 @@
 """Stop at a step boundary (or between evaluation batches) on SIGINT/SIGTERM/SIGUSR2 so the training loop can
-checkpoint first."""
+checkpoint first; commands that keep no state (evaluate, predict) stop at once with one line."""
 
 from __future__ import annotations
 
 import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 
@@ -57,3 +60,32 @@ class GracefulStop:
         if signum == getattr(signal, "SIGUSR2", None) and callable(previous):
             previous(signum, None)
         raise SystemExit(128 + signum)
+
+
+class _Signalled(BaseException):
+    """Raised by ``stopped_in_one_line``'s handler: a BaseException, so no ``except Exception`` on the way takes it
+    for a failure of its own."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def stopped_in_one_line(what: str) -> Iterator[None]:
+    """SIGTERM or SIGINT ends the command at once with one line on stderr (``Stopped by SIGTERM: <what> did not
+    finish.``) and exit 128 + signal, as training says so: not a silent 143, nor a KeyboardInterrupt traceback.
+    For commands with nothing to save; files they write are written atomically, so none is left half-written."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise _Signalled(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Signalled as s:
+        print(f"Stopped by {signal.Signals(s.signum).name}: {what} did not finish.", file=sys.stderr)
+        raise SystemExit(128 + s.signum) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -9,7 +9,8 @@ one; a single thread has no barrier to wait at. Hence the rule (docs/speed.md), 
 
 1. ``device.num_threads``: that many threads, for the whole run.
 2. ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` in the environment (set by you, by torchrun, by a joblib
-   worker): torch follows it and birnn changes nothing.
+   worker): torch follows it and birnn changes nothing. A value that is no thread count (``0``, ``abc``) or
+   beyond ``MAX_THREADS`` (``99999``) gets one warning and counts as unset.
 3. ``hydra/launcher=joblib``: the cores shared evenly by its parallel jobs.
 4. Otherwise the cores other processes leave free: at most torch's own default, at least 1, measured from
    ``/proc/stat`` since the command started (``begin``) and again every ``CHECK_S`` seconds of training
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+
+from birnn.schema.config import MAX_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +100,34 @@ def fit(budget: int, cpus: int, others: float) -> int:
 
 
 def user_threads(environ: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
-    """The first of ``ENV_VARS`` set to a positive number in ``environ``, and its value."""
+    """The first of ``ENV_VARS`` set in ``environ`` to a thread count in 1..``MAX_THREADS``, and that count (of an
+    OpenMP list such as ``4,2``, its first level)."""
     for var in ENV_VARS:
-        value = environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
+        value = environ.get(var, "").split(",")[0].strip()
+        if value.isdigit() and 0 < int(value) <= MAX_THREADS:
             return var, int(value)
     return None
+
+
+def ignored(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """One warning for each of ``ENV_VARS`` set to what ``user_threads`` does not take: not a whole number >= 1
+    (``0``, ``abc``: OpenMP ignores it too) or more than ``MAX_THREADS`` (``99999`` threads would each wait at
+    every barrier); birnn then chooses as if it were unset."""
+    warnings = []
+    for var in ENV_VARS:
+        raw = environ.get(var, "").strip()
+        value = raw.split(",")[0].strip()
+        if raw and not (value.isdigit() and 0 < int(value) <= MAX_THREADS):
+            why = (
+                f"more than {MAX_THREADS} threads (4 x this machine's cores)"
+                if value.isdigit() and int(value) > 0
+                else "not a thread count (a whole number >= 1)"
+            )
+            warnings.append(
+                f"{var}={raw!r} is {why}: ignored; birnn chooses the threads as without it "
+                "(device.num_threads=N sets them)"
+            )
+    return warnings
 
 
 def threads_per_job() -> tuple[str, int] | None:
@@ -185,6 +210,8 @@ def setup(num_threads: int | None) -> str:
     if num_threads:
         torch.set_num_threads(num_threads)
         return f"CPU threads: {num_threads} (device.num_threads)"
+    for warning in ignored():
+        log.warning(warning)
     env, share = user_threads(), threads_per_job()
     if share is not None:  # joblib hands its share to each worker as OMP_NUM_THREADS unless you set that yourself
         how, threads = share
