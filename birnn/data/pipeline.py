@@ -55,6 +55,7 @@ COMMON_KEYS = (
     "val_size",
     "split_seed",
     "normalize",
+    "normalize_series",
     "patch",
     "val_fraction",
     "folds",
@@ -100,6 +101,7 @@ class Splits:
     fingerprint: str | None = None
     word_vectors: Tensor | None = None  # data.vectors: (vocab_size, dim) pretrained rows, NaN where a token has none
     trained_vocab: int | None = None  # data.vectors: token IDs below this train, the rest are frozen pretrained words
+    normalize_series: bool = False  # data.normalize_series: every series z-normalized on its own (set by load_data)
 
     @property
     def input_size(self) -> int:
@@ -217,6 +219,13 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
+def _parameters(loader: object) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(loader).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
 def check_class_names(classes: object, source: str, advice: str = "correct that label") -> None:
     """Class names are text that prints: a list of strings, each valid Unicode (no lone surrogate, which a JSON
     ``"\\ud800"`` decodes to), else one line. Checked at load, so no run trains on names it cannot print."""
@@ -240,13 +249,16 @@ def load_source(
     allow: Sequence[str] | None = None,
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
+    series: bool | None = None,
 ) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
     ``allow`` given means ``cfg`` came from a checkpoint: its loader must pass the trust rule
     (``birnn.schema.trust``) with those allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a
     text loader as ``fitted`` instead of fitting one, and the checkpoint's ``classes`` as ``fitted_classes``
-    where the loader takes them (it then need not read a training file to know them).
+    where the loader takes them (it then need not read a training file to know them). A loader that takes
+    ``normalize_series`` is told whether the series will be z-normalized one by one (``series``, a checkpoint's;
+    None: ``data.normalize_series``): ``data=uea`` then fills a missing value with its series' own mean.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -259,6 +271,8 @@ def load_source(
         except Exception as e:
             raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
+    if "normalize_series" in _parameters(loader):
+        kwargs["normalize_series"] = bool(cfg.get("normalize_series", False) if series is None else series)
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
         if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
@@ -269,8 +283,12 @@ def load_source(
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
         shape = "token IDs (N, steps)" if dims == 2 else "inputs shaped (N, steps, features)"
         raise BirnnError(f"{cfg._target_} must return {shape}; got {tuple(splits.train_x.shape)}")
-    if splits.vocab_size is not None and (cfg.get("normalize", False) or cfg.get("patch", 1) != 1):
-        raise BirnnError("data.normalize and data.patch apply to float features, not to token IDs")
+    if splits.vocab_size is not None and (
+        cfg.get("normalize", False) or cfg.get("normalize_series", False) or cfg.get("patch", 1) != 1
+    ):
+        raise BirnnError(
+            "data.normalize, data.normalize_series and data.patch apply to float features, not to token IDs"
+        )
     return splits
 
 
@@ -283,10 +301,13 @@ def load_data(
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
     fingerprint: bool = False,
+    series: bool | None = None,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
 
+    With ``data.normalize_series`` (``series`` given: a checkpoint's) every series of every split is first
+    z-normalized by its own statistics (``birnn.data.normalize.per_series``).
     With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
@@ -298,7 +319,8 @@ def load_data(
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
-    splits = separate(load_source(cfg, allow, tokenizer, classes))
+    series = bool(cfg.get("normalize_series", False)) if series is None else series
+    splits = separate(load_source(cfg, allow, tokenizer, classes, series))
     if fingerprint and splits.fingerprint is None:
         splits = replace(splits, fingerprint=content_fingerprint(splits))
     val = holdout(cfg, splits.train_y)
@@ -315,6 +337,15 @@ def load_data(
             val_y=splits.train_y[val],
             **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}),
         )
+    if series:
+        changed = {
+            f"{s}_x": x.series_normalized()
+            if isinstance(x, Mapped)
+            else normalize.per_series_(x, getattr(splits, f"{s}_lengths"))
+            for s in ("train", "test", "val")
+            if (x := getattr(splits, f"{s}_x")) is not None
+        }
+        splits = replace(splits, normalize_series=True, **changed)
     if normalization is None and cfg.get("normalize", False):
         x = splits.train_x
         normalization = x.fit() if isinstance(x, Mapped) else normalize.fit(x, splits.train_lengths)
@@ -443,7 +474,8 @@ def spec(splits: Splits) -> dict:
     The raw inputs, before patching: ``features`` per step; ``max_length``: the fixed number of steps, or None
     for variable-length data; ``input_shape`` ``[steps, features]`` (the longest for variable length; older
     checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
-    (the model reads ``patch * features`` features per step); ``vocab_size``, ``tokenizer`` and ``per_step``
+    (the model reads ``patch * features`` features per step); ``normalize_series``: every series was z-normalized
+    on its own first (absent in older checkpoints: false); ``vocab_size``, ``tokenizer`` and ``per_step``
     for token data and tags (token data have one "feature" per step: the ID); ``samples`` per split (a resume
     on a split of another size would shuffle other batches); ``fingerprint``: the data's content, as in ``Splits``.
     """
@@ -461,6 +493,7 @@ def spec(splits: Splits) -> dict:
         "tokenizer": splits.tokenizer,
         "per_step": splits.per_step,
         "fingerprint": splits.fingerprint,
+        "normalize_series": splits.normalize_series,
         **({"trained_vocab": splits.trained_vocab} if splits.trained_vocab is not None else {}),
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }

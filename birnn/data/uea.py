@@ -7,7 +7,9 @@ lengths when the lengths differ. ``predict`` reads ``.ts`` files through :func:`
 
 Missing values (``?`` or ``NaN`` in a file) are filled with the channel's mean over the training split's
 observed values: filling with the mean leaves the mean unchanged, so after ``data.normalize`` they are
-exactly 0, and never reach the loss as NaN.
+exactly 0, and never reach the loss as NaN. With ``data.normalize_series`` each is filled with its own series'
+mean over that channel's observed values instead (0 for a channel with none), so it is exactly 0 after the
+series' z-normalization, whose mean it leaves unchanged (its std counts the filled steps as valid steps).
 """
 
 from __future__ import annotations
@@ -100,8 +102,12 @@ def channel_means(series: list[np.ndarray]) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 0).astype(np.float32)
 
 
-def fill_missing(series: list[np.ndarray], means: np.ndarray) -> list[np.ndarray]:
-    return [np.where(np.isnan(s), means, s) if np.isnan(s).any() else s for s in series]
+def fill_missing(series: list[np.ndarray], means: np.ndarray | None) -> list[np.ndarray]:
+    """Missing values filled with ``means`` per channel; None: with each series' own (``channel_means`` of it)."""
+    return [
+        np.where(np.isnan(s), channel_means([s]) if means is None else means, s) if np.isnan(s).any() else s
+        for s in series
+    ]
 
 
 def pad(series: list[np.ndarray], steps: int) -> Tensor:
@@ -131,12 +137,15 @@ def _files(root: str | None, name: str | None) -> tuple[Path, Path]:
     return train, test
 
 
-def load_uea(root: str | None = None, download: bool = False, name: str | None = None) -> Splits:
+def load_uea(
+    root: str | None = None, download: bool = False, name: str | None = None, normalize_series: bool = False
+) -> Splits:
     """A UCR/UEA classification problem from ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``.
 
     ``root`` None: the problems bundled with aeon. ``download`` must stay false: birnn does not download
     archive problems. Classes are the training labels, sorted (numbers numerically); lengths are None when
-    every series of both splits has the same length.
+    every series of both splits has the same length. ``normalize_series`` (``data.normalize_series``, passed by
+    ``birnn.data.pipeline.load_source``): missing values take their own series' mean.
     """
     if download:
         raise BirnnError(
@@ -159,7 +168,7 @@ def load_uea(root: str | None = None, download: bool = False, name: str | None =
             f"{test_file} has labels never seen in training: {', '.join(unseen)} "
             f"(training classes: {', '.join(classes)})"
         )
-    means = channel_means(train)
+    means = None if normalize_series else channel_means(train)
     train, test = fill_missing(train, means), fill_missing(test, means)
     lengths = [torch.tensor([len(s) for s in split], dtype=torch.int64) for split in (train, test)]
     steps = int(max(lengths[0].max(), lengths[1].max()))
@@ -177,18 +186,23 @@ def load_uea(root: str | None = None, download: bool = False, name: str | None =
     )
 
 
-def read_series(path: Path, features: int, normalization: dict | None = None) -> list[Tensor]:
+def read_series(
+    path: Path, features: int, normalization: dict | None = None, normalize_series: bool = False
+) -> list[Tensor]:
     """Every series of a ``.ts`` file, for ``predict``: float32 ``(steps, features)`` tensors in file order.
 
-    Missing values are filled as in training, with the training means a normalized model stores; a model
-    trained without ``data.normalize`` does not know them, so such a file is refused.
+    Missing values are filled as in training: with the series' own means (``normalize_series``), else with the
+    training means a normalized model stores; a model trained with neither does not know them, so such a file is
+    refused.
     """
     series, _ = read_ts(path)
     wrong = next((i for i, s in enumerate(series) if s.shape[1] != features), None)
     if wrong is not None:
         raise BirnnError(f"series {wrong} has {series[wrong].shape[1]} channels; the model takes {features}")
     missing = next((i for i, s in enumerate(series) if np.isnan(s).any()), None)
-    if missing is not None:
+    if missing is not None and normalize_series:
+        series = fill_missing(series, None)
+    elif missing is not None:
         if not normalization:
             raise BirnnError(
                 f"series {missing} has missing values; only a model trained with data.normalize=true "

@@ -81,7 +81,17 @@ def check_same_data(then: dict | None, now: dict, path: Path) -> None:
     before it was recorded are compared on the rest)."""
     if then is None:
         return
-    keys = ("input_shape", "classes", "normalization", "kind", "vocab_size", "tokenizer", "samples", "fingerprint")
+    keys = (
+        "input_shape",
+        "classes",
+        "normalization",
+        "normalize_series",
+        "kind",
+        "vocab_size",
+        "tokenizer",
+        "samples",
+        "fingerprint",
+    )
     changed = [k for k in keys if k in then and then[k] != now.get(k)]
     if changed[:-1] and changed[-1] == "fingerprint":
         changed.pop()  # other content goes without saying when its shape, classes or statistics changed
