@@ -48,6 +48,7 @@ def evaluate_checkpoint(
         allow=restored.allow,
         tokenizer=restored.tokenizer,
         classes=restored.classes,
+        values=restored.spec.get("values"),
     )
     if data.classes != restored.classes:
         raise BirnnError(
@@ -73,7 +74,7 @@ def evaluate_checkpoint(
         "step": restored.state["progress"]["global_step"],
         "device": str(device),
         "test_loss": result.loss,
-        "test_accuracy": result.accuracy,
+        **({"test_accuracy": result.accuracy} if target.accuracy else {}),
         **target.report(data.test_y, result.predictions),  # per-step labels: test_samples are the scored tokens
     }
 
@@ -84,6 +85,15 @@ def as_text(scores: dict) -> str:
     def score(value: float | None) -> str:
         return f"{value:9.4f}" if value is not None else f"{'-':>9}"
 
+    if "classes" not in scores:  # values (task=regression): in the target's units
+        return "\n".join(
+            [
+                f"Checkpoint {scores['checkpoint']} (step {scores['step']}) on {scores['device']}",
+                f"Test loss {scores['test_loss']:.4f} (on standardized targets)",
+                f"Test RMSE {scores['test_rmse']:.6g}, MAE {scores['test_mae']:.6g}, R² {scores['test_r2']:.4f} on "
+                + (f"{scores['test_steps']} steps" if "test_steps" in scores else f"{scores['test_samples']} samples"),
+            ]
+        )
     classes = scores["classes"]
     width = max(5, *(len(c) for c in classes))
     lines = [

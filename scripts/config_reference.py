@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from birnn.schema.config import CONFIG_DIR, Config  # noqa: E402  (after the sys.path line)
 
 OUT = ROOT / "docs" / "reference.md"
-GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "device", "tracker")  # config.yaml's order
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "device", "task", "tracker")  # config.yaml's order
 PRESETS = ("experiment", "hparams_search")
 _FIELD = re.compile(r"^\s+(\w+):[^#]*?(?:#\s*(.*))?$")
 

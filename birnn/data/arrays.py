@@ -97,7 +97,7 @@ def _labels(arrays: dict, key: str, shape: tuple[int, ...], source: Path) -> tor
     if y.dtype.kind not in "iu" or y.shape != shape:
         raise BirnnError(
             f"{key} in {source} has dtype {y.dtype} and shape {y.shape}; expected integer labels of shape "
-            f"({shape[0]},), one per sample, or ({shape[0]}, steps), one per step"
+            f"({shape[0]},), one per sample, or ({shape[0]}, steps), one per step (values: task=regression)"
         )
     return torch.from_numpy(y.astype(np.int64))
 
@@ -122,10 +122,16 @@ def _per_step(y: torch.Tensor, lengths: torch.Tensor | None, key: str, source: P
 
 
 def load_arrays(
-    root: str = "data", download: bool = False, path: str | None = None, vocab_size: int | None = None
+    root: str = "data",
+    download: bool = False,
+    path: str | None = None,
+    vocab_size: int | None = None,
+    task: str = "classification",
 ) -> Splits:
     """The splits in the file ``path`` (relative to the working directory); ``root``/``download`` are unused.
-    ``vocab_size``: token data's number of IDs (None: the largest ID in the file + 1)."""
+    ``vocab_size``: token data's number of IDs (None: the largest ID in the file + 1). ``task="regression"``
+    (``task=regression``): ``y_*`` are values, any numeric dtype, read as given (``birnn.data.targets.as_values``
+    checks them; ``classes``, if present, names the outputs)."""
     if not path:
         raise BirnnError("data=arrays needs the file: data.path=FILE.npz (or .pt)")
     source = Path(path)
@@ -147,6 +153,8 @@ def load_arrays(
                 f"{source}: x_train has {train_x.shape[2]} features per step but x_test has {test_x.shape[2]}"
             )
         vocab_size = None
+    if task == "regression":
+        return _values(arrays, source, train_x, test_x, vocab_size, tokens)
     per_step = arrays["y_train"].ndim == 2
     train_y, test_y = (
         _labels(arrays, k, tuple(x.shape[: 1 + per_step]), source)
@@ -186,6 +194,38 @@ def load_arrays(
         test_x,
         test_y,
         classes=classes,
+        train_lengths=lengths["train"],
+        test_lengths=lengths["test"],
+        kind="tokens" if tokens else "series",
+        vocab_size=vocab_size,
+    )
+
+
+def _values(
+    arrays: dict, source: Path, train_x: torch.Tensor, test_x: torch.Tensor, vocab_size: int | None, tokens: bool
+) -> Splits:
+    """The splits of a regression file: numeric ``y_*`` as float tensors, one row per sample; token inputs' lengths
+    from their padding (ID 0)."""
+    ys = {}
+    for key, x in (("y_train", train_x), ("y_test", test_x)):
+        y = arrays[key]
+        if y.dtype.kind not in "iuf" or len(y) != len(x):
+            raise BirnnError(
+                f"{key} in {source} has dtype {y.dtype} and shape {y.shape}; task=regression needs numbers, one row "
+                f"per sample ({len(x)})"
+            )
+        ys[key] = torch.from_numpy(y.astype(np.float64 if y.dtype == np.float64 else np.float32))
+    names = arrays["classes"] if "classes" in arrays else np.array([], dtype=str)
+    lengths = {
+        split: lengths_of(x != 0, f"x_{split}", source) if tokens else None
+        for split, x in (("train", train_x), ("test", test_x))
+    }
+    return Splits(
+        train_x,
+        ys["y_train"],
+        test_x,
+        ys["y_test"],
+        classes=[c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()],
         train_lengths=lengths["train"],
         test_lengths=lengths["test"],
         kind="tokens" if tokens else "series",

@@ -20,7 +20,16 @@ from torch import Tensor
 
 from birnn.data import normalize, patches
 from birnn.data.mapped import Mapped
-from birnn.data.targets import IGNORE, Target, for_classes, per_step
+from birnn.data.targets import (
+    IGNORE,  # noqa: F401 - where loaders and tests import it from
+    Target,
+    as_values,
+    fit_values,
+    for_classes,
+    for_data,
+    per_step,
+    value_names,
+)
 from birnn.schema import trust
 from birnn.schema.errors import BirnnError
 from birnn.system.distributed import Dist
@@ -80,6 +89,9 @@ class Splits:
     ``fingerprint``: a SHA-256 of the data's content (``content_fingerprint``; a pack's comes from its manifest),
     recorded in checkpoints so that a resume on other data is refused; None when not computed.
     ``word_vectors`` and ``trained_vocab``: pretrained word vectors (``birnn.data.vectors``) for the model's embedding.
+    ``values``: regression targets (``task=regression``, set by ``load_data``): float labels, ``classes`` the names of
+    the outputs, and this the kind's spec (``birnn.data.targets.Values.spec``: scaling, loss, per step); None for
+    classes.
     """
 
     train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
@@ -102,6 +114,7 @@ class Splits:
     word_vectors: Tensor | None = None  # data.vectors: (vocab_size, dim) pretrained rows, NaN where a token has none
     trained_vocab: int | None = None  # data.vectors: token IDs below this train, the rest are frozen pretrained words
     normalize_series: bool = False  # data.normalize_series: every series z-normalized on its own (set by load_data)
+    values: dict | None = None  # task=regression: the kind's spec (Values.spec); None: classes
 
     @property
     def input_size(self) -> int:
@@ -110,13 +123,13 @@ class Splits:
 
     @property
     def per_step(self) -> bool:
-        """One label per step (tagging) rather than one per sequence."""
-        return per_step(self.train_y)
+        """One label per step (tagging, values per step) rather than one per sequence."""
+        return bool(self.values["per_step"]) if self.values is not None else per_step(self.train_y)
 
     @property
     def target(self) -> Target:
         """The kind of target (``birnn.data.targets``): what the model outputs, its loss, predictions and scores."""
-        return for_classes(self.classes, self.per_step)
+        return for_data(self.classes, self.per_step, self.values)
 
     @property
     def num_classes(self) -> int:
@@ -219,13 +232,6 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
-def _parameters(loader: object) -> tuple[str, ...]:
-    try:
-        return tuple(inspect.signature(loader).parameters)
-    except (TypeError, ValueError):
-        return ()
-
-
 def check_class_names(classes: object, source: str, advice: str = "correct that label") -> None:
     """Class names are text that prints: a list of strings, each valid Unicode (no lone surrogate, which a JSON
     ``"\\ud800"`` decodes to), else one line. Checked at load, so no run trains on names it cannot print."""
@@ -244,11 +250,20 @@ def check_class_names(classes: object, source: str, advice: str = "correct that 
             ) from None
 
 
+def _takes(loader: object, name: str) -> bool:
+    """Whether ``loader`` has a parameter ``name``."""
+    try:
+        return name in inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def load_source(
     cfg: DictConfig,
     allow: Sequence[str] | None = None,
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
+    task: str | None = None,
     series: bool | None = None,
 ) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
@@ -256,9 +271,11 @@ def load_source(
     ``allow`` given means ``cfg`` came from a checkpoint: its loader must pass the trust rule
     (``birnn.schema.trust``) with those allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a
     text loader as ``fitted`` instead of fitting one, and the checkpoint's ``classes`` as ``fitted_classes``
-    where the loader takes them (it then need not read a training file to know them). A loader that takes
-    ``normalize_series`` is told whether the series will be z-normalized one by one (``series``, a checkpoint's;
-    None: ``data.normalize_series``): ``data=uea`` then fills a missing value with its series' own mean.
+    where the loader takes them (it then need not read a training file to know them). ``task``
+    (``classification``, ``regression``) reaches a loader that takes ``task`` (it then reads classes or values).
+    A loader that takes ``normalize_series`` is told whether the series will be z-normalized one by one
+    (``series``, a checkpoint's; None: ``data.normalize_series``): ``data=uea`` then fills a missing value with its
+    series' own mean.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -271,12 +288,14 @@ def load_source(
         except Exception as e:
             raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
-    if "normalize_series" in _parameters(loader):
+    if _takes(loader, "normalize_series"):
         kwargs["normalize_series"] = bool(cfg.get("normalize_series", False) if series is None else series)
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
         if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
             kwargs["fitted_classes"] = list(classes)
+    if task is not None and _takes(loader, "task"):
+        kwargs["task"] = task
     splits: Splits = loader(**kwargs)
     check_class_names(splits.classes, cfg._target_)
     dims = 2 if splits.vocab_size is not None else 3
@@ -301,6 +320,8 @@ def load_data(
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
     fingerprint: bool = False,
+    task: dict | None = None,
+    values: dict | None = None,
     series: bool | None = None,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
@@ -314,16 +335,23 @@ def load_data(
     inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
     a checkpoint's, for its text loader, with the checkpoint's ``classes`` (``load_source``). ``fingerprint``: set
     ``Splits.fingerprint`` from the loader's splits (``content_fingerprint``) unless the loader set it (a training
-    run records it).
+    run records it). ``task`` (the ``task`` config) with ``name: regression``: the targets are values
+    (``as_values``), their scaling fitted on the training split after the hold-out (``fit_values``);
+    ``values`` given (a checkpoint's ``Values.spec``) is applied instead. Classes under ``task=regression`` and values
+    under ``task=classification`` are one error.
 
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
     series = bool(cfg.get("normalize_series", False)) if series is None else series
-    splits = separate(load_source(cfg, allow, tokenizer, classes, series))
+    task = dict(task or {})
+    regression = values is not None or task.get("name") == "regression"
+    kind = "regression" if regression else "classification"
+    splits = separate(load_source(cfg, allow, tokenizer, classes, kind, series))
+    splits = _as_values(splits, cfg._target_, values or task) if regression else _as_classes(splits, cfg._target_)
     if fingerprint and splits.fingerprint is None:
         splits = replace(splits, fingerprint=content_fingerprint(splits))
-    val = holdout(cfg, splits.train_y)
+    val = holdout(cfg, splits.train_y, splits.target.stratified)
     if val is not None:
         keep = torch.ones(len(splits.train_y), dtype=torch.bool)
         keep[val] = False
@@ -337,6 +365,9 @@ def load_data(
             val_y=splits.train_y[val],
             **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}),
         )
+    if regression:
+        fitted = values or fit_values(splits.classes, splits.per_step, task, splits.train_y).spec
+        splits = replace(splits, values=fitted)
     if series:
         changed = {
             f"{s}_x": x.series_normalized()
@@ -365,6 +396,34 @@ def load_data(
     if patch > 1:
         splits = _patched(splits, patch)
     return replace(splits, **{k: v.to(device) for k, v in vars(splits).items() if isinstance(v, (Tensor, Mapped))})
+
+
+def _as_classes(splits: Splits, source: str) -> Splits:
+    """``splits`` of classes: float targets are values, one error naming ``task=regression``."""
+    if splits.train_y.is_floating_point():
+        raise BirnnError(
+            f"{source} gives values (float targets), not classes: train them with task=regression (a classifier "
+            "needs integer labels)"
+        )
+    return splits
+
+
+def _as_values(splits: Splits, source: str, task: dict) -> Splits:
+    """``splits`` of values (``birnn.data.targets.as_values``) named by the loader's classes when there is one per
+    output (else ``value``, ``value0``...); ``values`` holds the kind's spec, its scaling not yet fitted."""
+    per_step = bool(task.get("per_step", False))
+    log = bool(task.get("log", task.get("log_target", False)))
+    steps = splits.train_x.shape[1]
+    changed = {
+        f"{s}_y": as_values(y, getattr(splits, f"{s}_lengths"), steps, per_step, log, f"{source} ({s} split)")
+        for s in ("train", "test", "val")
+        if (y := getattr(splits, f"{s}_y")) is not None
+    }
+    y = changed["train_y"]
+    outputs = 1 if per_step or y.ndim == 1 else y.shape[1]
+    names = list(splits.classes) if len(splits.classes) == outputs else value_names(outputs)
+    spec = {"per_step": per_step, "loss": task.get("loss", "mse"), "log": log}
+    return replace(splits, classes=names, values=spec, **changed)
 
 
 def content_fingerprint(splits: Splits) -> str | None:
@@ -432,16 +491,17 @@ def _patched(splits: Splits, k: int) -> Splits:
     return replace(splits, **changed)
 
 
-def holdout(cfg: DictConfig, train_y: Tensor) -> Tensor | None:
+def holdout(cfg: DictConfig, train_y: Tensor, stratified: bool = True) -> Tensor | None:
     """The training-split indices held out for validation, or None: ``val_size`` samples (or ``val_fraction``
-    of them) drawn with ``split_seed``, or fold ``fold`` of a stratified ``folds``-fold split seeded the same."""
+    of them) drawn with ``split_seed``, or fold ``fold`` of a ``folds``-fold split seeded the same: stratified by
+    class for a class per sequence (``stratified``, the kind's), plain KFold otherwise (tags, values)."""
     n = len(train_y)
     folds = cfg.get("folds", 0)
-    if folds > 1 and per_step(train_y):  # per-step labels: no class per sample to stratify by
+    if folds > 1 and not stratified:  # per-step labels, values: no class per sample to stratify by
         from sklearn.model_selection import KFold
 
         splitter = KFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
-        _, val = list(splitter.split(train_y.numpy()))[cfg.fold]
+        _, val = list(splitter.split(train_y.cpu().numpy()))[cfg.fold]
         return torch.from_numpy(val)
     if folds > 1:
         from sklearn.model_selection import StratifiedKFold
@@ -476,7 +536,8 @@ def spec(splits: Splits) -> dict:
     checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
     (the model reads ``patch * features`` features per step); ``normalize_series``: every series was z-normalized
     on its own first (absent in older checkpoints: false); ``vocab_size``, ``tokenizer`` and ``per_step``
-    for token data and tags (token data have one "feature" per step: the ID); ``samples`` per split (a resume
+    for token data and tags (token data have one "feature" per step: the ID); ``values``: regression targets'
+    scaling (``Splits.values``; absent for classes); ``samples`` per split (a resume
     on a split of another size would shuffle other batches); ``fingerprint``: the data's content, as in ``Splits``.
     """
     steps, features = splits.raw_shape or (*splits.test_x.shape[1:], 1)[:2]
@@ -495,6 +556,7 @@ def spec(splits: Splits) -> dict:
         "fingerprint": splits.fingerprint,
         "normalize_series": splits.normalize_series,
         **({"trained_vocab": splits.trained_vocab} if splits.trained_vocab is not None else {}),
+        **({"values": splits.values} if splits.values is not None else {}),
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }
 
@@ -528,18 +590,21 @@ def shuffled_batches(
     start: int = 0,
     lengths: Tensor | None = None,
     dist: Dist = Dist(),
+    target: Target | None = None,
 ) -> Iterator[Batch]:
     """One epoch of shuffled batches (the last may be smaller), as ``DataLoader(shuffle=True)`` gives.
 
     The permutation is drawn from ``generator`` (CPU) once per epoch, the same on every process; each
     process takes its share (``dist.shard``) of every global batch. ``start`` skips batches already
-    trained on, so a resumed epoch sees exactly the batches the interrupted one had left.
+    trained on, so a resumed epoch sees exactly the batches the interrupted one had left. ``target``: the kind of
+    target, which counts a batch's scored targets (default: classes, per step when ``y`` is ``(N, steps)``).
     """
+    kind = target if target is not None else for_classes([], per_step(y))
     order = torch.randperm(len(y), generator=generator).to(x.device)
     for i in range(start * batch_size, len(y), batch_size):
         batch = order[i : i + batch_size]
         idx = batch[dist.shard(len(batch))]
-        targets = int((y[batch] != IGNORE).sum()) if per_step(y) else None
+        targets = kind.count(y[batch]) if kind.per_step else None
         tokens = (len(batch) * x.shape[1] if lengths is None else int(lengths[batch].sum())) if x.ndim == 2 else 0
         yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch), targets, tokens)
 

@@ -35,6 +35,9 @@ class Target(Protocol):
 
     per_step: bool  # one target per step (the model outputs every step) rather than one per sequence
     pictures: bool  # a test pass is drawn (birnn.records.tracking.pictures: confusion matrix, misclassified inputs)
+    accuracy: bool  # predictions are right or wrong: a split's accuracy is reported (classes; not values)
+    stratified: bool  # data.folds splits stratified by the target (a class per sequence), else plain KFold
+    score: str  # the test score every run of this kind reports (birnn.schema.metrics.HEADLINES)
 
     @property
     def outputs(self) -> int:
@@ -95,6 +98,12 @@ def for_classes(classes: list[str], per_step: bool) -> Target:
     return ClassPerStep(classes) if per_step else ClassPerSequence(classes)
 
 
+def for_data(classes: list[str], per_step: bool, values: dict | None) -> Target:
+    """The kind of target of data (``Splits``) or of a checkpoint's data spec: ``values`` (the spec of values,
+    ``Values.spec``) for regression, else classes."""
+    return Values(classes, **values) if values is not None else for_classes(classes, per_step)
+
+
 def per_step(y: Tensor) -> bool:
     """Whether labels ``y`` hold one target per step ``(N, steps)`` rather than one per sequence ``(N,)``."""
     return y.ndim == 2
@@ -115,6 +124,9 @@ class Classes:
 
     per_step = False
     pictures = True
+    accuracy = True
+    stratified = True
+    score = HEADLINE
 
     def __init__(self, classes: list[str]):
         self.classes = list(classes)
@@ -127,7 +139,10 @@ class Classes:
         return ((predictions == y) & (y != IGNORE)).sum()
 
     def headline(self, scores: dict) -> str:
-        return f"Test accuracy {scores[HEADLINE]:.4f} ({100 * scores[HEADLINE]:.2f}%)"
+        """The test accuracy, with the trivial baseline's beside it when the scores hold it."""
+        trivial = scores.get("test_baseline_accuracy")
+        beside = "" if trivial is None else f", trivial baseline {trivial:.4f} ({scores['test_baseline']})"
+        return f"Test accuracy {scores[HEADLINE]:.4f} ({100 * scores[HEADLINE]:.2f}%){beside}"
 
     def baseline(self, train_y: Tensor, test_y: Tensor) -> dict:
         """Always the training split's most frequent class (per step: tag, counted over every token), scored on
@@ -206,6 +221,7 @@ class ClassPerStep(Classes):
 
     per_step = True
     pictures = False
+    stratified = False
 
     def count(self, y: Tensor) -> int:
         return int((y != IGNORE).sum())
@@ -272,6 +288,204 @@ class ClassPerStep(Classes):
         return f"output logits (N, {steps}, {len(self.classes)}) per step; classes {', '.join(self.classes)}"
 
 
+LOSSES = ("mse", "mae", "huber")  # task.loss: the elementwise loss on standardized targets
+
+
+class Values:
+    """Values, not classes (``task=regression``): one per sequence (targets ``(N,)``, or ``(N, d)`` for ``d``
+    outputs named by ``names``), or with ``per_step`` one per step (``(N, steps)``; ``NaN``, which padding beyond a
+    length is, is not scored). The model learns standardized targets: ``log1p`` first with ``log``, then minus the
+    training split's ``mean`` over its ``std`` (per output; 0 and 1 without ``task.standardize_targets``); every
+    prediction and score is in the target's own units (the scaling inverted). The loss (``task.loss``: mse, mae,
+    huber) is on the standardized targets; the scores are RMSE, MAE and R² (over the scored steps for per-step
+    targets; over ``d`` outputs their uniform average, each output's beside it)."""
+
+    pictures = False
+    accuracy = False
+    stratified = False
+    score = "test_rmse"
+
+    def __init__(
+        self,
+        names: list[str],
+        per_step: bool = False,
+        loss: str = "mse",
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        log: bool = False,
+    ):
+        self.names, self.per_step, self.loss, self.log = list(names), bool(per_step), loss, bool(log)
+        self.mean = torch.tensor(mean if mean is not None else [0.0] * len(self.names), dtype=torch.float32)
+        self.std = torch.tensor(std if std is not None else [1.0] * len(self.names), dtype=torch.float32)
+
+    @property
+    def spec(self) -> dict:
+        """What a checkpoint's data spec holds of the targets (``values``): enough to rebuild this kind."""
+        return {
+            "per_step": self.per_step,
+            "loss": self.loss,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "log": self.log,
+        }
+
+    @property
+    def outputs(self) -> int:
+        return len(self.names)
+
+    def _shaped(self, outputs: Tensor) -> Tensor:
+        """The model's outputs shaped like the targets: ``(batch,)`` for one value, ``(batch, d)``, per step
+        ``(batch, steps)``."""
+        return outputs[..., 0] if self.per_step or self.outputs == 1 else outputs
+
+    def standardized(self, y: Tensor) -> Tensor:
+        """Targets in the units the model learns."""
+        y = torch.log1p(y) if self.log else y
+        return (y - self.mean.to(y.device)) / self.std.to(y.device)
+
+    def restored(self, z: Tensor) -> Tensor:
+        """The model's standardized outputs in the target's own units."""
+        y = z.float() * self.std.to(z.device) + self.mean.to(z.device)
+        return torch.expm1(y) if self.log else y
+
+    def count(self, y: Tensor) -> int:
+        return int(torch.isfinite(y).sum()) if self.per_step else len(y)
+
+    def loss_sum(self, model: nn.Module, outputs: Tensor, y: Tensor, lengths: Tensor | None) -> Tensor:
+        """Per sequence: each sample's loss averaged over its outputs, summed; per step: summed over the scored
+        steps."""
+        scored = torch.isfinite(y)
+        z = torch.where(scored, self.standardized(torch.where(scored, y, 0.0)), 0.0)
+        guess = self._shaped(outputs).float()
+        if self.loss == "mae":
+            error = (guess - z).abs()
+        elif self.loss == "huber":
+            error = F.huber_loss(guess, z, reduction="none")
+        else:
+            error = (guess - z).square()
+        if self.per_step:
+            return torch.where(scored, error, 0.0).sum()
+        return error.reshape(len(y), -1).mean(1).sum()
+
+    def batch_mean(self, outputs: Tensor, y: Tensor) -> Tensor | None:
+        return None
+
+    def predict(self, model: nn.Module, outputs: Tensor, lengths: Tensor | None) -> Tensor:
+        """The values in the target's units (per step: ``NaN`` beyond a length)."""
+        values = self.restored(self._shaped(outputs))
+        if self.per_step and lengths is not None:
+            steps = torch.arange(values.shape[1], device=values.device)
+            values = values.masked_fill(steps >= lengths.to(values.device).unsqueeze(1), math.nan)
+        return values
+
+    def correct(self, predictions: Tensor, y: Tensor) -> Tensor:
+        return torch.zeros((), dtype=torch.int64, device=y.device)
+
+    def scores(self, y: Tensor, predictions: Tensor, monitor: str) -> dict[str, float]:
+        return value_scores(y, predictions, self.names, self.per_step)
+
+    def report(self, y: Tensor, predictions: Tensor) -> dict:
+        return {
+            "test_samples": len(y),
+            **({"test_steps": self.count(y)} if self.per_step else {}),
+            "outputs": self.names,
+            **{f"test_{k}": v for k, v in self.scores(y, predictions, "").items()},
+        }
+
+    def headline(self, scores: dict) -> str:
+        """RMSE, MAE and R² on the test split, with the mean and median predictors' RMSE beside them."""
+        text = f"Test RMSE {scores['test_rmse']:.4g}, MAE {scores['test_mae']:.4g}, R² {scores['test_r2']:.4f}"
+        if "test_baseline_rmse" in scores:
+            text += (
+                f"; mean predictor RMSE {scores['test_baseline_rmse']:.4g}, median predictor RMSE "
+                f"{scores['test_median_rmse']:.4g}"
+            )
+        return text
+
+    def baseline(self, train_y: Tensor, test_y: Tensor) -> dict:
+        """The trivial predictors: the training split's mean (``test_baseline_rmse``) and median
+        (``test_median_rmse``) of each output, predicted for every test target; nothing for an empty split."""
+        train, test = self._table(train_y), self._table(test_y)
+        if not len(train) or not len(test):
+            return {}
+        scores = {}
+        for name, guess in (("baseline", train.nanmean(0)), ("median", train.nanquantile(0.5, 0))):
+            scores[f"test_{name}_rmse"] = value_scores(test, guess.expand_as(test), self.names, self.per_step)["rmse"]
+        scores["test_baseline"] = "the training split's mean (test_baseline_rmse) and median (test_median_rmse)"
+        return scores
+
+    def _table(self, y: Tensor) -> Tensor:
+        """Targets as rows of outputs (float64, CPU); per step: every step one row."""
+        y = y.detach().cpu().double()
+        return y.reshape(-1, 1) if self.per_step else y.reshape(len(y), -1)
+
+    def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
+        """The predicted value(s) of each input (``value``: a number, a list of ``d``, or one per step) and
+        ``label``, as a table prints them."""
+        answers = []
+        for value in self.predict(model, outputs, None).tolist():
+            shown = " ".join(f"{v:.6g}" for v in value) if isinstance(value, list) else f"{value:.6g}"
+            answers.append({"value": value, "label": shown, "probability": None})
+        return answers
+
+    def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
+        return ["values"]
+
+    def export_difference(
+        self,
+        model: nn.Module,
+        exported: Tensor | tuple[Tensor, ...],
+        expected: Tensor,
+        lengths: Tensor | None,
+        out: Path,
+    ) -> float:
+        if self.per_step and lengths is not None:
+            valid = torch.arange(exported.shape[1]) < lengths.unsqueeze(1)
+            exported, expected = exported[valid], expected[valid]
+        return (exported - expected).abs().max().item()
+
+    def exported(self, steps: int) -> str:
+        shape = f"(N, {steps}, 1) per step" if self.per_step else f"(N, {self.outputs})"
+        return f"output values {shape}, standardized ({', '.join(self.names)})"
+
+
+def fit_values(names: list[str], per_step: bool, task: dict, train_y: Tensor) -> Values:
+    """The kind of values ``task`` (``task.*``) asks for, its scaling fitted on the training targets: ``log1p`` of
+    them with ``task.log_target``, then their mean and std per output (std 1 where they are constant) with
+    ``task.standardize_targets``."""
+    kind = Values(names, per_step, task.get("loss", "mse"), log=bool(task.get("log_target", False)))
+    if task.get("standardize_targets", True):
+        table = kind._table(train_y)
+        table = torch.log1p(table) if kind.log else table
+        mean = table.nanmean(0)
+        std = ((table - mean).square().nanmean(0)).sqrt()
+        kind.mean = mean.float()
+        kind.std = torch.where(std > 0, std, 1.0).float()
+    return kind
+
+
+def value_scores(y: Tensor, predictions: Tensor, names: list[str], per_step: bool) -> dict[str, float]:
+    """RMSE, MAE and R² of ``predictions`` (float64) over the scored targets (finite ``y``), uniformly averaged over
+    the outputs, and with several outputs each one's (``rmse_<name>``...); NaN for no scored target, R² NaN for a
+    constant target."""
+    y, p = y.detach().cpu().double(), predictions.detach().cpu().double()
+    if per_step:
+        scored = torch.isfinite(y)
+        y, p = y[scored].reshape(-1, 1), p[scored].reshape(-1, 1)
+    else:
+        y, p = y.reshape(len(y), -1), p.reshape(len(p), -1)
+    error = p - y
+    rmse = error.square().mean(0).sqrt()
+    mae = error.abs().mean(0)
+    spread = (y - y.mean(0)).square().sum(0)
+    r2 = torch.where(spread > 0, 1 - error.square().sum(0) / spread, math.nan)
+    scores = {"rmse": rmse.mean().item(), "mae": mae.mean().item(), "r2": r2.mean().item()}
+    if y.shape[1] > 1:
+        for i, name in enumerate(names):
+            scores |= {f"rmse_{name}": rmse[i].item(), f"mae_{name}": mae[i].item(), f"r2_{name}": r2[i].item()}
+    return scores
+
+
 def confusion_matrix(y: Tensor, predictions: Tensor, num_classes: int) -> Tensor:
     """Counts (num_classes, num_classes) on the CPU: row = true class, column = predicted class."""
     from sklearn import metrics
@@ -324,3 +538,47 @@ def tag_scores(y: Tensor, predictions: Tensor, classes: list[str]) -> dict[str, 
         "span_recall": float(spans.recall_score(true, pred, **kwargs)),
         "span_f1": float(spans.f1_score(true, pred, **kwargs)),
     }
+
+
+def value_names(outputs: int) -> list[str]:
+    """The names of ``outputs`` values when the data name none: ``value``, or ``value0``, ``value1``, ..."""
+    return ["value"] if outputs == 1 else [f"value{i}" for i in range(outputs)]
+
+
+def as_values(y: Tensor, lengths: Tensor | None, steps: int, per_step: bool, log: bool, where: str) -> Tensor:
+    """Targets checked and shaped as ``Values`` reads them (float32): per sequence ``(N,)`` or ``(N, d)`` (``(N,
+    1)`` becomes ``(N,)``), every one finite; per step ``(N, steps)``, ``NaN`` not scored (steps beyond a length
+    become ``NaN``), an infinite one refused. ``log`` (``task.log_target``): a negative target is refused.
+    ``where``: the data and split, for the message."""
+    if not y.is_floating_point():
+        raise BirnnError(
+            f"{where} holds classes (integer labels), not values: task=regression needs float targets (train "
+            "classes with task=classification)"
+        )
+    y = y.float()
+    if per_step:
+        if y.ndim != 2 or y.shape[1] != steps:
+            raise BirnnError(
+                f"{where}: task.per_step=true needs one target per step, shaped (N, {steps}); got {tuple(y.shape)}"
+            )
+        if torch.isinf(y).any():
+            raise BirnnError(f"{where} holds an infinite target (per step, NaN means not scored; inf is an error)")
+        if lengths is not None:
+            y = y.masked_fill(torch.arange(steps) >= lengths.cpu().unsqueeze(1), math.nan)
+    else:
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim not in (1, 2):
+            raise BirnnError(f"{where}: targets must be shaped (N,) or (N, d) values; got {tuple(y.shape)}")
+        bad = int((~torch.isfinite(y)).sum())
+        if bad:
+            raise BirnnError(
+                f"{where} holds {bad} non-finite target{'s' * (bad > 1)} (NaN or inf): every sequence needs a value "
+                "(only per-step targets may leave a step unscored with NaN)"
+            )
+    if log and (y < 0).any():
+        raise BirnnError(
+            f"{where} holds negative targets ({y[y < 0].min().item():.6g}): task.log_target=true fits log1p of a "
+            "non-negative target; set task.log_target=false"
+        )
+    return y

@@ -3,7 +3,8 @@
 ``data=uea data.name=JapaneseVowels`` reads ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts`` with aeon's
 reader (the optional extra ``birnn[timeseries]``); ``root`` null means the problems bundled in the aeon
 wheel. Series become ``(steps, channels)`` float32 inputs, zero-padded to the longest, with per-sample
-lengths when the lengths differ. ``predict`` reads ``.ts`` files through :func:`read_series`.
+lengths when the lengths differ. ``predict`` reads ``.ts`` files through :func:`read_series`. A regression
+problem (``@targetLabel true``, as the TSER archive's) gives its float values under ``task=regression``.
 
 Missing values (``?`` or ``NaN`` in a file) are filled with the channel's mean over the training split's
 observed values: filling with the mean leaves the mean unchanged, so after ``data.normalize`` they are
@@ -67,7 +68,8 @@ def bundled_problems() -> list[str]:
 
 def read_ts(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
     """All series of a ``.ts`` file as float32 ``(steps, channels)`` arrays (NaN where a value is missing),
-    and their class labels as strings (None when the file has no labels).
+    and their class labels as strings, or a regression file's targets (``@targetLabel true``) as float64 values
+    (None when the file has neither).
 
     aeon's reader lower-cases the labels. Any problem with the file is one ``BirnnError`` naming it.
     """
@@ -89,6 +91,8 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
         raise BirnnError(
             f"{path}: series {huge} holds inf or values beyond float32's range (|x| > 3.4e38): fix or remove it"
         )
+    if meta.get("targetlabel") and len(labels) == len(series):
+        return series, np.asarray(labels, dtype=np.float64)
     has_labels = meta["classlabel"] and len(labels) == len(series)
     return series, np.asarray(labels).astype(str) if has_labels else None
 
@@ -138,14 +142,21 @@ def _files(root: str | None, name: str | None) -> tuple[Path, Path]:
 
 
 def load_uea(
-    root: str | None = None, download: bool = False, name: str | None = None, normalize_series: bool = False
+    root: str | None = None,
+    download: bool = False,
+    name: str | None = None,
+    task: str = "classification",
+    normalize_series: bool = False,
 ) -> Splits:
-    """A UCR/UEA classification problem from ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``.
+    """A UCR/UEA classification problem from ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``, or with
+    ``task="regression"`` (``task=regression``) a TSER regression problem (``@targetLabel true``).
 
     ``root`` None: the problems bundled with aeon. ``download`` must stay false: birnn does not download
-    archive problems. Classes are the training labels, sorted (numbers numerically); lengths are None when
-    every series of both splits has the same length. ``normalize_series`` (``data.normalize_series``, passed by
-    ``birnn.data.pipeline.load_source``): missing values take their own series' mean.
+    archive problems. Classes are the training labels, sorted (numbers numerically); a regression problem's
+    targets are its float64 values (one output, ``value``). Lengths are None when every series of both splits has
+    the same length. A file of the other kind than ``task`` is one error naming the ``task`` it needs.
+    ``normalize_series`` (``data.normalize_series``, passed by ``birnn.data.pipeline.load_source``): missing values
+    take their own series' mean.
     """
     if download:
         raise BirnnError(
@@ -156,11 +167,24 @@ def load_uea(
     train, train_labels = read_ts(train_file)
     test, test_labels = read_ts(test_file)
     for path, labels in ((train_file, train_labels), (test_file, test_labels)):
-        if labels is None:
+        values = labels is not None and labels.dtype.kind == "f"
+        if task == "regression" and not values:
+            raise BirnnError(
+                f"{path} has no regression targets (@targetLabel true): not a regression problem"
+                + ("; train it with task=classification" if labels is not None else "")
+            )
+        if task != "regression" and labels is None:
             raise BirnnError(f"{path} has no class labels (@classLabel true ...): not a classification problem")
+        if task != "regression" and values:
+            raise BirnnError(
+                f"{path} holds regression targets (@targetLabel true), not classes: train it with task=regression"
+            )
     channels = {s.shape[1] for s in train + test}
     if len(channels) > 1:
         raise BirnnError(f"{train_file} and {test_file} disagree on the number of channels: {sorted(channels)}")
+    if task == "regression":
+        train_y, test_y = torch.from_numpy(train_labels), torch.from_numpy(test_labels)
+        return _splits(train, test, train_y, test_y, ["value"], normalize_series)
     classes = sorted(set(train_labels.tolist()), key=_label_order)
     unseen = sorted(set(test_labels.tolist()) - set(classes), key=_label_order)
     if unseen:
@@ -168,17 +192,32 @@ def load_uea(
             f"{test_file} has labels never seen in training: {', '.join(unseen)} "
             f"(training classes: {', '.join(classes)})"
         )
+    index = {c: i for i, c in enumerate(classes)}
+    train_y = torch.tensor([index[c] for c in train_labels], dtype=torch.int64)
+    test_y = torch.tensor([index[c] for c in test_labels], dtype=torch.int64)
+    return _splits(train, test, train_y, test_y, classes, normalize_series)
+
+
+def _splits(
+    train: list[np.ndarray],
+    test: list[np.ndarray],
+    train_y: Tensor,
+    test_y: Tensor,
+    classes: list[str],
+    normalize_series: bool = False,
+) -> Splits:
+    """Both splits' series, missing values filled with the training means (``normalize_series``: each series' own),
+    padded, with their targets."""
     means = None if normalize_series else channel_means(train)
     train, test = fill_missing(train, means), fill_missing(test, means)
     lengths = [torch.tensor([len(s) for s in split], dtype=torch.int64) for split in (train, test)]
     steps = int(max(lengths[0].max(), lengths[1].max()))
     variable = bool((torch.cat(lengths) != steps).any())
-    index = {c: i for i, c in enumerate(classes)}
     return Splits(
         train_x=pad(train, steps),
-        train_y=torch.tensor([index[c] for c in train_labels], dtype=torch.int64),
+        train_y=train_y,
         test_x=pad(test, steps),
-        test_y=torch.tensor([index[c] for c in test_labels], dtype=torch.int64),
+        test_y=test_y,
         classes=classes,
         train_lengths=lengths[0] if variable else None,
         test_lengths=lengths[1] if variable else None,

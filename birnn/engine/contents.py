@@ -106,6 +106,18 @@ def _statistics(data: dict) -> bool:
     )
 
 
+# Regression targets (``birnn.data.targets.Values.spec``): a mean and a std > 0 per output, as many as classes.
+VALUES = Record(
+    {
+        "per_step": need(FLAG),
+        "loss": need(Rule("mse, mae or huber", lambda v: v in ("mse", "mae", "huber"))),
+        "mean": need(list_of(NUMBER, nonempty=True)),
+        "std": need(list_of(Rule("a finite number > 0", lambda v: NUMBER.ok(v) and v > 0), nonempty=True)),
+        "log": need(FLAG),
+    },
+    what="the targets' spec",
+)
+
 # What the run trained on (``birnn.data.pipeline.spec``): enough to feed the model without the dataset.
 DATA = Record(
     {
@@ -123,9 +135,14 @@ DATA = Record(
         "samples": mapping(integer(0)),  # per split
         "fingerprint": maybe(TEXT),  # SHA-256 of the training data's content (birnn.data.pipeline.fingerprint)
         "trained_vocab": integer(2),  # data.vectors: token IDs below it train, the rest are frozen pretrained words
+        "values": VALUES,  # task=regression: the targets' scaling and loss (birnn.data.targets.Values.spec)
     },
     checks=(
         ("normalization must be {mean, std}: lists of input_shape[1] numbers each, std > 0", _statistics),
+        (
+            "values must have one mean and std per output (classes)",
+            lambda d: "values" not in d or len(d["values"]["mean"]) == len(d["values"]["std"]) == len(d["classes"]),
+        ),
         ("trained_vocab must be at most vocab_size", lambda d: d.get("trained_vocab", 0) <= (d.get("vocab_size") or 0)),
     ),
     what="the data spec",

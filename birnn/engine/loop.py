@@ -100,7 +100,7 @@ def loss_and_predictions(
     device. ``poll`` runs before each batch: it may raise to give up the pass (a stop signal)."""
     model.eval()
     total = torch.zeros((), device=x.device)
-    predictions = [torch.zeros((0, *y.shape[1:]), dtype=torch.int64, device=x.device)]
+    predictions = [torch.zeros((0, *y.shape[1:]), dtype=y.dtype, device=x.device)]
     for xb, yb, lb in sequential_batches(x, y, batch_size, lengths):
         poll()
         logits = forward(model, xb, device, precision, lb)

@@ -19,7 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from birnn.data.pipeline import check_class_names, load_data
 from birnn.data.pipeline import spec as data_spec
-from birnn.data.targets import Target, for_classes
+from birnn.data.targets import Target, for_data
 from birnn.engine import checkpoint
 from birnn.models.rnn import build_model
 from birnn.schema.config import typed, validate
@@ -43,7 +43,7 @@ class Restored:
     @property
     def target(self) -> Target:
         """The kind of target the model learned (``birnn.data.targets``): what it outputs and how to read it."""
-        return for_classes(self.classes, bool(self.spec.get("per_step")))
+        return for_data(self.classes, bool(self.spec.get("per_step")), self.spec.get("values"))
 
     @property
     def normalization(self) -> dict | None:
@@ -168,7 +168,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
     check_class_names(spec["classes"], str(path), "train it again on valid labels")
     steps, features = spec["input_shape"]
     vocab_size = spec.get("vocab_size")
-    target = for_classes(list(spec["classes"]), bool(spec.get("per_step")))
+    target = for_data(list(spec["classes"]), bool(spec.get("per_step")), spec.get("values"))
     model = build_model(
         cfg.model,
         vocab_size or features * int(spec.get("patch", 1)),

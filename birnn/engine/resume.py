@@ -86,6 +86,7 @@ def check_same_data(then: dict | None, now: dict, path: Path) -> None:
         "classes",
         "normalization",
         "normalize_series",
+        "values",
         "kind",
         "vocab_size",
         "tokenizer",

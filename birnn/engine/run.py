@@ -35,7 +35,7 @@ from birnn.records.scores import EvalResult
 from birnn.records.tracking import Trackers, provenance, write_metrics
 from birnn.schema.config import to_plain
 from birnn.schema.errors import BirnnError
-from birnn.schema.metrics import HEADLINE, better
+from birnn.schema.metrics import better
 from birnn.system.device import effective_precision, setup_device, synchronize
 from birnn.system.distributed import Dist
 from birnn.system.files import read_json
@@ -82,7 +82,7 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
     resolve_embedding_dim(cfg.model, cfg.data)
-    data = load_data(cfg.data, device, fingerprint=True)
+    data = load_data(cfg.data, device, fingerprint=True, task=to_plain(cfg.task) if "task" in cfg else None)
     empty = [s for s in ("train", "test", "val") if (y := getattr(data, f"{s}_y")) is not None and not len(y)]
     if empty:
         raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
@@ -286,6 +286,7 @@ class Run:
             start=self.progress.step_in_epoch,
             lengths=d.train_lengths,
             dist=self.dist,
+            target=self.stepper.target,
         )
 
     def step(self, batch: Batch) -> None:
@@ -330,11 +331,14 @@ class Run:
             )
         return losses, totals[1].sum().item()
 
-    def running_scores(self) -> tuple[float, float]:
-        """This process's mean training loss and accuracy since the last log line (no collective: the progress bar's
-        between log lines)."""
+    def running_scores(self) -> dict[str, str]:
+        """This process's mean training loss and accuracy (where the kind of target has one) since the last log
+        line, as the progress bar shows them (no collective: the bar's between log lines)."""
         w = self.window
-        return torch.stack(w.losses).sum().item() / w.samples, torch.stack(w.corrects).sum().item() / w.samples
+        shown = {"loss": f"{torch.stack(w.losses).sum().item() / w.samples:.4f}"}
+        if self.stepper.target.accuracy:
+            shown["acc"] = f"{torch.stack(w.corrects).sum().item() / w.samples:.3f}"
+        return shown
 
     def train_scores(self) -> dict[str, float]:
         """Mean training loss and accuracy since the last call (over all ranks), and the lr; starts a new window."""
@@ -343,7 +347,7 @@ class Run:
         self.window = Window(self.progress.global_step + 1)
         return {
             "train/loss": losses.sum().item() / w.samples,
-            "train/accuracy": correct / w.samples,
+            **({"train/accuracy": correct / w.samples} if self.stepper.target.accuracy else {}),
             "train/lr": self.optimizer.param_groups[0]["lr"],
         }
 
@@ -429,7 +433,7 @@ class Run:
         predictions = self.dist.cat(predictions)
         n = target.count(y)
         result = EvalResult(loss_sum.item() / n, right.item() / n, predictions)
-        scores = {f"{split}_loss": result.loss, f"{split}_accuracy": result.accuracy}
+        scores = {f"{split}_loss": result.loss, **({f"{split}_accuracy": result.accuracy} if target.accuracy else {})}
         scores |= {f"{split}_{k}": v for k, v in target.scores(y, predictions, self.cfg.trainer.monitor).items()}
         if self.tracker and (not target.pictures or d.vocab_size is not None):  # no pictures of tokens or tags
             self.tracker.scalars(self.progress.global_step, {k.replace("_", "/", 1): v for k, v in scores.items()})
@@ -465,7 +469,7 @@ class Run:
     def test_pass(self, stop: Callable[[], int] = lambda: 0) -> dict:
         """Test scores of the checkpoint ``trainer.test_on`` names: the model as trained (last) or ``best.pt``."""
         if self.cfg.trainer.get("test_on", "last") == "last":
-            return self.evaluate("test", stop) if HEADLINE not in self.metrics else {}
+            return self.evaluate("test", stop) if self.stepper.target.score not in self.metrics else {}
         path = self.ckpt_dir / checkpoint.BEST
         best = self.dist.broadcast(checkpoint.load(path) if self.dist.is_main else None)
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -497,10 +501,8 @@ class Run:
         }
         self.save(metrics=self.metrics)
         self.write_records(self.metrics)
-        if test:
-            trivial = self.metrics.get("test_baseline_accuracy")
-            beside = "" if trivial is None else f", trivial baseline {trivial:.4f} ({self.metrics['test_baseline']})"
-            log.info("%s%s; run dir %s", self.stepper.target.headline(self.metrics), beside, self.run_dir)
+        if test:  # the kind's headline: its test score with the trivial baseline's beside it
+            log.info("%s; run dir %s", self.stepper.target.headline(self.metrics), self.run_dir)
         return self.metrics
 
     def complete(self) -> dict:

@@ -96,11 +96,11 @@ def train(
                             scores["train/loss"],
                         )
                         run.track(scores)
-                        bar.set_postfix(loss=f"{scores['train/loss']:.4f}", acc=f"{scores['train/accuracy']:.3f}")
+                        accuracy = {"acc": f"{scores['train/accuracy']:.3f}"} if "train/accuracy" in scores else {}
+                        bar.set_postfix(loss=f"{scores['train/loss']:.4f}", **accuracy)
                         logged = bar_shown = now
                     elif not bar.disable and now - bar_shown >= BAR_S:  # the bar between log lines: this rank's window
-                        loss, accuracy = run.running_scores()
-                        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
+                        bar.set_postfix(**run.running_scores())
                         bar_shown = now
                     every = t.checkpoint_every_n_steps  # epoch ends save anyway
                     if stopping or (every and p.global_step % every == 0 and not run.epoch_ends):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from birnn.models.layers import MaskedBatchNorm1d, masked, mean_over_steps, same_conv, step_mask
+from birnn.models.layers import MaskedBatchNorm1d, masked, mean_over_steps, refuse_per_step, same_conv, step_mask
 from birnn.schema.errors import check_config
 
 
@@ -67,8 +67,10 @@ class InceptionTime(nn.Module):
         kernel_sizes: Sequence[int] = (40, 20, 10),
         bottleneck: int = 32,
         residual: bool = True,
+        per_step: bool = False,
     ):
         super().__init__()
+        refuse_per_step("inception_time", per_step)
         kernel_sizes = list(kernel_sizes)
         check_config(
             [

@@ -8,6 +8,17 @@ from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from birnn.schema.errors import BirnnError
+
+
+def refuse_per_step(model: str, per_step: bool) -> None:
+    """A model that reads a whole series into one output (LSTM-FCN, InceptionTime) cannot give one per step."""
+    if per_step:
+        raise BirnnError(
+            f"model={model} gives one output per series, not one per step: task.per_step=true (or per-step labels) "
+            "needs model=bilstm or model=bigru"
+        )
+
 
 def pack(x: Tensor, lengths: Tensor) -> PackedSequence:
     """A batch-first ``x`` packed by ``lengths`` (any order), so a recurrent module never reads the padding."""

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from birnn.models.layers import MaskedBatchNorm1d, masked, mean_over_steps, pack, same_conv, step_mask
+from birnn.models.layers import MaskedBatchNorm1d, masked, mean_over_steps, pack, refuse_per_step, same_conv, step_mask
 from birnn.schema.errors import check_config
 
 
@@ -67,8 +67,10 @@ class LSTMFCN(nn.Module):
         kernel_sizes: Sequence[int] = (8, 5, 3),
         squeeze_excite: bool | None = None,
         reduction: int = 16,
+        per_step: bool = False,
     ):
         super().__init__()
+        refuse_per_step("lstm_fcn", per_step)
         filters, kernel_sizes = list(filters), list(kernel_sizes)
         check_options(hidden_size, dropout, filters, kernel_sizes, reduction)
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)

@@ -29,11 +29,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from birnn.schema.errors import BirnnError
-from birnn.schema.metrics import HEADLINE, MONITORS, best_first
+from birnn.schema.metrics import HEADLINE, HEADLINES, MONITORS, best_first, headline
 from birnn.system.files import MAX_RECORD_BYTES, atomic_write, read_json, read_text
 
 STATUS_FILE = "status.json"
-METRICS = (HEADLINE, "test_loss", "train_seconds")
+METRICS = ("test_loss", "train_seconds")  # after the runs' headline test score (test_accuracy, test_rmse)
 # ranking metrics, first present wins (a run's ``monitor``, trainer.monitor, puts best_val_f1 first)
 VALIDATION = (f"best_{MONITORS[0]}", MONITORS[0])
 REPLICATES = {"seed": "seeds", "data.fold": "folds"}  # swept keys averaged over (mean ± std per configuration)
@@ -150,9 +150,14 @@ def swept_keys(jobs: list[Job]) -> list[str]:
 
 def default_metric(jobs: list[Job]) -> str:
     """The best validation score (``trainer.monitor``'s) when the runs have a validation split (model selection),
-    else test accuracy."""
+    else their headline test score (test accuracy, test RMSE)."""
     monitored = [f"best_{m}" for m in dict.fromkeys(job.metrics.get("monitor", MONITORS[0]) for job in jobs)]
-    return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), HEADLINE)
+    return next((m for m in (*monitored, *VALIDATION) if any(m in job.metrics for job in jobs)), headlines(jobs)[0])
+
+
+def headlines(jobs: list[Job]) -> list[str]:
+    """The headline test scores the runs report (``birnn.schema.metrics.HEADLINES``), ``test_accuracy`` if none."""
+    return [h for h in HEADLINES if any(h in job.metrics for job in jobs)] or [HEADLINE]
 
 
 def tested_model(metrics: dict, metric: str) -> dict:
@@ -160,14 +165,15 @@ def tested_model(metrics: dict, metric: str) -> dict:
     epoch it chose) and ``test_epoch`` (the epoch whose model the test scores are). A run that tested its last model
     (``trainer.test_on=last``) scored the best epoch's model too when it tested at every epoch end (its
     ``history``); without such a score the last model's stay, and ``test_epoch`` is the last epoch."""
-    if not metric.startswith("best_") or metric not in metrics or HEADLINE not in metrics:
+    score = headline(metrics)
+    if not metric.startswith("best_") or metric not in metrics or score not in metrics:
         return metrics
     monitored = metric.removeprefix("best_")
     best = next((h for h in metrics.get("history") or [] if h.get(monitored) == metrics[metric]), None)
     chosen = {**metrics, "best_epoch": best["epoch"]} if best else dict(metrics)
     if "test_epoch" in metrics:  # test_on=best: the final test pass scored best.pt
         return chosen
-    if best is not None and HEADLINE in best:
+    if best is not None and score in best:
         return {**chosen, **{k: v for k, v in best.items() if k.startswith("test_")}, "test_epoch": best["epoch"]}
     return {**chosen, "test_epoch": metrics.get("epochs")}
 
@@ -190,7 +196,7 @@ class Summary:
         self.keys = swept_keys(jobs)
         tested, chosen = ([c] if any(c in j.metrics for j in jobs) else [] for c in EPOCHS)
         validation = [m for m in VALIDATION[::-1] if any(m in j.metrics for j in jobs)]
-        self.metric_columns = [*METRICS, *tested, *validation, *chosen]
+        self.metric_columns = [*headlines(jobs), *METRICS, *tested, *validation, *chosen]
         if self.metric not in self.metric_columns:
             self.metric_columns.append(self.metric)
 

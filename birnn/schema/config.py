@@ -20,12 +20,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from birnn.schema.errors import BirnnError, first_line
-from birnn.schema.metrics import MONITORS
+from birnn.schema.metrics import TASK_MONITORS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16", "16")
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 TEST_ON = ("last", "best")
+TASKS = tuple(TASK_MONITORS)
+LOSSES = ("mse", "mae", "huber")  # task.loss
 # data.signature_suffixes' default: common English endings (inflection, derivation, possessive 's); the longest a
 # word ends with goes into its signature
 SIGNATURE_SUFFIXES = (
@@ -311,8 +313,21 @@ class TrainerConfig:
     # resume from a checkpoint without a checksum (written by a birnn before 2026-11-29): only if you trust the file
     allow_unverified: bool = False
     # what "best" means (best.pt, early stopping, sweep ranking, search objective): val_accuracy | val_f1 (macro-F1
-    # over classes or tags)
+    # over classes or tags) | val_loss; task=regression: val_rmse (its default) | val_mae | val_r2 | val_loss
     monitor: str = "val_accuracy"
+
+
+@dataclass
+class TaskConfig:
+    """``task=classification`` (the default) or ``task=regression``: what the targets are (docs/regression.md)."""
+
+    name: str = "classification"  # classification | regression (values, not classes)
+    per_step: bool = False  # regression: one value per step, targets (N, steps); NaN = not scored
+    loss: str = "mse"  # regression: mse | mae | huber, on the standardized targets
+    # regression: fit on targets minus the training split's mean over its std (per output), inverted for every score
+    # and prediction
+    standardize_targets: bool = True
+    log_target: bool = False  # regression: fit log1p of a non-negative (skewed) target, inverted likewise
 
 
 @dataclass
@@ -346,6 +361,7 @@ class Config:
     device: Any = MISSING
     trainer: Any = MISSING
     tracker: Any = MISSING
+    task: Any = MISSING  # task=classification (the default) | regression: values instead of classes
     search: Any = None  # python -m birnn.search only (hparams_search=...): the study, see SearchConfig
 
 
@@ -387,6 +403,7 @@ def register_schemas() -> None:
     cs.store(group="schema/scheduler", name="onecycle", node=OneCycleConfig)
     cs.store(group="schema/device", name="device", node=DeviceConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    cs.store(group="schema/task", name="task", node=TaskConfig)
     search = OmegaConf.structured(SearchConfig)
     OmegaConf.set_struct(search.params, False)  # the search space: any config key (checked by birnn.search)
     cs.store(group="schema/search", name="search", node=search)
@@ -496,7 +513,13 @@ def validate(cfg: DictConfig) -> None:
             "trainer.early_stopping_patience needs a validation split: set data.val_size > 0 (or data.folds)",
         ),
         (t.test_on in TEST_ON, f"trainer.test_on must be one of {', '.join(TEST_ON)}; got {t.test_on!r}"),
-        (t.monitor in MONITORS, f"trainer.monitor must be one of {', '.join(MONITORS)}; got {t.monitor!r}"),
+        (cfg.task.name in TASKS, f"task.name must be one of {', '.join(TASKS)}; got {cfg.task.name!r}"),
+        (
+            t.monitor in TASK_MONITORS.get(cfg.task.name, ()),
+            f"trainer.monitor must be one of {', '.join(TASK_MONITORS.get(cfg.task.name, ()))} under "
+            f"task={cfg.task.name}; got {t.monitor!r}",
+        ),
+        (cfg.task.loss in LOSSES, f"task.loss must be one of {', '.join(LOSSES)}; got {cfg.task.loss!r}"),
         (
             t.test_on == "last" or has_validation(d),
             "trainer.test_on=best needs a validation split: set data.val_size > 0 (or data.folds)",
@@ -552,7 +575,7 @@ def typed(stored: dict) -> DictConfig:
     stored = renamed(stored)
     groups = {group: schema_for(group, stored.get(group, {})) for group in TYPED_GROUPS}
     schema = OmegaConf.structured(
-        Config(**groups, scheduler=None, device=DeviceConfig(), trainer=TrainerConfig(), tracker={})
+        Config(**groups, scheduler=None, device=DeviceConfig(), trainer=TrainerConfig(), tracker={}, task=TaskConfig())
     )
     return OmegaConf.merge(schema, stored)
 

@@ -1,7 +1,8 @@
 """Which score judges a run, and which way it is better: one rule for ``best.pt``, early stopping, a sweep's ranking
 and the value its jobs return, and the direction of a search.
 
-A score's name says its direction: a loss, an error or a time is better lower, anything else (accuracy, F1) higher.
+A score's name says its direction: a loss, an error (RMSE, MAE) or a time is better lower, anything else (accuracy,
+F1, R²) higher.
 Scores are named as in ``metrics.json``: ``<split>_<score>`` (``val_accuracy``), ``best_<monitor>``,
 ``train_seconds``. The scores each kind of target reports are ``birnn.data.targets``'s.
 """
@@ -10,9 +11,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-MONITORS = ("val_accuracy", "val_f1")  # what trainer.monitor accepts: the validation scores "best" may mean
-HEADLINE = "test_accuracy"  # the score every run reports; a run without a validation split is judged by it
-LOWER_IS_BETTER = ("loss", "seconds")  # words in a score's name that make lower better
+# what trainer.monitor accepts under each task (task.name): the validation scores "best" may mean; the first is the
+# task's default
+TASK_MONITORS = {
+    "classification": ("val_accuracy", "val_f1", "val_loss"),
+    "regression": ("val_rmse", "val_mae", "val_r2", "val_loss"),
+}
+MONITORS = tuple(dict.fromkeys(m for monitors in TASK_MONITORS.values() for m in monitors))
+HEADLINES = ("test_accuracy", "test_rmse")  # the score every run of a task reports (the kind of target's ``score``)
+HEADLINE = HEADLINES[0]  # classes'; a run without a validation split is judged by its headline
+LOWER_IS_BETTER = ("loss", "seconds", "error", "rmse", "mae")  # words in a score's name that make lower better
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The headline score ``metrics`` hold (``test_accuracy`` for classes, ``test_rmse`` for values), else
+    ``HEADLINE``."""
+    return next((h for h in HEADLINES if h in metrics), HEADLINE)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -37,5 +51,5 @@ def direction(metric: str) -> Literal["maximize", "minimize"]:
 
 def judged_by(metrics: dict[str, Any], monitor: str) -> float:
     """The value a run is judged by (a sweep job's return value): its best ``monitor`` score, or without a
-    validation split its ``HEADLINE`` test score."""
-    return metrics.get(f"best_{monitor}", metrics[HEADLINE])
+    validation split its headline test score (``headline``)."""
+    return metrics.get(f"best_{monitor}", metrics[headline(metrics)])

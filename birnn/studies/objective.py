@@ -22,7 +22,7 @@ from birnn.engine.training import train
 from birnn.records import summary
 from birnn.schema.config import apply_schemas, validate
 from birnn.schema.errors import BirnnError, first_line
-from birnn.schema.metrics import HEADLINE, MONITORS
+from birnn.schema.metrics import MONITORS, headline
 from birnn.studies import selection
 from birnn.studies.space import as_override, distribution, suggest
 
@@ -126,7 +126,8 @@ class Objective:
         if pruned.stopped:
             log.info("Trial %d pruned at epoch %d of %d.", trial.number, metrics["epochs"], cfg.trainer.epochs)
             raise optuna.TrialPruned()  # Optuna's own line for it is left out: not_optunas_pruned_line
-        trial.set_user_attr(HEADLINE, metrics[HEADLINE])
+        trial.set_user_attr(headline(metrics), metrics[headline(metrics)])
+        trial.set_user_attr("monitor", cfg.trainer.monitor)
         return metrics[f"best_{cfg.trainer.monitor}"]
 
     def one_too_many(self, trial: optuna.Trial) -> bool:

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from birnn.records import summary
 from birnn.records.callbacks import locked
 from birnn.schema.errors import first_line
-from birnn.schema.metrics import HEADLINE, MONITORS
+from birnn.schema.metrics import HEADLINE, HEADLINES, MONITORS
 from birnn.studies.objective import SKIPPED
 from birnn.system.files import atomic_write
 
@@ -58,25 +58,28 @@ def study_markdown(study: optuna.Study, trials: list[FrozenTrial]) -> str:
             "",
         ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    # what the trials were judged by (trainer.monitor) and their headline test score (accuracy, RMSE)
+    monitor = next((t.user_attrs["monitor"] for t in trials if "monitor" in t.user_attrs), MONITORS[0])
+    score = next((h for h in HEADLINES if any(h in t.user_attrs for t in trials)), HEADLINE)
     if complete:
         best = study.best_trial
         lines += [
-            f"Best trial {best.number} ({best.user_attrs.get('run_dir')}): best validation accuracy "
-            f"{best.value:.4f}, test accuracy {best.user_attrs.get(HEADLINE, float('nan')):.4f} "
+            f"Best trial {best.number} ({best.user_attrs.get('run_dir')}): best {monitor} "
+            f"{best.value:.4f}, {score} {best.user_attrs.get(score, float('nan')):.4f} "
             "(its tested checkpoint; test not used for selection).",
             "",
             "Best parameters: " + ", ".join(f"{k}={v}" for k, v in best.params.items()),
             "",
         ]
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    columns = ["trial", "state", *keys, f"best_{MONITORS[0]}", f"{HEADLINE} †", "epochs", "run dir", "retry of"]
+    columns = ["trial", "state", *keys, f"best_{monitor}", f"{score} †", "epochs", "run dir", "retry of"]
     rows = [
         [
             str(t.number),
             t.state.name,
             *(str(t.params.get(k, "")) for k in keys),
             f"{t.value:.4f}" if t.value is not None and not math.isnan(t.value) else "",
-            f"{t.user_attrs[HEADLINE]:.4f}" if HEADLINE in t.user_attrs else "",
+            f"{t.user_attrs[score]:.4f}" if score in t.user_attrs else "",
             str(t.user_attrs.get("epochs", "")),
             Path(t.user_attrs.get("run_dir", "")).name,
             retried(t),
