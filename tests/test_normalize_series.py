@@ -183,3 +183,31 @@ def test_the_cli_trains_with_it_and_token_data_refuse_it(tmp_path):
     refused = run_cli("data=text", f"data.path={text}", "data.normalize_series=true", *TINY, cwd=tmp_path)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "data.normalize_series and data.patch apply to float features, not to token IDs" in refused.stderr
+
+
+def write_values_ts(path: Path, series: np.ndarray, targets: np.ndarray) -> Path:
+    """A regression ``.ts`` file (``@targetLabel true``): one channel per series, its value after the last colon."""
+    header = ["@problemName TinyValues", "@timeStamps false", "@missing false", "@univariate true"]
+    header += ["@equalLength true", f"@seriesLength {series.shape[1]}", "@targetLabel true", "@data"]
+    rows = [",".join(f"{v:.4f}" for v in s) + f":{t:.4f}" for s, t in zip(series, targets)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(header + rows) + "\n")
+    return path
+
+
+def test_regression_runs_take_it_too(tmp_path):
+    """task=regression with data.normalize_series: evaluate reproduces the run's RMSE, and predict gives a series
+    1000x larger the same value (its scale is removed before the model sees it)."""
+    rng = np.random.default_rng(0)
+    slopes = rng.uniform(-1, 1, 40)
+    series = slopes[:, None] * np.linspace(0, 1, 8) + 0.05 * rng.standard_normal((40, 8))
+    series *= rng.uniform(1, 500, (40, 1))  # scales that say nothing about the target
+    for split, rows in (("TRAIN", slice(0, 30)), ("TEST", slice(30, 40))):
+        write_values_ts(tmp_path / "V" / f"V_{split}.ts", series[rows], slopes[rows])
+    overrides = ["task=regression", "data=uea", "data.name=V", f"data.root={tmp_path}", "data.normalize_series=true"]
+    metrics = train(make_cfg(*overrides, *TINY), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert evaluate.evaluate_checkpoint(ckpt)["test_rmse"] == pytest.approx(metrics["test_rmse"], rel=1e-6)
+    plain = predict.predict(ckpt, [tmp_path / "V" / "V_TEST.ts"])
+    scaled = predict.predict(ckpt, [write_values_ts(tmp_path / "big.ts", series[30:] * 1000, slopes[30:])])
+    assert [r["value"] for r in scaled] == pytest.approx([r["value"] for r in plain], rel=1e-4, abs=1e-5)
