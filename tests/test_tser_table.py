@@ -65,7 +65,6 @@ def test_the_table_lists_every_column_and_its_source():
     assert "- FCN, published: Guijo-Rubio" in text and "- RidgeCV: scikit-learn RidgeCV, 30 alphas" in text
 
 
-@pytest.mark.skipif(not (ROOT / "conf" / "task" / "regression.yaml").is_file(), reason="needs task=regression")
 def test_quick_run_of_the_script(tmp_path):
     out = tmp_path / "t.md"
     args = ["--quick", "--problems", "CardanoSentiment", "--presets", "tser", "--out", str(out)]
