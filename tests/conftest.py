@@ -26,6 +26,17 @@ CONF = ROOT / "conf"
 # metrics.json fields that depend on the wall clock: left out where two runs must agree exactly
 WALL_CLOCK = {"train_seconds", "train_samples_per_second", "train_tokens_per_second"}
 FAST = ["data=digits", "device=cpu", "device.num_threads=1", "model.hidden_size=16", "trainer.log_images=false"]
+# task=regression on the TSER problem bundled in aeon (Covid3Month: 140 train / 61 test series of 84 steps)
+VALUES = [
+    "task=regression",
+    "data=uea",
+    "data.name=Covid3Month",
+    "data.batch_size=10",
+    "device=cpu",
+    "device.num_threads=1",
+    "model.hidden_size=16",
+    "trainer.log_images=false",
+]
 
 
 def make_cfg(*overrides: str) -> DictConfig:

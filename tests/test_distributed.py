@@ -21,7 +21,7 @@ from birnn.data.pipeline import load_data, shuffled_batches
 from birnn.schema.errors import BirnnError
 from birnn.system.distributed import Dist
 from birnn.train import train
-from conftest import FAST, ROOT, WALL_CLOCK, free_port, make_cfg, run_cli, wait_for
+from conftest import FAST, ROOT, VALUES, WALL_CLOCK, free_port, make_cfg, run_cli, wait_for
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # 1,438 digits less one held out = 1,437 training samples in global batches of 100: the last batch (37) splits
@@ -94,6 +94,26 @@ def test_two_processes_do_the_single_process_math(two_process_run, tmp_path):
     assert metrics["world_size"] == 2 and metrics["steps"] == single["steps"] == 60
     assert metrics["test_accuracy"] == single["test_accuracy"]  # sharded evaluation: exactly
     assert metrics["test_loss"] == pytest.approx(single["test_loss"], abs=1e-5)
+
+
+def test_two_processes_do_the_single_process_math_for_values(tmp_path):
+    """task=regression (issue #36): 119 training series in global batches of 10, the last (9) split 5/4."""
+    pytest.importorskip("aeon")
+    run = [*VALUES, "data.val_size=21", "trainer.epochs=2", "tracker=none"]
+    ddp_dir = tmp_path / "ddp"
+    rc, _, err = finished(torchrun(*run, f"hydra.run.dir={ddp_dir}", cwd=tmp_path, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE))  # fmt: skip
+    assert rc == 0, err
+    single = train(make_cfg(*run), tmp_path / "one")
+    ddp = torch.load(ddp_dir / "checkpoints" / "last.pt", weights_only=True)
+    one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
+    assert ddp["world_size"] == 2 and ddp["data"]["values"] == one["data"]["values"]
+    for name, weight in one["model"].items():
+        torch.testing.assert_close(ddp["model"][name], weight, atol=1e-5, rtol=0, msg=name)
+    metrics = metrics_of(ddp_dir)
+    assert metrics["steps"] == single["steps"] == 24
+    for key in ("test_rmse", "test_mae", "best_val_rmse", "test_baseline_rmse", "test_median_rmse"):
+        assert metrics[key] == pytest.approx(single[key], rel=1e-4), key
 
 
 def test_a_distributed_run_has_one_run_dir_written_by_rank_0(two_process_run):

@@ -17,7 +17,7 @@ from birnn.engine.loop import Stepper
 from birnn.models.rnn import RNNClassifier
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, ROOT, WALL_CLOCK, make_cfg, run_cli, wait_for
+from conftest import FAST, ROOT, VALUES, WALL_CLOCK, make_cfg, run_cli, wait_for
 
 RUN = [*FAST, "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=4"]
 
@@ -308,3 +308,21 @@ def test_validation_split_best_checkpoint_and_early_stopping(tmp_path):
     assert vals[-1] <= max(vals[:-1]) and max(vals) == metrics["best_val_accuracy"]
     no_val = train(make_cfg(*RUN, "trainer.max_steps=5"), tmp_path / "no_val")
     assert "val_accuracy" not in no_val and not (tmp_path / "no_val" / "checkpoints" / "best.pt").exists()
+
+
+def test_kill_9_mid_epoch_then_resume_is_bit_identical_for_values(tmp_path):
+    """task=regression (issue #36): 108 training series in batches of 10, 11 steps an epoch."""
+    pytest.importorskip("aeon")
+    kill_9_then_resume(
+        tmp_path, [*VALUES, "data.val_size=32", "trainer.checkpoint_every_n_steps=7", "trainer.log_every_n_steps=4"]
+    )
+
+
+def test_best_checkpoint_and_early_stopping_follow_a_lower_is_better_monitor(tmp_path):
+    pytest.importorskip("aeon")
+    cfg = make_cfg(*VALUES, "data.val_size=20", "trainer.epochs=40", "trainer.early_stopping_patience=2")
+    metrics = train(cfg, tmp_path)
+    vals = [h["val_rmse"] for h in metrics["history"]]
+    assert metrics["best_val_rmse"] == min(vals)
+    assert checkpoint.load(tmp_path / "checkpoints" / "best.pt")["progress"]["best_val_accuracy"] == min(vals)
+    assert metrics["epochs"] < 40 and min(vals[-2:]) > min(vals)  # stopped: two epochs without a lower error

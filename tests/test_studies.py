@@ -24,7 +24,7 @@ from birnn.schema.errors import BirnnError
 from birnn.studies.objective import SKIPPED, Objective, counts, work
 from birnn.studies.outputs import study_markdown
 from birnn.studies.space import distribution
-from conftest import FAST, ROOT, free_port, make_cfg, run_cli, wait_for
+from conftest import FAST, ROOT, VALUES, free_port, make_cfg, run_cli, wait_for
 
 TINY_SPACE = "search.params={optimizer.lr:'tag(log,interval(0.003,0.03))',model.hidden_size:null,data.batch_size:null}"
 BAD_RANGES = {
@@ -174,6 +174,42 @@ def test_five_fold_cv_on_digits_gives_mean_and_std_over_folds(tmp_path):
     assert f"{statistics.fmean(val):.4f} ± {statistics.stdev(val):.4f}" in md
     test = [m["test_accuracy"] for m in runs]
     assert len(set(test)) > 1  # five different models, one test split
+
+
+def test_folds_of_values_are_plain_kfold_over_the_training_split():
+    """task=regression (issue #36): no class to stratify by; the folds are scikit-learn's KFold, seeded the same."""
+    pytest.importorskip("aeon")
+    from sklearn.model_selection import KFold
+
+    from birnn.data.pipeline import load_data
+    from birnn.data.uea import load_uea
+
+    train_y = load_uea(name="Covid3Month", task="regression").train_y.float()
+    folds = KFold(n_splits=5, shuffle=True, random_state=0).split(train_y.numpy())
+    for i, (_, expected) in enumerate(folds):
+        cfg = make_cfg(*VALUES, "data.folds=5", f"data.fold={i}")
+        splits = load_data(cfg.data, torch.device("cpu"), task={"name": "regression"})
+        assert torch.equal(splits.val_y, train_y[expected]), i
+        assert len(splits.train_y) + len(splits.val_y) == len(train_y)
+
+
+def test_a_search_on_values_minimizes_the_error(tmp_path):
+    """birnn-search under task=regression: the study minimizes best_val_rmse, and study.md says so."""
+    pytest.importorskip("aeon")
+    study_dir = tmp_path / "study"
+    space = "search.params={optimizer.lr:'choice(0.0001,0.03)',model.hidden_size:null,data.batch_size:null}"
+    args = [*VALUES, "data.val_size=20", "trainer.epochs=2", space, "search.pruner=none", "search.n_trials=3"]
+    proc = run_cli(*args, f"search.dir={study_dir}", cwd=tmp_path, module="birnn.search", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    study = load(study_dir)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    complete = by_state(study, TrialState.COMPLETE)
+    assert study.best_trial.value == min(t.value for t in complete)
+    for t in complete:
+        assert metrics(Path(t.user_attrs["run_dir"]))["best_val_rmse"] == t.value
+    md = (study_dir / "study.md").read_text()
+    assert "| best_val_rmse | test_rmse † |" in md
+    assert f"best val_rmse {study.best_trial.value:.4f}, test_rmse" in md
 
 
 # --- the search --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from birnn import report
 from birnn.records import summary
 from birnn.system.threads import threads_per_job
-from conftest import CONF, FAST, run_cli
+from conftest import CONF, FAST, VALUES, run_cli
 
 TINY = [*FAST, "trainer.epochs=1"]
 CORES = joblib.cpu_count()
@@ -342,3 +342,23 @@ def test_a_non_finite_metric_among_seeds_is_summarized(tmp_path, monkeypatch, ca
     assert report.main([str(tmp_path / "sweep")]) == 0
     table = (tmp_path / "sweep" / "summary.md").read_text()
     assert "| 2 | 0.5000 ± 0.0000 | " + {"NaN": "nan ± nan", "Infinity": "inf ± nan"}[value] in table, table
+
+
+def test_a_sweep_of_regression_runs_is_ranked_lowest_error_first(tmp_path):
+    """task=regression (issue #36): the jobs rank on best_val_rmse ascending; the test columns are RMSE, not
+    accuracy, averaged over seeds."""
+    pytest.importorskip("aeon")
+    sweep = tmp_path / "sweep"
+    lrs = "optimizer.lr=0.0001,0.003,0.03"
+    proc = run_cli("-m", lrs, "seed=0,1", *VALUES, "data.val_size=20", "trainer.epochs=2", f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(sweep / "summary.csv")
+    assert {r["ranked_on"] for r in rows} == {"best_val_rmse"} and "test_accuracy" not in rows[0]
+    ranked = [float(r["best_val_rmse"]) for r in rows]
+    assert ranked == sorted(ranked) and len(set(ranked)) > 1  # lowest error first
+    for row in rows:
+        m = metrics(sweep / row["job"])
+        assert float(row["test_rmse"]) == m["test_rmse"] and float(row["best_val_rmse"]) == m["best_val_rmse"]
+    md = (sweep / "summary.md").read_text()
+    assert "Ranked on best_val_rmse" in md and "test_rmse †" in md and "Mean ± std over seeds" in md

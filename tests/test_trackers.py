@@ -14,7 +14,7 @@ import torch
 
 from birnn.records.tracking import Trackers, hparams
 from birnn.train import train
-from conftest import FAST, free_port, make_cfg, run_cli
+from conftest import FAST, VALUES, free_port, make_cfg, run_cli
 
 RUN = [*FAST, "trainer.max_steps=4", "trainer.log_every_n_steps=2"]
 
@@ -241,3 +241,22 @@ def test_pictures_cut_long_class_names(tmp_path):
     assert ticks == ["x" * 39 + "\u2026", "short"]
     captions = [t.get_text() for t in wrong.axes[0].texts]
     assert captions == ["x" * 39 + "\u2026\n\u2192 short", "short\n\u2192 " + "x" * 39 + "\u2026"]
+
+
+def test_mlflow_records_a_regression_runs_scores_per_epoch_and_at_the_end(tmp_path):
+    """task=regression (issue #36) with the default SQLite store: val/rmse per epoch, the final test_rmse and its
+    trivial baselines."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("aeon")
+    from mlflow.tracking import MlflowClient
+
+    run = [*VALUES, "data.val_size=20", "trainer.epochs=2", "tracker=mlflow", "tracker.mlflow.log_checkpoints=false"]
+    proc = run_cli(*run, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("birnn").experiment_id])
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("test_rmse", "test_mae", "test_r2", "best_val_rmse", "test_baseline_rmse", "test_median_rmse"):
+        assert found.data.metrics[key] == pytest.approx(m[key]), key
+    assert [h.step for h in client.get_metric_history(found.info.run_id, "val/rmse")] == [12, 24]
+    assert "train/accuracy" not in found.data.metrics

@@ -12,6 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,19 @@ def test_a_crafted_checkpoint_runs_no_code(trained, tmp_path, command, keep_spec
     )
     if named is not None:
         assert not marker.exists()
+
+
+def test_a_crafted_regression_checkpoint_runs_no_code(tmp_path):
+    """The trust rule holds for values too (issue #36): a regression checkpoint naming code is refused, nothing runs."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6, 2)).astype("float32"), rng.normal(size=40)
+    np.savez(tmp_path / "values.npz", x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    run = ["task=regression", "data=arrays", f"data.path={tmp_path / 'values.npz'}", *FAST[1:], "trainer.max_steps=2"]
+    train(make_cfg(*run), tmp_path / "values")
+    evil, marker = crafted(tmp_path / "values", tmp_path, keep_spec=True)
+    proc = run_cli(str(evil), cwd=tmp_path, module="birnn.evaluate")
+    assert proc.returncode == 2 and not marker.exists(), proc.stderr
+    assert "hydra.utils.instantiate, which is not part of birnn" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_allowed_modules_and_builtins():

@@ -491,12 +491,14 @@ def _patched(splits: Splits, k: int) -> Splits:
     return replace(splits, **changed)
 
 
-def holdout(cfg: DictConfig, train_y: Tensor, stratified: bool = True) -> Tensor | None:
+def holdout(cfg: DictConfig, train_y: Tensor, stratified: bool | None = None) -> Tensor | None:
     """The training-split indices held out for validation, or None: ``val_size`` samples (or ``val_fraction``
     of them) drawn with ``split_seed``, or fold ``fold`` of a ``folds``-fold split seeded the same: stratified by
-    class for a class per sequence (``stratified``, the kind's), plain KFold otherwise (tags, values)."""
+    class for a class per sequence (``stratified``, the kind's; None: unless ``train_y`` holds one label per step),
+    plain KFold otherwise (tags, values)."""
     n = len(train_y)
     folds = cfg.get("folds", 0)
+    stratified = not per_step(train_y) if stratified is None else stratified
     if folds > 1 and not stratified:  # per-step labels, values: no class per sample to stratify by
         from sklearn.model_selection import KFold
 
