@@ -44,6 +44,7 @@ def evaluate_checkpoint(
         cfg.data,
         device,
         normalization=restored.normalization,
+        series=restored.normalize_series,
         patch=restored.patch,
         allow=restored.allow,
         tokenizer=restored.tokenizer,

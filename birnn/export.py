@@ -2,16 +2,18 @@
 
 Input ``images``: float32 (N, steps, features) scaled as the loader gives them (images: [0, 1]), any N;
 a model trained with ``data.normalize`` carries its standardization inside the graph, so it takes these raw
-inputs too, and one trained with ``data.patch=k`` carries its patching (raw series in, k steps read as one).
+inputs too, as does one trained with ``data.normalize_series`` (each series z-normalized on its own inside the graph),
+and one trained with ``data.patch=k`` carries its patching (raw series in, k steps read as one).
 Output ``logits``: (N, classes); a regression model's (``task=regression``) ``values`` instead, (N,), (N, d) or per
 step (N, steps), in the target's own units: its training scaling is inverted inside the graph (the kind of target's
 ``graph``). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
 Both formats are checked against the PyTorch model before the command reports success.
 
-birnn's own model trained on variable-length sequences (text, tags, series without ``data.normalize`` and
-``data.patch``) is exported unpacked (``birnn.models.unpacked``): inputs ``inputs`` (N, steps) int64 token IDs
-0-padded to the longest training sample's steps (or (N, steps, features) float), and ``lengths`` (N,) int64;
+birnn's own model trained on variable-length sequences (text, tags, series without ``data.normalize``,
+``data.normalize_series`` and ``data.patch``) is exported unpacked (``birnn.models.unpacked``): inputs ``inputs``
+(N, steps) int64 token IDs 0-padded to the longest training sample's steps (or (N, steps, features) float), and
+``lengths`` (N,) int64;
 output ``logits`` (N, classes), or (N, steps, classes) per-step scores for a tagger (read the first
 ``lengths[i]``), and for a tagger with a CRF (``model.crf``) also ``tags`` (N, steps) int64, its Viterbi path
 (-100 past each length). Other variable-length models are refused (see
@@ -32,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from birnn.data.normalize import Standardized
+from birnn.data.normalize import SeriesStandardized, Standardized
 from birnn.data.patches import Patched
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.models.rnn import RNNClassifier
@@ -96,8 +98,8 @@ def check_fixed_length(restored: Restored) -> None:
     if variable_length(restored) and not unpackable(restored):
         raise BirnnError(
             f"{restored.path} was trained on variable-length sequences (data max_length: none) and "
-            "cannot be exported with data.normalize, data.patch or a model of your own: it packs each batch "
-            "by the samples' lengths "
+            "cannot be exported with data.normalize, data.normalize_series, data.patch or a model of your own: "
+            "it packs each batch by the samples' lengths "
             "(pack_padded_sequence), which torch.export and ONNX cannot trace; "
             "use it from PyTorch (python -m birnn.evaluate / birnn.predict) instead."
         )
@@ -109,7 +111,12 @@ def variable_length(restored: Restored) -> bool:
 
 def unpackable(restored: Restored) -> bool:
     """birnn's own model on raw inputs: exportable with lengths (``birnn.models.unpacked``)."""
-    return isinstance(restored.model, RNNClassifier) and not restored.normalization and restored.patch == 1
+    return (
+        isinstance(restored.model, RNNClassifier)
+        and not restored.normalization
+        and not restored.normalize_series
+        and restored.patch == 1
+    )
 
 
 def examples(restored: Restored) -> tuple[Tensor, ...]:
@@ -139,6 +146,8 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         model = Patched(model, restored.patch).eval()
     if restored.normalization:
         model = Standardized(model, restored.normalization).eval()
+    if restored.normalize_series:
+        model = SeriesStandardized(model).eval()
     inputs = examples(restored)
     dynamic = {"x": {0: torch.export.Dim("batch")}}
     target = restored.target
@@ -187,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if restored.spec.get("kind", "image") == "image"
         else "scaled as in training"
     )
+    if restored.normalize_series:
+        scale = "as raw values (each series z-normalized on its own inside the model" + (
+            ", then the training split's per-feature standardization)" if restored.normalization else ")"
+        )
     if restored.patch > 1:
         scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
     vocab = restored.spec.get("vocab_size")

@@ -14,7 +14,8 @@ training data looks: grayscale, area-resized to the data's (steps x features) sh
 light on dark. Dark-on-light scans are inverted (``--invert auto`` decides from the image border). A
 ``.npy`` file is one sample ``(steps, features)`` as the data gives it; a ``.ts`` file (the UCR/UEA archive
 format) holds many series, each one input whose record carries its ``index``. Inputs are standardized with
-the checkpoint's statistics when it was trained with ``data.normalize``, then read k steps at a time when it
+the checkpoint's statistics when it was trained with ``data.normalize`` (each series z-normalized on its own first
+with ``data.normalize_series``), then read k steps at a time when it
 was trained with ``data.patch=k``: give the series exactly as the data holds them. A model trained on one label
 per step (``data=arrays`` with ``y`` of shape ``(N, steps)``) gives a tag per step (``tags``; ``label``: the tags).
 What each input's answer holds is the kind of target's (``Target.answers``): a regression model gives ``value`` in
@@ -41,6 +42,7 @@ from PIL import Image, ImageOps
 
 from birnn.data import tokenize
 from birnn.data.normalize import apply as standardize
+from birnn.data.normalize import per_series
 from birnn.data.patches import patch
 from birnn.data.tagfile import TagFile, read_tag_file
 from birnn.data.uea import read_series
@@ -149,7 +151,7 @@ def load_inputs(path: Path, restored: Restored, invert: str) -> list[torch.Tenso
     if suffix in SERIES_SUFFIXES:
         if kind == "image":
             raise UnreadableInput("a .ts series file, but this model was trained on images (give PNG/JPEG or .npy)")
-        series = read_series(path, features, restored.normalization)
+        series = read_series(path, features, restored.normalization, restored.normalize_series)
         wrong = next((i for i, x in enumerate(series) if length is not None and len(x) != length), None)
         if wrong is not None:
             raise UnreadableInput(f"series {wrong} has {len(series[wrong])} steps; the model takes {length}")
@@ -164,10 +166,20 @@ def load_inputs(path: Path, restored: Restored, invert: str) -> list[torch.Tenso
     return [load_image(path, restored.input_shape, invert)]
 
 
+def prepared(x: torch.Tensor, restored: Restored) -> torch.Tensor:
+    """A raw input (steps, features) as the model's training inputs were: z-normalized on its own
+    (``data.normalize_series``), then standardized with the training statistics (``data.normalize``)."""
+    if restored.normalize_series:
+        x = per_series(x[None])[0]
+    if restored.normalization:
+        x = standardize(x, restored.normalization)
+    return x
+
+
 def out_of_range(x: torch.Tensor, restored: Restored) -> str | None:
     """A warning when an input lies far outside what the model saw in training, else None."""
     if restored.normalization:
-        z = standardize(x, restored.normalization).abs().max().item()
+        z = prepared(x, restored).abs().max().item()
         return f"values up to {z:.0f} standard deviations from the training mean" if z > FAR else None
     if restored.spec.get("kind", "image") == "image" and (x.min() < -1 or x.max() > 2):
         return f"values in [{x.min():.3g}, {x.max():.3g}], but the model was trained on [0, 1]"
@@ -208,9 +220,7 @@ def predict(
                 record["warning"] = warning
         inputs += found
     if inputs:
-        if restored.normalization:
-            inputs = [standardize(x, restored.normalization) for x in inputs]
-        inputs = [patch(x[None], restored.patch)[0] for x in inputs]
+        inputs = [patch(prepared(x, restored)[None], restored.patch)[0] for x in inputs]
         kind, model = restored.target, restored.model.to(target)
         outputs: list[torch.Tensor] = [torch.empty(0)] * len(inputs)  # per input: (classes) or (steps, classes)
         with torch.inference_mode():

@@ -43,3 +43,32 @@ def test_uea_preset_decides_from_the_training_split(problem, patch, steps, featu
     setup = build(cfg, torch.device("cpu"))
     assert setup.data.patch == patch and setup.data.train_x.shape[1:] == (steps, features)
     assert setup.total_steps == 500
+
+
+TSER = ("tser", "tser_lstm_fcn", "tser_inception_time")
+
+
+@pytest.mark.parametrize("preset", TSER)
+def test_tser_presets_are_one_regression_setting_for_every_problem(preset):
+    """experiment=tser*: task=regression on data=uea, the test split read once at the end, nothing per problem."""
+    pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
+    cfgs = [make_cfg(f"experiment={preset}", f"data.name={name}", *CPU) for name in ("Covid3Month", "Tecator")]
+    for cfg in cfgs:
+        validate(cfg)
+        assert cfg.task.name == "regression" and cfg.trainer.monitor == "val_rmse"
+        assert cfg.data._target_ == "birnn.data.load_uea" and cfg.trainer.test_every_epoch is False
+        assert cfg.trainer.max_steps > 0 and cfg.scheduler._target_.endswith("warmup_cosine")
+    covid, tecator = cfgs
+    tecator.data.name = covid.data.name
+    assert covid == tecator  # the problem's name is the only difference
+    base = make_cfg(f"experiment={preset.replace('tser', 'uea')}", "data.name=Covid3Month", *CPU)
+    assert covid.model == base.model and covid.optimizer == base.optimizer  # the archive preset's network
+
+
+def test_tser_preset_trains_a_bundled_regression_problem():
+    pytest.importorskip("aeon", reason="data=uea needs the timeseries extra")
+    cfg = make_cfg("experiment=tser", "data.name=CardanoSentiment", *CPU)
+    validate(cfg)
+    setup = build(cfg, torch.device("cpu"))
+    assert setup.data.classes == ["value"] and setup.data.train_x.shape[1:] == (24, 2)
+    assert setup.data.normalize_series is cfg.data.normalize_series and setup.total_steps == cfg.trainer.max_steps

@@ -74,7 +74,8 @@ class Mapped:
     ``(N, steps)``, read as int64).
 
     ``lengths``: the raw valid steps of each of these rows (CPU), for the padding masks of standardization and
-    patching; ``stats``: standardization statistics of all the source's rows (a pack's manifest), used by
+    patching; ``series``: each row z-normalized on its own first (``data.normalize_series``); ``stats``:
+    standardization statistics of all the source's rows (a pack's manifest, of raw rows), used by
     ``fit`` while no rows are left out; ``normalization`` and ``patch`` as in ``Splits``; ``device``: where
     gathered batches go; ``vocab_size``: token IDs outside ``0..vocab_size-1`` are refused batch by batch.
     """
@@ -87,6 +88,7 @@ class Mapped:
     patch: int = 1
     device: torch.device = torch.device("cpu")
     vocab_size: int | None = None
+    series: bool = False  # data.normalize_series: each row z-normalized on its own, before ``normalization``
 
     def __len__(self) -> int:
         return len(self.source.array) if self.rows is None else len(self.rows)
@@ -124,12 +126,15 @@ class Mapped:
 
     def fit(self) -> dict:
         """Standardization statistics of these rows: the manifest's for all rows, else one streaming pass."""
-        if self.rows is None and self.stats is not None:
+        if self.rows is None and self.stats is not None and not self.series:
             return self.stats
         moments = normalize.Moments()
         for x, lengths in self.raw_chunks():
-            moments.add(x, lengths)
+            moments.add(normalize.per_series_(x, lengths) if self.series else x, lengths)
         return moments.stats()
+
+    def series_normalized(self) -> Mapped:
+        return replace(self, series=True)
 
     def standardized(self, stats: dict) -> Mapped:
         return replace(self, normalization=stats)
@@ -152,6 +157,8 @@ class Mapped:
             self._check_ids(raw, rows)
             return torch.from_numpy(raw.astype(np.int64, copy=False)).to(self.device)
         x = torch.from_numpy(raw.astype(np.float32, copy=False))
+        if self.series:
+            x = normalize.per_series_(x, view.lengths)  # raw is this batch's own buffer
         if self.normalization is not None:
             x = normalize.apply(x, self.normalization, view.lengths)
         return patches.patch(x, self.patch, view.lengths).to(self.device)
@@ -173,6 +180,6 @@ class Mapped:
 
     def raw_chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         """``(x, lengths)`` float32 CPU chunks of the raw rows (before standardization and patching)."""
-        raw = replace(self, normalization=None, patch=1, device=torch.device("cpu"))
+        raw = replace(self, normalization=None, series=False, patch=1, device=torch.device("cpu"))
         for part in self.chunks():
             yield raw[part], None if self.lengths is None else self.lengths[part]

@@ -1,10 +1,17 @@
-"""Per-feature standardization (``data.normalize``): statistics from the training split, applied anywhere.
+"""Per-feature standardization (``data.normalize``): statistics from the training split, applied anywhere; and
+per-series z-normalization (``data.normalize_series``), applied before it.
 
 Statistics are ``{"mean": [...], "std": [...]}``, one float per feature. ``load_data`` fits them on the
 training split after the validation hold-out and records them in ``Splits.normalization``; checkpoints
 store them, and ``evaluate``, ``predict`` and ``export`` apply the stored ones to raw inputs. For
 variable-length data (zero-padded, with per-sample lengths) only the valid steps count, and padded steps
 stay exactly 0.
+
+Per-series z-normalization (``per_series``) scales each series by its own mean and (population) std per channel over
+its valid steps, as the UCR archive, aeon, sktime and tsai do; it needs no statistics, so it is recorded in a
+checkpoint as a flag (the data spec's ``normalize_series``). Padding stays exactly 0; a series channel whose std is
+below ``MIN_STD`` is only centred (a constant one becomes exactly 0). Missing values are the loader's: ``data=uea``
+fills them with their series' own mean in that channel, so they are 0 after this step (``birnn.data.uea``).
 """
 
 from __future__ import annotations
@@ -93,6 +100,44 @@ def apply_(x: Tensor, stats: dict, lengths: Tensor | None = None) -> Tensor:
     x.sub_(mean).div_(std)
     mask = _valid(x, lengths)
     return x if mask is None else x.masked_fill_(~mask, 0)
+
+
+def per_series(x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Each series of ``x`` (N, steps, features) by its own per-channel mean and std over its valid steps."""
+    return per_series_(x.clone(), lengths)
+
+
+def per_series_(x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """``per_series`` in place, ``CHUNK_BYTES`` of ``x`` at a time (float64 statistics of a chunk)."""
+    for rows in chunks(x) if len(x) else []:
+        part = x[rows].double()
+        mask = _valid(part, None if lengths is None else lengths[rows])
+        if mask is None:
+            mean = part.mean(1, keepdim=True)
+            std = (part - mean).pow(2).mean(1, keepdim=True).sqrt()
+        else:
+            weight = mask.double()
+            count = weight.sum(1, keepdim=True).clamp_min(1)
+            mean = (part * weight).sum(1, keepdim=True) / count
+            std = ((part - mean).pow(2) * weight).sum(1, keepdim=True).div(count).sqrt()
+        scaled = (part - mean) / torch.where(std < MIN_STD, torch.ones_like(std), std)
+        x[rows] = (scaled if mask is None else scaled.masked_fill(~mask, 0)).to(x.dtype)
+    return x
+
+
+class SeriesStandardized(nn.Module):
+    """``model`` behind per-series z-normalization of fixed-length inputs (export): ``per_series`` in the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        wide = x.double()
+        mean = wide.mean(1, keepdim=True)
+        std = (wide - mean).pow(2).mean(1, keepdim=True).sqrt()
+        scaled = (wide - mean) / torch.where(std < MIN_STD, torch.ones_like(std), std)
+        return self.model(scaled.to(x.dtype))
 
 
 class Standardized(nn.Module):

@@ -64,6 +64,7 @@ COMMON_KEYS = (
     "val_size",
     "split_seed",
     "normalize",
+    "normalize_series",
     "patch",
     "val_fraction",
     "folds",
@@ -112,6 +113,7 @@ class Splits:
     fingerprint: str | None = None
     word_vectors: Tensor | None = None  # data.vectors: (vocab_size, dim) pretrained rows, NaN where a token has none
     trained_vocab: int | None = None  # data.vectors: token IDs below this train, the rest are frozen pretrained words
+    normalize_series: bool = False  # data.normalize_series: every series z-normalized on its own (set by load_data)
     values: dict | None = None  # task=regression: the kind's spec (Values.spec); None: classes
 
     @property
@@ -262,6 +264,7 @@ def load_source(
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
     task: str | None = None,
+    series: bool | None = None,
 ) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
@@ -270,6 +273,9 @@ def load_source(
     text loader as ``fitted`` instead of fitting one, and the checkpoint's ``classes`` as ``fitted_classes``
     where the loader takes them (it then need not read a training file to know them). ``task``
     (``classification``, ``regression``) reaches a loader that takes ``task`` (it then reads classes or values).
+    A loader that takes ``normalize_series`` is told whether the series will be z-normalized one by one
+    (``series``, a checkpoint's; None: ``data.normalize_series``): ``data=uea`` then fills a missing value with its
+    series' own mean.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -282,6 +288,8 @@ def load_source(
         except Exception as e:
             raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
+    if _takes(loader, "normalize_series"):
+        kwargs["normalize_series"] = bool(cfg.get("normalize_series", False) if series is None else series)
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
         if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
@@ -294,8 +302,12 @@ def load_source(
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
         shape = "token IDs (N, steps)" if dims == 2 else "inputs shaped (N, steps, features)"
         raise BirnnError(f"{cfg._target_} must return {shape}; got {tuple(splits.train_x.shape)}")
-    if splits.vocab_size is not None and (cfg.get("normalize", False) or cfg.get("patch", 1) != 1):
-        raise BirnnError("data.normalize and data.patch apply to float features, not to token IDs")
+    if splits.vocab_size is not None and (
+        cfg.get("normalize", False) or cfg.get("normalize_series", False) or cfg.get("patch", 1) != 1
+    ):
+        raise BirnnError(
+            "data.normalize, data.normalize_series and data.patch apply to float features, not to token IDs"
+        )
     return splits
 
 
@@ -310,10 +322,13 @@ def load_data(
     fingerprint: bool = False,
     task: dict | None = None,
     values: dict | None = None,
+    series: bool | None = None,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
 
+    With ``data.normalize_series`` (``series`` given: a checkpoint's) every series of every split is first
+    z-normalized by its own statistics (``birnn.data.normalize.per_series``).
     With ``data.normalize`` the per-feature statistics are fitted on the training split (after the hold-out);
     ``normalization`` given (a checkpoint's) is applied instead of fitting. ``data.patch`` (``auto``: from the
     training split) reads k steps as one; ``patch`` given (a checkpoint's) is used instead. Memory-mapped
@@ -328,9 +343,11 @@ def load_data(
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
+    series = bool(cfg.get("normalize_series", False)) if series is None else series
     task = dict(task or {})
     regression = values is not None or task.get("name") == "regression"
-    splits = separate(load_source(cfg, allow, tokenizer, classes, "regression" if regression else "classification"))
+    kind = "regression" if regression else "classification"
+    splits = separate(load_source(cfg, allow, tokenizer, classes, kind, series))
     splits = _as_values(splits, cfg._target_, values or task) if regression else _as_classes(splits, cfg._target_)
     if fingerprint and splits.fingerprint is None:
         splits = replace(splits, fingerprint=content_fingerprint(splits))
@@ -351,6 +368,15 @@ def load_data(
     if regression:
         fitted = values or fit_values(splits.classes, splits.per_step, task, splits.train_y).spec
         splits = replace(splits, values=fitted)
+    if series:
+        changed = {
+            f"{s}_x": x.series_normalized()
+            if isinstance(x, Mapped)
+            else normalize.per_series_(x, getattr(splits, f"{s}_lengths"))
+            for s in ("train", "test", "val")
+            if (x := getattr(splits, f"{s}_x")) is not None
+        }
+        splits = replace(splits, normalize_series=True, **changed)
     if normalization is None and cfg.get("normalize", False):
         x = splits.train_x
         normalization = x.fit() if isinstance(x, Mapped) else normalize.fit(x, splits.train_lengths)
@@ -510,7 +536,8 @@ def spec(splits: Splits) -> dict:
     The raw inputs, before patching: ``features`` per step; ``max_length``: the fixed number of steps, or None
     for variable-length data; ``input_shape`` ``[steps, features]`` (the longest for variable length; older
     checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
-    (the model reads ``patch * features`` features per step); ``vocab_size``, ``tokenizer`` and ``per_step``
+    (the model reads ``patch * features`` features per step); ``normalize_series``: every series was z-normalized
+    on its own first (absent in older checkpoints: false); ``vocab_size``, ``tokenizer`` and ``per_step``
     for token data and tags (token data have one "feature" per step: the ID); ``values``: regression targets'
     scaling (``Splits.values``; absent for classes); ``samples`` per split (a resume
     on a split of another size would shuffle other batches); ``fingerprint``: the data's content, as in ``Splits``.
@@ -529,6 +556,7 @@ def spec(splits: Splits) -> dict:
         "tokenizer": splits.tokenizer,
         "per_step": splits.per_step,
         "fingerprint": splits.fingerprint,
+        "normalize_series": splits.normalize_series,
         **({"trained_vocab": splits.trained_vocab} if splits.trained_vocab is not None else {}),
         **({"values": splits.values} if splits.values is not None else {}),
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},

@@ -8,7 +8,9 @@ problem (``@targetLabel true``, as the TSER archive's) gives its float values un
 
 Missing values (``?`` or ``NaN`` in a file) are filled with the channel's mean over the training split's
 observed values: filling with the mean leaves the mean unchanged, so after ``data.normalize`` they are
-exactly 0, and never reach the loss as NaN.
+exactly 0, and never reach the loss as NaN. With ``data.normalize_series`` each is filled with its own series'
+mean over that channel's observed values instead (0 for a channel with none), so it is exactly 0 after the
+series' z-normalization, whose mean it leaves unchanged (its std counts the filled steps as valid steps).
 """
 
 from __future__ import annotations
@@ -107,8 +109,12 @@ def channel_means(series: list[np.ndarray]) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 0).astype(np.float32)
 
 
-def fill_missing(series: list[np.ndarray], means: np.ndarray) -> list[np.ndarray]:
-    return [np.where(np.isnan(s), means, s) if np.isnan(s).any() else s for s in series]
+def fill_missing(series: list[np.ndarray], means: np.ndarray | None) -> list[np.ndarray]:
+    """Missing values filled with ``means`` per channel; None: with each series' own (``channel_means`` of it)."""
+    return [
+        np.where(np.isnan(s), channel_means([s]) if means is None else means, s) if np.isnan(s).any() else s
+        for s in series
+    ]
 
 
 def pad(series: list[np.ndarray], steps: int) -> Tensor:
@@ -142,7 +148,11 @@ def _files(root: str | None, name: str | None) -> tuple[Path, Path]:
 
 
 def load_uea(
-    root: str | None = None, download: bool = False, name: str | None = None, task: str = "classification"
+    root: str | None = None,
+    download: bool = False,
+    name: str | None = None,
+    task: str = "classification",
+    normalize_series: bool = False,
 ) -> Splits:
     """A UCR/UEA classification problem from ``<root>/<name>/<name>_TRAIN.ts`` and ``_TEST.ts``, or with
     ``task="regression"`` (``task=regression``) a TSER regression problem (``@targetLabel true``).
@@ -151,6 +161,8 @@ def load_uea(
     archive problems. Classes are the training labels, sorted (numbers numerically); a regression problem's
     targets are its float64 values (one output, ``value``). Lengths are None when every series of both splits has
     the same length. A file of the other kind than ``task`` is one error naming the ``task`` it needs.
+    ``normalize_series`` (``data.normalize_series``, passed by ``birnn.data.pipeline.load_source``): missing values
+    take their own series' mean.
     """
     if download:
         raise BirnnError(
@@ -177,7 +189,8 @@ def load_uea(
     if len(channels) > 1:
         raise BirnnError(f"{train_file} and {test_file} disagree on the number of channels: {sorted(channels)}")
     if task == "regression":
-        return _splits(train, test, torch.from_numpy(train_labels), torch.from_numpy(test_labels), ["value"])
+        train_y, test_y = torch.from_numpy(train_labels), torch.from_numpy(test_labels)
+        return _splits(train, test, train_y, test_y, ["value"], normalize_series)
     classes = sorted(set(train_labels.tolist()), key=_label_order)
     unseen = sorted(set(test_labels.tolist()) - set(classes), key=_label_order)
     if unseen:
@@ -188,14 +201,20 @@ def load_uea(
     index = {c: i for i, c in enumerate(classes)}
     train_y = torch.tensor([index[c] for c in train_labels], dtype=torch.int64)
     test_y = torch.tensor([index[c] for c in test_labels], dtype=torch.int64)
-    return _splits(train, test, train_y, test_y, classes)
+    return _splits(train, test, train_y, test_y, classes, normalize_series)
 
 
 def _splits(
-    train: list[np.ndarray], test: list[np.ndarray], train_y: Tensor, test_y: Tensor, classes: list[str]
+    train: list[np.ndarray],
+    test: list[np.ndarray],
+    train_y: Tensor,
+    test_y: Tensor,
+    classes: list[str],
+    normalize_series: bool = False,
 ) -> Splits:
-    """Both splits' series, missing values filled with the training means, padded, with their targets."""
-    means = channel_means(train)
+    """Both splits' series, missing values filled with the training means (``normalize_series``: each series' own),
+    padded, with their targets."""
+    means = None if normalize_series else channel_means(train)
     train, test = fill_missing(train, means), fill_missing(test, means)
     lengths = [torch.tensor([len(s) for s in split], dtype=torch.int64) for split in (train, test)]
     steps = int(max(lengths[0].max(), lengths[1].max()))
@@ -212,18 +231,23 @@ def _splits(
     )
 
 
-def read_series(path: Path, features: int, normalization: dict | None = None) -> list[Tensor]:
+def read_series(
+    path: Path, features: int, normalization: dict | None = None, normalize_series: bool = False
+) -> list[Tensor]:
     """Every series of a ``.ts`` file, for ``predict``: float32 ``(steps, features)`` tensors in file order.
 
-    Missing values are filled as in training, with the training means a normalized model stores; a model
-    trained without ``data.normalize`` does not know them, so such a file is refused.
+    Missing values are filled as in training: with the series' own means (``normalize_series``), else with the
+    training means a normalized model stores; a model trained with neither does not know them, so such a file is
+    refused.
     """
     series, _ = read_ts(path)
     wrong = next((i for i, s in enumerate(series) if s.shape[1] != features), None)
     if wrong is not None:
         raise BirnnError(f"series {wrong} has {series[wrong].shape[1]} channels; the model takes {features}")
     missing = next((i for i, s in enumerate(series) if np.isnan(s).any()), None)
-    if missing is not None:
+    if missing is not None and normalize_series:
+        series = fill_missing(series, None)
+    elif missing is not None:
         if not normalization:
             raise BirnnError(
                 f"series {missing} has missing values; only a model trained with data.normalize=true "

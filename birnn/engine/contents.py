@@ -127,6 +127,7 @@ DATA = Record(
         "features": POSITIVE,
         "max_length": maybe(POSITIVE),  # null: variable length
         "normalization": maybe(DICT),  # {mean, std}: see _statistics
+        "normalize_series": FLAG,  # data.normalize_series: each series z-normalized on its own first (absent: false)
         "kind": TEXT,
         "patch": POSITIVE,
         "vocab_size": maybe(integer(2)),

@@ -53,6 +53,11 @@ class Restored:
         return self.spec.get("normalization")
 
     @property
+    def normalize_series(self) -> bool:
+        """Whether each input series is z-normalized on its own first (``data.normalize_series``; false before it)."""
+        return bool(self.spec.get("normalize_series", False))
+
+    @property
     def tokenizer(self) -> str | None:
         """The text tokenizer (JSON) the model's token IDs come from, None for other data."""
         return self.spec.get("tokenizer")
@@ -137,7 +142,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
     changed = [
         o.partition("=")[0]
         for o in overrides
-        if o.startswith(("model.", "model=", "data.normalize=", "data.patch=", "seed="))
+        if o.startswith(("model.", "model=", "data.normalize=", "data.normalize_series=", "data.patch=", "seed="))
         and not o.startswith("model.backward_shortcut=")
     ]  # the shortcut computes the same outputs
     if changed:

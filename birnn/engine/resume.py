@@ -85,6 +85,7 @@ def check_same_data(then: dict | None, now: dict, path: Path) -> None:
         "input_shape",
         "classes",
         "normalization",
+        "normalize_series",
         "values",
         "kind",
         "vocab_size",

@@ -150,6 +150,8 @@ class DataConfig:
     val_size: int = 0  # training samples held out for validation (0 = the tutorial: none)
     split_seed: int = 0
     normalize: bool = False  # per-feature standardization with the training split's mean and std
+    # each series z-normalized by its own mean and std per channel over its valid steps, before data.normalize
+    normalize_series: bool = False
     # k steps read as one step of k x features (birnn/data/patches.py); auto: from the training split's length
     patch: Any = 1
     # Validation split as a fraction of the training split (when val_size is 0). A multirun or a search whose
