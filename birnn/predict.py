@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 from birnn.data import tokenize
 from birnn.data.normalize import apply as standardize
 from birnn.data.patches import patch
+from birnn.data.text import spelled
 from birnn.data.uea import read_series
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.schema import console
@@ -245,6 +246,9 @@ def predict_texts(
         raise BirnnError(
             f"{checkpoint}: its tokenizer makes {tok.size} token IDs, but the model embeds only {rows}: refused"
         )
+    characters = getattr(restored.model, "characters", None)
+    if tok.character_ids != (None if characters is None else characters.embedding.num_embeddings):
+        raise BirnnError(f"{checkpoint}: its tokenizer's characters are not those its model reads: refused")
     if pretokenized and tok.kind != "word":
         raise BirnnError(f"--tokens gives words: {checkpoint} reads {tok.kind} tokens (use --text)")
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
@@ -263,8 +267,11 @@ def predict_texts(
         tokens = r["text"].split() if split else tok.split(r["text"]) if kind.per_step else None
         ids = (tok.ids(tokens) or [1]) if kind.per_step or split else tok.encode(r["text"])
         ids = ids if kind.per_step else tok.truncated(ids)
+        x = torch.tensor([ids])
+        if tok.characters is not None:  # each token's characters as written (model.char_encoder)
+            x = spelled(x, [tok.spelled(r["text"].split() if split else tok.words(r["text"]))[: len(ids)]])
         with torch.inference_mode():
-            logits = model(torch.tensor([ids], device=target)).float().cpu()
+            logits = model(x.to(target)).float().cpu()
         r.update(kind.answers(model, logits, None if tokens is None else [tokens])[0])
     return records
 

@@ -79,6 +79,8 @@ class Splits:
     ``fingerprint``: a SHA-256 of the data's content (``content_fingerprint``; a pack's comes from its manifest),
     recorded in checkpoints so that a resume on other data is refused; None when not computed.
     ``word_vectors`` and ``trained_vocab``: pretrained word vectors (``birnn.data.vectors``) for the model's embedding.
+    ``characters``: the number of character IDs (``model.char_encoder``), whose token inputs are then
+    ``(N, steps, 1 + word length)``: each token's ID, then its characters' IDs, 0-padded (``birnn.data.text.spelled``).
     """
 
     train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
@@ -100,6 +102,7 @@ class Splits:
     fingerprint: str | None = None
     word_vectors: Tensor | None = None  # data.vectors: (vocab_size, dim) pretrained rows, NaN where a token has none
     trained_vocab: int | None = None  # data.vectors: token IDs below this train, the rest are frozen pretrained words
+    characters: int | None = None  # model.char_encoder: character IDs; inputs (N, steps, 1 + word length)
 
     @property
     def input_size(self) -> int:
@@ -240,13 +243,15 @@ def load_source(
     allow: Sequence[str] | None = None,
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
+    characters: bool = False,
 ) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
     ``allow`` given means ``cfg`` came from a checkpoint: its loader must pass the trust rule
     (``birnn.schema.trust``) with those allowed modules. ``tokenizer`` given (a checkpoint's, JSON) reaches a
     text loader as ``fitted`` instead of fitting one, and the checkpoint's ``classes`` as ``fitted_classes``
-    where the loader takes them (it then need not read a training file to know them).
+    where the loader takes them (it then need not read a training file to know them). ``characters``
+    (``model.char_encoder``): the loader gives each token's characters too, fitting their vocabulary.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -259,15 +264,23 @@ def load_source(
         except Exception as e:
             raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
+    if characters and tokenizer is None:
+        if "characters" not in inspect.signature(loader).parameters:
+            raise BirnnError(
+                f"model.char_encoder reads the characters of words, which {cfg._target_} does not give (use "
+                "data=tagged, or data=text with data.tokenizer=word)"
+            )
+        kwargs["characters"] = True
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
         if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
             kwargs["fitted_classes"] = list(classes)
     splits: Splits = loader(**kwargs)
     check_class_names(splits.classes, cfg._target_)
-    dims = 2 if splits.vocab_size is not None else 3
+    dims = 3 if splits.vocab_size is None or splits.characters is not None else 2
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
-        shape = "token IDs (N, steps)" if dims == 2 else "inputs shaped (N, steps, features)"
+        shape = {2: "token IDs (N, steps)", 3: "inputs shaped (N, steps, features)"}[dims]
+        shape = shape if splits.vocab_size is None or dims == 2 else "token and character IDs (N, steps, 1 + chars)"
         raise BirnnError(f"{cfg._target_} must return {shape}; got {tuple(splits.train_x.shape)}")
     if splits.vocab_size is not None and (cfg.get("normalize", False) or cfg.get("patch", 1) != 1):
         raise BirnnError("data.normalize and data.patch apply to float features, not to token IDs")
@@ -283,6 +296,7 @@ def load_data(
     tokenizer: str | None = None,
     classes: Sequence[str] | None = None,
     fingerprint: bool = False,
+    characters: bool = False,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
@@ -293,12 +307,12 @@ def load_data(
     inputs (``Mapped``, ``data=packed``) get the same treatment as views, applied batch by batch. ``tokenizer``:
     a checkpoint's, for its text loader, with the checkpoint's ``classes`` (``load_source``). ``fingerprint``: set
     ``Splits.fingerprint`` from the loader's splits (``content_fingerprint``) unless the loader set it (a training
-    run records it).
+    run records it). ``characters``: each token's characters too (``load_source``).
 
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
     """
-    splits = separate(load_source(cfg, allow, tokenizer, classes))
+    splits = separate(load_source(cfg, allow, tokenizer, classes, characters))
     if fingerprint and splits.fingerprint is None:
         splits = replace(splits, fingerprint=content_fingerprint(splits))
     val = holdout(cfg, splits.train_y)
@@ -444,10 +458,12 @@ def spec(splits: Splits) -> dict:
     for variable-length data; ``input_shape`` ``[steps, features]`` (the longest for variable length; older
     checkpoints hold only this and ``classes``); ``normalization``, ``kind`` and ``patch`` as in ``Splits``
     (the model reads ``patch * features`` features per step); ``vocab_size``, ``tokenizer`` and ``per_step``
-    for token data and tags (token data have one "feature" per step: the ID); ``samples`` per split (a resume
+    for token data and tags (token data have one "feature" per step: the ID); ``characters``: the number of character
+    IDs (``model.char_encoder``), absent without; ``samples`` per split (a resume
     on a split of another size would shuffle other batches); ``fingerprint``: the data's content, as in ``Splits``.
     """
-    steps, features = splits.raw_shape or (*splits.test_x.shape[1:], 1)[:2]
+    shape = splits.test_x.shape[1:2] if splits.vocab_size is not None else splits.test_x.shape[1:]
+    steps, features = splits.raw_shape or (*shape, 1)[:2]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
     return {
         "input_shape": [int(steps), int(features)],
@@ -462,6 +478,7 @@ def spec(splits: Splits) -> dict:
         "per_step": splits.per_step,
         "fingerprint": splits.fingerprint,
         **({"trained_vocab": splits.trained_vocab} if splits.trained_vocab is not None else {}),
+        **({"characters": splits.characters} if splits.characters is not None else {}),
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }
 
@@ -507,7 +524,8 @@ def shuffled_batches(
         batch = order[i : i + batch_size]
         idx = batch[dist.shard(len(batch))]
         targets = int((y[batch] != IGNORE).sum()) if per_step(y) else None
-        tokens = (len(batch) * x.shape[1] if lengths is None else int(lengths[batch].sum())) if x.ndim == 2 else 0
+        ids = not x.dtype.is_floating_point  # token data: IDs (N, steps), or (N, steps, 1 + chars) with characters
+        tokens = (len(batch) * x.shape[1] if lengths is None else int(lengths[batch].sum())) if ids else 0
         yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch), targets, tokens)
 
 

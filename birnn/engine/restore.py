@@ -172,6 +172,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
         vocab_size,
         target.per_step,
         vocab_size - spec["trained_vocab"] if spec.get("trained_vocab") is not None else 0,
+        spec.get("characters"),
     )
     checkpoint.load_model_state(model, state["model"], path)
     bad = checkpoint.non_finite(state["model"])
