@@ -1,7 +1,8 @@
 """``birnn-pack OUT [key=value ...]``: a data config's splits (or Parquet/CSV files) as a pack for ``data=packed``.
 
 ``birnn-pack out/fmnist data=fashion_mnist`` packs what the loader gives (text and tagged data as token IDs,
-with the tokenizer fitted on the training split); ``--train/--test [--val] FILE``
+with the tokenizer fitted on the training split; with ``model.char_encoder=cnn`` or ``lstm`` each token's character
+IDs too, for a model with character features); ``--train/--test [--val] FILE``
 packs Parquet or CSV files read block by block (``birnn.data.tables``); ``birnn-pack --verify DIR`` checks
 every file of a pack against its manifest's SHA-256. The format: ``birnn.data.packed`` and docs/packed.md.
 """
@@ -47,7 +48,8 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
             "data.vectors: a pack does not hold pretrained vectors yet; train from the files (data=text or "
             "data=tagged) to use them"
         )
-    return packed.pack_splits(load_source(cfg.data), out, overwrite, fields)
+    characters = cfg.model.get("char_encoder", "none") != "none"  # each token's characters too, for such a model
+    return packed.pack_splits(load_source(cfg.data, characters=characters), out, overwrite, fields)
 
 
 def written(manifest: Path) -> str:

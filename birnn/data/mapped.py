@@ -76,7 +76,9 @@ class Mapped:
     ``lengths``: the raw valid steps of each of these rows (CPU), for the padding masks of standardization and
     patching; ``stats``: standardization statistics of all the source's rows (a pack's manifest), used by
     ``fit`` while no rows are left out; ``normalization`` and ``patch`` as in ``Splits``; ``device``: where
-    gathered batches go; ``vocab_size``: token IDs outside ``0..vocab_size-1`` are refused batch by batch.
+    gathered batches go; ``vocab_size``: token IDs outside ``0..vocab_size-1`` are refused batch by batch;
+    ``characters``: the source holds each token's ID then its character IDs ``(N, steps, 1 + chars)``
+    (``model.char_encoder``), character IDs outside ``0..characters-1`` refused alike.
     """
 
     source: NpyMap
@@ -87,14 +89,15 @@ class Mapped:
     patch: int = 1
     device: torch.device = torch.device("cpu")
     vocab_size: int | None = None
+    characters: int | None = None
 
     def __len__(self) -> int:
         return len(self.source.array) if self.rows is None else len(self.rows)
 
     @property
     def tokens(self) -> bool:
-        """Token IDs ``(N, steps)`` rather than float features ``(N, steps, features)``."""
-        return self.source.array.ndim == 2
+        """Token IDs ``(N, steps)`` (or with characters) rather than float features ``(N, steps, features)``."""
+        return self.source.array.ndim == 2 or self.characters is not None
 
     @property
     def raw_shape(self) -> tuple[int, ...]:
@@ -160,12 +163,16 @@ class Mapped:
         """Token IDs ``raw`` of the source's rows ``rows`` lie in ``0..vocab_size-1``, or one error line."""
         if self.vocab_size is None:
             return
-        bad = np.flatnonzero(((raw < 0) | (raw >= self.vocab_size)).any(1))
-        if len(bad):
-            raise BirnnError(
-                f"{self.source.file.name} row {int(rows[bad[0]])} holds a token ID outside 0..{self.vocab_size - 1} "
-                "(changed after packing? birnn-pack --verify checks every file)"
-            )
+        ids, chars = (raw, None) if self.characters is None else (raw[..., 0], raw[..., 1:])
+        for values, high, what in ((ids, self.vocab_size, "token"), (chars, self.characters, "character")):
+            if values is None:
+                continue
+            bad = np.flatnonzero(((values < 0) | (values >= high)).reshape(len(values), -1).any(1))
+            if len(bad):
+                raise BirnnError(
+                    f"{self.source.file.name} row {int(rows[bad[0]])} holds a {what} ID outside 0..{high - 1} "
+                    "(changed after packing? birnn-pack --verify checks every file)"
+                )
 
     def chunks(self) -> list[slice]:
         """Consecutive position ranges of about ``CHUNK_BYTES`` each, covering every row."""

@@ -220,6 +220,14 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
+def _takes(loader: object, key: str) -> bool:
+    """Whether ``loader`` has a parameter ``key``."""
+    try:
+        return key in inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def check_class_names(classes: object, source: str, advice: str = "correct that label") -> None:
     """Class names are text that prints: a list of strings, each valid Unicode (no lone surrogate, which a JSON
     ``"\\ud800"`` decodes to), else one line. Checked at load, so no run trains on names it cannot print."""
@@ -264,18 +272,18 @@ def load_source(
         except Exception as e:
             raise BirnnError(f"data._target_={cfg._target_!r} is not an importable loader: {e}") from None
     _check_keys(loader, cfg._target_, kwargs)
-    if characters and tokenizer is None:
-        if "characters" not in inspect.signature(loader).parameters:
-            raise BirnnError(
-                f"model.char_encoder reads the characters of words, which {cfg._target_} does not give (use "
-                "data=tagged, or data=text with data.tokenizer=word)"
-            )
+    if characters and _takes(loader, "characters"):
         kwargs["characters"] = True
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
-        if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
+        if classes is not None and _takes(loader, "fitted_classes"):
             kwargs["fitted_classes"] = list(classes)
     splits: Splits = loader(**kwargs)
+    if characters and splits.characters is None:
+        raise BirnnError(
+            f"model.char_encoder reads the characters of words, which {cfg._target_} does not give (use data=tagged, "
+            "data=text with data.tokenizer=word, or a pack birnn-pack wrote with model.char_encoder set)"
+        )
     check_class_names(splits.classes, cfg._target_)
     dims = 3 if splits.vocab_size is None or splits.characters is not None else 2
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:

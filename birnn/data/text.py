@@ -159,15 +159,16 @@ def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def spelled(x: torch.Tensor, spellings: Sequence[list[list[int]]]) -> torch.Tensor:
     """Token IDs ``x`` (N, steps) with each token's character IDs after its ID: (N, steps, 1 + the longest word's
-    characters), 0-padded (``model.char_encoder``); ``spellings[i][j]``: token ``j`` of sample ``i``'s characters."""
+    characters), 0-padded (``model.char_encoder``); ``spellings[i][j]``: token ``j`` of sample ``i``'s characters.
+    int32, half the memory of int64 (token IDs stay below ``tokenize.MAX_VOCAB``)."""
     width = max((len(c) for s in spellings for c in s), default=1)
-    if x.numel() * (1 + width) > MAX_PADDED:
+    if x.numel() * (1 + width) > 2 * MAX_PADDED:
         raise BirnnError(
             f"the token and character IDs of {len(x)} samples of {x.shape[1]} tokens of up to {width} characters "
-            f"take {x.numel() * (1 + width) * 8 / 1e9:.1f} GB (at most {MAX_PADDED * 8 / 1e9:.1f}): lower "
+            f"take {x.numel() * (1 + width) * 4 / 1e9:.1f} GB (at most {MAX_PADDED * 8 / 1e9:.1f}): lower "
             "data.max_word_length or data.max_length"
         )
-    out = np.zeros((*x.shape, 1 + width), dtype=np.int64)
+    out = np.zeros((*x.shape, 1 + width), dtype=np.int32)
     out[..., 0] = x.numpy()
     for row, words in enumerate(spellings):
         for step, chars in enumerate(words):
