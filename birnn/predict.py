@@ -269,7 +269,7 @@ def predict_texts(
         ids = ids if kind.per_step else tok.truncated(ids)
         x = torch.tensor([ids])
         if tok.characters is not None:  # each token's characters as written (model.char_encoder)
-            x = spelled(x, [tok.spelled(r["text"].split() if split else tok.words(r["text"]))[: len(ids)]])
+            x = spelled(x, [tok.spelled(r["text"].split() if split else tok.words(r["text"]))[: len(ids)] or [[]]])
         with torch.inference_mode():
             logits = model(x.to(target)).float().cpu()
         r.update(kind.answers(model, logits, None if tokens is None else [tokens])[0])

@@ -178,6 +178,10 @@ def test_the_lstm_encoder_and_text_classification_with_the_word_tokenizer(tmp_pa
     assert "test_accuracy" in metrics
     model = restore(tmp_path / "run" / "checkpoints" / "last.pt").model
     assert model.characters.width == 50 and model.embedding_dropout == 0.3
+    from birnn.predict import predict_texts
+
+    answers = predict_texts(tmp_path / "run" / "checkpoints" / "last.pt", [], ["", "Movie is GREAT"])
+    assert [a["label"] in ("0", "1") for a in answers] == [True, True]
     with pytest.raises(BirnnError, match="needs data.tokenizer=word, not char"):
         train(make_cfg(*common, "data.tokenizer=char"), tmp_path / "char")
 

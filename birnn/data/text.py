@@ -123,23 +123,14 @@ def truncated(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[list[list[int]
     return cut, sum(len(w) > len(c) for w, c in zip(whole, cut))
 
 
-def encoded(tok: tokenize.Tokenizer, text: str) -> tuple[list[int], list[list[int]]]:
-    """A raw text's token IDs and each token's character IDs (a tokenizer with characters), cut to ``max_length``;
-    an empty text is one ``<unk>`` of no characters."""
-    words = tok.words(text)
-    return tok.truncated(tok.ids(words) or [1]), tok.truncated(tok.spelled(words) or [[]])
-
-
 def tokens_in(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The texts as padded IDs (with characters if the tokenizer has them: ``spelled``), their lengths, and how many
     texts ``max_length`` cut."""
-    if tok.characters is None:
-        ids, cut = truncated(tok, texts)
-        return *padded(ids), cut
-    pairs = [encoded(tok, t) for t in texts]
-    cut = sum(len(p[0]) < len(tok.words(t) or [1]) for p, t in zip(pairs, texts))
-    x, lengths = padded([p[0] for p in pairs])
-    return spelled(x, [p[1] for p in pairs]), lengths, cut
+    ids, cut = truncated(tok, texts)
+    x, lengths = padded(ids)
+    if tok.characters is not None:  # an empty text is one <unk> of no characters
+        x = spelled(x, [tok.truncated(tok.spelled(tok.words(t)) or [[]]) for t in texts])
+    return x, lengths, cut
 
 
 def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +152,7 @@ def spelled(x: torch.Tensor, spellings: Sequence[list[list[int]]]) -> torch.Tens
     """Token IDs ``x`` (N, steps) with each token's character IDs after its ID: (N, steps, 1 + the longest word's
     characters), 0-padded (``model.char_encoder``); ``spellings[i][j]``: token ``j`` of sample ``i``'s characters.
     int32, half the memory of int64 (token IDs stay below ``tokenize.MAX_VOCAB``)."""
-    width = max((len(c) for s in spellings for c in s), default=1)
+    width = max((len(c) for s in spellings for c in s), default=0) or 1
     if x.numel() * (1 + width) > 2 * MAX_PADDED:
         raise BirnnError(
             f"the token and character IDs of {len(x)} samples of {x.shape[1]} tokens of up to {width} characters "

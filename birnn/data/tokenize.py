@@ -131,8 +131,8 @@ class Tokenizer:
         one ``<unk>``."""
         if self._bpe is not None:
             ids = self._bpe.encode(text.lower() if self.lowercase else text).ids
-        else:
-            ids = self.ids(self.split(text))
+        else:  # with characters: the words as written, whose characters go beside their IDs
+            ids = self.ids(self.split(text) if self.characters is None else self.words(text))
         return ids or [1]
 
     def truncated(self, ids: list[int]) -> list[int]:
