@@ -122,11 +122,17 @@ def test_crafted_characters_in_a_stored_tokenizer_are_refused(change, message):
         tokenize.from_json(json.dumps(stored | change))
 
 
-def test_a_tagger_with_characters_trains_evaluates_predicts_and_exports(corpus, tmp_path):
-    run_dir = tmp_path / "run"
-    done = run_cli(*tagger(corpus, "trainer.max_steps=4", f"hydra.run.dir={run_dir}"), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def tagger_run(corpus, tmp_path_factory) -> Path:
+    """A tagger with a character CNN trained by the command line; its last checkpoint."""
+    run_dir = tmp_path_factory.mktemp("tagger") / "run"
+    done = run_cli(*tagger(corpus, "trainer.max_steps=4", f"hydra.run.dir={run_dir}"), cwd=run_dir.parent)
     assert done.returncode == 0, done.stderr
-    ckpt = str(run_dir / "checkpoints" / "last.pt")
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def test_a_tagger_with_characters_trains_evaluates_and_predicts(tagger_run, tmp_path):
+    ckpt = str(tagger_run)
     state = torch.load(ckpt, weights_only=True)
     assert state["data"]["characters"] == tokenize.from_json(state["data"]["tokenizer"]).character_ids
     assert "characters.conv.1.weight" in state["model"]
@@ -146,7 +152,12 @@ def test_a_tagger_with_characters_trains_evaluates_predicts_and_exports(corpus, 
     )
     tags = restored.model(x).argmax(-1)[0].tolist()
     assert results[2]["tags"] == [restored.classes[t] for t in tags]
+
+
+@pytest.mark.slow
+def test_a_tagger_with_characters_exports_token_and_character_ids_and_lengths(tagger_run, tmp_path):
     pytest.importorskip("onnxruntime")
+    ckpt = str(tagger_run)
     for fmt in ("onnx", "pt2"):  # each checks its graph against PyTorch on random token and character IDs
         exported = run_cli(
             ckpt, "--format", fmt, "--out", str(tmp_path / f"m.{fmt}"), cwd=tmp_path, module="birnn.export"
