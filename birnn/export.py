@@ -16,7 +16,9 @@ birnn's own model trained on variable-length sequences (text, tags, series witho
 ``lengths`` (N,) int64;
 output ``logits`` (N, classes), or (N, steps, classes) per-step scores for a tagger (read the first
 ``lengths[i]``), and for a tagger with a CRF (``model.crf``) also ``tags`` (N, steps) int64, its Viterbi path
-(-100 past each length). Other variable-length models are refused (see
+(-100 past each length). With character features (``model.char_encoder``) the inputs are ``inputs``,
+``characters`` (N, steps, data.max_word_length) int64, each token's character IDs (the tokenizer's ``characters``:
+ID i + 2; 1 any other, 0 padding) 0-padded, and ``lengths``. Other variable-length models are refused (see
 ``check_fixed_length``).
 """
 
@@ -34,11 +36,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from birnn.data import tokenize
 from birnn.data.normalize import SeriesStandardized, Standardized
 from birnn.data.patches import Patched
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.models.rnn import RNNClassifier
-from birnn.models.unpacked import Unpacked
+from birnn.models.unpacked import Spelled, Unpacked
 from birnn.schema import console
 from birnn.schema.errors import BirnnError, first_line
 
@@ -48,7 +51,8 @@ TOLERANCE = 1e-4  # max |exported outputs - PyTorch's| accepted by the self-chec
 QUIET = (
     "_check_is_size will be removed",
     "# The axis name: batch will not be used",  # x and lengths share the batch axis, by design
-    r"The tensor attributes self\.((model\.)*(lstm|gru)|(forward|backward)_layers\.\d+)\._flat_weights",
+    r"The tensor attributes self\.(model\.)*(lstm|gru|(forward|backward)_layers\.\d+|"
+    r"characters\.(forward|backward)_lstm)\._flat_weights",
 )
 
 
@@ -67,7 +71,7 @@ def _onnx(model: torch.nn.Module, example: tuple, dynamic: dict, out: Path, outp
         example,
         str(out),
         dynamo=True,
-        input_names=["images"] if names == ["x"] else ["inputs", "lengths"],
+        input_names=["images"] if names == ["x"] else ["inputs", *names[1:]],
         output_names=outputs,
         dynamic_shapes=dynamic,
         external_data=False,
@@ -133,7 +137,14 @@ def examples(restored: Restored) -> tuple[Tensor, ...]:
     lengths = torch.randint(1, steps + 1, (7,), generator=g)
     lengths[0] = steps
     x[torch.arange(steps) >= lengths.unsqueeze(1)] = 0
-    return x, lengths
+    if restored.spec.get("characters") is None:
+        return x, lengths
+    width = tokenize.from_json(restored.tokenizer).max_word_length
+    chars = torch.randint(1, restored.spec["characters"], (7, steps, width), generator=g)
+    spelled = torch.randint(1, width + 1, (7, steps, 1), generator=g)  # each word's characters
+    spelled[:, 0] = width
+    chars[(torch.arange(width) >= spelled) | (x == 0).unsqueeze(2)] = 0
+    return x, chars, lengths
 
 
 def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, float]:
@@ -151,10 +162,13 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
     inputs = examples(restored)
     dynamic = {"x": {0: torch.export.Dim("batch")}}
     target = restored.target
-    outputs = target.export_outputs(reference, unpacked=len(inputs) == 2)
-    if len(inputs) == 2:
+    outputs = target.export_outputs(reference, unpacked=len(inputs) > 1)
+    if len(inputs) > 1:
         model, batch = Unpacked(reference).eval(), torch.export.Dim("batch")
         dynamic = {"x": {0: batch}, "lengths": {0: batch}}  # the exporters unroll the recurrence: steps are fixed
+    if len(inputs) == 3:  # and the character encoder's characters
+        model = Spelled(model).eval()
+        dynamic = {"inputs": {0: batch}, "characters": {0: batch}, "lengths": {0: batch}}
     traced = target.graph(model)  # what the file outputs: values come out in the target's units
     with warnings.catch_warnings():
         for message in QUIET:
@@ -166,8 +180,9 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         except Exception as e:  # the exporters raise many types; the first line says what failed
             raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
     with torch.inference_mode():
-        exported, expected = run(*inputs), target.graph(reference if len(inputs) == 2 else model)(*inputs)
-    lengths = inputs[1] if len(inputs) == 2 else None
+        plain = Spelled(reference) if len(inputs) == 3 else reference if len(inputs) == 2 else model
+        exported, expected = run(*inputs), target.graph(plain)(*inputs)
+    lengths = inputs[-1] if len(inputs) > 1 else None
     difference = target.export_difference(reference, exported, expected, lengths, out)
     if not difference <= TOLERANCE:
         raise BirnnError(f"{out} gives {outputs[0]} {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
@@ -207,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if variable_length(restored):
         shape = f"token IDs int64 (N, {steps}), 0-padded" if vocab else f"float32 (N, {steps}, {features}), padded"
         inputs = f"inputs {shape}, and lengths int64 (N,)"
+    if restored.spec.get("characters") is not None:
+        width = tokenize.from_json(restored.tokenizer).max_word_length
+        inputs = (
+            f"inputs token IDs int64 (N, {steps}), 0-padded, characters int64 (N, {steps}, {width}): each token's "
+            "character IDs, 0-padded, and lengths int64 (N,)"
+        )
     print(f"Wrote {out} ({args.format}): input {inputs}, {restored.target.exported(steps)}.")
     name = restored.target.export_outputs(restored.model, variable_length(restored))[0]
     print(f"Check on 7 random inputs: max |{name} - PyTorch {name}| = {difference:.1e}{restored.target.compared}.")

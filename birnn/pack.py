@@ -2,8 +2,9 @@
 
 ``birnn-pack out/fmnist data=fashion_mnist`` packs what the loader gives (text and tagged data as token IDs,
 with the tokenizer fitted on the training split, and with ``data.vectors`` the pretrained rows training starts
-from; with ``task=regression`` the loader's values); ``--train/--test [--val] FILE`` packs Parquet or CSV files read
-block by block (``birnn.data.tables``); ``birnn-pack --verify DIR`` checks every file of a pack against its
+from; with ``model.char_encoder=cnn`` or ``lstm`` each token's character IDs too, for a model with character
+features; with ``task=regression`` the loader's values); ``--train/--test [--val] FILE`` packs Parquet or CSV files
+read block by block (``birnn.data.tables``); ``birnn-pack --verify DIR`` checks every file of a pack against its
 manifest's SHA-256. The format: ``birnn.data.packed`` and docs/packed.md.
 """
 
@@ -44,7 +45,8 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
     settings = carried.recorded(*(OmegaConf.to_container(c) for c in (alone, without)))
     fields = {carried.FIELD: settings, carried.SOURCE: f"data={option}"} if settings else {}
     task = cfg.task.name if "task" in cfg else None  # task=regression: the loader reads values
-    return packed.pack_splits(load_source(cfg.data, task=task), out, overwrite, fields)
+    characters = cfg.model.get("char_encoder", "none") != "none"  # each token's characters too, for such a model
+    return packed.pack_splits(load_source(cfg.data, task=task, characters=characters), out, overwrite, fields)
 
 
 def written(manifest: Path) -> str:

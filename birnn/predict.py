@@ -45,6 +45,7 @@ from birnn.data.normalize import apply as standardize
 from birnn.data.normalize import per_series
 from birnn.data.patches import patch
 from birnn.data.tagfile import TagFile, read_tag_file
+from birnn.data.text import spelled
 from birnn.data.uea import read_series
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
 from birnn.engine.signals import stopped_in_one_line
@@ -252,19 +253,26 @@ def text_model(checkpoint: Path, allow: Sequence[str] = (), unverified: bool = F
         raise BirnnError(
             f"{checkpoint}: its tokenizer makes {tok.size} token IDs, but the model embeds only {rows}: refused"
         )
+    characters = getattr(restored.model, "characters", None)
+    if tok.character_ids != (None if characters is None else characters.embedding.num_embeddings):
+        raise BirnnError(f"{checkpoint}: its tokenizer's characters are not those its model reads: refused")
     return restored
 
 
 def _answer(
     restored: Restored, tok: tokenize.Tokenizer, target: torch.device, text: str, tokens: list[str] | None = None
 ) -> dict:
-    """The model's answer for one raw ``text`` (split by the tokenizer), or for ``tokens`` already split."""
-    kind, model = restored.target, restored.model
+    """The model's answer for one raw ``text`` (split by the tokenizer), or for ``tokens`` already split; with
+    character features (``model.char_encoder``) each token's characters as written."""
+    kind, model, words = restored.target, restored.model, tokens
     tokens = tok.split(text) if tokens is None and kind.per_step else tokens
     ids = (tok.ids(tokens) or [1]) if tokens is not None else tok.encode(text)
     ids = ids if kind.per_step else tok.truncated(ids)
+    x = torch.tensor([ids])
+    if tok.characters is not None:
+        x = spelled(x, [tok.spelled(words if words is not None else tok.words(text))[: len(ids)] or [[]]])
     with torch.inference_mode():
-        logits = model(torch.tensor([ids], device=target)).float().cpu()
+        logits = model(x.to(target)).float().cpu()
     return kind.answers(model, logits, None if tokens is None else [tokens])[0]
 
 

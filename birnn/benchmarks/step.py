@@ -11,7 +11,8 @@ rounds); time to accuracy is training wall time (evaluation excluded) until test
 target, both contenders rebuilt from scratch.
 
 Token data (``data=text``, ``data=tagged``) have no tutorial loop: their reference is the tutorial's model and
-loop with an ``nn.Embedding`` in front (``TutorialTagger``), the configured width, batch and learning rate, on
+loop with an ``nn.Embedding`` in front (``TutorialTagger``, with ``model.char_encoder`` the same character encoder
+computed plainly on the padded characters, ``PlainCharacters``), the configured width, batch and learning rate, on
 padded batches run whole; per-step labels get the head at every step (padding ignored by the loss), one label
 per text the last step's output. Both report tokens per second too (samples/s times the split's mean length).
 """
@@ -62,21 +63,60 @@ class TutorialBiRNN(nn.Module):
         return self.fc(out[:, -1, :])
 
 
+class PlainCharacters(nn.Module):
+    """A word's character features as NCRF++ computes them, on the padded characters as they are: ``cnn`` max-pools
+    a same-padded ``Conv1d`` over every character position, ``lstm`` takes a bidirectional LSTM's final states."""
+
+    def __init__(self, encoder: str, characters: int, dim: int, channels: int | None, kernel: int):
+        super().__init__()
+        self.encoder = encoder
+        self.embedding = nn.Embedding(characters, dim, padding_idx=0)
+        if encoder == "cnn":
+            self.width = channels or 30
+            self.conv = nn.Conv1d(dim, self.width, kernel, padding=kernel // 2)
+        else:
+            self.width = 2 * (channels or 25)
+            self.lstm = nn.LSTM(dim, self.width // 2, batch_first=True, bidirectional=True)
+
+    def forward(self, chars: Tensor) -> Tensor:
+        words = self.embedding(chars.reshape(-1, chars.shape[-1]))
+        if self.encoder == "cnn":
+            out = self.conv(words.transpose(1, 2)).amax(dim=2)
+        else:
+            hidden = self.lstm(words)[1][0]
+            out = torch.cat([hidden[0], hidden[1]], dim=1)
+        return out.reshape(*chars.shape[:-1], self.width)
+
+
 class TutorialTagger(nn.Module):
     """The tutorial's BiLSTM for token IDs: an ``nn.Embedding`` in front, padded batches run whole (no lengths);
-    the head at every step for per-step labels, else on the last step's output (the tutorial's readout)."""
+    the head at every step for per-step labels, else on the last step's output (the tutorial's readout).
+    ``characters`` (``model.char_encoder``): each token's ``PlainCharacters`` after its embedding."""
 
     def __init__(
-        self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int, classes: int, per_step: bool
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        classes: int,
+        per_step: bool,
+        characters: PlainCharacters | None = None,
     ):
         super().__init__()
         self.per_step = per_step
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
-        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers, batch_first=True, bidirectional=True)
+        self.characters = characters
+        width = embedding_dim + (characters.width if characters is not None else 0)
+        self.lstm = nn.LSTM(width, hidden_size, num_layers, batch_first=True, bidirectional=True)
         self.fc = nn.Linear(hidden_size * 2, classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.lstm(self.embedding(x))
+        if self.characters is None:
+            inputs = self.embedding(x)
+        else:
+            inputs = torch.cat([self.embedding(x[..., 0]), self.characters(x[..., 1:])], dim=-1)
+        out, _ = self.lstm(inputs)
         return self.fc(out if self.per_step else out[:, -1, :])
 
 
@@ -154,12 +194,18 @@ def mean_tokens(splits: Splits) -> tuple[float, float] | None:
 
 
 def token_reference(cfg: DictConfig, splits: Splits, device: torch.device) -> Contender:
-    """``TutorialTagger`` in the tutorial's loop (``DataLoader`` shuffling, Adam) at the config's width, batch, lr."""
+    """``TutorialTagger`` in the tutorial's loop (``DataLoader`` shuffling, Adam) at the config's width, batch, lr
+    (with the configured character encoder, ``PlainCharacters``)."""
     torch.manual_seed(cfg.seed)
     resolve_embedding_dim(cfg.model, cfg.data)
     m = cfg.model
     classes = splits.num_classes
-    model = TutorialTagger(splits.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, classes, splits.per_step)
+    chars = None
+    if splits.characters is not None:
+        chars = PlainCharacters(m.char_encoder, splits.characters, m.char_embedding_dim, m.char_channels, m.char_kernel)
+    model = TutorialTagger(
+        splits.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, classes, splits.per_step, chars
+    )
     model = model.to(device)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
@@ -293,7 +339,11 @@ def build_contender(side: str, overrides: list[str]) -> Contender:
     if side == "reference":
         cfg.device.tune_allocator = False  # the tutorial's process runs with glibc's defaults
     device = setup_device(cfg.device, cfg.trainer.precision)
-    return birnn(cfg, device) if side == "birnn" else reference(cfg, load_data(cfg.data, device), device)
+    if side == "birnn":
+        return birnn(cfg, device)
+    return reference(
+        cfg, load_data(cfg.data, device, characters=cfg.model.get("char_encoder", "none") != "none"), device
+    )
 
 
 def serve(conn, side: str, overrides: list[str]) -> None:

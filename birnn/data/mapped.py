@@ -77,7 +77,9 @@ class Mapped:
     patching; ``series``: each row z-normalized on its own first (``data.normalize_series``); ``stats``:
     standardization statistics of all the source's rows (a pack's manifest, of raw rows), used by
     ``fit`` while no rows are left out; ``normalization`` and ``patch`` as in ``Splits``; ``device``: where
-    gathered batches go; ``vocab_size``: token IDs outside ``0..vocab_size-1`` are refused batch by batch.
+    gathered batches go; ``vocab_size``: token IDs outside ``0..vocab_size-1`` are refused batch by batch;
+    ``characters``: the source holds each token's ID then its character IDs ``(N, steps, 1 + chars)``
+    (``model.char_encoder``), character IDs outside ``0..characters-1`` refused alike.
     """
 
     source: NpyMap
@@ -89,14 +91,15 @@ class Mapped:
     device: torch.device = torch.device("cpu")
     vocab_size: int | None = None
     series: bool = False  # data.normalize_series: each row z-normalized on its own, before ``normalization``
+    characters: int | None = None
 
     def __len__(self) -> int:
         return len(self.source.array) if self.rows is None else len(self.rows)
 
     @property
     def tokens(self) -> bool:
-        """Token IDs ``(N, steps)`` rather than float features ``(N, steps, features)``."""
-        return self.source.array.ndim == 2
+        """Token IDs ``(N, steps)`` (or with characters) rather than float features ``(N, steps, features)``."""
+        return self.source.array.ndim == 2 or self.characters is not None
 
     @property
     def raw_shape(self) -> tuple[int, ...]:
@@ -167,12 +170,16 @@ class Mapped:
         """Token IDs ``raw`` of the source's rows ``rows`` lie in ``0..vocab_size-1``, or one error line."""
         if self.vocab_size is None:
             return
-        bad = np.flatnonzero(((raw < 0) | (raw >= self.vocab_size)).any(1))
-        if len(bad):
-            raise BirnnError(
-                f"{self.source.file.name} row {int(rows[bad[0]])} holds a token ID outside 0..{self.vocab_size - 1} "
-                "(changed after packing? birnn-pack --verify checks every file)"
-            )
+        ids, chars = (raw, None) if self.characters is None else (raw[..., 0], raw[..., 1:])
+        for values, high, what in ((ids, self.vocab_size, "token"), (chars, self.characters, "character")):
+            if values is None:
+                continue
+            bad = np.flatnonzero(((values < 0) | (values >= high)).reshape(len(values), -1).any(1))
+            if len(bad):
+                raise BirnnError(
+                    f"{self.source.file.name} row {int(rows[bad[0]])} holds a {what} ID outside 0..{high - 1} "
+                    "(changed after packing? birnn-pack --verify checks every file)"
+                )
 
     def chunks(self) -> list[slice]:
         """Consecutive position ranges of about ``CHUNK_BYTES`` each, covering every row."""

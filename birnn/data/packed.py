@@ -86,7 +86,8 @@ class _Appender:
 class SplitWriter:
     """Appends chunks of one split: ``append(x, y[, lengths])``, every chunk with the same steps and features.
 
-    ``vocab_size`` given: the inputs are token IDs, stored as int32. ``classes`` None: the targets are values."""
+    ``vocab_size`` given: the inputs are token IDs, stored as int32; ``characters`` given too (``model.char_encoder``):
+    each token's ID then its character IDs, ``(n, steps, 1 + chars)``. ``classes`` None: the targets are values."""
 
     def __init__(
         self,
@@ -96,9 +97,10 @@ class SplitWriter:
         variable: bool,
         moments: normalize.Moments | None,
         vocab_size: int | None = None,
+        characters: int | None = None,
     ):
         self.name, self.classes, self.variable, self.moments = name, classes, variable, moments
-        self.vocab_size = vocab_size
+        self.vocab_size, self.characters = vocab_size, characters
         self.files = {a: _Appender(out / file_name(name, a)) for a in ARRAYS[: 3 if variable else 2]}
 
     def append(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, lengths=None) -> None:
@@ -110,10 +112,13 @@ class SplitWriter:
         x, y = _numpy(x), _numpy(y)
         where = f"{self.name} chunk at sample {self.files['x'].rows}"
         if self.vocab_size is not None:
-            if x.ndim != 2 or x.dtype.kind not in "iu":
-                raise BirnnError(f"{where}: token IDs must be integers shaped (n, steps); got {x.dtype} {x.shape}")
-            if (bad := first_outside(x, self.vocab_size)) is not None:
+            shape = "(n, steps, 1 + characters)" if self.characters else "(n, steps)"
+            if x.ndim != (3 if self.characters else 2) or x.dtype.kind not in "iu":
+                raise BirnnError(f"{where}: token IDs must be integers shaped {shape}; got {x.dtype} {x.shape}")
+            if (bad := first_outside(x[..., 0] if self.characters else x, self.vocab_size)) is not None:
                 raise BirnnError(f"{where}: token ID {bad} is outside 0..{self.vocab_size - 1}")
+            if self.characters and (bad := first_outside(x[..., 1:], self.characters)) is not None:
+                raise BirnnError(f"{where}: character ID {bad} is outside 0..{self.characters - 1}")
             x = x.astype(np.int32)
         elif x.ndim != 3 or x.dtype.kind not in "fiu":
             raise BirnnError(
@@ -230,6 +235,7 @@ class PackWriter:
         if self.vectors is not None:
             check_vectors(self.vectors, trained_vocab, self.vocab_size, tokenizer, "PackWriter")
         self.trained_vocab = trained_vocab
+        self.characters = character_ids(tokenizer)
         prepare(self.out, overwrite)
         self.moments = normalize.Moments()
         self.splits: dict[str, SplitWriter] = {}
@@ -243,7 +249,9 @@ class PackWriter:
                 raise BirnnError(f"{self.out / taken[0]} is not birnn-pack's: move it away, or pack elsewhere")
             moments = self.moments if name == "train" else None
             classes = None if self.values else len(self.classes)
-            self.splits[name] = SplitWriter(self.out, name, classes, self.variable, moments, self.vocab_size)
+            self.splits[name] = SplitWriter(
+                self.out, name, classes, self.variable, moments, self.vocab_size, self.characters
+            )
         return self.splits[name]
 
     def close(self) -> Path:
@@ -378,6 +386,11 @@ def check_vocab(vocab_size: object, tokenizer: object, where: str) -> int | None
     return int(vocab_size)
 
 
+def character_ids(tokenizer: str | None) -> int | None:
+    """The number of character IDs of a (checked) tokenizer's characters (``model.char_encoder``), else None."""
+    return None if tokenizer is None else tokenize.from_json(tokenizer).character_ids
+
+
 def read_manifest(path: Path) -> dict:
     if not path.is_dir():
         raise BirnnError(f"data.path={path}: no such pack directory (make one with birnn-pack {path} data=...)")
@@ -503,11 +516,12 @@ def load_packed(
         raise BirnnError(
             f"{where} was tokenized with another tokenizer than the checkpoint's: its token IDs mean other words"
         )
+    characters = character_ids(tokenizer)
     fields: dict = {}
     for split, entries in manifest["splits"].items():
         maps = {a: _open(where, e) for a, e in entries.items()}
         ndim = maps["x"].array.ndim
-        if ndim != (2 if vocab_size is not None else 3):
+        if ndim != (2 if vocab_size is not None and characters is None else 3):
             raise BirnnError(f"{where}: {split}_x holds {ndim}-D inputs; vocab_size is {vocab_size}")
         classes = None if manifest.get("targets") == VALUES else len(manifest["classes"])
         y, lengths = _labels_and_lengths(where, split, maps, classes)
@@ -517,7 +531,9 @@ def load_packed(
                 f"{where / MANIFEST}: its normalization has {len(stats['mean'])} features; {split}_x has "
                 f"{'token IDs' if vocab_size is not None else maps['x'].array.shape[-1]}"
             )
-        fields[f"{split}_x"] = Mapped(maps["x"], lengths=lengths, stats=stats, vocab_size=vocab_size)
+        fields[f"{split}_x"] = Mapped(
+            maps["x"], lengths=lengths, stats=stats, vocab_size=vocab_size, characters=characters
+        )
         fields[f"{split}_y"], fields[f"{split}_lengths"] = y, lengths
     xs, ys = [fields[f"{s}_x"] for s in manifest["splits"]], [fields[f"{s}_y"] for s in manifest["splits"]]
     if len({x.raw_shape[1:] for x in xs}) > 1 or len({y.ndim for y in ys}) > 1:
@@ -535,6 +551,7 @@ def load_packed(
         fingerprint=fingerprint(manifest),
         word_vectors=vectors,
         trained_vocab=None if tokenizer is None else tokenize.from_json(tokenizer).trained,  # as data=tagged's
+        characters=characters,
         **fields,
     )
 

@@ -92,6 +92,8 @@ class Splits:
     ``values``: regression targets (``task=regression``, set by ``load_data``): float labels, ``classes`` the names of
     the outputs, and this the kind's spec (``birnn.data.targets.Values.spec``: scaling, loss, per step); None for
     classes.
+    ``characters``: the number of character IDs (``model.char_encoder``), whose token inputs are then
+    ``(N, steps, 1 + word length)``: each token's ID, then its characters' IDs, 0-padded (``birnn.data.text.spelled``).
     """
 
     train_x: Tensor | Mapped  # Mapped: memory-mapped inputs (data=packed), gathered batch by batch
@@ -115,6 +117,7 @@ class Splits:
     trained_vocab: int | None = None  # data.vectors: token IDs below this train, the rest are frozen pretrained words
     normalize_series: bool = False  # data.normalize_series: every series z-normalized on its own (set by load_data)
     values: dict | None = None  # task=regression: the kind's spec (Values.spec); None: classes
+    characters: int | None = None  # model.char_encoder: character IDs; inputs (N, steps, 1 + word length)
 
     @property
     def input_size(self) -> int:
@@ -232,6 +235,14 @@ def _check_keys(loader: object, target: str, kwargs: dict) -> None:
         )
 
 
+def _takes(loader: object, key: str) -> bool:
+    """Whether ``loader`` has a parameter ``key``."""
+    try:
+        return key in inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def check_class_names(classes: object, source: str, advice: str = "correct that label") -> None:
     """Class names are text that prints: a list of strings, each valid Unicode (no lone surrogate, which a JSON
     ``"\\ud800"`` decodes to), else one line. Checked at load, so no run trains on names it cannot print."""
@@ -265,6 +276,7 @@ def load_source(
     classes: Sequence[str] | None = None,
     task: str | None = None,
     series: bool | None = None,
+    characters: bool = False,
 ) -> Splits:
     """The configured loader's splits as it returns them (no hold-out, standardization or patching).
 
@@ -276,6 +288,8 @@ def load_source(
     A loader that takes ``normalize_series`` is told whether the series will be z-normalized one by one
     (``series``, a checkpoint's; None: ``data.normalize_series``): ``data=uea`` then fills a missing value with its
     series' own mean.
+    where the loader takes them (it then need not read a training file to know them). ``characters``
+    (``model.char_encoder``): the loader gives each token's characters too, fitting their vocabulary.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -290,17 +304,25 @@ def load_source(
     _check_keys(loader, cfg._target_, kwargs)
     if _takes(loader, "normalize_series"):
         kwargs["normalize_series"] = bool(cfg.get("normalize_series", False) if series is None else series)
+    if characters and _takes(loader, "characters"):
+        kwargs["characters"] = True
     if tokenizer is not None:
         kwargs["fitted"] = tokenizer
-        if classes is not None and "fitted_classes" in inspect.signature(loader).parameters:
+        if classes is not None and _takes(loader, "fitted_classes"):
             kwargs["fitted_classes"] = list(classes)
     if task is not None and _takes(loader, "task"):
         kwargs["task"] = task
     splits: Splits = loader(**kwargs)
+    if characters and splits.characters is None:
+        raise BirnnError(
+            f"model.char_encoder reads the characters of words, which {cfg._target_} does not give (use data=tagged, "
+            "data=text with data.tokenizer=word, or a pack birnn-pack wrote with model.char_encoder set)"
+        )
     check_class_names(splits.classes, cfg._target_)
-    dims = 2 if splits.vocab_size is not None else 3
+    dims = 3 if splits.vocab_size is None or splits.characters is not None else 2
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
-        shape = "token IDs (N, steps)" if dims == 2 else "inputs shaped (N, steps, features)"
+        shape = {2: "token IDs (N, steps)", 3: "inputs shaped (N, steps, features)"}[dims]
+        shape = shape if splits.vocab_size is None or dims == 2 else "token and character IDs (N, steps, 1 + chars)"
         raise BirnnError(f"{cfg._target_} must return {shape}; got {tuple(splits.train_x.shape)}")
     if splits.vocab_size is not None and (
         cfg.get("normalize", False) or cfg.get("normalize_series", False) or cfg.get("patch", 1) != 1
@@ -323,6 +345,7 @@ def load_data(
     task: dict | None = None,
     values: dict | None = None,
     series: bool | None = None,
+    characters: bool = False,
 ) -> Splits:
     """Run the configured loader (``load_source``), hold out ``val_size`` training samples, standardize, patch,
     and move every split to ``device``.
@@ -338,7 +361,7 @@ def load_data(
     run records it). ``task`` (the ``task`` config) with ``name: regression``: the targets are values
     (``as_values``), their scaling fitted on the training split after the hold-out (``fit_values``);
     ``values`` given (a checkpoint's ``Values.spec``) is applied instead. Classes under ``task=regression`` and values
-    under ``task=classification`` are one error.
+    under ``task=classification`` are one error. ``characters``: each token's characters too (``load_source``).
 
     The loader's input tensors become the pipeline's: the hold-out and standardization rewrite them in place
     (no second copy of a split in memory), so a loader must return tensors nothing else uses.
@@ -347,7 +370,7 @@ def load_data(
     task = dict(task or {})
     regression = values is not None or task.get("name") == "regression"
     kind = "regression" if regression else "classification"
-    splits = separate(load_source(cfg, allow, tokenizer, classes, kind, series))
+    splits = separate(load_source(cfg, allow, tokenizer, classes, kind, series, characters))
     splits = _as_values(splits, cfg._target_, values or task) if regression else _as_classes(splits, cfg._target_)
     if fingerprint and splits.fingerprint is None:
         splits = replace(splits, fingerprint=content_fingerprint(splits))
@@ -539,10 +562,12 @@ def spec(splits: Splits) -> dict:
     (the model reads ``patch * features`` features per step); ``normalize_series``: every series was z-normalized
     on its own first (absent in older checkpoints: false); ``vocab_size``, ``tokenizer`` and ``per_step``
     for token data and tags (token data have one "feature" per step: the ID); ``values``: regression targets'
-    scaling (``Splits.values``; absent for classes); ``samples`` per split (a resume
+    scaling (``Splits.values``; absent for classes); ``characters``: the number of character IDs
+    (``model.char_encoder``), absent without; ``samples`` per split (a resume
     on a split of another size would shuffle other batches); ``fingerprint``: the data's content, as in ``Splits``.
     """
-    steps, features = splits.raw_shape or (*splits.test_x.shape[1:], 1)[:2]
+    shape = splits.test_x.shape[1:2] if splits.vocab_size is not None else splits.test_x.shape[1:]
+    steps, features = splits.raw_shape or (*shape, 1)[:2]
     variable = splits.train_lengths is not None or splits.test_lengths is not None
     return {
         "input_shape": [int(steps), int(features)],
@@ -559,6 +584,7 @@ def spec(splits: Splits) -> dict:
         "normalize_series": splits.normalize_series,
         **({"trained_vocab": splits.trained_vocab} if splits.trained_vocab is not None else {}),
         **({"values": splits.values} if splits.values is not None else {}),
+        **({"characters": splits.characters} if splits.characters is not None else {}),
         "samples": {s: len(y) for s in ("train", "val", "test") if (y := getattr(splits, f"{s}_y")) is not None},
     }
 
@@ -607,7 +633,8 @@ def shuffled_batches(
         batch = order[i : i + batch_size]
         idx = batch[dist.shard(len(batch))]
         targets = kind.count(y[batch]) if kind.per_step else None
-        tokens = (len(batch) * x.shape[1] if lengths is None else int(lengths[batch].sum())) if x.ndim == 2 else 0
+        ids = not x.dtype.is_floating_point  # token data: IDs (N, steps), or (N, steps, 1 + chars) with characters
+        tokens = (len(batch) * x.shape[1] if lengths is None else int(lengths[batch].sum())) if ids else 0
         yield Batch(x[idx], y[idx], lengths[idx] if lengths is not None else None, len(batch), targets, tokens)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from birnn.data import tokenize
 from birnn.data.pipeline import IGNORE, Splits
-from birnn.data.text import check_test_fraction, padded
+from birnn.data.text import check_test_fraction, padded, spelled
 from birnn.data.vectors import fitted_table, read_vectors
 from birnn.schema.config import SIGNATURE_SUFFIXES
 from birnn.schema.errors import BirnnError
@@ -123,10 +123,14 @@ def load_tagged(
     fitted_classes: Sequence[str] | None = None,
     vectors: str | None = None,
     vectors_format: str = "auto",
+    max_word_length: int = 20,
+    characters: bool = False,
 ) -> Splits:
     """The tagged sentences in ``path`` (and ``test_path``) as token IDs and per-step tags; ``root``/``download``
     are unused. A checkpoint's tokenizer and tags (``fitted``, ``fitted_classes``) with a ``test_path``: the
-    training sentences are not read (the training split is empty)."""
+    training sentences are not read (the training split is empty). ``characters`` (``model.char_encoder``): each
+    token's characters as written too, the character vocabulary fitted on the training sentences
+    (``birnn.data.text.spelled``); a fitted tokenizer brings its own, or none."""
     test_only = bool(fitted and fitted_classes is not None and test_path)
     if not path and not test_only:
         raise BirnnError("data=tagged needs the sentences: data.path=FILE or FOLDER (data.format=conll|slash)")
@@ -165,6 +169,8 @@ def load_tagged(
             pretrained,
         )
     )
+    if characters and not fitted:
+        tokenize.fit_characters(tok, (t for s in train for t in s.tokens), max_word_length)
     classes = sorted({t for s in (*train, *test) for t in s.tags})  # the tag set (a rare tag may be test-only)
     if fitted_classes is not None:
         unknown = next((t for t in classes if t not in fitted_classes), None)
@@ -176,6 +182,8 @@ def load_tagged(
     for name, sentences in (("train", train), ("test", test)):
         x, lengths = padded([tok.ids(s.tokens) for s in sentences])
         y = torch.full(x.shape, IGNORE, dtype=torch.int64)
+        if tok.characters is not None:
+            x = spelled(x, [tok.spelled(s.tokens) for s in sentences])
         for row, s in enumerate(sentences):
             y[row, : len(s.tags)] = torch.tensor([index[t] for t in s.tags])
         splits[name] = (x, y, lengths)
@@ -194,4 +202,5 @@ def load_tagged(
         if pretrained is None
         else fitted_table(tok.vocab, pretrained, (t for s in train for t in s.tokens)),
         trained_vocab=tok.trained,
+        characters=tok.character_ids,
     )

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 import torch
 
 from birnn.data import tokenize
@@ -124,6 +125,16 @@ def truncated(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[list[list[int]
     return cut, sum(len(w) > len(c) for w, c in zip(whole, cut))
 
 
+def tokens_in(tok: tokenize.Tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The texts as padded IDs (with characters if the tokenizer has them: ``spelled``), their lengths, and how many
+    texts ``max_length`` cut."""
+    ids, cut = truncated(tok, texts)
+    x, lengths = padded(ids)
+    if tok.characters is not None:  # an empty text is one <unk> of no characters
+        x = spelled(x, [tok.truncated(tok.spelled(tok.words(t)) or [[]]) for t in texts])
+    return x, lengths, cut
+
+
 def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token IDs (N, longest) zero-padded, and each sample's length; more than ``MAX_PADDED`` IDs is refused."""
     lengths = torch.tensor([len(i) for i in ids], dtype=torch.int64)
@@ -137,6 +148,25 @@ def padded(ids: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     for row, i in enumerate(ids):
         x[row, : len(i)] = torch.tensor(i, dtype=torch.int64)
     return x, lengths
+
+
+def spelled(x: torch.Tensor, spellings: Sequence[list[list[int]]]) -> torch.Tensor:
+    """Token IDs ``x`` (N, steps) with each token's character IDs after its ID: (N, steps, 1 + the longest word's
+    characters), 0-padded (``model.char_encoder``); ``spellings[i][j]``: token ``j`` of sample ``i``'s characters.
+    int32, half the memory of int64 (token IDs stay below ``tokenize.MAX_VOCAB``)."""
+    width = max((len(c) for s in spellings for c in s), default=0) or 1
+    if x.numel() * (1 + width) > 2 * MAX_PADDED:
+        raise BirnnError(
+            f"the token and character IDs of {len(x)} samples of {x.shape[1]} tokens of up to {width} characters "
+            f"take {x.numel() * (1 + width) * 4 / 1e9:.1f} GB (at most {MAX_PADDED * 8 / 1e9:.1f}): lower "
+            "data.max_word_length or data.max_length"
+        )
+    out = np.zeros((*x.shape, 1 + width), dtype=np.int32)
+    out[..., 0] = x.numpy()
+    for row, words in enumerate(spellings):
+        for step, chars in enumerate(words):
+            out[row, step, 1 : 1 + len(chars)] = chars
+    return torch.from_numpy(out)
 
 
 def label_ids(labels: list[str], classes: list[str], where: str) -> torch.Tensor:
@@ -209,10 +239,14 @@ def load_text(
     vectors: str | None = None,
     vectors_format: str = "auto",
     task: str = "classification",
+    max_word_length: int = 20,
+    characters: bool = False,
 ) -> Splits:
     """The texts in ``path`` (and ``test_path``) as token IDs; ``root``/``download`` are unused. A checkpoint's
     tokenizer and classes (``fitted``, ``fitted_classes``) with a ``test_path``: the training texts are not read
-    (the training split is empty). ``task="regression"``: the labels are float values (no classes)."""
+    (the training split is empty). ``task="regression"``: the labels are float values (no classes).
+    ``characters`` (``model.char_encoder``): each token's characters too, the character vocabulary fitted on the
+    training texts (``birnn.data.text.spelled``); a fitted tokenizer brings its own, or none."""
     values = task == "regression"
     if fitted and fitted_classes is not None and test_path:
         path, texts, labels = path or test_path, [], []
@@ -239,18 +273,19 @@ def load_text(
         )
     )
     tok.max_length = max_length  # kept with the tokenizer: predict --text cuts raw text the same way
+    if characters and not fitted:
+        tokenize.fit_characters(tok, (w for t in texts for w in tok.words(t)), max_word_length)
     classes = list(fitted_classes) if fitted_classes is not None else [] if values else sorted(set(labels))
     targets = label_values if values else lambda labels, where: label_ids(labels, classes, where)
-    train_ids, cut = truncated(tok, texts)
-    test_ids, test_cut = truncated(tok, test_texts)
+    train_x, train_lengths, cut = tokens_in(tok, texts)
+    test_x, test_lengths, test_cut = tokens_in(tok, test_texts)
     if cut + test_cut:
         log.warning(
             "%d of %d texts are longer than data.max_length=%d tokens: truncated",
             cut + test_cut,
-            len(train_ids) + len(test_ids),
+            len(texts) + len(test_texts),
             max_length,
         )
-    (train_x, train_lengths), (test_x, test_lengths) = padded(train_ids), padded(test_ids)
     return Splits(
         train_x,
         targets(labels, path),
@@ -264,6 +299,7 @@ def load_text(
         tokenizer=tok.to_json(),
         word_vectors=None if pretrained is None else fitted_table(tok.vocab, pretrained, _words(tok, texts)),
         trained_vocab=tok.trained,
+        characters=tok.character_ids,
     )
 
 

@@ -32,6 +32,9 @@ MAX_JSON_CHARS = 128 * 2**20  # a stored tokenizer beyond 128 MiB is not one bir
 MAX_VOCAB = 6_000_000
 MAX_TOKEN_CHARS = 1_000  # characters of one vocabulary entry: likewise
 UNKNOWN = ("unk", "signature")
+# model.char_encoder: distinct characters a tokenizer holds (fit keeps the most frequent, from_json refuses more) and
+# characters of one word (data.max_word_length)
+MAX_CHARACTERS, MAX_WORD_LENGTH = 65_536, 1_000
 MAX_SUFFIXES, MAX_SUFFIX_CHARS = 100, 20
 
 
@@ -90,9 +93,14 @@ class Tokenizer:
     # data.vectors: IDs below this are the training split's tokens (their embeddings train); the rest are words only
     # the pretrained vectors hold (frozen). None: every ID trains.
     trained: int | None = None
+    # model.char_encoder (word tokenizers): the training split's characters, most frequent first (character ID i + 2;
+    # 0 pads, 1 is any other character), and the characters of a word kept (data.max_word_length). None: no characters.
+    characters: list[str] | None = None
+    max_word_length: int | None = None
 
     def __post_init__(self) -> None:
         self._ids = {t: i for i, t in enumerate(self.vocab)}
+        self._chars = {c: i for i, c in enumerate(self.characters or (), 2)}
         self._bpe = None
         if self.bpe is not None:
             try:
@@ -123,8 +131,8 @@ class Tokenizer:
         one ``<unk>``."""
         if self._bpe is not None:
             ids = self._bpe.encode(text.lower() if self.lowercase else text).ids
-        else:
-            ids = self.ids(self.split(text))
+        else:  # with characters: the words as written, whose characters go beside their IDs
+            ids = self.ids(self.split(text) if self.characters is None else self.words(text))
         return ids or [1]
 
     def truncated(self, ids: list[int]) -> list[int]:
@@ -146,8 +154,24 @@ class Tokenizer:
         # pretrained words: looked up as written, then lower-cased (GloVe's words are lower-case)
         return [self._ids.get(c, self._ids.get(c.lower(), f)) for c, f in zip(self.cased(tokens), fallback)]
 
+    @property
+    def character_ids(self) -> int | None:
+        """The number of character IDs (padding and unknown included), None without characters."""
+        return None if self.characters is None else len(self.characters) + 2
+
+    def words(self, text: str) -> list[str]:
+        """The words of raw ``text`` as written (before lower-casing), for their characters; ``ids`` reads them as
+        ``encode`` would."""
+        return WORD.findall(text)
+
+    def spelled(self, tokens: Iterable[str]) -> list[list[int]]:
+        """Each token's character IDs from its spelling as written, its first ``max_word_length`` characters."""
+        return [[self._chars.get(c, 1) for c in t[: self.max_word_length]] for t in tokens]
+
     def to_json(self) -> str:
         data = {"kind": self.kind, "lowercase": self.lowercase, "vocab": self.vocab, "bpe": self.bpe}
+        if self.characters is not None:  # nor one without characters
+            data |= {"characters": self.characters, "max_word_length": self.max_word_length}
         if self.unknown != "unk":  # a tokenizer without signatures is stored as before they existed
             data |= {"unknown": self.unknown, "suffixes": self.suffixes}
         if self.max_length is not None:  # nor one that keeps texts whole
@@ -213,6 +237,45 @@ def fit(
                 vocab.append(key)
     check_fitted(vocab, min_freq)
     return Tokenizer(kind, lowercase, vocab, unknown=unknown, suffixes=suffixes, trained=trained)
+
+
+def fit_characters(tokenizer: Tokenizer, tokens: Iterable[str], max_word_length: object) -> None:
+    """Give the word ``tokenizer`` the characters of the training split's ``tokens`` (as written): the
+    ``MAX_CHARACTERS - 2`` most frequent (ties by first appearance); rarer ones share the unknown ID."""
+    if tokenizer.kind != "word":
+        raise BirnnError(
+            f"model.char_encoder reads the characters of words: it needs data.tokenizer=word, not {tokenizer.kind}"
+        )
+    check_word_length(max_word_length, "data.")
+    counts = Counter(c for t in tokens for c in t)
+    tokenizer.characters = [c for c, _ in counts.most_common(MAX_CHARACTERS - 2)]
+    tokenizer.max_word_length = max_word_length
+    tokenizer._chars = {c: i for i, c in enumerate(tokenizer.characters, 2)}
+
+
+def check_word_length(max_word_length: object, what: str) -> None:
+    if type(max_word_length) is not int or not 1 <= max_word_length <= MAX_WORD_LENGTH:
+        raise BirnnError(f"{what}max_word_length must be in 1..{MAX_WORD_LENGTH}, got {max_word_length!r}")
+
+
+def _check_characters(data: dict) -> None:
+    """A stored tokenizer's characters: absent, or at most ``MAX_CHARACTERS - 2`` distinct single characters with
+    ``max_word_length``, as ``fit_characters`` writes them."""
+    characters = data.get("characters")
+    if characters is None:
+        return
+    if (
+        data["kind"] != "word"
+        or not isinstance(characters, list)
+        or len(characters) > MAX_CHARACTERS - 2
+        or not all(isinstance(c, str) and len(c) == 1 for c in characters)
+        or len(set(characters)) != len(characters)
+    ):
+        raise BirnnError(
+            f"the stored tokenizer's characters must be at most {MAX_CHARACTERS - 2} distinct single characters "
+            "(word kind): refused"
+        )
+    check_word_length(data.get("max_word_length"), "the stored tokenizer's ")
 
 
 def check_fitted(vocab: list[str], min_freq: int) -> None:
@@ -282,7 +345,19 @@ def from_json(text: object) -> Tokenizer:
         raise BirnnError(
             f"the stored tokenizer's trained count must be in 2..{len(vocab)} (word kind), got {trained!r}"
         )
-    tokenizer = Tokenizer(data["kind"], data["lowercase"], vocab, bpe, unknown, suffixes, max_length, trained)
+    _check_characters(data)
+    tokenizer = Tokenizer(
+        data["kind"],
+        data["lowercase"],
+        vocab,
+        bpe,
+        unknown,
+        suffixes,
+        max_length,
+        trained,
+        data.get("characters"),
+        data.get("max_word_length"),
+    )
     if tokenizer.size > MAX_VOCAB:
         raise BirnnError(f"the stored BPE tokenizer has {tokenizer.size} tokens (at most {MAX_VOCAB}): refused")
     return tokenizer

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from birnn.data.tokenize import MAX_CHARACTERS
 from birnn.engine.resume import Progress
 from birnn.schema.errors import BirnnError
 
@@ -137,6 +138,8 @@ DATA = Record(
         "fingerprint": maybe(TEXT),  # SHA-256 of the training data's content (birnn.data.pipeline.fingerprint)
         "trained_vocab": integer(2),  # data.vectors: token IDs below it train, the rest are frozen pretrained words
         "values": VALUES,  # task=regression: the targets' scaling and loss (birnn.data.targets.Values.spec)
+        # model.char_encoder: character IDs (padding and unknown included), as many as the tokenizer's characters
+        "characters": Rule(f"an integer in 2..{MAX_CHARACTERS}", lambda v: type(v) is int and 2 <= v <= MAX_CHARACTERS),
     },
     checks=(
         (

@@ -202,6 +202,7 @@ def restore(path: Path, overrides: Sequence[str] = (), allow: Sequence[str] = ()
             vocab_size,
             target.per_step,
             vocab_size - spec["trained_vocab"] if spec.get("trained_vocab") is not None else 0,
+            spec.get("characters"),
         )
 
     check_plan(build, state["model"], path)

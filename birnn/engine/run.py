@@ -82,13 +82,21 @@ def build(cfg: DictConfig, device: torch.device, dist: Dist = Dist()) -> Setup:
     tcfg = cfg.trainer
     torch.manual_seed(cfg.seed)
     resolve_embedding_dim(cfg.model, cfg.data)
-    data = load_data(cfg.data, device, fingerprint=True, task=to_plain(cfg.task) if "task" in cfg else None)
+    data = load_data(
+        cfg.data,
+        device,
+        fingerprint=True,
+        task=to_plain(cfg.task) if "task" in cfg else None,
+        characters=cfg.model.get("char_encoder", "none") != "none",
+    )
     empty = [s for s in ("train", "test", "val") if (y := getattr(data, f"{s}_y")) is not None and not len(y)]
     if empty:
         raise BirnnError(f"{cfg.data._target_} gives no {empty[0]} samples: too little data to train and test on")
     target = data.target
     frozen = data.vocab_size - data.trained_vocab if data.trained_vocab is not None else 0
-    model = build_model(cfg.model, data.input_size, target.outputs, None, data.vocab_size, target.per_step, frozen)
+    model = build_model(
+        cfg.model, data.input_size, target.outputs, None, data.vocab_size, target.per_step, frozen, data.characters
+    )
     model = model.to(device)
     if data.word_vectors is not None:
         load_vectors(model, data.word_vectors)

@@ -18,11 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
+from birnn.models.characters import CharacterEncoder, check_characters
 from birnn.models.crf import CRF, check_setting
 from birnn.models.embedding import embed
 from birnn.models.layers import pack
 from birnn.models.stem import ConvStem, check_stem
 from birnn.schema import trust
+from birnn.schema.config import RNN_CLASSIFIER
 from birnn.schema.errors import BirnnError, check_config, first_line
 
 log = logging.getLogger("birnn")
@@ -44,6 +46,24 @@ def _at_last_step(x: Tensor, lengths: Tensor) -> Tensor:
 def _final_hidden(hidden: Tensor | tuple[Tensor, Tensor]) -> Tensor:
     """``h_n`` of an LSTM's ``(h_n, c_n)`` or of a GRU's ``h_n``."""
     return hidden[0] if isinstance(hidden, tuple) else hidden
+
+
+def token_inputs(
+    x: Tensor,
+    embedding: nn.Embedding,
+    pretrained: Tensor | None,
+    characters: CharacterEncoder | None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """What the recurrence reads of token inputs: each token's embedding, with its character features after it when
+    ``characters`` is given (``x`` (batch, steps, 1 + chars): the token ID, then its character IDs), and ``dropout``
+    on the whole in training mode."""
+    if characters is None:
+        out = embed(x, embedding, pretrained)
+    else:
+        out = torch.cat([embed(x[..., 0], embedding, pretrained), characters(x[..., 1:])], dim=-1)
+    return F.dropout(out, dropout, training)
 
 
 class _LastStepPath:
@@ -118,6 +138,12 @@ class RNNClassifier(nn.Module):
     ``crf_constraints`` (auto, true, false) says whether its decoding follows the BIO/BIOES rules of the tag names,
     which the training run sets (``birnn.models.crf.configure``).
 
+    ``char_encoder`` (``cnn``, ``lstm``; token data with ``characters`` IDs, ``birnn.models.characters``): each
+    token's character features (``characters.*``: ``char_embedding_dim`` per character, ``char_channels`` filters of
+    ``char_kernel`` characters, or per LSTM direction) after its embedding; the inputs are then ``(batch, steps,
+    1 + chars)``, the token ID then its character IDs. ``embedding_dropout``: dropout on the token inputs (the
+    characters' embeddings, and each token's embedding and character features together) in training mode.
+
     ``stem="conv"``: a learned patch embedding (``birnn.models.stem``, ``stem.*``) reads the steps (after the
     embedding, if any) first; the recurrence then runs over ``ceil(steps / stem_stride)`` steps of
     ``stem_channels`` features and the lengths shrink alike. ``"none"`` (the default) adds nothing.
@@ -145,6 +171,12 @@ class RNNClassifier(nn.Module):
         stem_channels: int = 64,
         freeze_embeddings: bool = False,
         frozen_words: int = 0,
+        char_encoder: str = "none",
+        char_embedding_dim: int = 30,
+        char_channels: int | None = None,
+        char_kernel: int = 3,
+        embedding_dropout: float = 0.0,
+        characters: int | None = None,
     ):
         super().__init__()
         embedding_dim = embedding_dim or 64
@@ -153,6 +185,14 @@ class RNNClassifier(nn.Module):
         if crf and not per_step:
             raise BirnnError("model.crf=true needs per-step labels (data=tagged, or arrays with y of shape (N, steps))")
         check_setting(crf_constraints)
+        check_characters(
+            char_encoder, char_embedding_dim, char_channels, char_kernel, embedding_dropout, vocab_size is not None
+        )
+        if (char_encoder != "none") != (characters is not None):
+            raise BirnnError(
+                f"model.char_encoder={char_encoder} with {'no ' if characters is None else ''}character IDs in the "
+                "data: the character vocabulary comes with the data when model.char_encoder is cnn or lstm"
+            )
         if crf_constraints is True and not crf:
             raise BirnnError("model.crf_constraints=true needs model.crf=true: the constraints are the CRF's")
         if vocab_size is not None and not 0 < embedding_dim <= MAX_WIDTH:
@@ -160,12 +200,18 @@ class RNNClassifier(nn.Module):
         if per_step and (readout != "last" or not backward_shortcut):
             log.warning("model.readout and model.backward_shortcut do not apply to per-step labels: every step is read")
         self.readout, self.cell, self.per_step = readout, cell, per_step
+        self.embedding_dropout = embedding_dropout
         if vocab_size is not None:
             self.embedding = nn.Embedding(vocab_size - frozen_words, embedding_dim, padding_idx=0)
             self.embedding.weight.requires_grad_(not freeze_embeddings)
             if frozen_words:  # pretrained words outside the training split: a buffer, so no optimizer state
                 self.register_buffer("pretrained", torch.zeros(frozen_words, embedding_dim))
             input_size = embedding_dim
+        if characters is not None:
+            self.characters = CharacterEncoder(
+                char_encoder, characters, char_embedding_dim, char_channels, char_kernel, embedding_dropout
+            )
+            input_size += self.characters.width
         if stem == "conv":
             self.stem = ConvStem(input_size, stem_channels, stem_kernel, stem_stride)
             input_size = stem_channels
@@ -191,7 +237,14 @@ class RNNClassifier(nn.Module):
         if lengths is not None and not len(lengths):
             lengths = None  # an empty batch (a process's share of DDP's last batch) has nothing to pack
         if hasattr(self, "embedding"):
-            x = embed(x, self.embedding, getattr(self, "pretrained", None))
+            x = token_inputs(
+                x,
+                self.embedding,
+                getattr(self, "pretrained", None),
+                getattr(self, "characters", None),
+                self.embedding_dropout,
+                self.training,
+            )
         if hasattr(self, "stem"):
             x, lengths = self.stem(x, lengths)
         if self._last_step is not None:
@@ -263,23 +316,34 @@ def build_model(
     vocab_size: int | None = None,
     per_step: bool = False,
     frozen_words: int = 0,
+    characters: int | None = None,
 ) -> nn.Module:
     """The model ``cfg`` (the ``model`` node) names: ``cfg._target_(input_size=..., num_classes=..., **keys)``.
 
     Token data add ``vocab_size=...`` (``input_size`` is then the vocabulary size too) and per-step labels add
-    ``per_step=True``; neither is passed otherwise, so a model for float sequences needs neither.
+    ``per_step=True``; neither is passed otherwise, so a model for float sequences needs neither. ``characters``
+    (the number of character IDs, ``model.char_encoder``) reaches only birnn's RNNClassifier; another model given
+    ``model.char_encoder`` is refused.
 
     Training (``allow`` None) instantiates the user's own config with Hydra. Restoring a checkpoint passes
     ``allow``: the stored ``_target_`` is resolved under the trust rule (``birnn.schema.trust``) and called with the
     stored keys as plain values, so nothing nested in them is instantiated.
     """
     target = cfg.get("_target_")
+    if target not in (RNN_CLASSIFIER, f"{__name__}.RNNClassifier") and (
+        characters is not None or cfg.get("char_encoder", "none") != "none"
+    ):
+        raise BirnnError(
+            f"model.char_encoder: character features belong to birnn's recurrent classifier (model=bilstm, "
+            f"model=bigru), not {target}"
+        )
     given = {
         "input_size": input_size,
         "num_classes": num_classes,
         **({"vocab_size": vocab_size} if vocab_size is not None else {}),
         **({"per_step": True} if per_step else {}),
         **({"frozen_words": frozen_words} if frozen_words else {}),
+        **({"characters": characters} if characters is not None else {}),
     }
     try:
         if allow is None:

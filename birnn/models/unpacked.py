@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from birnn.models.embedding import embed
-from birnn.models.rnn import CELLS, RNNClassifier
+from birnn.models.characters import reversed_within
+from birnn.models.rnn import CELLS, RNNClassifier, token_inputs
 
 
 def _direction(rnn: nn.RNNBase, layer: int, suffix: str) -> nn.RNNBase:
@@ -29,14 +29,6 @@ def _weights(rnn: nn.RNNBase) -> tuple[str, ...]:
     return ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if rnn.bias else ("weight_ih", "weight_hh")
 
 
-def reversed_within(x: Tensor, lengths: Tensor) -> Tensor:
-    """Each sample's first ``lengths[i]`` steps in reverse order, the padding after them left in place."""
-    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    last = (lengths.to(x.device) - 1).unsqueeze(1)
-    index = torch.where(steps <= last, last - steps, steps)
-    return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
-
-
 class Unpacked(nn.Module):
     """``model(x, lengths)`` of an eval-mode ``RNNClassifier``, computed without packing."""
 
@@ -45,6 +37,7 @@ class Unpacked(nn.Module):
         rnn = model.rnn
         self.embedding = getattr(model, "embedding", None)
         self.pretrained = getattr(model, "pretrained", None)  # a buffer of the model: exported with the graph
+        self.characters = getattr(model, "characters", None)
         self.stem = getattr(model, "stem", None)
         self.fc, self.readout, self.per_step = model.fc, model.readout, model.per_step
         self.crf = getattr(model, "crf", None)
@@ -56,7 +49,7 @@ class Unpacked(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """Logits; a tagger with a CRF also gives its Viterbi tags (batch, steps), -100 past each length."""
         if self.embedding is not None:
-            x = embed(x, self.embedding, self.pretrained)
+            x = token_inputs(x, self.embedding, self.pretrained, self.characters)
         if self.stem is not None:
             x, lengths = self.stem(x, lengths)
         for i, forward_layer in enumerate(self.forward_layers):
@@ -76,3 +69,15 @@ class Unpacked(nn.Module):
             return self.fc(torch.cat([last[:, :hidden], x[:, 0, hidden:]], dim=1) if self.backward_layers else last)
         valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
         return self.fc((x * valid.unsqueeze(2)).sum(1) / lengths.to(x.device, x.dtype).unsqueeze(1))
+
+
+class Spelled(nn.Module):
+    """``model(inputs, characters, lengths)`` for export: a character model's (``model.char_encoder``) token IDs
+    ``(N, steps)`` and their character IDs ``(N, steps, chars)`` as separate inputs, joined as the model reads them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor, characters: Tensor, lengths: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        return self.model(torch.cat([inputs.unsqueeze(-1), characters], dim=-1), lengths)

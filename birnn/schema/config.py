@@ -102,6 +102,13 @@ class ModelConfig:
     stem_kernel: int = 8  # steps each stem window reads (>= stem_stride)
     stem_stride: int = 4  # steps between windows: the sequence gets this many times shorter (per-step labels: 1)
     stem_channels: int = 64  # features per step the recurrence reads
+    # none | cnn | lstm (token data: data=tagged, data=text with the word tokenizer): each word's character features
+    # after its embedding (birnn/models/characters.py), from its spelling before data.lowercase
+    char_encoder: str = "none"
+    char_embedding_dim: int = 30  # per character
+    char_channels: int | None = None  # null: 30 CNN filters (Ma & Hovy 2016), or 25 per LSTM direction (Lample et al.)
+    char_kernel: int = 3  # characters each CNN filter reads
+    embedding_dropout: float = 0.0  # token data: dropout on the word and character inputs in training (Ma & Hovy: 0.5)
 
 
 @dataclass
@@ -197,6 +204,7 @@ class TextDataConfig(DataConfig):
     # .gz; a word with a vector keeps it however rare, and words only the vectors know keep theirs at predict time
     vectors: str | None = None
     vectors_format: str = "auto"  # auto (from the file) | glove | word2vec | word2vec_binary | fasttext
+    max_word_length: int = 20  # model.char_encoder: a word's first this many characters are read
 
 
 @dataclass
@@ -223,6 +231,7 @@ class TaggedDataConfig(DataConfig):
     # .gz; a word with a vector keeps it however rare, and words only the vectors know keep theirs at predict time
     vectors: str | None = None
     vectors_format: str = "auto"  # auto (from the file) | glove | word2vec | word2vec_binary | fasttext
+    max_word_length: int = 20  # model.char_encoder: a word's first this many characters are read
 
 
 def data_schema(schema: type = DataConfig) -> DictConfig:

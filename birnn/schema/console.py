@@ -130,6 +130,8 @@ def unknown_key(error: ConfigKeyError | ConfigAttributeError) -> str:
     if named:
         return f"{full_key} is not a config key. Did you mean {' or '.join(named)}?"
     where = f"{prefix} takes" if prefix else "the top-level keys are"
+    if full_key.startswith("model.char_"):  # a model other than birnn's RNNClassifier
+        where = "character features belong to birnn's recurrent classifier, model=bilstm or bigru; this model takes"
     return f"{full_key} is not a config key ({where} {', '.join(keys)})"
 
 
