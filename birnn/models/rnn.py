@@ -145,10 +145,18 @@ class RNNClassifier(nn.Module):
         stem_channels: int = 64,
         freeze_embeddings: bool = False,
         frozen_words: int = 0,
+        embedding_dropout: float = 0.0,
+        head_dropout: float = 0.0,
     ):
         super().__init__()
         embedding_dim = embedding_dim or 64
         check_options(hidden_size, num_layers, dropout, readout, cell)
+        check_config(
+            [
+                (0 <= embedding_dropout < 1, f"model.embedding_dropout must be in [0, 1), got {embedding_dropout}"),
+                (0 <= head_dropout < 1, f"model.head_dropout must be in [0, 1), got {head_dropout}"),
+            ]
+        )
         check_stem(stem, stem_kernel, stem_stride, stem_channels, MAX_WIDTH, per_step)
         if crf and not per_step:
             raise BirnnError("model.crf=true needs per-step labels (data=tagged, or arrays with y of shape (N, steps))")
@@ -176,6 +184,9 @@ class RNNClassifier(nn.Module):
             ),
         )
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        # no parameters: checkpoints are the same with and without them; identity in eval mode
+        self.embedding_dropout = nn.Dropout(embedding_dropout) if embedding_dropout else None
+        self.head_dropout = nn.Dropout(head_dropout) if head_dropout else None
         if crf:
             self.crf = CRF(num_classes)
         shortcut = backward_shortcut and readout == "last" and bidirectional and not per_step
@@ -192,6 +203,8 @@ class RNNClassifier(nn.Module):
             lengths = None  # an empty batch (a process's share of DDP's last batch) has nothing to pack
         if hasattr(self, "embedding"):
             x = embed(x, self.embedding, getattr(self, "pretrained", None))
+            if self.embedding_dropout is not None:
+                x = self.embedding_dropout(x)
         if hasattr(self, "stem"):
             x, lengths = self.stem(x, lengths)
         if self._last_step is not None:
@@ -226,6 +239,8 @@ class RNNClassifier(nn.Module):
         Under autocast only the recurrent features run in low precision: the linear head runs in fp32
         (low-precision logits blur the loss gradient and cost accuracy)."""
         features = self.features(x, lengths)
+        if self.head_dropout is not None:
+            features = self.head_dropout(features)
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return self.fc(features.float())
