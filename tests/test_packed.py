@@ -381,6 +381,8 @@ def token_data(request, tmp_path_factory):
         model = ["model.readout=final"]
     else:
         data, model = ["data=tagged", f"data.path={write_tagged(folder / 'train.conll', 100, 0)}"], ["model.crf=true"]
+    # train() takes no pack settings (birnn-train applies them): both runs set the data option's model keys
+    model += ["model.embedding_dropout=0.3", "model.head_dropout=0.3"]
     pack_config(folder / "pack", data, overwrite=False)
     return data, model, folder / "pack"
 
