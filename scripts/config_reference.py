@@ -115,10 +115,16 @@ def differences(node: object, prefix: str = "") -> dict:
 
 
 def option_sets(group: str, option: str) -> dict:
-    """What ``group=option`` sets in its own node beyond its schema's defaults, composed."""
+    """What ``group=option`` sets in its own node beyond its schema's defaults, composed; for a data option also
+    what it changes in ``model`` and ``trainer`` (its own trainer settings, conf/data_model/ with model=bilstm)."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("config", overrides=[f"{group}={option}"])
-    return differences(cfg[group])
+        base = compose("config")
+    found = differences(cfg[group])
+    for other in ("model", "trainer") if group == "data" else ():
+        before, after = (OmegaConf.to_container(c[other]) for c in (base, cfg))
+        found.update({f"{other}.{k}": v for k, v in after.items() if before.get(k) != v})
+    return found
 
 
 def options_list(group: str, default: str | None) -> list[str]:
@@ -136,8 +142,8 @@ def options_list(group: str, default: str | None) -> list[str]:
 def default_options() -> dict[str, str | None]:
     tree = OmegaConf.load(CONFIG_DIR / "config.yaml")
     chosen = {}
-    for item in tree.defaults:
-        if isinstance(item, dict) or OmegaConf.is_dict(item):
+    for item in OmegaConf.to_container(tree.defaults):  # unresolved: data_model's ${data}_${model} stays text
+        if isinstance(item, dict):
             ((key, value),) = item.items()
             chosen[str(key)] = value
     return chosen

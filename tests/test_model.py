@@ -101,3 +101,24 @@ def test_shortcut_follows_parameter_updates_and_device_moves(cell):
 def test_shortcut_only_applies_where_exact():
     assert RNNClassifier(8, 5, readout="mean")._last_step is None
     assert RNNClassifier(8, 5, bidirectional=False)._last_step is None
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("key", ["embedding_dropout", "head_dropout"])
+def test_embedding_and_head_dropout_act_in_training_only_and_add_no_weights(key, per_step):
+    torch.manual_seed(0)
+    kwargs = {"hidden_size": 6, "vocab_size": 20, "embedding_dim": 4, "readout": "final", "per_step": per_step}
+    plain, dropped = RNNClassifier(20, 3, **kwargs), RNNClassifier(20, 3, **kwargs, **{key: 0.5})
+    dropped.load_state_dict(plain.state_dict())  # the same weights: dropout has none
+    assert list(dropped.state_dict()) == list(plain.state_dict())
+    ids, lengths = torch.randint(1, 20, (4, 6)), torch.tensor([6, 5, 3, 1])
+    plain.eval(), dropped.eval()
+    assert torch.equal(dropped(ids, lengths), plain(ids, lengths))
+    dropped.train(), plain.train()
+    assert not torch.equal(dropped(ids, lengths), plain(ids, lengths))
+
+
+@pytest.mark.parametrize("key", ["embedding_dropout", "head_dropout"])
+def test_dropout_outside_zero_to_one_is_refused(key):
+    with pytest.raises(Exception, match=f"model.{key} must be in"):
+        RNNClassifier(8, 3, **{key: 1.0})

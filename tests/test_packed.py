@@ -392,6 +392,8 @@ def token_data(request, tmp_path_factory):
     if request.param == "vectors":
         pytest.importorskip("gensim")
         data.append(f"data.vectors={write_vectors(folder / 'glove.txt')}")
+    # train() takes no pack settings (birnn-train applies them): both runs set the data option's model keys
+    model += ["model.embedding_dropout=0.3", "model.head_dropout=0.3"]
     pack_config(folder / "pack", data, overwrite=False)
     return data, model, folder / "pack"
 

@@ -177,10 +177,12 @@ class RNNClassifier(nn.Module):
         char_kernel: int = 3,
         embedding_dropout: float = 0.0,
         characters: int | None = None,
+        head_dropout: float = 0.0,
     ):
         super().__init__()
         embedding_dim = embedding_dim or 64
         check_options(hidden_size, num_layers, dropout, readout, cell)
+        check_config([(0 <= head_dropout < 1, f"model.head_dropout must be in [0, 1), got {head_dropout}")])
         check_stem(stem, stem_kernel, stem_stride, stem_channels, MAX_WIDTH, per_step)
         if crf and not per_step:
             raise BirnnError("model.crf=true needs per-step labels (data=tagged, or arrays with y of shape (N, steps))")
@@ -222,6 +224,8 @@ class RNNClassifier(nn.Module):
             ),
         )
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        # no parameters: checkpoints are the same with and without them; identity in eval mode
+        self.head_dropout = nn.Dropout(head_dropout) if head_dropout else None
         if crf:
             self.crf = CRF(num_classes)
         shortcut = backward_shortcut and readout == "last" and bidirectional and not per_step
@@ -279,6 +283,8 @@ class RNNClassifier(nn.Module):
         Under autocast only the recurrent features run in low precision: the linear head runs in fp32
         (low-precision logits blur the loss gradient and cost accuracy)."""
         features = self.features(x, lengths)
+        if self.head_dropout is not None:
+            features = self.head_dropout(features)
         if torch.is_autocast_enabled(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return self.fc(features.float())

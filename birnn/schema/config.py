@@ -92,6 +92,7 @@ class ModelConfig:
     # token data only: the nn.Embedding (padding ID 0) in front of the recurrence; null: 64, or data.vectors' dimension
     embedding_dim: int | None = None
     freeze_embeddings: bool = False  # token data: the embeddings do not train (with data.vectors: keep the vectors)
+    head_dropout: float = 0.0  # dropout on the features the linear head reads (the readout, or every step's output)
     crf: bool = False  # per-step labels only: a linear-chain CRF on the per-step scores (birnn/models/crf.py)
     # auto | true | false: the CRF decodes only valid BIO/BIOES sequences (no I-X after O); auto: when the tag names
     # are BIO/BIOES and every gold sequence of the training split obeys the rules (IOB1 files do not)
