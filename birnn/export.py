@@ -3,7 +3,9 @@
 Input ``images``: float32 (N, steps, features) scaled as the loader gives them (images: [0, 1]), any N;
 a model trained with ``data.normalize`` carries its standardization inside the graph, so it takes these raw
 inputs too, and one trained with ``data.patch=k`` carries its patching (raw series in, k steps read as one).
-Output ``logits``: (N, classes). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
+Output ``logits``: (N, classes); a regression model's (``task=regression``) ``values`` instead, (N,), (N, d) or per
+step (N, steps), in the target's own units: its training scaling is inverted inside the graph (the kind of target's
+``graph``). ``onnx`` (the default; needs ``pip install 'birnn[export]'``) is one
 self-contained ONNX file for onnxruntime; ``pt2`` is a ``torch.export`` program for ``torch.export.load``.
 Both formats are checked against the PyTorch model before the command reports success.
 
@@ -39,7 +41,7 @@ from birnn.schema import console
 from birnn.schema.errors import BirnnError, first_line
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
-TOLERANCE = 1e-4  # max |exported logits - PyTorch logits| accepted by the self-check
+TOLERANCE = 1e-4  # max |exported outputs - PyTorch's| accepted by the self-check (values: in standardized units)
 # Tracing messages from torch internals that a user cannot act on.
 QUIET = (
     "_check_is_size will be removed",
@@ -128,8 +130,8 @@ def examples(restored: Restored) -> tuple[Tensor, ...]:
 
 
 def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, float]:
-    """Write ``restored``'s model as ``fmt``; return the file and the max logit difference to PyTorch (at valid
-    steps)."""
+    """Write ``restored``'s model, as its kind of target has it output (``Target.graph``), as ``fmt``; return the file
+    and the max difference of its outputs to PyTorch's (at valid steps; ``Target.export_difference``)."""
     check_fixed_length(restored)
     out = out or restored.path.parent / FORMATS[fmt]
     reference = model = restored.model.cpu().eval()
@@ -144,21 +146,22 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
     if len(inputs) == 2:
         model, batch = Unpacked(reference).eval(), torch.export.Dim("batch")
         dynamic = {"x": {0: batch}, "lengths": {0: batch}}  # the exporters unroll the recurrence: steps are fixed
+    traced = target.graph(model)  # what the file outputs: values come out in the target's units
     with warnings.catch_warnings():
         for message in QUIET:
             warnings.filterwarnings("ignore", message=message)
         try:
-            run = (_onnx if fmt == "onnx" else _pt2)(model, tuple(i[:2] for i in inputs), dynamic, out, outputs)
+            run = (_onnx if fmt == "onnx" else _pt2)(traced, tuple(i[:2] for i in inputs), dynamic, out, outputs)
         except BirnnError:
             raise
         except Exception as e:  # the exporters raise many types; the first line says what failed
             raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
     with torch.inference_mode():
-        exported, expected = run(*inputs), reference(*inputs) if len(inputs) == 2 else model(*inputs)
+        exported, expected = run(*inputs), target.graph(reference if len(inputs) == 2 else model)(*inputs)
     lengths = inputs[1] if len(inputs) == 2 else None
     difference = target.export_difference(reference, exported, expected, lengths, out)
     if not difference <= TOLERANCE:
-        raise BirnnError(f"{out} gives logits {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
+        raise BirnnError(f"{out} gives {outputs[0]} {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
     return out, difference
 
 
@@ -192,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         shape = f"token IDs int64 (N, {steps}), 0-padded" if vocab else f"float32 (N, {steps}, {features}), padded"
         inputs = f"inputs {shape}, and lengths int64 (N,)"
     print(f"Wrote {out} ({args.format}): input {inputs}, {restored.target.exported(steps)}.")
-    print(f"Check on 7 random inputs: max |logits - PyTorch logits| = {difference:.1e}.")
+    name = restored.target.export_outputs(restored.model, variable_length(restored))[0]
+    print(f"Check on 7 random inputs: max |{name} - PyTorch {name}| = {difference:.1e}{restored.target.compared}.")
 
 
 if __name__ == "__main__":

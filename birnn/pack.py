@@ -1,8 +1,8 @@
 """``birnn-pack OUT [key=value ...]``: a data config's splits (or Parquet/CSV files) as a pack for ``data=packed``.
 
-``birnn-pack out/fmnist data=fashion_mnist`` packs what the loader gives (text and tagged data as token IDs,
-with the tokenizer fitted on the training split); ``--train/--test [--val] FILE``
-packs Parquet or CSV files read block by block (``birnn.data.tables``); ``birnn-pack --verify DIR`` checks
+``birnn-pack out/fmnist data=fashion_mnist`` packs what the loader gives (text and tagged data as token IDs, with
+the tokenizer fitted on the training split; with ``task=regression`` the loader's values); ``--train/--test [--val]
+FILE`` packs Parquet or CSV files read block by block (``birnn.data.tables``); ``birnn-pack --verify DIR`` checks
 every file of a pack against its manifest's SHA-256. The format: ``birnn.data.packed`` and docs/packed.md.
 """
 
@@ -47,7 +47,8 @@ def pack_config(out: Path, overrides: Sequence[str], overwrite: bool) -> Path:
             "data.vectors: a pack does not hold pretrained vectors yet; train from the files (data=text or "
             "data=tagged) to use them"
         )
-    return packed.pack_splits(load_source(cfg.data), out, overwrite, fields)
+    task = cfg.task.name if "task" in cfg else None  # task=regression: the loader reads values
+    return packed.pack_splits(load_source(cfg.data, task=task), out, overwrite, fields)
 
 
 def written(manifest: Path) -> str:
@@ -56,8 +57,9 @@ def written(manifest: Path) -> str:
     entries = [e for arrays in m["splits"].values() for e in arrays.values()]
     size = sum(e["bytes"] for e in entries) + manifest.stat().st_size
     samples = ", ".join(f"{a['y']['shape'][0]:,} {split}" for split, a in m["splits"].items())
+    targets = "float targets" if m.get("targets") == packed.VALUES else f"{len(m['classes'])} classes"
     return (
-        f"Wrote {manifest.parent}: {samples} samples, {len(m['classes'])} classes, {len(entries) + 1} files, "
+        f"Wrote {manifest.parent}: {samples} samples, {targets}, {len(entries) + 1} files, "
         f"{size:,} bytes ({size / 2**20:.1f} MiB); manifest {manifest}"
     )
 
@@ -78,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     table.add_argument("--label", default="label", help="the label column (default: label)")
     table.add_argument("--length", help="the column of valid steps per row (variable-length series)")
     table.add_argument("--classes", nargs="+", help="class names, label i is the i-th (default: 0 .. max label)")
+    table.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        help="class labels or float targets (default: float targets when a label is not an integer)",
+    )
     args = parser.parse_args(argv)
     import_from_cwd()  # a data._target_ may live in the working directory
     with user_errors():
@@ -90,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 from birnn.data import tables
 
                 files = {s: getattr(args, s) for s in packed.SPLITS if getattr(args, s)}
-                manifest = tables.pack_tables(args.out, files, args.label, args.length, args.classes, args.overwrite)
+                manifest = tables.pack_tables(
+                    args.out, files, args.label, args.length, args.classes, args.overwrite, args.task
+                )
             else:
                 manifest = pack_config(args.out, args.overrides, args.overwrite)
         except OSError as e:

@@ -1,4 +1,5 @@
-"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image, array or series files with a model.
+"""``python -m birnn.predict CKPT PATH [PATH ...] [--json]``: classify image, array or series files with a model, or
+predict their values (a model trained with ``task=regression``).
 
 A model trained on text (``data=text``, ``data=tagged``) reads raw text instead: ``--text "..."`` (repeatable) or
 ``.txt`` files, one sample per line, tokenized with the tokenizer stored in the checkpoint (truncated to
@@ -15,6 +16,9 @@ format) holds many series, each one input whose record carries its ``index``. In
 the checkpoint's statistics when it was trained with ``data.normalize``, then read k steps at a time when it
 was trained with ``data.patch=k``: give the series exactly as the data holds them. A model trained on one label
 per step (``data=arrays`` with ``y`` of shape ``(N, steps)``) gives a tag per step (``tags``; ``label``: the tags).
+What each input's answer holds is the kind of target's (``Target.answers``): a regression model gives ``value`` in
+the target's own units (the training scaling inverted, ``expm1`` with ``task.log_target``): a number, a list of
+``d``, or one per step; ``label`` is what the table prints, ``probability`` is null.
 """
 
 from __future__ import annotations
@@ -300,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     threads.begin()
     parser = argparse.ArgumentParser(
         prog=console.prog("birnn.predict"),
-        description="Classify image files (PNG/JPEG), .npy arrays or .ts series with a trained model.",
+        description="Classify image files (PNG/JPEG), .npy arrays or .ts series with a trained model (or predict "
+        "their values, in the target's units, with a task=regression model).",
     )
     parser.add_argument("checkpoint", type=Path, help="a birnn checkpoint, e.g. <run dir>/checkpoints/last.pt")
     parser.add_argument(

@@ -1,5 +1,5 @@
-"""Checks the loaders share on the arrays they read: IDs and labels in range, lengths that fit, and per-step
-labels exactly where the lengths say (``IGNORE`` elsewhere)."""
+"""Checks the loaders share on the arrays they read: IDs and labels in range, lengths that fit, per-step
+labels exactly where the lengths say (``IGNORE`` elsewhere), and float targets that can be scored."""
 
 from __future__ import annotations
 
@@ -33,3 +33,15 @@ def misplaced(y: np.ndarray, lengths: np.ndarray | None) -> str | None:
     if valid[i, t]:
         return f"sample {i} has no label at step {t}"
     return f"sample {i} has label {int(y[i, t])} at step {t}, beyond its length {int(lengths[i])} ({IGNORE} there)"
+
+
+def unscorable(y: np.ndarray) -> str | None:
+    """What makes float targets ``y`` unusable: an infinite value anywhere, or a NaN in targets one per sample
+    ``(n,)`` (in a 2-D ``y`` a NaN is a step that is not scored); None when nothing does."""
+    bad = np.argwhere(np.isinf(y) | (np.isnan(y) if y.ndim == 1 else False))
+    if not len(bad):
+        return None
+    where = f"sample {int(bad[0][0])}" + (f" step {int(bad[0][1])}" if y.ndim == 2 else "")
+    return f"{where} has target {float(y[tuple(bad[0])])}: targets must be finite numbers" + (
+        "" if y.ndim == 2 else " (NaN marks a step that is not scored, in targets per step only)"
+    )

@@ -1,13 +1,15 @@
 """Packed datasets (``birnn-pack``, ``data=packed``): one ``.npy`` file per split and array, and a manifest.
 
 A pack directory holds ``<split>_x.npy`` (inputs ``(N, steps, features)``, or int32 token IDs ``(N, steps)``
-for text), ``<split>_y.npy`` (int64 labels ``(N,)``, or one per step ``(N, steps)`` with ``IGNORE`` at padding)
-and, for variable-length series and text, ``<split>_lengths.npy`` (int64 valid steps), for ``train``, ``test``
-and optionally ``val``; and ``manifest.json``, written last and atomically: shapes, dtypes, byte sizes and a
-SHA-256 per file, the classes, the kind, the training split's standardization statistics (float inputs) or the
-vocabulary size and the tokenizer as JSON (token IDs). No manifest means the packing did not finish: such a
-directory is refused. Training reads the inputs through memory maps (``birnn.data.mapped``) and holds only
-labels and lengths in memory.
+for text), ``<split>_y.npy`` (int64 labels ``(N,)``, or one per step ``(N, steps)`` with ``IGNORE`` at padding;
+or float targets ``(N,)``, ``(N, d)`` or one per step ``(N, steps)`` with NaN where a step is not scored, and the
+manifest's ``targets: values``) and, for variable-length series and text, ``<split>_lengths.npy`` (int64 valid
+steps), for ``train``, ``test`` and optionally ``val``; and ``manifest.json``, written last and atomically: shapes,
+dtypes, byte sizes and a SHA-256 per file, the classes (for values: the loader's names, possibly none), the kind,
+the training split's standardization statistics (float inputs) or the vocabulary size and the tokenizer as JSON
+(token IDs). A pack of classes has no ``targets`` key, as before values existed. No manifest means the packing
+did not finish: such a directory is refused. Training reads the inputs through memory maps (``birnn.data.mapped``)
+and holds only labels and lengths in memory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from birnn.data import normalize, tokenize
-from birnn.data.checks import first_outside, lengths_fit, misplaced
+from birnn.data.checks import first_outside, lengths_fit, misplaced, unscorable
 from birnn.data.mapped import CHUNK_BYTES, Mapped, NpyMap
 from birnn.data.pipeline import IGNORE, Splits
 from birnn.schema.errors import BirnnError
@@ -39,6 +41,7 @@ ARRAYS = ("x", "y", "lengths")
 HEADER_BYTES = 256  # the .npy header is reserved at this size and rewritten with the final shape on close
 MAX_IDS = 2**31  # token IDs are stored as int32
 ENTRY = {"file", "shape", "dtype", "bytes", "sha256"}
+VALUES = "values"  # the manifest's ``targets`` for float targets (absent: classes)
 
 
 def file_name(split: str, array: str) -> str:
@@ -76,13 +79,13 @@ class _Appender:
 class SplitWriter:
     """Appends chunks of one split: ``append(x, y[, lengths])``, every chunk with the same steps and features.
 
-    ``vocab_size`` given: the inputs are token IDs, stored as int32."""
+    ``vocab_size`` given: the inputs are token IDs, stored as int32. ``classes`` None: the targets are values."""
 
     def __init__(
         self,
         out: Path,
         name: str,
-        classes: int,
+        classes: int | None,
         variable: bool,
         moments: normalize.Moments | None,
         vocab_size: int | None = None,
@@ -94,7 +97,8 @@ class SplitWriter:
     def append(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, lengths=None) -> None:
         """Add samples ``x`` (n, steps, features) of any real dtype (token data: integer IDs (n, steps) in
         ``0..vocab_size-1``, 0 = padding), labels ``y`` (n,) in ``0..classes-1`` (or one per step, (n, steps),
-        ``IGNORE`` at padding) and, for variable-length series (zero-padded to ``steps``), ``lengths`` (n,) in
+        ``IGNORE`` at padding; values: real numbers (n,), (n, d) or (n, steps), NaN only where a step of a 2-D ``y``
+        is not scored) and, for variable-length series (zero-padded to ``steps``), ``lengths`` (n,) in
         ``1..steps``."""
         x, y = _numpy(x), _numpy(y)
         where = f"{self.name} chunk at sample {self.files['x'].rows}"
@@ -118,24 +122,44 @@ class SplitWriter:
             if not lengths_fit(lengths, len(x), x.shape[1]):
                 raise BirnnError(f"{where}: lengths must be {len(x)} integers in 1..{x.shape[1]}; got {lengths.dtype}")
             lengths = lengths.astype(np.int64)
-        per_step = y.shape[1:] if self.files["y"].row_shape is None else self.files["y"].row_shape
-        if y.shape not in ((len(x),), (len(x), *x.shape[1:2])) or y.shape[1:] != per_step or y.dtype.kind not in "iu":
-            shape = f"({len(x)},)" if not per_step else f"({len(x)}, {x.shape[1]}) (one per step)"
-            raise BirnnError(f"{where}: labels must be integers shaped {shape}; got {y.dtype} {y.shape}")
-        if (bad := first_outside(y[y != IGNORE] if per_step else y, self.classes)) is not None:
-            raise BirnnError(f"{where}: label {bad} is outside 0..{self.classes - 1}")
-        if per_step and (wrong := misplaced(y, lengths)):
-            raise BirnnError(f"{where}: {wrong}")
+        if self.classes is None:
+            y = self._values(y, len(x), where)
+        else:
+            self._labels(y, len(x), x.shape[1], lengths, where)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise BirnnError(f"{where}: inputs hold NaN or inf")
         if lengths is not None:
             self.files["lengths"].append(lengths)
         self.files["x"].append(x)
-        self.files["y"].append(y.astype(np.int64))
+        self.files["y"].append(y if self.classes is None else y.astype(np.int64))
         if self.moments is not None and self.vocab_size is None:
             self.moments.add(
                 torch.from_numpy(x.astype(np.float32)), None if lengths is None else torch.from_numpy(lengths)
             )
+
+    def _labels(self, y: np.ndarray, n: int, steps: int, lengths: np.ndarray | None, where: str) -> None:
+        """Class labels ``(n,)`` or one per step ``(n, steps)``, as every chunk before, in ``0..classes-1``."""
+        per_step = y.shape[1:] if self.files["y"].row_shape is None else self.files["y"].row_shape
+        if y.shape not in ((n,), (n, steps)) or y.shape[1:] != per_step or y.dtype.kind not in "iu":
+            shape = f"({n},)" if not per_step else f"({n}, {steps}) (one per step)"
+            raise BirnnError(f"{where}: labels must be integers shaped {shape}; got {y.dtype} {y.shape}")
+        if (bad := first_outside(y[y != IGNORE] if per_step else y, self.classes)) is not None:
+            raise BirnnError(f"{where}: label {bad} is outside 0..{self.classes - 1}")
+        if per_step and (wrong := misplaced(y, lengths)):
+            raise BirnnError(f"{where}: {wrong}")
+
+    def _values(self, y: np.ndarray, n: int, where: str) -> np.ndarray:
+        """Float targets ``(n,)`` or ``(n, k)``, as every chunk before; integers become float32, floats keep their
+        dtype (the loader's: training from the pack sees the same numbers)."""
+        first = self.files["y"].row_shape
+        other = first is not None and y.shape[1:] != first
+        if y.dtype.kind not in "fiu" or y.ndim not in (1, 2) or len(y) != n or other:
+            shape = f"({n},) or ({n}, d)" if first is None else f"({n}, {', '.join(map(str, first))})"
+            raise BirnnError(f"{where}: targets must be real numbers shaped {shape}; got {y.dtype} {y.shape}")
+        y = y if y.dtype.kind == "f" else y.astype(np.float32)
+        if wrong := unscorable(y):
+            raise BirnnError(f"{where}: {wrong}")
+        return y
 
     def close(self) -> dict:
         """Finish the files; their entries for the manifest."""
@@ -172,7 +196,8 @@ class PackWriter:
 
     ``with PackWriter(out, classes) as pack: pack.split("train").append(x, y)`` (see docs/packed.md). ``out``
     must be new or empty, or hold a pack birnn-pack wrote and ``overwrite`` be set (``prepare``). Token data:
-    ``vocab_size`` and the ``tokenizer`` (JSON, ``birnn.data.tokenize``) that made the IDs, if one did.
+    ``vocab_size`` and the ``tokenizer`` (JSON, ``birnn.data.tokenize``) that made the IDs, if one did. Float
+    targets (regression): ``values=True``; ``classes`` then names the outputs, if anything does.
     """
 
     def __init__(
@@ -185,8 +210,10 @@ class PackWriter:
         vocab_size: int | None = None,
         tokenizer: str | None = None,
         carried: dict | None = None,
+        values: bool = False,
     ):
         self.out, self.classes, self.kind, self.variable = Path(out), list(classes), kind, variable
+        self.values = values
         self.carried = carried or {}  # more manifest fields: the training settings of birnn.data.carried
         self.vocab_size, self.tokenizer = check_vocab(vocab_size, tokenizer, "PackWriter"), tokenizer
         prepare(self.out, overwrite)
@@ -201,7 +228,8 @@ class PackWriter:
             if taken:  # left by the user in a pack directory: never written over
                 raise BirnnError(f"{self.out / taken[0]} is not birnn-pack's: move it away, or pack elsewhere")
             moments = self.moments if name == "train" else None
-            self.splits[name] = SplitWriter(self.out, name, len(self.classes), self.variable, moments, self.vocab_size)
+            classes = None if self.values else len(self.classes)
+            self.splits[name] = SplitWriter(self.out, name, classes, self.variable, moments, self.vocab_size)
         return self.splits[name]
 
     def close(self) -> Path:
@@ -221,6 +249,7 @@ class PackWriter:
             "vocab_size": self.vocab_size,
             "tokenizer": self.tokenizer,
             "splits": splits,
+            **({"targets": VALUES} if self.values else {}),
             **self.carried,
         }
         path = self.out / MANIFEST
@@ -343,15 +372,18 @@ def read_manifest(path: Path) -> dict:
         raise BirnnError(f"{path / MANIFEST} is not a {FORMAT} version {VERSION} manifest")
     if not _well_formed(manifest):
         raise BirnnError(
-            f"{path / MANIFEST} is damaged: it needs classes (names), a kind, and splits train, test (and val) "
-            "with the same files each, every file's entry as birnn-pack writes it"
+            f"{path / MANIFEST} is damaged: it needs classes (names; none only with targets: values), a kind, and "
+            "splits train, test (and val) with the same files each, every file's entry as birnn-pack writes it"
         )
     return manifest
 
 
 def _well_formed(manifest: dict) -> bool:
     classes, kind, splits = manifest.get("classes"), manifest.get("kind"), manifest.get("splits")
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+    values = manifest.get("targets") == VALUES
+    if "targets" in manifest and not values:
+        return False
+    if not (isinstance(classes, list) and (classes or values) and all(isinstance(c, str) for c in classes)):
         return False
     if not (isinstance(kind, str) and isinstance(splits, dict) and {"train", "test"} <= splits.keys() <= set(SPLITS)):
         return False
@@ -421,7 +453,8 @@ def load_packed(
         ndim = maps["x"].array.ndim
         if ndim != (2 if vocab_size is not None else 3):
             raise BirnnError(f"{where}: {split}_x holds {ndim}-D inputs; vocab_size is {vocab_size}")
-        y, lengths = _labels_and_lengths(where, split, maps, len(manifest["classes"]))
+        classes = None if manifest.get("targets") == VALUES else len(manifest["classes"])
+        y, lengths = _labels_and_lengths(where, split, maps, classes)
         stats = manifest["normalization"] if split == "train" else None
         if stats is not None and (vocab_size is not None or len(stats["mean"]) != maps["x"].array.shape[-1]):
             raise BirnnError(
@@ -450,18 +483,27 @@ def fingerprint(manifest: dict) -> str:
     return hashlib.sha256(json.dumps([manifest["classes"], files], sort_keys=True).encode()).hexdigest()
 
 
-def _labels_and_lengths(where: Path, split: str, maps: dict[str, NpyMap], classes: int) -> tuple[Tensor, Tensor | None]:
-    """The split's labels and lengths, loaded and checked against its inputs and the classes (a pack's files are
-    data: a crafted or damaged one is refused here, not by a traceback or a wrong loss in training)."""
+def _labels_and_lengths(
+    where: Path, split: str, maps: dict[str, NpyMap], classes: int | None
+) -> tuple[Tensor, Tensor | None]:
+    """The split's labels (``classes`` None: float targets) and lengths, loaded and checked against its inputs and
+    the classes (a pack's files are data: a crafted or damaged one is refused here, not by a traceback or a wrong
+    loss in training)."""
     x, y = maps["x"].array, np.array(maps["y"].array)
     lengths = np.array(maps["lengths"].array) if "lengths" in maps else None
     (n, steps), name = x.shape[:2], f"{where}: {split}"
     if x.dtype.kind not in ("iu" if x.ndim == 2 else "fiu") or not n:
         raise BirnnError(f"{name}_x holds {x.dtype} {list(x.shape)}; expected samples of numbers (token IDs: integers)")
-    if y.dtype.kind not in "iu" or y.shape not in ((n,), (n, steps)):
-        raise BirnnError(f"{name}_y holds {y.dtype} {list(y.shape)}; expected integer labels ({n},) or ({n}, {steps})")
     if lengths is not None and not lengths_fit(lengths, n, steps):
         raise BirnnError(f"{name}_lengths must be {n} integers in 1..{steps}")
+    if classes is None:
+        if y.dtype.kind != "f" or y.ndim not in (1, 2) or len(y) != n:
+            raise BirnnError(f"{name}_y holds {y.dtype} {list(y.shape)}; expected float targets ({n},) or ({n}, d)")
+        if wrong := unscorable(y):
+            raise BirnnError(f"{name}_y: {wrong}")
+        return torch.from_numpy(y), None if lengths is None else torch.from_numpy(lengths.astype(np.int64))
+    if y.dtype.kind not in "iu" or y.shape not in ((n,), (n, steps)):
+        raise BirnnError(f"{name}_y holds {y.dtype} {list(y.shape)}; expected integer labels ({n},) or ({n}, {steps})")
     if (bad := first_outside(y[y != IGNORE] if y.ndim == 2 else y, classes)) is not None:
         raise BirnnError(f"{name}_y holds label {bad}, outside 0..{classes - 1} (the manifest's classes)")
     if y.ndim == 2 and (wrong := misplaced(y, lengths)):
@@ -485,7 +527,8 @@ def pack_splits(splits: Splits, out: Path, overwrite: bool = False, carried: dic
     """Write in-memory ``splits`` (a loader's, before hold-out and standardization) as a pack, in chunks; ``carried``:
     more manifest fields (``birnn.data.carried``)."""
     variable = splits.train_lengths is not None or splits.test_lengths is not None
-    args = (splits.classes, splits.kind, variable, overwrite, splits.vocab_size, splits.tokenizer, carried)
+    values = splits.train_y.is_floating_point()
+    args = (splits.classes, splits.kind, variable, overwrite, splits.vocab_size, splits.tokenizer, carried, values)
     with PackWriter(out, *args) as pack:
         for name in SPLITS:
             x, y, lengths = (getattr(splits, f"{name}_{a}") for a in ("x", "y", "lengths"))

@@ -1,10 +1,11 @@
 """Parquet and CSV files as packs (``birnn-pack OUT --train FILE --test FILE``), read block by block with pyarrow.
 
-One row per sample: a label column (integers ``0..K-1``), optionally a length column (valid steps, for
-variable-length series), and the inputs, either one list column per channel (each row a list of steps) or
-one numeric column per step (one channel). Parquet is read by row groups, CSV in pyarrow's blocks, so memory
-stays bounded by a block. A missing column, a ragged row or a value that is not a number is one error naming
-the file, the row (1 = the first data row) and the column.
+One row per sample: a label column (integers ``0..K-1``; or float targets, stored as float64: a floating-point
+Parquet column or a CSV column holding a number that is not an integer, or any numbers with ``task="regression"``),
+optionally a length column (valid steps, for variable-length series), and the inputs, either one list column per
+channel (each row a list of steps) or one numeric column per step (one channel). Parquet is read by row groups, CSV
+in pyarrow's blocks, so memory stays bounded by a block. A missing column, a ragged row or a value that is not a
+number is one error naming the file, the row (1 = the first data row) and the column.
 """
 
 from __future__ import annotations
@@ -75,13 +76,18 @@ def _columns(path: Path, label: str, length: str | None) -> tuple[list[str], boo
     return inputs, all(lists)
 
 
-def _samples(path: Path, label: str, length: str | None, steps: int) -> Iterator[tuple[np.ndarray, ...]]:
-    """``(x, y, lengths)`` blocks of ``path``, ``x`` float32 (n, steps, channels) zero-padded to ``steps``."""
+def _samples(path: Path, label: str, length: str | None, steps: int, values: bool) -> Iterator[tuple[np.ndarray, ...]]:
+    """``(x, y, lengths)`` blocks of ``path``, ``x`` float32 (n, steps, channels) zero-padded to ``steps``, ``y``
+    int64 labels or (``values``) float64 targets, each finite."""
     inputs, lists = _columns(path, label, length)
     row = 1
     for batch in _batches(path):
         n = batch.num_rows
-        y = _numbers(batch.column(label), path, label, row, pa.int64()).to_numpy(zero_copy_only=False)
+        y = _numbers(batch.column(label), path, label, row, pa.float64() if values else pa.int64())
+        y = y.to_numpy(zero_copy_only=False)
+        if values and not np.isfinite(y).all():
+            i = int(np.flatnonzero(~np.isfinite(y))[0])
+            raise BirnnError(f"{path} row {row + i} column {label}: target {y[i]} is not a finite number")
         lengths = (
             _numbers(batch.column(length), path, length, row, pa.int64()).to_numpy(zero_copy_only=False)
             if length
@@ -109,8 +115,9 @@ def _samples(path: Path, label: str, length: str | None, steps: int) -> Iterator
         row += n
 
 
-def _steps(path: Path, label: str, length: str | None) -> tuple[int, int]:
-    """The steps a sample of ``path`` spans (the longest, for variable length) and its largest label."""
+def _steps(path: Path, label: str, length: str | None) -> tuple[int, int | None]:
+    """The steps a sample of ``path`` spans (the longest, for variable length) and its largest label (None: a
+    label is a float, ``_integral``)."""
     inputs, lists = _columns(path, label, length)
     if not lists:
         steps = len(inputs)
@@ -122,12 +129,39 @@ def _steps(path: Path, label: str, length: str | None) -> tuple[int, int]:
     else:
         first = next(_batches(path, inputs[:1])).column(0)
         steps = int(pc.list_value_length(first)[0].as_py() or 0)
-    top = -1
+    top: int | None = -1
     row = 1
     for b in _batches(path, [label]):
-        top = max(top, int(pc.max(_numbers(b.column(0), path, label, row, pa.int64())).as_py()))
+        if top is not None and (labels := _integral(b.column(0), path, label, row)) is not None:
+            top = max(top, int(pc.max(labels).as_py()))
+        else:
+            _numbers(b.column(0), path, label, row, pa.float64())
+            top = None
         row += b.num_rows
     return steps, top
+
+
+def _integral(values: pa.Array, path: Path, column: str, first_row: int) -> pa.Array | None:
+    """Labels ``values`` as int64, or None when one is a float (a floating-point column, or a CSV value such as
+    ``3.5`` or ``4.0``); a value that is no number is an error naming its row."""
+    if pa.types.is_floating(values.type):
+        return None
+    try:
+        return pc.cast(values, pa.int64())
+    except pa.ArrowException:
+        _numbers(values, path, column, first_row, pa.float64())
+        return None
+
+
+def _values(task: str | None, top: int | None, files: dict[str, Path], label: str) -> bool:
+    """Whether the labels are float targets: ``task`` says (``regression``, ``classification``), else the labels
+    (a float among them)."""
+    if task == "classification" and top is None:
+        raise BirnnError(
+            f"column {label!r} of {', '.join(map(str, files.values()))} holds numbers that are not integer class "
+            "labels: pack them as float targets with --task regression (train with task=regression)"
+        )
+    return task == "regression" or (task is None and top is None)
 
 
 def pack_tables(
@@ -137,23 +171,44 @@ def pack_tables(
     length: str | None = None,
     classes: list[str] | None = None,
     overwrite: bool = False,
+    task: str | None = None,
 ) -> Path:
     """Pack Parquet/CSV ``files`` (split -> file) into ``out``: a first pass finds the steps and the labels,
-    a second writes the samples block by block."""
+    a second writes the samples block by block. ``task``: ``regression`` (float targets), ``classification``, or
+    None (float targets when a label is a float)."""
     if "train" not in files or "test" not in files:
         raise BirnnError("packing tables needs --train FILE and --test FILE (and optionally --val FILE)")
     shapes = {split: _steps(path, label, length) for split, path in files.items()}
     steps = max(s for s, _ in shapes.values())
-    top = max(t for _, t in shapes.values())
+    tops = [t for _, t in shapes.values()]
+    top = None if None in tops else max(tops)
+    if _values(task, top, files, label):
+        if classes:
+            raise BirnnError("--classes names class labels; float targets (--task regression) have none")
+        return _write(out, files, label, length, steps, [], overwrite, values=True)
     if not classes and top >= MAX_CLASSES:
         raise BirnnError(
             f"label {top} in {', '.join(map(str, files.values()))}: that means {top + 1} classes. Labels must be "
             f"0..K-1 (at most {MAX_CLASSES} without --classes): renumber them"
         )
-    classes = classes or [str(i) for i in range(top + 1)]
-    with PackWriter(out, classes, "series", variable=length is not None, overwrite=overwrite) as pack:
+    return _write(out, files, label, length, steps, classes or [str(i) for i in range(top + 1)], overwrite)
+
+
+def _write(
+    out: Path,
+    files: dict[str, Path],
+    label: str,
+    length: str | None,
+    steps: int,
+    classes: list[str],
+    overwrite: bool,
+    values: bool = False,
+) -> Path:
+    """The second pass: every file's samples into the pack ``out``."""
+    variable = length is not None
+    with PackWriter(out, classes, "series", variable=variable, overwrite=overwrite, values=values) as pack:
         for split, path in files.items():
             writer = pack.split(split)
-            for x, y, lengths in _samples(path, label, length, steps):
+            for x, y, lengths in _samples(path, label, length, steps, values):
                 writer.append(x, y, lengths)
     return out / "manifest.json"

@@ -14,9 +14,11 @@ from a checkpoint's data spec, ``Restored.target``). The scores of classes (scik
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -71,9 +73,18 @@ class Target(Protocol):
         """The trivial predictor's test score (``test_baseline_accuracy``) and what it is (``test_baseline``),
         reported beside the model's: does the model beat it?"""
 
+    def drawn(self, y: Tensor, predictions: Tensor, most: int) -> Drawn | None:
+        """What a test pass's pictures show (when ``pictures``): the whole split and at most ``most`` inputs."""
+
     def answers(self, model: nn.Module, outputs: Tensor, tokens: list[list[str]] | None = None) -> list[dict]:
         """``birnn-predict``'s fields for each input of a batch (``label``: what its table prints; ``probability``
         or None); ``tokens``: each input's words, for per-step targets of text."""
+
+    compared: str  # how export_difference compares, for birnn-export's line ("" or " (in standardized units)")
+
+    def graph(self, model: nn.Module) -> nn.Module:
+        """What ``birnn-export`` traces of ``model`` (the whole input pipeline in front of it): the model, or one that
+        outputs the predictions in the target's units."""
 
     def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
         """The names of an exported model's outputs (``unpacked``: the graph takes ``lengths``)."""
@@ -117,6 +128,26 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 def _full(lengths: Tensor | None, y: Tensor) -> Tensor:
     """``lengths``, or every step of ``y`` (batch, steps) when None."""
     return lengths if lengths is not None else torch.full((len(y),), y.shape[1], dtype=torch.int64)
+
+
+@dataclass
+class Drawn:
+    """What the pictures of a test pass show, as the kind of target chooses it (``Target.drawn``;
+    ``birnn.records.tracking.pictures`` draws it): the whole split under ``summary``, a ``confusion_matrix``
+    (``matrix``: rows true, columns predicted, of classes ``names``) or ``predicted_vs_true`` (``values``: true and
+    predicted ``(n, outputs)``, NaN where not scored, of outputs ``names``); and the inputs worth a look under
+    ``inputs`` (``misclassified``, ``worst_predicted``): samples ``shown`` (worst first), each captioned with what is
+    ``true`` and what was ``predicted``, ``total`` of them in the split."""
+
+    summary: str
+    names: list[str]
+    inputs: str
+    shown: Tensor
+    true: list[str]
+    predicted: list[str]
+    total: int
+    matrix: np.ndarray | None = None
+    values: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Classes:
@@ -164,6 +195,19 @@ class Classes:
             "per_class": per_class(y, predictions, self.classes),
             "confusion_matrix": confusion_matrix(y, predictions, len(self.classes)).tolist(),
         }
+
+    def drawn(self, y: Tensor, predictions: Tensor, most: int) -> Drawn | None:
+        """The confusion matrix and the first ``most`` misclassified inputs (classes per sequence)."""
+        matrix = confusion_matrix(y, predictions, len(self.classes)).numpy()
+        wrong = (predictions != y).nonzero().squeeze(1).cpu()
+        shown = wrong[:most]
+        true, predicted = ([self.classes[i] for i in t[shown].tolist()] for t in (y.cpu(), predictions.cpu()))
+        return Drawn("confusion_matrix", self.classes, "misclassified", shown, true, predicted, len(wrong), matrix)
+
+    compared = ""
+
+    def graph(self, model: nn.Module) -> nn.Module:
+        return model
 
     def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
         return ["logits"]
@@ -300,10 +344,11 @@ class Values:
     huber) is on the standardized targets; the scores are RMSE, MAE and R² (over the scored steps for per-step
     targets; over ``d`` outputs their uniform average, each output's beside it)."""
 
-    pictures = False
+    pictures = True  # predicted against true values, and the worst-predicted inputs
     accuracy = False
     stratified = False
     score = "test_rmse"
+    compared = " (in standardized units)"
 
     def __init__(
         self,
@@ -428,6 +473,33 @@ class Values:
             answers.append({"value": value, "label": shown, "probability": None})
         return answers
 
+    def drawn(self, y: Tensor, predictions: Tensor, most: int) -> Drawn | None:
+        """Predicted against true values where scored (at most ``SCATTER`` points, evenly spaced), and the ``most``
+        inputs predicted worst: the largest mean absolute error over their outputs (per step: their scored steps)."""
+        y, p = y.detach().cpu().double(), predictions.detach().cpu().double()
+        true, predicted = self._table(y), self._table(p)
+        scored_rows = torch.isfinite(true).all(1)
+        true, predicted = true[scored_rows], predicted[scored_rows]
+        rows = torch.linspace(0, len(true) - 1, min(len(true), SCATTER)).round().long()
+        error = (p - y).abs().reshape(len(y), -1)
+        scored = torch.isfinite(error)
+        mean = torch.where(scored, error, 0.0).sum(1) / scored.sum(1).clamp(min=1)
+        order = torch.where(scored.any(1), mean, -1.0).argsort(descending=True, stable=True)
+        shown = order[: min(most, int(scored.any(1).sum()))]
+        if self.per_step:  # a series of values: their mean, and how far the predictions were
+            true_text = [f"mean {y[i][scored[i]].mean():.4g}" for i in shown.tolist()]
+            predicted_text = [f"{p[i][scored[i]].mean():.4g}, MAE {mean[i]:.3g}" for i in shown.tolist()]
+        else:
+            true_text, predicted_text = ([_shown(t[i]) for i in shown.tolist()] for t in (y, p))
+        values = (true[rows].numpy(), predicted[rows].numpy())
+        return Drawn(
+            "predicted_vs_true", self.names, "worst_predicted", shown, true_text, predicted_text, len(y), values=values
+        )
+
+    def graph(self, model: nn.Module) -> nn.Module:
+        """The model with the scaling inverted inside the graph (``InUnits``): values in the target's units."""
+        return InUnits(model, self).train(model.training)
+
     def export_outputs(self, model: nn.Module, unpacked: bool) -> list[str]:
         return ["values"]
 
@@ -439,14 +511,41 @@ class Values:
         lengths: Tensor | None,
         out: Path,
     ) -> float:
+        """The largest difference in the units the model learned (standardized: a target of thousands compares as
+        closely as one near 1), at the valid steps of targets per step."""
         if self.per_step and lengths is not None:
             valid = torch.arange(exported.shape[1]) < lengths.unsqueeze(1)
             exported, expected = exported[valid], expected[valid]
-        return (exported - expected).abs().max().item()
+        return (self.standardized(exported.float()) - self.standardized(expected.float())).abs().max().item()
 
     def exported(self, steps: int) -> str:
-        shape = f"(N, {steps}, 1) per step" if self.per_step else f"(N, {self.outputs})"
-        return f"output values {shape}, standardized ({', '.join(self.names)})"
+        shape = f"(N, {steps}) per step" if self.per_step else "(N,)" if self.outputs == 1 else f"(N, {self.outputs})"
+        scale = "expm1 of the log1p scaling" if self.log else "the training scaling inverted"
+        return f"output values {shape} in the target's units ({scale} inside the model; {', '.join(self.names)})"
+
+
+SCATTER = 10_000  # points at most in a predicted-vs-true picture (evenly spaced over the test targets)
+
+
+class InUnits(nn.Module):
+    """A model whose outputs come out in the target's units (``Values.restored`` inside the graph, for export):
+    ``(batch,)``, ``(batch, d)`` or per step ``(batch, steps)``."""
+
+    def __init__(self, model: nn.Module, kind: Values):
+        super().__init__()
+        self.model, self.squeeze, self.log = model, kind.per_step or kind.outputs == 1, kind.log
+        self.register_buffer("mean", kind.mean.clone())
+        self.register_buffer("std", kind.std.clone())
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:  # the names export's dynamic shapes use
+        z = (self.model(x) if lengths is None else self.model(x, lengths)).float()
+        y = (z[..., 0] if self.squeeze else z) * self.std + self.mean
+        return torch.expm1(y) if self.log else y
+
+
+def _shown(value: Tensor) -> str:
+    """One sample's target (a number, or several) as a caption shows it."""
+    return f"{value.item():.4g}" if value.numel() == 1 else "(" + ", ".join(f"{v:.3g}" for v in value.tolist()) + ")"
 
 
 def fit_values(names: list[str], per_step: bool, task: dict, train_y: Tensor) -> Values:

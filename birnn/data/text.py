@@ -3,14 +3,16 @@
 ``data.path`` is a ``.csv``/``.tsv`` file (a header row naming ``data.text_column`` and ``data.label_column``), a
 ``.jsonl`` file (one object per line with those keys), or a folder with one sub-folder of ``.txt`` files per class
 (each file one sample). The test split is ``data.test_path`` (same form) or a stratified ``data.test_fraction`` of
-``data.path`` drawn with ``data.test_seed``. The tokenizer (``birnn.data.tokenize``) is fitted on the training
-split only, or given (a checkpoint's, ``fitted``).
+``data.path`` drawn with ``data.test_seed``. Under ``task=regression`` the labels are values (a review's rating):
+each must read as a finite number, and the test fraction is drawn unstratified. The tokenizer
+(``birnn.data.tokenize``) is fitted on the training split only, or given (a checkpoint's, ``fitted``).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -147,19 +149,40 @@ def label_ids(labels: list[str], classes: list[str], where: str) -> torch.Tensor
     return torch.tensor([index[label] for label in labels], dtype=torch.int64)
 
 
+def label_values(labels: list[str], where: str) -> torch.Tensor:
+    """Labels read as values (``task=regression``), float64; one that is no finite number is an error naming it."""
+    values = []
+    for i, label in enumerate(labels):
+        try:
+            value = float(label)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value):
+            raise BirnnError(
+                f"{where}: sample {i + 1} has label {label!r}, not a finite number: task=regression reads the label "
+                "column as values (train class names with task=classification)"
+            )
+        values.append(value)
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def check_test_fraction(fraction: float) -> None:
     """``data.test_fraction`` draws the test split (no ``data.test_path``): it must be in (0, 1)."""
     if not 0 < fraction < 1:
         raise BirnnError(f"data.test_fraction must be in (0, 1) when data.test_path is not set, got {fraction}")
 
 
-def held_out(labels: list[str], fraction: float, seed: int, path: str) -> tuple[list[int], list[int]]:
-    """Training and test indices: a stratified ``fraction`` for test, drawn with ``seed``."""
+def held_out(
+    labels: list[str], fraction: float, seed: int, path: str, stratified: bool = True
+) -> tuple[list[int], list[int]]:
+    """Training and test indices: a ``fraction`` for test, stratified by label unless not ``stratified`` (values),
+    drawn with ``seed``."""
     from sklearn.model_selection import train_test_split
 
     check_test_fraction(fraction)
+    strata = labels if stratified else None
     try:
-        train, test = train_test_split(range(len(labels)), test_size=fraction, random_state=seed, stratify=labels)
+        train, test = train_test_split(range(len(labels)), test_size=fraction, random_state=seed, stratify=strata)
     except ValueError as e:
         raise BirnnError(f"{path}: cannot hold out a stratified data.test_fraction={fraction} ({e})") from None
     return list(train), list(test)
@@ -185,20 +208,24 @@ def load_text(
     fitted_classes: Sequence[str] | None = None,
     vectors: str | None = None,
     vectors_format: str = "auto",
+    task: str = "classification",
 ) -> Splits:
     """The texts in ``path`` (and ``test_path``) as token IDs; ``root``/``download`` are unused. A checkpoint's
     tokenizer and classes (``fitted``, ``fitted_classes``) with a ``test_path``: the training texts are not read
-    (the training split is empty)."""
+    (the training split is empty). ``task="regression"``: the labels are float values (no classes)."""
+    values = task == "regression"
     if fitted and fitted_classes is not None and test_path:
         path, texts, labels = path or test_path, [], []
     elif not path:
         raise BirnnError("data=text needs the labelled texts: data.path=FILE.csv|.tsv|.jsonl or a folder")
     else:
         texts, labels = read_texts(Path(path), text_column, label_column)
+    if values:  # checked in the file's order, before a test fraction is drawn: the message counts its samples
+        label_values(labels, path)
     if test_path:
         test_texts, test_labels = read_texts(Path(test_path), text_column, label_column)
     else:
-        train, test = held_out(labels, test_fraction, test_seed, path)
+        train, test = held_out(labels, test_fraction, test_seed, path, stratified=not values)
         test_texts, test_labels = [texts[i] for i in test], [labels[i] for i in test]
         texts, labels = [texts[i] for i in train], [labels[i] for i in train]
     if max_length is not None and max_length < 1:
@@ -212,7 +239,8 @@ def load_text(
         )
     )
     tok.max_length = max_length  # kept with the tokenizer: predict --text cuts raw text the same way
-    classes = list(fitted_classes) if fitted_classes is not None else sorted(set(labels))
+    classes = list(fitted_classes) if fitted_classes is not None else [] if values else sorted(set(labels))
+    targets = label_values if values else lambda labels, where: label_ids(labels, classes, where)
     train_ids, cut = truncated(tok, texts)
     test_ids, test_cut = truncated(tok, test_texts)
     if cut + test_cut:
@@ -225,9 +253,9 @@ def load_text(
     (train_x, train_lengths), (test_x, test_lengths) = padded(train_ids), padded(test_ids)
     return Splits(
         train_x,
-        label_ids(labels, classes, path),
+        targets(labels, path),
         test_x,
-        label_ids(test_labels, classes, test_path or path),
+        targets(test_labels, test_path or path),
         classes=classes,
         train_lengths=train_lengths,
         test_lengths=test_lengths,

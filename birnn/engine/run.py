@@ -432,9 +432,10 @@ class Run:
         loss_sum, right = self.dist.sum(torch.stack([loss_sum, target.correct(predictions, y[part]).to(loss_sum)]))
         predictions = self.dist.cat(predictions)
         n = target.count(y)
-        result = EvalResult(loss_sum.item() / n, right.item() / n, predictions)
-        scores = {f"{split}_loss": result.loss, **({f"{split}_accuracy": result.accuracy} if target.accuracy else {})}
+        loss, accuracy = loss_sum.item() / n, right.item() / n
+        scores = {f"{split}_loss": loss, **({f"{split}_accuracy": accuracy} if target.accuracy else {})}
         scores |= {f"{split}_{k}": v for k, v in target.scores(y, predictions, self.cfg.trainer.monitor).items()}
+        result = EvalResult(loss, accuracy, predictions, scores, target)
         if self.tracker and (not target.pictures or d.vocab_size is not None):  # no pictures of tokens or tags
             self.tracker.scalars(self.progress.global_step, {k.replace("_", "/", 1): v for k, v in scores.items()})
         elif self.tracker:

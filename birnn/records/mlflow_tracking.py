@@ -172,7 +172,7 @@ class MLflow:
         kind: str = "image",
         lengths: Tensor | None = None,
     ) -> None:
-        self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
+        self.scalars(step, result.scalars(split))
         if split != "test" or not self.images:
             return
         figures = pictures(split, result, x, y, classes, kind, lengths)

@@ -20,15 +20,21 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 import birnn
-from birnn.data.targets import confusion_matrix
-from birnn.records.figures import confusion_figure, misclassified_figure, misclassified_series_figure
+from birnn.data.targets import Drawn, for_classes
+from birnn.records.figures import (
+    confusion_figure,
+    misclassified_figure,
+    misclassified_series_figure,
+    scatter_figure,
+    worst_series_figure,
+)
 from birnn.records.scores import EvalResult
 from birnn.schema.config import flatten
 from birnn.schema.errors import BirnnError, Lost, first_line
 from birnn.system.files import atomic_write
 
-MAX_MISCLASSIFIED = 32  # images in the misclassified grid (drawn after every test pass)
-MAX_MISCLASSIFIED_SERIES = 6  # line plots of misclassified series
+MAX_MISCLASSIFIED = 32  # images in the misclassified (or worst-predicted) grid (drawn after every test pass)
+MAX_MISCLASSIFIED_SERIES = 6  # line plots of misclassified (or worst-predicted) series
 HPARAM_SECTIONS = ("seed", "model", "data", "optimizer", "scheduler", "trainer")
 
 MAX_REASON = 240  # characters of a failing tracker's error quoted in its warning
@@ -65,27 +71,40 @@ def pictures(
     kind: str = "image",
     lengths: Tensor | None = None,
 ) -> dict[str, Figure]:
-    """The confusion matrix and the first misclassified inputs of one pass, by tag (``test/confusion_matrix``).
-
-    ``MAX_MISCLASSIFIED`` images, or for ``kind="series"`` ``MAX_MISCLASSIFIED_SERIES`` line plots (each cut
-    to its length, if given).
+    """The pictures of one pass by tag, as its kind of target chooses them (``result.target``, classes per sequence
+    when None; ``birnn.data.targets.Drawn``): the whole split (``test/confusion_matrix``, or
+    ``test/predicted_vs_true`` for values) and the inputs worth a look (``test/misclassified``,
+    ``test/worst_predicted``): ``MAX_MISCLASSIFIED`` images, or for ``kind="series"`` ``MAX_MISCLASSIFIED_SERIES``
+    line plots (each cut to its length, if given).
     """
-    pred = result.predictions
-    matrix = confusion_matrix(y, pred, len(classes)).numpy()
-    figures = {f"{split}/confusion_matrix": confusion_figure(matrix, classes)}
-    wrong = (pred != y).nonzero().squeeze(1)
-    if len(wrong):
-        shown = wrong[: MAX_MISCLASSIFIED_SERIES if kind == "series" else MAX_MISCLASSIFIED]
-        inputs = x[shown].float().cpu().numpy()
-        true, predicted = [classes[i] for i in y[shown].tolist()], [classes[i] for i in pred[shown].tolist()]
+    target = result.target if result.target is not None else for_classes(classes, False)
+    drawn = target.drawn(y, result.predictions, MAX_MISCLASSIFIED_SERIES if kind == "series" else MAX_MISCLASSIFIED)
+    if drawn is None:
+        return {}
+    figures = {f"{split}/{drawn.summary}": _summary(drawn)}
+    if len(drawn.shown):
+        shown = drawn.shown
+        inputs = x[shown.to(x.device)].float().cpu().numpy()
+        worst = drawn.inputs != "misclassified"
         if kind == "series":
-            steps = [len(s) for s in inputs] if lengths is None else lengths[shown].tolist()
-            figures[f"{split}/misclassified"] = misclassified_series_figure(
-                [s[:n] for s, n in zip(inputs, steps)], true, predicted, total=len(wrong)
-            )
+            steps = [len(s) for s in inputs] if lengths is None else lengths[shown.to(lengths.device)].tolist()
+            draw = worst_series_figure if worst else misclassified_series_figure
+            series = [s[:n] for s, n in zip(inputs, steps)]
+            figures[f"{split}/{drawn.inputs}"] = draw(series, drawn.true, drawn.predicted, total=drawn.total)
         else:
-            figures[f"{split}/misclassified"] = misclassified_figure(inputs, true, predicted, total=len(wrong))
+            title = f"true \u2192 predicted: the {len(shown)} worst predicted of {drawn.total}" if worst else None
+            figures[f"{split}/{drawn.inputs}"] = misclassified_figure(
+                inputs, drawn.true, drawn.predicted, total=drawn.total, title=title
+            )
     return figures
+
+
+def _summary(drawn: Drawn) -> Figure:
+    """The picture of the whole split: the confusion matrix, or predicted against true values."""
+    if drawn.matrix is not None:
+        return confusion_figure(drawn.matrix, drawn.names)
+    true, predicted = drawn.values
+    return scatter_figure(true, predicted, drawn.names, f"{len(true):,} test targets")
 
 
 class Tracker(Protocol):
@@ -144,7 +163,7 @@ class TensorBoard:
         lengths: Tensor | None = None,
     ) -> None:
         """Record one evaluation pass over ``(x, y)``; a test pass also as pictures (``pictures``)."""
-        self.scalars(step, {f"{split}/loss": result.loss, f"{split}/accuracy": result.accuracy})
+        self.scalars(step, result.scalars(split))
         if split != "test" or not self.images:
             return
         for tag, figure in pictures(split, result, x, y, classes, kind, lengths).items():
