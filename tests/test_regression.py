@@ -218,3 +218,13 @@ def test_a_training_split_without_a_scored_target_is_one_error(tmp_path):
     with pytest.raises(BirnnError, match="training split holds no scored target"):
         train(make_cfg(*FAST, f"data.path={tmp_path / 's.npz'}", "task.per_step=true", "trainer.max_steps=1"),
               tmp_path / "run")  # fmt: skip
+
+
+def test_a_checkpoints_values_spec_with_a_field_it_does_not_know_still_builds_its_kind():
+    """The checkpoint check keeps unknown fields (a newer release's); building the kind from such a spec was a
+    TypeError traceback in birnn-evaluate and birnn-predict."""
+    from birnn.data.targets import for_data
+
+    spec = {**Values(["value"], False, "mae", [5.0], [2.0]).spec, "clip": 1}
+    kind = for_data(["value"], False, spec)
+    assert kind.loss == "mae" and kind.mean.tolist() == [5.0] and kind.std.tolist() == [2.0]
