@@ -133,3 +133,38 @@ def test_an_optimizer_moment_of_another_shape_is_one_error_line_on_resume(traine
     error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "optimizer state that does not fit" in error[0], proc.stderr
     assert "exp_avg is a torch.float32 tensor of shape (3,)" in error[0], error[0]
+
+
+@pytest.fixture(scope="module")
+def values_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A task=regression checkpoint's content (targets' scaling in data.values)."""
+    folder = tmp_path_factory.mktemp("values")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6, 2)).astype("float32")
+    np.savez(folder / "v.npz", x_train=x, y_train=rng.normal(50, 5, 30), x_test=x[:5], y_test=rng.normal(50, 5, 5))
+    train(make_cfg(*RUN, "task=regression", "data=arrays", f"data.path={folder / 'v.npz'}"), folder / "run")
+    return checkpoint.load(folder / "run" / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("mean", [1e300], r"data.values.mean\[0\] must be a finite number within float32's range"),
+        ("std", [1e300], r"data.values.std\[0\] must be a finite number > 0 within float32's range"),
+        ("std", [1e-60], r"data.values.std\[0\] must be a finite number > 0 within float32's range"),
+    ],
+    ids=["mean-beyond-float32", "std-beyond-float32", "std-zero-in-float32"],
+)
+def test_a_crafted_targets_scaling_is_one_error_line(values_state, tmp_path, field, value, message):
+    """The scaling is applied in float32: a mean or std beyond its range became inf (or a std 0) and birnn-predict
+    printed inf or -inf."""
+    import copy
+
+    state = copy.deepcopy(values_state)
+    state["data"]["values"][field] = value
+    path = write_checkpoint(state, tmp_path / "bad.pt")
+    np.save(tmp_path / "x.npy", np.zeros((6, 2), dtype="float32"))
+    done = run_cli(str(path), str(tmp_path / "x.npy"), cwd=tmp_path, module="birnn.predict")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), done.stderr

@@ -106,13 +106,28 @@ def _statistics(data: dict) -> bool:
     )
 
 
-# Regression targets (``birnn.data.targets.Values.spec``): a mean and a std > 0 per output, as many as classes.
+# Regression targets (``birnn.data.targets.Values.spec``): a mean and a std > 0 per output, as many as classes,
+# within float32's range (the scaling is applied in float32: beyond it a mean or std is inf, a tiny std 0).
+FLOAT32 = torch.finfo(torch.float32)
 VALUES = Record(
     {
         "per_step": need(FLAG),
         "loss": need(Rule("mse, mae or huber", lambda v: v in ("mse", "mae", "huber"))),
-        "mean": need(list_of(NUMBER, nonempty=True)),
-        "std": need(list_of(Rule("a finite number > 0", lambda v: NUMBER.ok(v) and v > 0), nonempty=True)),
+        "mean": need(
+            list_of(
+                Rule("a finite number within float32's range", lambda v: NUMBER.ok(v) and abs(v) <= FLOAT32.max),
+                nonempty=True,
+            )
+        ),
+        "std": need(
+            list_of(
+                Rule(
+                    "a finite number > 0 within float32's range",
+                    lambda v: NUMBER.ok(v) and FLOAT32.tiny <= v <= FLOAT32.max,
+                ),
+                nonempty=True,
+            )
+        ),
         "log": need(FLAG),
     },
     what="the targets' spec",
