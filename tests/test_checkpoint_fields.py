@@ -152,12 +152,13 @@ def values_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("mean", [1e300], r"data.values.mean\[0\] must be a finite number within float32's range"),
         ("std", [1e300], r"data.values.std\[0\] must be a finite number > 0 within float32's range"),
         ("std", [1e-60], r"data.values.std\[0\] must be a finite number > 0 within float32's range"),
+        ("per_step", True, "values.per_step must be the data spec's per_step"),
     ],
-    ids=["mean-beyond-float32", "std-beyond-float32", "std-zero-in-float32"],
+    ids=["mean-beyond-float32", "std-beyond-float32", "std-zero-in-float32", "per-step-disagrees"],
 )
 def test_a_crafted_targets_scaling_is_one_error_line(values_state, tmp_path, field, value, message):
     """The scaling is applied in float32: a mean or std beyond its range became inf (or a std 0) and birnn-predict
-    printed inf or -inf."""
+    printed inf or -inf; a values spec per step under a per-sequence data spec answered one value per step."""
     import copy
 
     state = copy.deepcopy(values_state)

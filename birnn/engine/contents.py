@@ -157,6 +157,10 @@ DATA = Record(
             "values must have one mean and std per output (classes)",
             lambda d: "values" not in d or len(d["values"]["mean"]) == len(d["values"]["std"]) == len(d["classes"]),
         ),
+        (
+            "values.per_step must be the data spec's per_step",
+            lambda d: "values" not in d or d["values"]["per_step"] == bool(d.get("per_step")),
+        ),
         ("trained_vocab must be at most vocab_size", lambda d: d.get("trained_vocab", 0) <= (d.get("vocab_size") or 0)),
     ),
     what="the data spec",
