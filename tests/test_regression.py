@@ -228,3 +228,13 @@ def test_a_checkpoints_values_spec_with_a_field_it_does_not_know_still_builds_it
     spec = {**Values(["value"], False, "mae", [5.0], [2.0]).spec, "clip": 1}
     kind = for_data(["value"], False, spec)
     assert kind.loss == "mae" and kind.mean.tolist() == [5.0] and kind.std.tolist() == [2.0]
+
+
+def test_a_run_without_a_validation_split_is_judged_in_its_monitors_direction():
+    """Without a validation split a job returns a test score; a sweeper optimizes it in the monitor's direction, so it
+    must be the monitor's own test score: test_rmse (lower is better) came back for trainer.monitor=val_r2
+    (maximized), and test_accuracy for val_loss (minimized)."""
+    values = {"test_rmse": 0.5, "test_mae": 0.4, "test_r2": 0.2, "test_loss": 0.3}
+    assert judged_by(values, "val_r2") == 0.2 and judged_by(values, "val_mae") == 0.4
+    assert judged_by({"test_accuracy": 0.9, "test_loss": 0.3}, "val_loss") == 0.3
+    assert judged_by({"test_accuracy": 0.9, "best_val_loss": 0.1}, "val_loss") == 0.1
