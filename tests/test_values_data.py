@@ -401,3 +401,18 @@ def test_the_worst_predicted_series_come_first_captioned_in_the_targets_units():
     assert titles == ["true mean 4 \u2192 predicted 3, MAE 1.67", "true mean 1.5 \u2192 predicted 1.5, MAE 0"]
     (scatter,) = figures["test/predicted_vs_true"].axes
     assert len(scatter.collections[0].get_offsets()) == 5  # the scored steps only
+
+
+def test_a_test_split_without_a_scored_target_is_one_line(tmp_path):
+    """Per-step targets all NaN in the test split: nothing to score there; a ZeroDivisionError traceback from the
+    run's evaluation before."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 6, 2)).astype("float32")
+    np.savez(
+        tmp_path / "s.npz", x_train=x, y_train=rng.normal(size=(20, 6)), x_test=x[:4], y_test=np.full((4, 6), np.nan)
+    )
+    done = run_cli("task=regression", "task.per_step=true", "data=arrays", f"data.path={tmp_path / 's.npz'}",
+                   "trainer.max_steps=2", "device=cpu", "device.num_threads=1", "model.hidden_size=8", "tracker=none",
+                   f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "(test split) holds no scored target" in done.stderr

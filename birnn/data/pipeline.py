@@ -349,6 +349,9 @@ def load_data(
             **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}),
         )
     if regression:
+        for s in ("train", "val", "test"):  # per step, NaN is not scored: a split may hold nothing to score
+            if (y := getattr(splits, f"{s}_y")) is not None and len(y) and not torch.isfinite(y).any():
+                raise BirnnError(f"{cfg._target_} ({s} split) holds no scored target (every one NaN): nothing to score")
         fitted = values or fit_values(splits.classes, splits.per_step, task, splits.train_y).spec
         splits = replace(splits, values=fitted)
     if normalization is None and cfg.get("normalize", False):

@@ -555,14 +555,8 @@ def _shown(value: Tensor) -> str:
 def fit_values(names: list[str], per_step: bool, task: dict, train_y: Tensor) -> Values:
     """The kind of values ``task`` (``task.*``) asks for, its scaling fitted on the training targets: ``log1p`` of
     them with ``task.log_target``, then their mean and std per output (std 1 where they are constant) with
-    ``task.standardize_targets``. An output without a scored (finite) training target is one error."""
+    ``task.standardize_targets``."""
     kind = Values(names, per_step, task.get("loss", "mse"), log=bool(task.get("log_target", False)))
-    unscored = [name for name, scored in zip(names, torch.isfinite(kind._table(train_y)).any(0).tolist()) if not scored]
-    if unscored:
-        raise BirnnError(
-            f"the training split holds no scored target (every one NaN) for {', '.join(unscored)}: nothing to learn "
-            "(per step, NaN means not scored)"
-        )
     if task.get("standardize_targets", True):
         table = kind._table(train_y)
         table = torch.log1p(table) if kind.log else table
