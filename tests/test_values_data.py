@@ -416,3 +416,18 @@ def test_a_test_split_without_a_scored_target_is_one_line(tmp_path):
                    f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)  # fmt: skip
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "(test split) holds no scored target" in done.stderr
+
+
+def test_outputs_named_twice_are_one_error(tmp_path):
+    """``classes`` names the outputs; per-output scores are keyed by name (test_rmse_<name>): a name given twice lost
+    one output's figures without a word."""
+    from birnn.data.pipeline import load_data
+    from conftest import make_cfg
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 4, 2)).astype("float32")
+    y = rng.normal(size=(10, 3))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y, classes=np.array(["a", "a", "b"]))
+    cfg = make_cfg("task=regression", "data=arrays", f"data.path={tmp_path / 'd.npz'}")
+    with pytest.raises(BirnnError, match="names output 'a' twice"):
+        load_data(cfg.data, torch.device("cpu"), task={"name": "regression"})

@@ -399,6 +399,9 @@ def _as_values(splits: Splits, source: str, task: dict) -> Splits:
     y = changed["train_y"]
     outputs = 1 if per_step or y.ndim == 1 else y.shape[1]
     names = list(splits.classes) if len(splits.classes) == outputs else value_names(outputs)
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:  # each output's scores are keyed by its name (test_rmse_<name>)
+        raise BirnnError(f"{source} names output {twice!r} twice: each of the {outputs} outputs needs its own name")
     spec = {"per_step": per_step, "loss": task.get("loss", "mse"), "log": log}
     return replace(splits, classes=names, values=spec, **changed)
 
