@@ -482,6 +482,8 @@ def holdout(cfg: DictConfig, train_y: Tensor, stratified: bool | None = None) ->
     if folds > 1 and not stratified:  # per-step labels, values: no class per sample to stratify by
         from sklearn.model_selection import KFold
 
+        if n < folds:
+            raise BirnnError(f"data.folds={folds} needs at least {folds} training samples; there are {n}")
         splitter = KFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
         _, val = list(splitter.split(train_y.cpu().numpy()))[cfg.fold]
         return torch.from_numpy(val)
