@@ -23,7 +23,7 @@ from birnn.models.rnn import build_model
 from birnn.schema.config import RNN_CLASSIFIER
 from birnn.schema.errors import BirnnError
 from birnn.train import train
-from conftest import FAST, ROOT, WALL_CLOCK, make_cfg, wait_for
+from conftest import FAST, ROOT, VALUES, WALL_CLOCK, make_cfg, wait_for
 
 MODULE = '''
 import torch
@@ -110,6 +110,17 @@ def test_own_model_trains_with_its_own_keys(reference):
     }
     assert {k.split(".")[0] for k in state["model"]} == {"conv", "gru", "fc"}
     assert metrics_of(reference)["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_own_model_learns_values_through_num_classes(project, tmp_path):
+    """task=regression (issue #36): the user's model gets its number of outputs as it gets num_classes."""
+    pytest.importorskip("aeon")
+    run = [*RUN[:3], *VALUES, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = birnn("birnn.train", *run, cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert "test_rmse" in metrics_of(tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model"]["fc.weight"].shape[0] == 1 and state["config"]["model"]["_target_"] == "convgru.ConvBiGRU"
 
 
 @pytest.mark.slow

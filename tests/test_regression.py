@@ -236,3 +236,25 @@ def test_a_run_without_a_validation_split_is_judged_in_its_monitors_direction():
     assert judged_by(values, "val_r2") == 0.2 and judged_by(values, "val_mae") == 0.4
     assert judged_by({"test_accuracy": 0.9, "test_loss": 0.3}, "val_loss") == 0.3
     assert judged_by({"test_accuracy": 0.9, "best_val_loss": 0.1}, "val_loss") == 0.1
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["model.readout=last"],
+        ["model.readout=mean"],
+        ["model.readout=final"],
+        ["model=bigru", "model.hidden_size=16", "model.num_layers=1"],
+        ["model.stem=conv", "model.stem_kernel=4", "model.stem_stride=2", "model.stem_channels=8"],
+        ["model=lstm_fcn", "model.filters=[8,8,8]"],
+        ["model=inception_time", "model.depth=1", "model.filters=4", "model.kernel_sizes=[3]"],
+    ],
+    ids=lambda m: m[0].split("=")[-1],
+)
+def test_every_model_gives_one_output_per_value(tmp_path, model):
+    """The head has d outputs (passed as num_classes) whatever the model."""
+    path = write(tmp_path / "two.npz", outputs=2)
+    common = [o for o in FAST if not o.startswith("model.")] if model[0].startswith("model=") else FAST
+    m = train(make_cfg(*common, *model, f"data.path={path}", "trainer.max_steps=2"), tmp_path / "run")
+    assert math.isfinite(m["test_rmse"])
+    assert restore(tmp_path / "run" / "checkpoints" / "last.pt").model.fc.out_features == 2

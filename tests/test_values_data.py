@@ -2,6 +2,7 @@
 numeric label column, and what birnn-predict, birnn-export and the test pictures make of values."""
 
 import json
+import math
 import re
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 import torch
 from test_packed import edit_manifest, one_error_line, resave
 
+from birnn import evaluate, export
 from birnn.data.packed import MANIFEST, PackWriter, load_packed
+from birnn.data.tables import pack_tables
 from birnn.data.text import load_text
 from birnn.schema.errors import BirnnError
 from conftest import run_cli
@@ -132,8 +135,8 @@ def test_a_float_label_column_packs_as_float_targets(tmp_path):
     splits = load_packed(path=str(tmp_path / "csv"))
     assert splits.train_y.dtype == torch.float64 and splits.train_y.tolist() == [i / 4 for i in range(8)]
     assert splits.test_y.tolist() == [2.5, -1000.0]
-    proc = pack_cli(tmp_path, "pq", "parquet", "--length", "n")  # a float column of whole numbers: values too
-    assert proc.returncode == 0, proc.stderr
+    files = {s: tmp_path / f"{s}.parquet" for s in ("train", "test")}
+    pack_tables(tmp_path / "pq", files, length="n")  # a float column of whole numbers: values too
     splits = load_packed(path=str(tmp_path / "pq"))
     assert splits.train_y.tolist() == list(range(9)) and splits.train_lengths.tolist() == [1, 2, 3] * 3
 
@@ -141,11 +144,10 @@ def test_a_float_label_column_packs_as_float_targets(tmp_path):
 def test_task_chooses_classes_or_values_of_a_table(tmp_path):
     write_value_tables(tmp_path)
     (tmp_path / "int.csv").write_text("label,s0\n0,1\n2,3\n")
-    cmd = ["out", "--train", "int.csv", "--test", "int.csv"]
-    assert run_cli(*cmd, cwd=tmp_path, module="birnn.pack").returncode == 0
+    files = {"train": tmp_path / "int.csv", "test": tmp_path / "int.csv"}
+    pack_tables(tmp_path / "out", files)
     assert load_packed(path=str(tmp_path / "out")).classes == ["0", "1", "2"]
-    proc = run_cli(*cmd, "--task", "regression", "--overwrite", cwd=tmp_path, module="birnn.pack")
-    assert proc.returncode == 0, proc.stderr
+    pack_tables(tmp_path / "out", files, overwrite=True, task="regression")
     assert load_packed(path=str(tmp_path / "out")).train_y.tolist() == [0.0, 2.0]
     line = one_error_line(pack_cli(tmp_path, "refused", "csv", "--task", "classification"))
     assert "column 'label' of train.csv, test.csv holds numbers that are not integer class labels" in line
@@ -236,6 +238,8 @@ def test_training_from_a_values_pack_is_bit_identical_to_the_file(tmp_path, per_
     files = train(make_cfg(*RUN, *data, *extra), tmp_path / "files")
     packed = train(make_cfg(*RUN, "data=packed", f"data.path={tmp_path / 'pack'}", *extra), tmp_path / "packed")
     same_runs(packed, files, tmp_path / "packed", tmp_path / "files")
+    scores = evaluate.evaluate_checkpoint(tmp_path / "packed" / "checkpoints" / "last.pt")
+    assert scores["test_rmse"] == pytest.approx(packed["test_rmse"], rel=1e-6)
 
 
 def test_a_values_pack_trained_as_classes_is_one_line(tmp_path):
@@ -269,6 +273,8 @@ def test_a_text_pack_of_ratings_trains_bit_identically_and_predicts_ratings(tmp_
     files = train(make_cfg(*RUN, *model, *data), tmp_path / "files")
     packed = train(make_cfg(*RUN, *model, "data=packed", f"data.path={tmp_path / 'pack'}"), tmp_path / "packed")
     same_runs(packed, files, tmp_path / "packed", tmp_path / "files")
+    scores = evaluate.evaluate_checkpoint(tmp_path / "packed" / "checkpoints" / "last.pt")
+    assert scores["test_rmse"] == pytest.approx(packed["test_rmse"], rel=1e-6)
     ckpt = str(tmp_path / "packed" / "checkpoints" / "last.pt")
     proc = run_cli(ckpt, "--text", "great great film", "--json", cwd=tmp_path, module="birnn.predict")
     assert proc.returncode == 0, proc.stderr
@@ -332,7 +338,7 @@ def test_predict_prints_values_in_the_targets_units(value_run, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_export_outputs_values_in_the_targets_units(value_run, tmp_path, fmt):
+def test_export_outputs_values_in_the_targets_units(value_run, tmp_path, fmt, capsys):
     from birnn.engine.restore import restore
 
     if fmt == "onnx":
@@ -341,9 +347,9 @@ def test_export_outputs_values_in_the_targets_units(value_run, tmp_path, fmt):
     run, per_step = value_run
     ckpt = run / "checkpoints" / "last.pt"
     out = tmp_path / f"m.{fmt}"
-    proc = run_cli(str(ckpt), "--format", fmt, "--out", str(out), cwd=tmp_path, module="birnn.export")
-    assert proc.returncode == 0, proc.stderr
-    assert "output values" in proc.stdout and "max |values - PyTorch values|" in proc.stdout
+    export.main([str(ckpt), "--format", fmt, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "output values" in printed and "max |values - PyTorch values|" in printed
     x = torch.from_numpy(np.load(run.parent / "r.npz")["x_test"])
     expected = in_units(restore(ckpt), x)
     if fmt == "onnx":
@@ -431,3 +437,93 @@ def test_outputs_named_twice_are_one_error(tmp_path):
     cfg = make_cfg("task=regression", "data=arrays", f"data.path={tmp_path / 'd.npz'}")
     with pytest.raises(BirnnError, match="names output 'a' twice"):
         load_data(cfg.data, torch.device("cpu"), task={"name": "regression"})
+
+
+def write_step_tables(folder, bad_row=None):
+    """Parquet files of series (two list columns) with one target per step (a list label column) and lengths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        lengths = rng.integers(2, 6, n)
+        y = [(1000 + 10 * np.arange(k)).tolist() for k in lengths]
+        y[1][0] = float("nan")  # not scored
+        if bad_row is not None and split == "train":
+            y[bad_row] = y[bad_row][:-1]
+        table = pa.table(
+            {
+                "a": [np.linspace(0, 1, k).tolist() for k in lengths],
+                "b": [rng.normal(size=k).tolist() for k in lengths],
+                "target": y,
+                "n": lengths,
+            }
+        )
+        pq.write_table(table, folder / f"{split}.parquet", row_group_size=5)
+
+
+def test_a_list_label_column_packs_one_target_per_step(tmp_path, monkeypatch):
+    from birnn.data import tables
+    from birnn.train import train
+    from conftest import make_cfg
+
+    write_step_tables(tmp_path)
+    monkeypatch.setattr(tables, "BLOCK_ROWS", 5)  # several blocks per file
+    files = {s: tmp_path / f"{s}.parquet" for s in ("train", "test")}
+    tables.pack_tables(tmp_path / "pack", files, label="target", length="n")
+    splits = load_packed(path=str(tmp_path / "pack"))
+    lengths, y = splits.train_lengths, splits.train_y
+    assert y.shape == (24, 5) and y.dtype == torch.float64
+    beyond = torch.arange(5) >= lengths.unsqueeze(1)
+    assert y[beyond].isnan().all() and y[1, 0].isnan()
+    within = ~beyond
+    within[1, 0] = False
+    assert torch.equal(y[within], (1000 + 10 * torch.arange(5).expand(24, 5))[within].double())
+    metrics = train(
+        make_cfg(*RUN, "data=packed", f"data.path={tmp_path / 'pack'}", "task.per_step=true", "trainer.max_steps=2"),
+        tmp_path / "run",
+    )
+    assert math.isfinite(metrics["test_rmse"])
+
+
+def test_a_ragged_list_label_names_its_row(tmp_path):
+    write_step_tables(tmp_path, bad_row=3)
+    cmd = ["out", "--train", "train.parquet", "--test", "test.parquet", "--label", "target", "--length", "n"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
+    assert re.search(r"train.parquet row 4 column target: \d values; expected \d \(its length column\)", line)
+
+
+def test_packing_a_non_finite_target_is_one_line(tmp_path):
+    path = ramps(tmp_path / "r.npz")
+    arrays = dict(np.load(path))
+    arrays["y_train"][3] = np.inf
+    np.savez(path, **arrays)
+    cmd = ["out", "data=arrays", f"data.path={path}", "task=regression"]
+    line = one_error_line(run_cli(*cmd, cwd=tmp_path, module="birnn.pack"))
+    assert "train chunk at sample 0: sample 3 has target inf: targets must be finite numbers" in line
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [
+        ({"names": ["a", "b"], "mean": [1.0, 2.0], "std": [10.0, 20.0]}, (3, 2)),
+        ({"names": ["v"], "mean": [0.5], "std": [2.0], "log": True}, (3,)),
+        ({"names": ["v"], "per_step": True, "mean": [5.0], "std": [3.0]}, (3, 4)),
+    ],
+    ids=["two-outputs", "log-target", "per-step"],
+)
+def test_the_exported_graph_inverts_the_scaling_as_predict_does(kind, shape):
+    from birnn.data.targets import Values
+
+    class Head(torch.nn.Module):  # outputs (N, d), or per step (N, steps, 1)
+        def forward(self, x, lengths=None):
+            return x if kind.get("per_step") else x.mean(1)[:, : len(kind["names"])]
+
+    values, model = Values(**kind), Head()
+    x = torch.randn(3, 4, 2) if not kind.get("per_step") else torch.randn(3, 4, 1)
+    graph = values.graph(model)
+    assert graph(x).shape == shape
+    torch.testing.assert_close(graph(x), values.predict(model, model(x), None))
+    answers = values.answers(model, model(x))
+    torch.testing.assert_close(torch.tensor([a["value"] for a in answers]), graph(x))

@@ -1,7 +1,8 @@
 """Parquet and CSV files as packs (``birnn-pack OUT --train FILE --test FILE``), read block by block with pyarrow.
 
 One row per sample: a label column (integers ``0..K-1``; or float targets, stored as float64: a floating-point
-Parquet column or a CSV column holding a number that is not an integer, or any numbers with ``task="regression"``),
+Parquet column or a CSV column holding a number that is not an integer, any numbers with ``task="regression"``, or
+a Parquet list column: one target per step, as long as the row's series, NaN where a step is not scored),
 optionally a length column (valid steps, for variable-length series), and the inputs, either one list column per
 channel (each row a list of steps) or one numeric column per step (one channel). Parquet is read by row groups, CSV
 in pyarrow's blocks, so memory stays bounded by a block. A missing column, a ragged row or a value that is not a
@@ -78,41 +79,63 @@ def _columns(path: Path, label: str, length: str | None) -> tuple[list[str], boo
 
 def _samples(path: Path, label: str, length: str | None, steps: int, values: bool) -> Iterator[tuple[np.ndarray, ...]]:
     """``(x, y, lengths)`` blocks of ``path``, ``x`` float32 (n, steps, channels) zero-padded to ``steps``, ``y``
-    int64 labels or (``values``) float64 targets, each finite."""
+    int64 labels or (``values``) float64 targets, each finite; a list label column: one target per step
+    ``(n, steps)``, NaN beyond a row's length (and where the list holds NaN: not scored)."""
     inputs, lists = _columns(path, label, length)
     row = 1
     for batch in _batches(path):
         n = batch.num_rows
-        y = _numbers(batch.column(label), path, label, row, pa.float64() if values else pa.int64())
-        y = y.to_numpy(zero_copy_only=False)
-        if values and not np.isfinite(y).all():
-            i = int(np.flatnonzero(~np.isfinite(y))[0])
-            raise BirnnError(f"{path} row {row + i} column {label}: target {y[i]} is not a finite number")
         lengths = (
             _numbers(batch.column(length), path, length, row, pa.int64()).to_numpy(zero_copy_only=False)
             if length
             else None
         )
+        expected = lengths if lengths is not None else np.full(n, steps)
+        column = batch.column(label)
+        if _is_list(column.type):
+            y = np.full((n, steps), np.nan)
+            y[_steps_of(column, path, label, row, steps, expected, lengths is not None)] = _numbers(
+                pc.list_flatten(column), path, label, row, pa.float64()
+            ).to_numpy(zero_copy_only=False)
+        else:
+            y = _numbers(column, path, label, row, pa.float64() if values else pa.int64()).to_numpy(
+                zero_copy_only=False
+            )
+        if values and (bad := np.isinf(y) | (np.isnan(y) if y.ndim == 1 else False)).any():
+            i = int(np.argwhere(bad)[0][0])
+            raise BirnnError(f"{path} row {row + i} column {label}: target {y[bad][0]} is not a finite number")
         x = np.zeros((n, steps, len(inputs) if lists else 1), np.float32)
         for c, name in enumerate(inputs):
             column = batch.column(name)
             if not lists:
                 x[:, c, 0] = _numbers(column, path, name, row, pa.float32()).to_numpy(zero_copy_only=False)
                 continue
-            sizes = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
-            expected = lengths if lengths is not None else np.full(n, steps)
-            bad = np.nonzero(sizes != expected)[0]
-            if len(bad):
-                i = int(bad[0])
-                raise BirnnError(
-                    f"{path} row {row + i} column {name}: {sizes[i]} values; expected {expected[i]} "
-                    f"({'its length column' if lengths is not None else 'as many as the first row'})"
-                )
-            values = _numbers(pc.list_flatten(column), path, name, row, pa.float32()).to_numpy(zero_copy_only=False)
-            mask = np.arange(steps) < sizes[:, None]
-            x[:, :, c][mask] = values
+            mask = _steps_of(column, path, name, row, steps, expected, lengths is not None)
+            x[:, :, c][mask] = _numbers(pc.list_flatten(column), path, name, row, pa.float32()).to_numpy(
+                zero_copy_only=False
+            )
         yield x, y, lengths
         row += n
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind)
+
+
+def _steps_of(
+    column: pa.Array, path: Path, name: str, row: int, steps: int, expected: np.ndarray, given: bool
+) -> np.ndarray:
+    """Where a list column's values go in ``(n, steps)``: each row's first ``expected`` steps (its length, or
+    ``given`` false: the first row's); a row of another size is an error naming it."""
+    sizes = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    bad = np.nonzero(sizes != expected)[0]
+    if len(bad):
+        i = int(bad[0])
+        raise BirnnError(
+            f"{path} row {row + i} column {name}: {sizes[i]} values; expected {expected[i]} "
+            f"({'its length column' if given else 'as many as the first row'})"
+        )
+    return np.arange(steps) < sizes[:, None]
 
 
 def _steps(path: Path, label: str, length: str | None) -> tuple[int, int | None]:
@@ -132,7 +155,10 @@ def _steps(path: Path, label: str, length: str | None) -> tuple[int, int | None]
     top: int | None = -1
     row = 1
     for b in _batches(path, [label]):
-        if top is not None and (labels := _integral(b.column(0), path, label, row)) is not None:
+        if _is_list(b.column(0).type):  # targets per step: values
+            _numbers(pc.list_flatten(b.column(0)), path, label, row, pa.float64())
+            top = None
+        elif top is not None and (labels := _integral(b.column(0), path, label, row)) is not None:
             top = max(top, int(pc.max(labels).as_py()))
         else:
             _numbers(b.column(0), path, label, row, pa.float64())
@@ -159,7 +185,8 @@ def _values(task: str | None, top: int | None, files: dict[str, Path], label: st
     if task == "classification" and top is None:
         raise BirnnError(
             f"column {label!r} of {', '.join(map(str, files.values()))} holds numbers that are not integer class "
-            "labels: pack them as float targets with --task regression (train with task=regression)"
+            "labels (or lists of them, one per step): pack them as float targets with --task regression (train "
+            "with task=regression)"
         )
     return task == "regression" or (task is None and top is None)
 

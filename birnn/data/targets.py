@@ -3,12 +3,14 @@ per step (a tagger, with or without a CRF).
 
 A kind (``Target``) says how many outputs the model gives and where (``outputs``, ``per_step``), which targets
 count, the summed loss, what is predicted from the outputs and how many predictions are right, the scores it reports
-beside loss and accuracy, whether a test pass is drawn, what ``birnn-evaluate`` reports, what ``birnn-predict``
-answers for an input and what ``birnn-export`` outputs. The loop (``birnn.engine.loop``), a run's evaluation and
-records (``birnn.engine.run``), restoring a model, ``birnn-evaluate``, ``birnn-predict`` and ``birnn-export`` ask
-it; which score judges a run and which way it is better is ``birnn.schema.metrics``'s. A new kind is one more class
-with the ``Target`` methods, chosen where ``for_classes`` chooses these (from the labels, ``Splits.target``, and
-from a checkpoint's data spec, ``Restored.target``). The scores of classes (scikit-learn's, seqeval's) are below.
+beside loss and accuracy, whether a test pass is drawn and what its pictures show (``drawn``: records draws it),
+what ``birnn-evaluate`` reports, what ``birnn-predict`` answers for an input and what ``birnn-export`` traces and
+outputs (``graph``: values leave the file in the target's units). The loop (``birnn.engine.loop``), a run's
+evaluation and records (``birnn.engine.run``), restoring a model, ``birnn-evaluate``, ``birnn-predict`` and
+``birnn-export`` ask it; which score judges a run and which way it is better is ``birnn.schema.metrics``'s. A new
+kind is one more class with the ``Target`` methods, chosen where ``for_classes`` chooses these (from the labels,
+``Splits.target``, and from a checkpoint's data spec, ``Restored.target``). The scores of classes (scikit-learn's,
+seqeval's) are below.
 """
 
 from __future__ import annotations
