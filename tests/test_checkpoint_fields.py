@@ -169,3 +169,22 @@ def test_a_crafted_targets_scaling_is_one_error_line(values_state, tmp_path, fie
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), done.stderr
+
+
+@pytest.mark.parametrize("change", ["no-values", "classification-config"])
+def test_a_regression_checkpoint_must_say_so_in_config_and_data_alike(values_state, tmp_path, change):
+    """A task=regression checkpoint without its targets' scaling (data.values) was read as a one-class classifier:
+    birnn-predict answered 'value' with probability 1.0 and export wrote logits."""
+    import copy
+
+    state = copy.deepcopy(values_state)
+    if change == "no-values":
+        del state["data"]["values"]
+    else:
+        state["config"]["task"]["name"] = "classification"
+    path = write_checkpoint(state, tmp_path / "bad.pt")
+    np.save(tmp_path / "x.npy", np.zeros((6, 2), dtype="float32"))
+    done = run_cli(str(path), str(tmp_path / "x.npy"), cwd=tmp_path, module="birnn.predict")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert "data.values (the targets' scaling) must be there exactly when config.task.name is regression" in lines[0]

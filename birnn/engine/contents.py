@@ -212,6 +212,13 @@ PROGRESS = Record(
     | {"global_step": need(integer(0))}
 )
 
+
+def _regression(config: dict) -> bool:
+    """Whether a checkpoint's config trained values (``task=regression``; no ``task``: a release before it)."""
+    task = config.get("task")
+    return isinstance(task, dict) and task.get("name") == "regression"
+
+
 CHECKPOINT = Record(
     {
         "model": need(mapping(tensor())),  # parameter name -> tensor
@@ -227,6 +234,12 @@ CHECKPOINT = Record(
         "world_size": POSITIVE,
         "provenance": DICT,
     },
+    checks=(
+        (
+            "data.values (the targets' scaling) must be there exactly when config.task.name is regression",
+            lambda c: "data" not in c or ("values" in c["data"]) == _regression(c["config"]),
+        ),
+    ),
     what="a checkpoint",
 )
 
