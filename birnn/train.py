@@ -60,8 +60,8 @@ _publish_run_dir: Callable[[Path], None] | None = None
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def job(cfg: DictConfig) -> float:
-    """One Hydra job. Returns the sweep objective: the best ``trainer.monitor`` score (test accuracy only without a
-    val split: ``birnn.schema.metrics.judged_by``).
+    """One Hydra job. Returns the sweep objective: the best ``trainer.monitor`` score (without a val split the
+    monitor's test score: ``birnn.schema.metrics.judged_by``).
 
     The job holds its run dir (one writer); refused before training, it leaves nothing there.
     """

@@ -207,3 +207,58 @@ def test_a_model_larger_than_its_checkpoint_is_refused_unallocated(tmp_path):
     ckpt.write_bytes(b"x" * 1000)
     with pytest.raises(BirnnError, match="builds a model of 3,814,697 MiB"):
         check_plan(Bloated, {"w": torch.zeros(2)}, ckpt)
+
+
+@pytest.fixture(scope="module")
+def values_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A task=regression checkpoint's content (targets' scaling in data.values)."""
+    folder = tmp_path_factory.mktemp("values")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 6, 2)).astype("float32")
+    np.savez(folder / "v.npz", x_train=x, y_train=rng.normal(50, 5, 30), x_test=x[:5], y_test=rng.normal(50, 5, 5))
+    train(make_cfg(*RUN, "task=regression", "data=arrays", f"data.path={folder / 'v.npz'}"), folder / "run")
+    return checkpoint.load(folder / "run" / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("mean", [1e300], r"data.values.mean\[0\] must be a finite number within float32's range"),
+        ("std", [1e300], r"data.values.std\[0\] must be a finite number > 0 within float32's range"),
+        ("std", [1e-60], r"data.values.std\[0\] must be a finite number > 0 within float32's range"),
+        ("per_step", True, "values.per_step must be the data spec's per_step"),
+    ],
+    ids=["mean-beyond-float32", "std-beyond-float32", "std-zero-in-float32", "per-step-disagrees"],
+)
+def test_a_crafted_targets_scaling_is_one_error_line(values_state, tmp_path, field, value, message):
+    """The scaling is applied in float32: a mean or std beyond its range became inf (or a std 0) and birnn-predict
+    printed inf or -inf; a values spec per step under a per-sequence data spec answered one value per step."""
+    import copy
+
+    state = copy.deepcopy(values_state)
+    state["data"]["values"][field] = value
+    path = write_checkpoint(state, tmp_path / "bad.pt")
+    np.save(tmp_path / "x.npy", np.zeros((6, 2), dtype="float32"))
+    done = run_cli(str(path), str(tmp_path / "x.npy"), cwd=tmp_path, module="birnn.predict")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), done.stderr
+
+
+@pytest.mark.parametrize("change", ["no-values", "classification-config"])
+def test_a_regression_checkpoint_must_say_so_in_config_and_data_alike(values_state, tmp_path, change):
+    """A task=regression checkpoint without its targets' scaling (data.values) was read as a one-class classifier:
+    birnn-predict answered 'value' with probability 1.0 and export wrote logits."""
+    import copy
+
+    state = copy.deepcopy(values_state)
+    if change == "no-values":
+        del state["data"]["values"]
+    else:
+        state["config"]["task"]["name"] = "classification"
+    path = write_checkpoint(state, tmp_path / "bad.pt")
+    np.save(tmp_path / "x.npy", np.zeros((6, 2), dtype="float32"))
+    done = run_cli(str(path), str(tmp_path / "x.npy"), cwd=tmp_path, module="birnn.predict")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert "data.values (the targets' scaling) must be there exactly when config.task.name is regression" in lines[0]

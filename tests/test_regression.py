@@ -208,6 +208,36 @@ def test_values_kind_round_trips_its_spec():
     assert again.spec == kind.spec and again.outputs == 2
 
 
+def test_a_training_split_without_a_scored_target_is_one_error(tmp_path):
+    """Per-step targets all NaN in the training split (after the hold-out): nothing to fit; before, the scaling's mean
+    was NaN and the run ended 'successfully' with NaN scores."""
+    (xa, _), (xb, _) = ramps(20, 0), ramps(10, 1)
+    np.savez(tmp_path / "s.npz", x_train=xa, y_train=np.full(xa.shape[:2], np.nan), x_test=xb, y_test=xb[..., 0])
+    with pytest.raises(BirnnError, match="train split. holds no scored target"):
+        train(make_cfg(*FAST, f"data.path={tmp_path / 's.npz'}", "task.per_step=true", "trainer.max_steps=1"),
+              tmp_path / "run")  # fmt: skip
+
+
+def test_a_checkpoints_values_spec_with_a_field_it_does_not_know_still_builds_its_kind():
+    """The checkpoint check keeps unknown fields (a newer release's); building the kind from such a spec was a
+    TypeError traceback in birnn-evaluate and birnn-predict."""
+    from birnn.data.targets import for_data
+
+    spec = {**Values(["value"], False, "mae", [5.0], [2.0]).spec, "clip": 1}
+    kind = for_data(["value"], False, spec)
+    assert kind.loss == "mae" and kind.mean.tolist() == [5.0] and kind.std.tolist() == [2.0]
+
+
+def test_a_run_without_a_validation_split_is_judged_in_its_monitors_direction():
+    """Without a validation split a job returns a test score; a sweeper optimizes it in the monitor's direction, so it
+    must be the monitor's own test score: test_rmse (lower is better) came back for trainer.monitor=val_r2
+    (maximized), and test_accuracy for val_loss (minimized)."""
+    values = {"test_rmse": 0.5, "test_mae": 0.4, "test_r2": 0.2, "test_loss": 0.3}
+    assert judged_by(values, "val_r2") == 0.2 and judged_by(values, "val_mae") == 0.4
+    assert judged_by({"test_accuracy": 0.9, "test_loss": 0.3}, "val_loss") == 0.3
+    assert judged_by({"test_accuracy": 0.9, "best_val_loss": 0.1}, "val_loss") == 0.1
+
+
 @pytest.mark.parametrize(
     "model",
     [

@@ -193,6 +193,13 @@ def test_folds_of_values_are_plain_kfold_over_the_training_split():
         assert len(splits.train_y) + len(splits.val_y) == len(train_y)
 
 
+def test_more_plain_folds_than_training_samples_are_one_error():
+    """Plain KFold (values, tags) over fewer training samples than folds: scikit-learn's ValueError traceback
+    before."""
+    with pytest.raises(BirnnError, match="data.folds=3 needs at least 3 training samples; there are 2"):
+        holdout(make_cfg(*FAST, "data.folds=3", "data.fold=0").data, torch.tensor([1.5, 2.5]), stratified=False)
+
+
 def test_a_search_on_values_minimizes_the_error(tmp_path):
     """birnn-search under task=regression: the study minimizes best_val_rmse, and study.md says so."""
     pytest.importorskip("aeon")

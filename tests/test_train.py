@@ -177,3 +177,21 @@ def test_the_progress_bar_shows_the_loss_from_the_first_step(tmp_path, monkeypat
     first_step, postfix = shown[0]
     # at the first step (tqdm counts a step once the next batch is drawn), long before the first log line
     assert first_step == 0 and float(postfix["loss"]) > 0 and 0 <= float(postfix["acc"]) <= 1
+
+
+def test_a_log_window_without_a_scored_target_logs_nan_not_a_traceback(tmp_path):
+    """Per-step values leave NaN steps unscored: a window of steps whose batches hold no scored target (here every
+    batch but one) has no mean training loss; a ZeroDivisionError traceback before."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(40, 10))
+    y[1:] = np.nan  # one series scored
+    data = {"x_train": rng.normal(size=(40, 10, 2)).astype("float32"), "y_train": y}
+    np.savez(tmp_path / "s.npz", **data, x_test=data["x_train"][:4], y_test=rng.normal(size=(4, 10)))
+    done = run_cli("task=regression", "task.per_step=true", "data=arrays", f"data.path={tmp_path / 's.npz'}",
+                   "data.batch_size=1", "trainer.log_every_n_steps=1", "trainer.max_steps=3", "device=cpu",
+                   "device.num_threads=1", "model.hidden_size=8", "tracker=none", f"hydra.run.dir={tmp_path / 'r'}",
+                   cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loss: nan" in done.stdout + done.stderr

@@ -409,6 +409,36 @@ def test_the_worst_predicted_series_come_first_captioned_in_the_targets_units():
     assert len(scatter.collections[0].get_offsets()) == 5  # the scored steps only
 
 
+def test_a_test_split_without_a_scored_target_is_one_line(tmp_path):
+    """Per-step targets all NaN in the test split: nothing to score there; a ZeroDivisionError traceback from the
+    run's evaluation before."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 6, 2)).astype("float32")
+    np.savez(
+        tmp_path / "s.npz", x_train=x, y_train=rng.normal(size=(20, 6)), x_test=x[:4], y_test=np.full((4, 6), np.nan)
+    )
+    done = run_cli("task=regression", "task.per_step=true", "data=arrays", f"data.path={tmp_path / 's.npz'}",
+                   "trainer.max_steps=2", "device=cpu", "device.num_threads=1", "model.hidden_size=8", "tracker=none",
+                   f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "(test split) holds no scored target" in done.stderr
+
+
+def test_outputs_named_twice_are_one_error(tmp_path):
+    """``classes`` names the outputs; per-output scores are keyed by name (test_rmse_<name>): a name given twice lost
+    one output's figures without a word."""
+    from birnn.data.pipeline import load_data
+    from conftest import make_cfg
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 4, 2)).astype("float32")
+    y = rng.normal(size=(10, 3))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y, classes=np.array(["a", "a", "b"]))
+    cfg = make_cfg("task=regression", "data=arrays", f"data.path={tmp_path / 'd.npz'}")
+    with pytest.raises(BirnnError, match="names output 'a' twice"):
+        load_data(cfg.data, torch.device("cpu"), task={"name": "regression"})
+
+
 def write_step_tables(folder, bad_row=None):
     """Parquet files of series (two list columns) with one target per step (a list label column) and lengths."""
     import pyarrow as pa

@@ -389,6 +389,9 @@ def load_data(
             **({} if lengths is None else {"train_lengths": lengths[train], "val_lengths": lengths[val]}),
         )
     if regression:
+        for s in ("train", "val", "test"):  # per step, NaN is not scored: a split may hold nothing to score
+            if (y := getattr(splits, f"{s}_y")) is not None and len(y) and not torch.isfinite(y).any():
+                raise BirnnError(f"{cfg._target_} ({s} split) holds no scored target (every one NaN): nothing to score")
         fitted = values or fit_values(splits.classes, splits.per_step, task, splits.train_y).spec
         splits = replace(splits, values=fitted)
     if series:
@@ -445,6 +448,9 @@ def _as_values(splits: Splits, source: str, task: dict) -> Splits:
     y = changed["train_y"]
     outputs = 1 if per_step or y.ndim == 1 else y.shape[1]
     names = list(splits.classes) if len(splits.classes) == outputs else value_names(outputs)
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:  # each output's scores are keyed by its name (test_rmse_<name>)
+        raise BirnnError(f"{source} names output {twice!r} twice: each of the {outputs} outputs needs its own name")
     spec = {"per_step": per_step, "loss": task.get("loss", "mse"), "log": log}
     return replace(splits, classes=names, values=spec, **changed)
 
@@ -525,6 +531,8 @@ def holdout(cfg: DictConfig, train_y: Tensor, stratified: bool | None = None) ->
     if folds > 1 and not stratified:  # per-step labels, values: no class per sample to stratify by
         from sklearn.model_selection import KFold
 
+        if n < folds:
+            raise BirnnError(f"data.folds={folds} needs at least {folds} training samples; there are {n}")
         splitter = KFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
         _, val = list(splitter.split(train_y.cpu().numpy()))[cfg.fold]
         return torch.from_numpy(val)

@@ -113,8 +113,11 @@ def for_classes(classes: list[str], per_step: bool) -> Target:
 
 def for_data(classes: list[str], per_step: bool, values: dict | None) -> Target:
     """The kind of target of data (``Splits``) or of a checkpoint's data spec: ``values`` (the spec of values,
-    ``Values.spec``) for regression, else classes."""
-    return Values(classes, **values) if values is not None else for_classes(classes, per_step)
+    ``Values.spec``) for regression, else classes. Fields of the spec ``Values`` does not take (a newer release's)
+    are left out."""
+    if values is None:
+        return for_classes(classes, per_step)
+    return Values(classes, **{k: values[k] for k in SPEC if k in values})
 
 
 def per_step(y: Tensor) -> bool:
@@ -335,6 +338,7 @@ class ClassPerStep(Classes):
 
 
 LOSSES = ("mse", "mae", "huber")  # task.loss: the elementwise loss on standardized targets
+SPEC = ("per_step", "loss", "mean", "std", "log")  # the fields of ``Values.spec``: what a checkpoint holds
 
 
 class Values:

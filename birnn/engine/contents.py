@@ -108,13 +108,28 @@ def _statistics(data: dict) -> bool:
     )
 
 
-# Regression targets (``birnn.data.targets.Values.spec``): a mean and a std > 0 per output, as many as classes.
+# Regression targets (``birnn.data.targets.Values.spec``): a mean and a std > 0 per output, as many as classes,
+# within float32's range (the scaling is applied in float32: beyond it a mean or std is inf, a tiny std 0).
+FLOAT32 = torch.finfo(torch.float32)
 VALUES = Record(
     {
         "per_step": need(FLAG),
         "loss": need(Rule("mse, mae or huber", lambda v: v in ("mse", "mae", "huber"))),
-        "mean": need(list_of(NUMBER, nonempty=True)),
-        "std": need(list_of(Rule("a finite number > 0", lambda v: NUMBER.ok(v) and v > 0), nonempty=True)),
+        "mean": need(
+            list_of(
+                Rule("a finite number within float32's range", lambda v: NUMBER.ok(v) and abs(v) <= FLOAT32.max),
+                nonempty=True,
+            )
+        ),
+        "std": need(
+            list_of(
+                Rule(
+                    "a finite number > 0 within float32's range",
+                    lambda v: NUMBER.ok(v) and FLOAT32.tiny <= v <= FLOAT32.max,
+                ),
+                nonempty=True,
+            )
+        ),
         "log": need(FLAG),
     },
     what="the targets' spec",
@@ -150,6 +165,10 @@ DATA = Record(
         (
             "values must have one mean and std per output (classes)",
             lambda d: "values" not in d or len(d["values"]["mean"]) == len(d["values"]["std"]) == len(d["classes"]),
+        ),
+        (
+            "values.per_step must be the data spec's per_step",
+            lambda d: "values" not in d or d["values"]["per_step"] == bool(d.get("per_step")),
         ),
         ("trained_vocab must be at most vocab_size", lambda d: d.get("trained_vocab", 0) <= (d.get("vocab_size") or 0)),
     ),
@@ -221,6 +240,13 @@ PROGRESS = Record(
     | {"global_step": need(integer(0))}
 )
 
+
+def _regression(config: dict) -> bool:
+    """Whether a checkpoint's config trained values (``task=regression``; no ``task``: a release before it)."""
+    task = config.get("task")
+    return isinstance(task, dict) and task.get("name") == "regression"
+
+
 CHECKPOINT = Record(
     {
         "model": need(mapping(tensor())),  # parameter name -> tensor
@@ -236,6 +262,12 @@ CHECKPOINT = Record(
         "world_size": POSITIVE,
         "provenance": DICT,
     },
+    checks=(
+        (
+            "data.values (the targets' scaling) must be there exactly when config.task.name is regression",
+            lambda c: "data" not in c or ("values" in c["data"]) == _regression(c["config"]),
+        ),
+    ),
     what="a checkpoint",
 )
 

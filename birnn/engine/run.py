@@ -128,6 +128,12 @@ def rng_state(device: torch.device) -> dict:
     return {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
 
 
+def _mean(total: float, count: int) -> float:
+    """A window's mean per scored target; NaN when none was scored (per-step values may leave whole batches
+    unscored)."""
+    return total / count if count else math.nan
+
+
 @dataclass
 class Window:
     """Training losses and correct counts since the last log line, kept on the device."""
@@ -344,9 +350,9 @@ class Run:
         """This process's mean training loss and accuracy (where the kind of target has one) since the last log
         line, as the progress bar shows them (no collective: the bar's between log lines)."""
         w = self.window
-        shown = {"loss": f"{torch.stack(w.losses).sum().item() / w.samples:.4f}"}
+        shown = {"loss": f"{_mean(torch.stack(w.losses).sum().item(), w.samples):.4f}"}
         if self.stepper.target.accuracy:
-            shown["acc"] = f"{torch.stack(w.corrects).sum().item() / w.samples:.3f}"
+            shown["acc"] = f"{_mean(torch.stack(w.corrects).sum().item(), w.samples):.3f}"
         return shown
 
     def train_scores(self) -> dict[str, float]:
@@ -355,8 +361,8 @@ class Run:
         w = self.window
         self.window = Window(self.progress.global_step + 1)
         return {
-            "train/loss": losses.sum().item() / w.samples,
-            **({"train/accuracy": correct / w.samples} if self.stepper.target.accuracy else {}),
+            "train/loss": _mean(losses.sum().item(), w.samples),
+            **({"train/accuracy": _mean(correct, w.samples)} if self.stepper.target.accuracy else {}),
             "train/lr": self.optimizer.param_groups[0]["lr"],
         }
 

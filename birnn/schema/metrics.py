@@ -51,5 +51,8 @@ def direction(metric: str) -> Literal["maximize", "minimize"]:
 
 def judged_by(metrics: dict[str, Any], monitor: str) -> float:
     """The value a run is judged by (a sweep job's return value): its best ``monitor`` score, or without a
-    validation split its headline test score (``headline``)."""
-    return metrics.get(f"best_{monitor}", metrics[headline(metrics)])
+    validation split the monitor's test score (``test_r2`` for ``val_r2``: better the same way), else its headline
+    test score (``headline``)."""
+    if f"best_{monitor}" in metrics:
+        return metrics[f"best_{monitor}"]
+    return metrics.get(f"test_{monitor.removeprefix('val_')}", metrics[headline(metrics)])
