@@ -269,7 +269,8 @@ def test_a_text_pack_of_ratings_trains_bit_identically_and_predicts_ratings(tmp_
 
     data = ["data=text", f"data.path={reviews(tmp_path / 'r.csv')}", "data.test_fraction=0.25"]
     pack_config(tmp_path / "pack", [*data, "task=regression"], overwrite=False)
-    model = ["model.embedding_dim=8", "model.readout=final"]
+    # train() takes no pack settings (birnn-train applies them): both runs set the data option's model keys
+    model = ["model.embedding_dim=8", "model.readout=final", "model.embedding_dropout=0.3", "model.head_dropout=0.3"]
     files = train(make_cfg(*RUN, *model, *data), tmp_path / "files")
     packed = train(make_cfg(*RUN, *model, "data=packed", f"data.path={tmp_path / 'pack'}"), tmp_path / "packed")
     same_runs(packed, files, tmp_path / "packed", tmp_path / "files")
