@@ -571,8 +571,9 @@ def fit_values(names: list[str], per_step: bool, task: dict, train_y: Tensor) ->
 
 def value_scores(y: Tensor, predictions: Tensor, names: list[str], per_step: bool) -> dict[str, float]:
     """RMSE, MAE and R² of ``predictions`` (float64) over the scored targets (finite ``y``), uniformly averaged over
-    the outputs, and with several outputs each one's (``rmse_<name>``...); NaN for no scored target, R² NaN for a
-    constant target."""
+    the outputs, and with several outputs each one's (``rmse_<name>``...); NaN for no scored target. R² follows
+    scikit-learn's ``r2_score`` (``force_finite``): a constant target scores 1.0 where predicted exactly, else 0.0, so
+    one constant output does not make the average NaN."""
     y, p = y.detach().cpu().double(), predictions.detach().cpu().double()
     if per_step:
         scored = torch.isfinite(y)
@@ -583,7 +584,9 @@ def value_scores(y: Tensor, predictions: Tensor, names: list[str], per_step: boo
     rmse = error.square().mean(0).sqrt()
     mae = error.abs().mean(0)
     spread = (y - y.mean(0)).square().sum(0)
-    r2 = torch.where(spread > 0, 1 - error.square().sum(0) / spread, math.nan)
+    residual = error.square().sum(0)
+    exact = torch.where(residual == 0, 1.0, 0.0).double()
+    r2 = torch.where(spread > 0, 1 - residual / spread, exact) if len(y) else torch.full_like(rmse, math.nan)
     scores = {"rmse": rmse.mean().item(), "mae": mae.mean().item(), "r2": r2.mean().item()}
     if y.shape[1] > 1:
         for i, name in enumerate(names):
