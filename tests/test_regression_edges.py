@@ -7,8 +7,14 @@ import math
 
 import pytest
 import torch
+from test_regression import FAST, write
 
-from birnn.data.targets import value_scores
+from birnn.data.targets import Values, value_scores
+from birnn.engine import checkpoint
+from birnn.records.summary import Job, Summary
+from birnn.schema.metrics import best_first, better
+from birnn.train import train
+from conftest import make_cfg
 
 
 def test_a_constant_output_scores_r2_as_scikit_learn_does():
@@ -22,3 +28,47 @@ def test_a_constant_output_scores_r2_as_scikit_learn_does():
     per_step = torch.tensor([[4.0, 4, math.nan], [4, 4, 4]])
     assert value_scores(per_step, per_step + 1, ["v"], True)["r2"] == 0.0
     assert math.isnan(value_scores(torch.full((2, 3), math.nan), torch.zeros(2, 3), ["v"], True)["r2"])
+
+
+def test_nan_never_improves_and_a_finite_score_improves_on_a_nan_best():
+    nan = math.nan
+    assert not better("val_r2", nan, None) and not better("val_rmse", nan, None)
+    assert not better("val_r2", nan, 0.5) and not better("val_rmse", nan, 0.5)
+    assert better("val_r2", -3.0, nan) and better("val_rmse", 1e9, nan)
+    assert best_first("val_rmse", 5.0) < best_first("val_rmse", nan)
+    assert best_first("val_r2", -9.0) < best_first("val_r2", nan)
+
+
+def test_a_first_nan_is_not_best_and_the_next_finite_score_is(tmp_path, monkeypatch):
+    """A NaN validation score at the first epoch (the old rule made it best for good: best.pt stayed there, early
+    stopping fired, and the checkpoint holding a NaN best could not be loaded again): the next epoch's finite score
+    is best, best.pt moves there and the run goes on."""
+    scores, seen = Values.scores, []
+
+    def first_val_nan(self, y, predictions, monitor):
+        got = scores(self, y, predictions, monitor)
+        if len(y) == 20:  # the validation split
+            seen.append(1)
+            return got | {"r2": math.nan} if len(seen) == 1 else got
+        return got
+
+    monkeypatch.setattr(Values, "scores", first_val_nan)
+    path = write(tmp_path / "ramps.npz")
+    cfg = make_cfg(*FAST, f"data.path={path}", "data.val_size=20", "trainer.monitor=val_r2", "trainer.epochs=3",
+                   "trainer.early_stopping_patience=2")  # fmt: skip
+    m = train(cfg, tmp_path / "run")
+    assert math.isnan(m["history"][0]["val_r2"]) and m["epochs"] >= 2
+    assert math.isfinite(m["best_val_r2"]) and m["best_val_r2"] == max(h["val_r2"] for h in m["history"][1:])
+    best = checkpoint.load(tmp_path / "run" / "checkpoints" / "best.pt")  # loads: its best is a number
+    assert best["progress"]["epoch"] >= 2
+
+
+def test_nan_scores_rank_last_in_a_sweep_summary_in_a_stable_order():
+    def job(name: str, r2: float) -> Job:
+        return Job(name, "completed", "", {"seed": name}, {"seed": name}, {"best_val_r2": r2, "test_rmse": 1.0})
+
+    jobs = [job("0", math.nan), job("1", 0.2), job("2", math.nan), job("3", 0.9), job("4", 0.5)]
+    for order in (jobs, jobs[::-1]):
+        ranked = [j.name for j in Summary(order, "best_val_r2").jobs]
+        assert ranked[:3] == ["3", "4", "1"] and set(ranked[3:]) == {"0", "2"}
+    assert [j.name for j in Summary(jobs, "best_val_r2").jobs][3:] == ["0", "2"]  # NaN last, in their order
