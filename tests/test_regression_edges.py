@@ -14,7 +14,7 @@ from birnn.engine import checkpoint
 from birnn.records.summary import Job, Summary
 from birnn.schema.metrics import best_first, better
 from birnn.train import train
-from conftest import make_cfg
+from conftest import make_cfg, run_cli
 
 
 def test_a_constant_output_scores_r2_as_scikit_learn_does():
@@ -72,3 +72,20 @@ def test_nan_scores_rank_last_in_a_sweep_summary_in_a_stable_order():
         ranked = [j.name for j in Summary(order, "best_val_r2").jobs]
         assert ranked[:3] == ["3", "4", "1"] and set(ranked[3:]) == {"0", "2"}
     assert [j.name for j in Summary(jobs, "best_val_r2").jobs][3:] == ["0", "2"]  # NaN last, in their order
+
+
+def test_a_ts_target_beyond_float32_is_named_as_such(tmp_path):
+    """``1e39`` is a finite number in the file that float32 cannot hold: not "non-finite (NaN or inf)"."""
+    pytest.importorskip("aeon")
+    header = "@problemName Big\n@timeStamps false\n@missing false\n@univariate true\n@equalLength true\n"
+    header += "@seriesLength 4\n@targetLabel true\n@data\n"
+    for split, targets in (("TRAIN", [1.5, 2.5, 1e39, 3.0, 2.0, 1.0]), ("TEST", [1.0, 2.0])):
+        rows = "".join(f"{i},{i + 1},{i + 2},{i + 3}:{t!r}\n" for i, t in enumerate(targets))
+        (tmp_path / "Big").mkdir(exist_ok=True)
+        (tmp_path / "Big" / f"Big_{split}.ts").write_text(header + rows)
+    data = ["task=regression", "data=uea", "data.name=Big", f"data.root={tmp_path}"]
+    done = run_cli(*data, "device=cpu", "tracker=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "1 target beyond float32's range" in error[0] and "1e+39" in error[0], done.stderr
+    assert "NaN or inf" not in done.stderr

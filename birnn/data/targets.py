@@ -656,12 +656,19 @@ def value_names(outputs: int) -> list[str]:
 def as_values(y: Tensor, lengths: Tensor | None, steps: int, per_step: bool, log: bool, where: str) -> Tensor:
     """Targets checked and shaped as ``Values`` reads them (float32): per sequence ``(N,)`` or ``(N, d)`` (``(N,
     1)`` becomes ``(N,)``), every one finite; per step ``(N, steps)``, ``NaN`` not scored (steps beyond a length
-    become ``NaN``), an infinite one refused. ``log`` (``task.log_target``): a negative target is refused.
-    ``where``: the data and split, for the message."""
+    become ``NaN``), an infinite one refused. A number beyond float32's range is refused as such. ``log``
+    (``task.log_target``): a negative target is refused. ``where``: the data and split, for the message."""
     if not y.is_floating_point():
         raise BirnnError(
             f"{where} holds classes (integer labels), not values: task=regression needs float targets (train "
             "classes with task=classification)"
+        )
+    overflow = torch.isfinite(y) & ~torch.isfinite(y.float())  # a number in the file, inf in float32
+    if overflow.any():
+        n = int(overflow.sum())
+        raise BirnnError(
+            f"{where} holds {n} target{'s' * (n > 1)} beyond float32's range (|y| > 3.4e38, e.g. "
+            f"{y[overflow][0].item():.6g}): birnn computes in float32; rescale the targets"
         )
     y = y.float()
     if per_step:
