@@ -4,6 +4,7 @@ ranking, overflowing targets, re-tasking a checkpoint, wording under values, and
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,24 @@ def test_a_ts_target_beyond_float32_is_named_as_such(tmp_path):
     error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "1 target beyond float32's range" in error[0] and "1e+39" in error[0], done.stderr
     assert "NaN or inf" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def value_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny regression checkpoint (one step)."""
+    folder = tmp_path_factory.mktemp("values")
+    train(make_cfg(*FAST, f"data.path={write(folder / 'ramps.npz')}", "trainer.max_steps=1"), folder / "run")
+    return folder / "run" / "checkpoints" / "last.pt"
+
+
+@pytest.mark.parametrize("override", ["task=regression", "task.name=regression", "task.log_target=true"])
+def test_a_checkpoints_task_cannot_be_changed_by_an_override(override, value_ckpt, tmp_path):
+    """Re-tasking a classification checkpoint was a merge error or a two-line "Invalid config"; a task.* override
+    on a regression checkpoint was silently ignored. Now each is one line saying the task is fixed."""
+    classes = Path(__file__).parent / "fixtures" / "digits-17dab9d.pt"
+    for ckpt in (classes, value_ckpt):
+        done = run_cli(str(ckpt), override, "device=cpu", cwd=tmp_path, module="birnn.evaluate")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith("error: ") and "a checkpoint's task is fixed" in lines[0]
+        assert f"train again with {override}" in lines[0]

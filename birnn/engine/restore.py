@@ -138,7 +138,14 @@ def trusted(overrides: Sequence[str], allow: Sequence[str]) -> tuple[str, ...]:
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
-    """Refuse overrides that would make the restored model or its inputs differ from the trained ones."""
+    """Refuse overrides that would make the restored model or its inputs differ from the trained ones, and any of
+    the task (``task=``, ``task.*``): what the model learned to output is fixed when it is trained."""
+    task = [o for o in overrides if o.startswith(("task=", "task."))]
+    if task:
+        raise BirnnError(
+            f"{', '.join(o.partition('=')[0] for o in task)}: a checkpoint's task is fixed when it is trained (what "
+            f"its model outputs and how its targets are scaled); train again with {' '.join(task)}"
+        )
     changed = [
         o.partition("=")[0]
         for o in overrides
