@@ -218,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if restored.patch > 1:
         scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
     vocab = restored.spec.get("vocab_size")
-    inputs = f"images float32 (N, {steps}, {features}) {scale}"
+    plural = restored.inputs[1]  # the graph's input is named images whatever the data (its public name)
+    named = ' (graph input "images")' if plural != "images" and args.format == "onnx" else ""
+    inputs = f"{plural} float32 (N, {steps}, {features}) {scale}{named}"
     if variable_length(restored):
         shape = f"token IDs int64 (N, {steps}), 0-padded" if vocab else f"float32 (N, {steps}, {features}), padded"
         inputs = f"inputs {shape}, and lengths int64 (N,)"

@@ -111,3 +111,17 @@ def test_a_checkpoints_task_cannot_be_changed_by_an_override(override, value_ckp
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert lines[0].startswith("error: ") and "a checkpoint's task is fixed" in lines[0]
         assert f"train again with {override}" in lines[0]
+
+
+def test_predict_and_export_speak_of_series_and_values(value_ckpt, tmp_path):
+    """Under regression on series: "no series could be given a value" (not "no image could be classified"), and
+    export's line names series as its input (the graph's input keeps its name, images)."""
+    (tmp_path / "bad.npy").write_bytes(b"nope")
+    done = run_cli(str(value_ckpt), str(tmp_path / "bad.npy"), cwd=tmp_path, module="birnn.predict")
+    assert done.returncode == 2 and "error: no series could be given a value" in done.stderr, done.stderr
+    assert "image" not in done.stderr
+    out = tmp_path / "m.pt2"
+    done = run_cli(str(value_ckpt), "--format", "pt2", "--out", str(out), cwd=tmp_path, module="birnn.export")
+    assert done.returncode == 0, done.stderr
+    assert "input series float32 (N, 10, 1) scaled as in training, output values (N,)" in done.stdout, done.stdout
+    assert "images" not in done.stdout

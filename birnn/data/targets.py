@@ -42,6 +42,7 @@ class Target(Protocol):
     accuracy: bool  # predictions are right or wrong: a split's accuracy is reported (classes; not values)
     stratified: bool  # data.folds splits stratified by the target (a class per sequence), else plain KFold
     score: str  # the test score every run of this kind reports (birnn.schema.metrics.HEADLINES)
+    done: str  # what predicting does to an input, in words ("classified", "tagged", "given a value")
 
     @property
     def outputs(self) -> int:
@@ -163,6 +164,7 @@ class Classes:
     accuracy = True
     stratified = True
     score = HEADLINE
+    done = "classified"
 
     def __init__(self, classes: list[str]):
         self.classes = list(classes)
@@ -271,6 +273,7 @@ class ClassPerStep(Classes):
     per_step = True
     pictures = False
     stratified = False
+    done = "tagged"
 
     def count(self, y: Tensor) -> int:
         return int((y != IGNORE).sum())
@@ -354,6 +357,7 @@ class Values:
     accuracy = False
     stratified = False
     score = "test_rmse"
+    done = "given a value"
     compared = " (in standardized units)"
 
     def __init__(

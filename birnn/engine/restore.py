@@ -26,6 +26,7 @@ from birnn.schema.config import typed, validate
 from birnn.schema.console import unknown_key
 from birnn.schema.errors import BirnnError
 
+INPUT_WORDS = {"image": ("image", "images"), "series": ("series", "series"), "text": ("text", "texts")}  # by data kind
 MODEL_SLACK = 2**26  # bytes a model may hold beyond its checkpoint's file (buffers it does not save)
 
 
@@ -46,6 +47,11 @@ class Restored:
     def target(self) -> Target:
         """The kind of target the model learned (``birnn.data.targets``): what it outputs and how to read it."""
         return for_data(self.classes, bool(self.spec.get("per_step")), self.spec.get("values"))
+
+    @property
+    def inputs(self) -> tuple[str, str]:
+        """What one input of the model's data is called, and several (``image``/``images``, ``series``, ``text``)."""
+        return INPUT_WORDS.get(self.spec.get("kind", "image"), ("input", "inputs"))
 
     @property
     def normalization(self) -> dict | None:
