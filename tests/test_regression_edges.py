@@ -4,6 +4,9 @@ ranking, overflowing targets, re-tasking a checkpoint, wording under values, and
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,29 @@ def test_predict_and_export_speak_of_series_and_values(value_ckpt, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "input series float32 (N, 10, 1) scaled as in training, output values (N,)" in done.stdout, done.stdout
     assert "images" not in done.stdout
+
+
+STOPPED_MID_WRITE = """import os, signal, sys, torch
+save = torch.export.save
+def save_then_stopped(program, f, **kw):
+    save(program, f, **kw)
+    with open(f, "r+b") as half:  # half written when the signal comes
+        half.truncate(os.path.getsize(f) // 2)
+    os.kill(os.getpid(), signal.SIGTERM)
+torch.export.save = save_then_stopped
+from birnn import export
+export.main(sys.argv[1:])
+"""
+
+
+def test_export_stopped_by_sigterm_says_so_in_one_line_and_leaves_no_half_file(value_ckpt, tmp_path):
+    """SIGTERM while the file is being written: one line, exit 128 + 15, nothing at --out (nor a temp file)."""
+    out = tmp_path / "out" / "model.pt2"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-c", STOPPED_MID_WRITE, str(value_ckpt), "--format", "pt2", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.stderr.strip().splitlines() == ["Stopped by SIGTERM: the export did not finish."]
+    assert list(out.parent.iterdir()) == []
+    done = run_cli(str(value_ckpt), "--format", "pt2", "--out", str(out), cwd=tmp_path, module="birnn.export")
+    assert done.returncode == 0 and [p.name for p in out.parent.iterdir()] == ["model.pt2"], done.stderr
