@@ -40,10 +40,12 @@ from birnn.data import tokenize
 from birnn.data.normalize import SeriesStandardized, Standardized
 from birnn.data.patches import Patched
 from birnn.engine.restore import Restored, add_trust_options, restore, user_errors
+from birnn.engine.signals import stopped_in_one_line
 from birnn.models.rnn import RNNClassifier
 from birnn.models.unpacked import Spelled, Unpacked
 from birnn.schema import console
 from birnn.schema.errors import BirnnError, first_line
+from birnn.system.files import staged
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # max |exported outputs - PyTorch's| accepted by the self-check (values: in standardized units)
@@ -147,6 +149,39 @@ def examples(restored: Restored) -> tuple[Tensor, ...]:
     return x, chars, lengths
 
 
+def _write(
+    restored: Restored,
+    traced: torch.nn.Module,
+    fmt: str,
+    inputs: tuple[Tensor, ...],
+    dynamic: dict,
+    written: Path,
+    outputs: list[str],
+    model: torch.nn.Module,
+    out: Path,
+) -> float:
+    """Export ``traced`` as ``fmt`` to ``written`` and check it against PyTorch's outputs; the max difference."""
+    reference, target = restored.model, restored.target
+    with warnings.catch_warnings():
+        for message in QUIET:
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            exporter = _onnx if fmt == "onnx" else _pt2
+            run = exporter(traced, tuple(i[:2] for i in inputs), dynamic, written, outputs)
+        except BirnnError:
+            raise
+        except Exception as e:  # the exporters raise many types; the first line says what failed
+            raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
+    with torch.inference_mode():
+        plain = Spelled(reference) if len(inputs) == 3 else reference if len(inputs) == 2 else model
+        exported, expected = run(*inputs), target.graph(plain)(*inputs)
+    lengths = inputs[-1] if len(inputs) > 1 else None
+    difference = target.export_difference(reference, exported, expected, lengths, out)
+    if not difference <= TOLERANCE:
+        raise BirnnError(f"{out} gives {outputs[0]} {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
+    return difference
+
+
 def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, float]:
     """Write ``restored``'s model, as its kind of target has it output (``Target.graph``), as ``fmt``; return the file
     and the max difference of its outputs to PyTorch's (at valid steps; ``Target.export_difference``)."""
@@ -170,22 +205,11 @@ def export(restored: Restored, fmt: str = "onnx", out: Path | None = None) -> tu
         model = Spelled(model).eval()
         dynamic = {"inputs": {0: batch}, "characters": {0: batch}, "lengths": {0: batch}}
     traced = target.graph(model)  # what the file outputs: values come out in the target's units
-    with warnings.catch_warnings():
-        for message in QUIET:
-            warnings.filterwarnings("ignore", message=message)
-        try:
-            run = (_onnx if fmt == "onnx" else _pt2)(traced, tuple(i[:2] for i in inputs), dynamic, out, outputs)
-        except BirnnError:
-            raise
-        except Exception as e:  # the exporters raise many types; the first line says what failed
-            raise BirnnError(f"{fmt} export of {restored.path} failed: {type(e).__name__}: {first_line(e)}") from None
-    with torch.inference_mode():
-        plain = Spelled(reference) if len(inputs) == 3 else reference if len(inputs) == 2 else model
-        exported, expected = run(*inputs), target.graph(plain)(*inputs)
-    lengths = inputs[-1] if len(inputs) > 1 else None
-    difference = target.export_difference(reference, exported, expected, lengths, out)
-    if not difference <= TOLERANCE:
-        raise BirnnError(f"{out} gives {outputs[0]} {difference:.2e} away from PyTorch's (tolerance {TOLERANCE}).")
+    try:
+        with staged(out) as written:  # the file appears at ``out`` only once written and checked
+            difference = _write(restored, traced, fmt, inputs, dynamic, written, outputs, model, out)
+    except OSError as e:  # the folder is missing or not writable
+        raise BirnnError(f"cannot write {out}: {e.strerror or e}") from None
     return out, difference
 
 
@@ -200,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="file to write (default: model.onnx / model.pt2 beside CHECKPOINT)")
     add_trust_options(parser)
     args = parser.parse_args(argv)
-    with user_errors():
+    with stopped_in_one_line("the export"), user_errors():
         restored = restore(args.checkpoint, allow=args.allow, unverified=args.allow_unverified)
         out, difference = export(restored, args.format, args.out)
     steps, features = restored.input_shape
@@ -218,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if restored.patch > 1:
         scale += f", read {restored.patch} steps at a time inside the model (data.patch)"
     vocab = restored.spec.get("vocab_size")
-    inputs = f"images float32 (N, {steps}, {features}) {scale}"
+    plural = restored.inputs[1]  # the graph's input is named images whatever the data (its public name)
+    named = ' (graph input "images")' if plural != "images" and args.format == "onnx" else ""
+    inputs = f"{plural} float32 (N, {steps}, {features}) {scale}{named}"
     if variable_length(restored):
         shape = f"token IDs int64 (N, {steps}), 0-padded" if vocab else f"float32 (N, {steps}, {features}), padded"
         inputs = f"inputs {shape}, and lengths int64 (N,)"

@@ -188,7 +188,7 @@ def out_of_range(x: torch.Tensor, restored: Restored) -> str | None:
 
 
 def predict(
-    checkpoint: Path,
+    checkpoint: Path | Restored,
     paths: Sequence[Path],
     invert: str = "auto",
     device: str = "cpu",
@@ -196,8 +196,8 @@ def predict(
     unverified: bool = False,
 ) -> list[dict]:
     """Per input ``{file, prediction, label, probability}`` (series of a ``.ts`` file also ``index``), or
-    ``{file, error}`` when a file cannot be read."""
-    restored = restore(checkpoint, allow=allow, unverified=unverified)
+    ``{file, error}`` when a file cannot be read. ``checkpoint``: its path, or the checkpoint already restored."""
+    restored = checkpoint if isinstance(checkpoint, Restored) else restore(checkpoint, (), allow, unverified)
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     results, inputs = [], []
     for path, error in image_files(paths):
@@ -277,7 +277,7 @@ def _answer(
 
 
 def predict_texts(
-    checkpoint: Path,
+    checkpoint: Path | Restored,
     paths: Sequence[Path],
     texts: Sequence[str],
     device: str = "cpu",
@@ -287,11 +287,12 @@ def predict_texts(
 ) -> list[dict]:
     """Per text (each ``--text``, each line of each file, each ``pretokenized`` text: tokens split on whitespace
     only) ``{file, index, text, prediction, label, probability}`` (a tagger: ``label`` is ``token/TAG ...``,
-    ``tags`` the list), or ``{file, error}`` for an unreadable file."""
-    restored = text_model(checkpoint, allow, unverified)
+    ``tags`` the list), or ``{file, error}`` for an unreadable file. ``checkpoint``: its path, or the checkpoint
+    ``text_model`` restored."""
+    restored = checkpoint if isinstance(checkpoint, Restored) else text_model(checkpoint, allow, unverified)
     tok = tokenize.from_json(restored.tokenizer)
     if pretokenized and tok.kind != "word":
-        raise BirnnError(f"--tokens gives words: {checkpoint} reads {tok.kind} tokens (use --text)")
+        raise BirnnError(f"--tokens gives words: {restored.path} reads {tok.kind} tokens (use --text)")
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
     restored.model.to(target)
     records: list[dict] = [{"file": "--text", "index": i, "text": t} for i, t in enumerate(texts)]
@@ -466,14 +467,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise BirnnError("--format and --token-column describe the file that --out tags: give --out FILE")
         is_text = args.text or args.tokens or all(p.suffix.lower() == ".txt" for p in args.paths)
         if is_text:
-            results = predict_texts(
-                args.checkpoint, args.paths, args.text, args.device, args.allow, args.allow_unverified, args.tokens
-            )
+            restored = text_model(args.checkpoint, args.allow, args.allow_unverified)
+            results = predict_texts(restored, args.paths, args.text, args.device, pretokenized=args.tokens)
         else:
-            results = predict(args.checkpoint, args.paths, args.invert, args.device, args.allow, args.allow_unverified)
+            restored = restore(args.checkpoint, allow=args.allow, unverified=args.allow_unverified)
+            results = predict(restored, args.paths, args.invert, args.device)
         show(results, args.json)
         if all("error" in r for r in results):
-            raise BirnnError("no image could be classified")
+            raise BirnnError(f"no {restored.inputs[0]} could be {restored.target.done}")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def test_export_builds_the_patching_into_the_graph(patched_run, capsys):
     ckpt = run / "checkpoints" / "last.pt"
     export.main([str(ckpt), "--format", "pt2"])
     out = capsys.readouterr().out
-    assert "input images float32 (N, 10, 2) as raw values" in out
+    assert "input series float32 (N, 10, 2) as raw values" in out
     assert "read 4 steps at a time inside the model (data.patch), output logits (N, 2)" in out
     program = torch.export.load(str(ckpt.parent / "model.pt2")).module()
     raw = torch.from_numpy(waves(40, 1)[0])

@@ -42,6 +42,7 @@ class Target(Protocol):
     accuracy: bool  # predictions are right or wrong: a split's accuracy is reported (classes; not values)
     stratified: bool  # data.folds splits stratified by the target (a class per sequence), else plain KFold
     score: str  # the test score every run of this kind reports (birnn.schema.metrics.HEADLINES)
+    done: str  # what predicting does to an input, in words ("classified", "tagged", "given a value")
 
     @property
     def outputs(self) -> int:
@@ -163,6 +164,7 @@ class Classes:
     accuracy = True
     stratified = True
     score = HEADLINE
+    done = "classified"
 
     def __init__(self, classes: list[str]):
         self.classes = list(classes)
@@ -271,6 +273,7 @@ class ClassPerStep(Classes):
     per_step = True
     pictures = False
     stratified = False
+    done = "tagged"
 
     def count(self, y: Tensor) -> int:
         return int((y != IGNORE).sum())
@@ -354,6 +357,7 @@ class Values:
     accuracy = False
     stratified = False
     score = "test_rmse"
+    done = "given a value"
     compared = " (in standardized units)"
 
     def __init__(
@@ -571,8 +575,9 @@ def fit_values(names: list[str], per_step: bool, task: dict, train_y: Tensor) ->
 
 def value_scores(y: Tensor, predictions: Tensor, names: list[str], per_step: bool) -> dict[str, float]:
     """RMSE, MAE and R² of ``predictions`` (float64) over the scored targets (finite ``y``), uniformly averaged over
-    the outputs, and with several outputs each one's (``rmse_<name>``...); NaN for no scored target, R² NaN for a
-    constant target."""
+    the outputs, and with several outputs each one's (``rmse_<name>``...); NaN for no scored target. R² follows
+    scikit-learn's ``r2_score`` (``force_finite``): a constant target scores 1.0 where predicted exactly, else 0.0, so
+    one constant output does not make the average NaN."""
     y, p = y.detach().cpu().double(), predictions.detach().cpu().double()
     if per_step:
         scored = torch.isfinite(y)
@@ -583,7 +588,9 @@ def value_scores(y: Tensor, predictions: Tensor, names: list[str], per_step: boo
     rmse = error.square().mean(0).sqrt()
     mae = error.abs().mean(0)
     spread = (y - y.mean(0)).square().sum(0)
-    r2 = torch.where(spread > 0, 1 - error.square().sum(0) / spread, math.nan)
+    residual = error.square().sum(0)
+    exact = torch.where(residual == 0, 1.0, 0.0).double()
+    r2 = torch.where(spread > 0, 1 - residual / spread, exact) if len(y) else torch.full_like(rmse, math.nan)
     scores = {"rmse": rmse.mean().item(), "mae": mae.mean().item(), "r2": r2.mean().item()}
     if y.shape[1] > 1:
         for i, name in enumerate(names):
@@ -653,12 +660,19 @@ def value_names(outputs: int) -> list[str]:
 def as_values(y: Tensor, lengths: Tensor | None, steps: int, per_step: bool, log: bool, where: str) -> Tensor:
     """Targets checked and shaped as ``Values`` reads them (float32): per sequence ``(N,)`` or ``(N, d)`` (``(N,
     1)`` becomes ``(N,)``), every one finite; per step ``(N, steps)``, ``NaN`` not scored (steps beyond a length
-    become ``NaN``), an infinite one refused. ``log`` (``task.log_target``): a negative target is refused.
-    ``where``: the data and split, for the message."""
+    become ``NaN``), an infinite one refused. A number beyond float32's range is refused as such. ``log``
+    (``task.log_target``): a negative target is refused. ``where``: the data and split, for the message."""
     if not y.is_floating_point():
         raise BirnnError(
             f"{where} holds classes (integer labels), not values: task=regression needs float targets (train "
             "classes with task=classification)"
+        )
+    overflow = torch.isfinite(y) & ~torch.isfinite(y.float())  # a number in the file, inf in float32
+    if overflow.any():
+        n = int(overflow.sum())
+        raise BirnnError(
+            f"{where} holds {n} target{'s' * (n > 1)} beyond float32's range (|y| > 3.4e38, e.g. "
+            f"{y[overflow][0].item():.6g}): birnn computes in float32; rescale the targets"
         )
     y = y.float()
     if per_step:

@@ -26,6 +26,7 @@ from birnn.schema.config import typed, validate
 from birnn.schema.console import unknown_key
 from birnn.schema.errors import BirnnError
 
+INPUT_WORDS = {"image": ("image", "images"), "series": ("series", "series"), "text": ("text", "texts")}  # by data kind
 MODEL_SLACK = 2**26  # bytes a model may hold beyond its checkpoint's file (buffers it does not save)
 
 
@@ -46,6 +47,11 @@ class Restored:
     def target(self) -> Target:
         """The kind of target the model learned (``birnn.data.targets``): what it outputs and how to read it."""
         return for_data(self.classes, bool(self.spec.get("per_step")), self.spec.get("values"))
+
+    @property
+    def inputs(self) -> tuple[str, str]:
+        """What one input of the model's data is called, and several (``image``/``images``, ``series``, ``text``)."""
+        return INPUT_WORDS.get(self.spec.get("kind", "image"), ("input", "inputs"))
 
     @property
     def normalization(self) -> dict | None:
@@ -138,7 +144,14 @@ def trusted(overrides: Sequence[str], allow: Sequence[str]) -> tuple[str, ...]:
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
-    """Refuse overrides that would make the restored model or its inputs differ from the trained ones."""
+    """Refuse overrides that would make the restored model or its inputs differ from the trained ones, and any of
+    the task (``task=``, ``task.*``): what the model learned to output is fixed when it is trained."""
+    task = [o for o in overrides if o.startswith(("task=", "task."))]
+    if task:
+        raise BirnnError(
+            f"{', '.join(o.partition('=')[0] for o in task)}: a checkpoint's task is fixed when it is trained (what "
+            f"its model outputs and how its targets are scaled); train again with {' '.join(task)}"
+        )
     changed = [
         o.partition("=")[0]
         for o in overrides

@@ -202,9 +202,9 @@ class Summary:
 
         def rank(job: Job) -> tuple:
             value = number(job.metrics.get(self.metric))
-            return (0, best_first(self.metric, value)) if value is not None else (1, 0.0)
+            return best_first(self.metric, value) if value is not None else (2, 0.0)
 
-        self.jobs = sorted(jobs, key=rank)  # stable: unranked jobs keep their order
+        self.jobs = sorted(jobs, key=rank)  # stable: NaN scores, then unranked jobs, last in their order
         self.completed = [job for job in self.jobs if job.metrics]
         self.ranked = [job for job in self.completed if number(job.metrics.get(self.metric)) is not None]
 
@@ -267,7 +267,7 @@ class Summary:
                 spread = (statistics.stdev(xs) if finite else math.nan) if len(xs) > 1 else 0.0
                 row[m] = (statistics.fmean(xs), spread) if xs else None
             rows.append(row)
-        return sorted(rows, key=lambda r: best_first(self.metric, r[self.metric][0]) if r[self.metric] else math.inf)
+        return sorted(rows, key=lambda r: best_first(self.metric, r[self.metric][0]) if r[self.metric] else (2, 0.0))
 
     def csv(self) -> str:
         out = io.StringIO()

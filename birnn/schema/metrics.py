@@ -9,6 +9,7 @@ Scores are named as in ``metrics.json``: ``<split>_<score>`` (``val_accuracy``),
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 # what trainer.monitor accepts under each task (task.name): the validation scores "best" may mean; the first is the
@@ -35,13 +36,19 @@ def higher_is_better(metric: str) -> bool:
 
 
 def better(metric: str, value: float, best: float | None) -> bool:
-    """Whether ``value`` of ``metric`` improves on ``best`` (None: nothing to improve on yet; NaN never improves)."""
-    return best is None or (value > best if higher_is_better(metric) else value < best)
+    """Whether ``value`` of ``metric`` improves on ``best``: NaN never improves, and any other value improves on
+    nothing yet (None) or on a NaN best (a checkpoint of an earlier release may hold one)."""
+    if math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or (value > best if higher_is_better(metric) else value < best)
 
 
-def best_first(metric: str, value: float) -> float:
-    """A sort key putting the best values of ``metric`` first."""
-    return -value if higher_is_better(metric) else value
+def best_first(metric: str, value: float) -> tuple[int, float]:
+    """A sort key putting the best values of ``metric`` first and NaN last (after every number, in a stable
+    order)."""
+    if math.isnan(value):
+        return (1, 0.0)
+    return (0, -value if higher_is_better(metric) else value)
 
 
 def direction(metric: str) -> Literal["maximize", "minimize"]:

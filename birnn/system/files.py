@@ -9,7 +9,8 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -41,6 +42,21 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path`` (ending in its suffix) for writers that take a path: renamed over ``path`` when
+    the block ends, removed when it raises (an error, a signal), so ``path`` is never left half-written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # the writer reopens the file: it keeps these permissions
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --- reading: one rule for every file birnn reads --------------------------------------------------------------
