@@ -26,6 +26,17 @@ from birnn.schema.config import validate
 from birnn.train import train
 
 
+def split_candidates(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The values after ``--candidates`` (``KEY=VALUE`` or ``-``, up to the next ``--`` option) and the rest of
+    ``argv``: taken out first, so that ``split_overrides`` does not read them as overrides for every run."""
+    if "--candidates" not in argv:
+        return [], argv
+    start = end = argv.index("--candidates") + 1
+    while end < len(argv) and not argv[end].startswith("--"):
+        end += 1
+    return argv[start:end], argv[: start - 1] + argv[end:]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS))
@@ -34,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
-    own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(own)
+    candidates, rest = split_candidates(sys.argv[1:] if argv is None else argv)
+    own, overrides = split_overrides(rest)
+    args = parser.parse_args(own + (["--candidates", *candidates] if candidates else []))
     lines = ["| preset | candidate | " + " | ".join(f"{p} val RMSE / R²" for p in args.problems) + " | mean val R² |"]
     lines.append("|" + " --- |" * (len(args.problems) + 3))
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(version_base="1.3", config_dir=str(CONF)):

@@ -82,3 +82,15 @@ def test_quick_run_of_the_script(tmp_path):
     cells = line.split(" | ")
     assert cells[1:4] == ["tser", "2 x 24", "74 / 33"] and cells[4].endswith("(1 seed)")
     assert float(cells[4].split()[0]) > 0 and cells[6] == "0.3003 / 0.2959" and cells[8] == "0.2984"
+
+
+def test_select_reads_candidates_given_on_the_command_line():
+    select_spec = importlib.util.spec_from_file_location("tser_select", SCRIPT.with_name("tser_select.py"))
+    tser_select = importlib.util.module_from_spec(select_spec)
+    select_spec.loader.exec_module(tser_select)
+    argv = ["--candidates", "-", "task.loss=huber", "--seed", "1", "device=cpu", "device.num_threads=1"]
+    assert tser_select.split_candidates(argv) == (
+        ["-", "task.loss=huber"],
+        ["--seed", "1", "device=cpu", "device.num_threads=1"],
+    )
+    assert tser_select.split_candidates(["device=cpu"]) == ([], ["device=cpu"])
