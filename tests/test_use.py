@@ -128,6 +128,7 @@ def test_restore_without_a_stored_data_spec_asks_the_loader(ckpt, tmp_path):
         "vocab_size": None,
         "tokenizer": None,
         "per_step": False,
+        "normalize_series": False,
         "samples": {"train": 1438, "test": 359},
     }
     state.pop("checksum")  # older checkpoints had neither
