@@ -235,6 +235,9 @@ def test_a_pack_stores_the_characters_and_a_pack_without_them_still_trains(corpu
         "model.hidden_size=8",
         "trainer.max_steps=2",
         "trainer.log_images=false",
+        # train() applies no pack settings (birnn-train does): data=tagged's model defaults, as the files' run has
+        "model.embedding_dropout=0.3",
+        "model.head_dropout=0.3",
     ]
     metrics = train(make_cfg(*from_pack, f"data.path={tmp_path / 'chars'}", "model.char_encoder=cnn"), tmp_path / "a")
     files = train(make_cfg(*tagger(corpus, "trainer.max_steps=2")), tmp_path / "b")  # the same data from the files
