@@ -274,6 +274,7 @@ def test_two_processes_do_the_single_process_math_with_characters(tmp_path):
 
     corpus = write_sentences(tmp_path / "train.conll", 75), write_sentences(tmp_path / "test.conll", 20, seed=1)
     run = [*tagger(corpus, "data.batch_size=10", "trainer.epochs=2"), "model.char_encoder=lstm"]
+    run += ["model.embedding_dropout=0", "model.head_dropout=0"]  # dropout draws are per process (seed + rank)
     rc, _, err = finished(torchrun(*run, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path, stderr=subprocess.PIPE))
     assert rc == 0, err
     single = train(make_cfg(*run), tmp_path / "one")

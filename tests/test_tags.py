@@ -77,6 +77,9 @@ def tagger_data(variant: str, tags_file: Path) -> list[str]:
         f"data.path={write_conll(folder / 'train.conll', arrays['x_train'], arrays['y_train'])}",
         f"data.test_path={write_conll(folder / 'test.conll', arrays['x_test'], arrays['y_test'])}",
         f"data.vectors={glove}",
+        # without data=tagged's dropouts, as the arrays variants: each process draws its own (seed + rank)
+        "model.embedding_dropout=0",
+        "model.head_dropout=0",
     ]
 
 
