@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_arrays
 import torch
 
 from birnn import evaluate
@@ -20,17 +21,7 @@ from birnn.schema.metrics import better, direction, judged_by
 from birnn.train import train
 from conftest import make_cfg, run_cli
 
-FAST = [
-    "task=regression",
-    "data=arrays",
-    "device=cpu",
-    "device.num_threads=1",
-    "model.hidden_size=16",
-    "model.num_layers=1",
-    "trainer.log_images=false",
-    "optimizer.lr=0.01",
-    "data.batch_size=20",
-]
+FAST = ["task=regression", *test_arrays.FAST, "data.batch_size=20"]  # the arrays tests' small model, as values
 
 
 def ramps(n: int, seed: int, outputs: int = 0) -> tuple[np.ndarray, np.ndarray]:
