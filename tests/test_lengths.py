@@ -29,7 +29,7 @@ def _padded_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("shortcut", [True, False])
-@pytest.mark.parametrize("readout", ["last", "final", "mean"])
+@pytest.mark.parametrize("readout", ["last", "final", "mean", "max"])
 def test_padded_batch_equals_each_sample_alone(cell, num_layers, shortcut, readout):
     torch.manual_seed(num_layers)
     kwargs = dict(hidden_size=5, num_layers=num_layers, readout=readout, cell=cell)
@@ -56,7 +56,7 @@ def assert_padded_batch_is_each_sample_alone(batched, plain, x, lengths, y) -> N
 
 @pytest.mark.parametrize("k", [2, 3, 7])
 @pytest.mark.parametrize("shortcut", [True, False])
-@pytest.mark.parametrize("readout", ["last", "final", "mean"])
+@pytest.mark.parametrize("readout", ["last", "final", "mean", "max"])
 def test_patched_padded_batch_equals_each_sample_patched_alone(k, shortcut, readout):
     """Patching the junk-padded batch (lengths ceil(n / k)) gives each sample's logits and gradients as if it
     were patched alone, unpadded: its last patch zero-filled, never the padding's junk."""
@@ -81,7 +81,7 @@ def test_patched_padded_batch_equals_each_sample_patched_alone(k, shortcut, read
 def test_unidirectional_readouts_respect_lengths(cell):
     torch.manual_seed(0)
     x, lengths, _ = _padded_batch(0)
-    for readout in ("last", "final", "mean"):
+    for readout in ("last", "final", "mean", "max"):
         model = RNNClassifier(FEATURES, CLASSES, hidden_size=5, bidirectional=False, readout=readout, cell=cell)
         alone = torch.cat([model(x[i : i + 1, :n]) for i, n in enumerate(LENGTHS)])
         assert (model(x, lengths) - alone).abs().max() <= 1e-5, readout
@@ -93,7 +93,7 @@ def test_no_packing_without_lengths(monkeypatch):
     x = torch.rand(3, 6, FEATURES)
     models = [
         RNNClassifier(FEATURES, CLASSES, hidden_size=5, readout=r, cell=c)
-        for r in ("last", "final", "mean")
+        for r in ("last", "final", "mean", "max")
         for c in ("lstm", "gru")
     ]
     packed = [m(x, torch.full((3,), 6)) for m in models]
@@ -136,7 +136,7 @@ def test_training_step_and_evaluation_pass_lengths():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("readout", ["last", "final", "mean"])
+@pytest.mark.parametrize("readout", ["last", "final", "mean", "max"])
 def test_cuda_packed_batch_equals_cpu(cell, readout):
     """cuDNN packed kernels, lengths on the GPU: same logits and gradients as the CPU (TF32 off)."""
     torch.backends.cudnn.allow_tf32 = False

@@ -9,7 +9,7 @@ from birnn.models.rnn import RNNClassifier
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("readout", ["last", "final", "mean"])
+@pytest.mark.parametrize("readout", ["last", "final", "mean", "max"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_output_shape(readout, bidirectional, cell):
     model = RNNClassifier(
@@ -36,6 +36,8 @@ def test_readouts_differ_and_last_is_the_tutorials():
     torch.testing.assert_close(model(x), model.fc(torch.cat([h_n[-2], h_n[-1]], 1)))
     model.readout = "mean"
     torch.testing.assert_close(model(x), model.fc(out.mean(1)))
+    model.readout = "max"
+    torch.testing.assert_close(model(x), model.fc(out.max(1).values))
 
 
 def test_state_dict_matches_the_tutorial_model():

@@ -52,7 +52,7 @@ def test_kernel_equal_to_stride_is_a_linear_map_of_data_patch():
 
 @pytest.mark.parametrize(("kernel", "stride"), [(4, 2), (3, 3), (5, 1), (8, 4)])
 @pytest.mark.parametrize("shortcut", [True, False])
-@pytest.mark.parametrize("readout", ["last", "final", "mean"])
+@pytest.mark.parametrize("readout", ["last", "final", "mean", "max"])
 def test_padded_batch_equals_each_sample_alone(kernel, stride, shortcut, readout):
     """The stem normalizes each step on its own, so training and eval alike: logits and gradients of the
     junk-padded batch are those of each sample run alone, unpadded."""

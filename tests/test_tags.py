@@ -298,6 +298,7 @@ def test_two_processes_tag_with_the_single_process_math(tags_file, tmp_path, var
         {"readout": "last"},
         {"readout": "final"},
         {"readout": "mean", "cell": "gru"},
+        {"readout": "max"},
         {"per_step": True, "num_layers": 3},
         {"readout": "final", "bidirectional": False},
     ],

@@ -28,7 +28,7 @@ from birnn.schema.config import RNN_CLASSIFIER
 from birnn.schema.errors import BirnnError, check_config, first_line
 
 log = logging.getLogger("birnn")
-READOUTS = ("last", "final", "mean")
+READOUTS = ("last", "final", "mean", "max")
 _GATES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # model.cell -> (multi-layer cuDNN-capable module, one-step cell with the same gate layout)
 CELLS: dict[str, tuple[type[nn.RNNBase], type[nn.RNNCellBase]]] = {
@@ -126,9 +126,9 @@ class RNNClassifier(nn.Module):
     """LSTM or GRU over the steps of an input (batch, steps, features) and a linear classifier on a readout.
 
     Readouts: ``last`` (output at the last step, the tutorial's), ``final`` (final hidden states of the
-    top layer, both directions concatenated) and ``mean`` (output averaged over time); with ``lengths``,
-    "last step" and "over time" mean each sample's own valid steps. Parameter names match the tutorial's
-    model (``lstm.*``, ``fc.*``); a GRU's are ``gru.*``.
+    top layer, both directions concatenated), ``mean`` (output averaged over time) and ``max`` (each feature's
+    largest output over time); with ``lengths``, "last step" and "over time" mean each sample's own valid steps.
+    Parameter names match the tutorial's model (``lstm.*``, ``fc.*``); a GRU's are ``gru.*``.
 
     Token data (``vocab_size`` given): int64 IDs ``(batch, steps)`` pass an ``nn.Embedding`` (``embedding.*``,
     padding ID 0) first; with ``frozen_words`` the last IDs are pretrained words read from the ``pretrained`` buffer
@@ -264,10 +264,10 @@ class RNNClassifier(nn.Module):
         if self.readout == "final":
             return torch.cat([h_n[-2], h_n[-1]], dim=1) if self.rnn.bidirectional else h_n[-1]
         if lengths is None:
-            return out[:, -1, :] if self.readout == "last" else out.mean(dim=1)
+            return out[:, -1, :] if self.readout == "last" else pooled(out, self.readout)
         if self.readout == "last":
             return _at_last_step(out, lengths)
-        return out.sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1)  # padded outputs are zeros
+        return pooled(out, self.readout, lengths)
 
     def _every_step(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         """The top layer's output at every step (batch, steps, directions x hidden); zeros beyond a length."""
@@ -289,6 +289,18 @@ class RNNClassifier(nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 return self.fc(features.float())
         return self.fc(features)
+
+
+def pooled(out: Tensor, readout: str, lengths: Tensor | None = None) -> Tensor:
+    """``out`` (batch, steps, features) pooled over time by ``readout`` (``mean`` or ``max``), each sample over its
+    first ``lengths[i]`` steps if given."""
+    if lengths is None:
+        return out.mean(dim=1) if readout == "mean" else out.amax(dim=1)
+    steps = torch.arange(out.shape[1], device=out.device).unsqueeze(0)
+    valid = (steps < lengths.to(out.device).unsqueeze(1)).unsqueeze(2)
+    if readout == "max":
+        return out.masked_fill(~valid, float("-inf")).amax(dim=1)
+    return (out * valid).sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1)
 
 
 MAX_WIDTH, MAX_LAYERS = 65_536, 64  # far beyond any recurrent classifier: refuses typos like 1000000000

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from birnn.models.characters import reversed_within
-from birnn.models.rnn import CELLS, RNNClassifier, token_inputs
+from birnn.models.rnn import CELLS, RNNClassifier, pooled, token_inputs
 
 
 def _direction(rnn: nn.RNNBase, layer: int, suffix: str) -> nn.RNNBase:
@@ -67,8 +67,7 @@ class Unpacked(nn.Module):
         if self.readout == "final":  # forward: its state at the last valid step; backward: at the first step
             hidden = self.forward_layers[-1].hidden_size
             return self.fc(torch.cat([last[:, :hidden], x[:, 0, hidden:]], dim=1) if self.backward_layers else last)
-        valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
-        return self.fc((x * valid.unsqueeze(2)).sum(1) / lengths.to(x.device, x.dtype).unsqueeze(1))
+        return self.fc(pooled(x, self.readout, lengths))
 
 
 class Spelled(nn.Module):

@@ -83,7 +83,7 @@ class ModelConfig:
     bidirectional: bool = True  # false: a plain (unidirectional) LSTM / GRU
     dropout: float = 0.0  # between recurrent layers
     # last: output at the last step (the tutorial's) | final: final hidden states of both directions |
-    # mean: mean over time
+    # mean: mean over time | max: each feature's largest output over time
     readout: str = "last"
     backward_shortcut: bool = (
         True  # readout=last: the last layer's backward direction runs over the final step only (exact, faster)
