@@ -133,6 +133,8 @@ def suffix_cfg(folder: Path, *extra: str):
         "device.num_threads=1",
         "model.hidden_size=8",
         "model.embedding_dim=8",
+        "model.char_encoder=none",  # the suffix is the signature's evidence alone: no vectors, no characters
+        "data.vectors=null",
         "trainer.epochs=3",
         "trainer.log_every_n_steps=5",
         "trainer.checkpoint_every_n_steps=5",

