@@ -255,6 +255,24 @@ def test_a_pack_stores_the_characters_and_a_pack_without_them_still_trains(corpu
         train(make_cfg(*from_pack, f"data.path={tmp_path / 'plain'}", "model.char_encoder=cnn"), tmp_path / "e")
 
 
+def test_a_pack_whose_splits_have_other_longest_words_trains_as_the_files(corpus, tmp_path):
+    """Each split's characters are padded to its own longest word (as in memory): a test split whose longest word is
+    shorter than the training split's still packs, and the pack trains as the files do."""
+    train_file, _ = corpus
+    short = tmp_path / "short.conll"
+    short.write_text("The\tDT\ncat\tNN\n\n")  # 3 characters at most; the training split has 'running'
+    source = ["data=tagged", f"data.path={train_file}", f"data.test_path={short}", "model.char_encoder=cnn"]
+    packed = run_cli(str(tmp_path / "pack"), *source, cwd=tmp_path, module="birnn.pack")
+    assert packed.returncode == 0, packed.stderr
+    common = ["data.batch_size=8", "device=cpu", "model.hidden_size=8", "trainer.max_steps=2", "model.char_encoder=cnn"]
+    common += ["trainer.log_images=false", "model.embedding_dropout=0.3", "model.head_dropout=0.3"]
+    metrics = train(make_cfg("data=packed", f"data.path={tmp_path / 'pack'}", *common), tmp_path / "a")
+    files = train(make_cfg(*source, *common), tmp_path / "b")
+    assert {k: v for k, v in metrics.items() if k not in WALL_CLOCK} == {
+        k: v for k, v in files.items() if k not in WALL_CLOCK
+    }
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical_with_characters(tmp_path):
     from test_resume import kill_9_then_resume

@@ -266,7 +266,8 @@ class PackWriter:
             writer.append(self.vectors.astype(np.float32))
             writer.close()
             vectors = {"vectors": describe(self.out / VECTORS), "trained_vocab": self.trained_vocab}
-        if len({(s.files["x"].row_shape[1:], len(s.files["y"].row_shape)) for s in self.splits.values()}) > 1:
+        compared = 2 if self.characters else 1  # with characters, each split is as wide as its own longest word
+        if len({(s.files["x"].row_shape[compared:], len(s.files["y"].row_shape)) for s in self.splits.values()}) > 1:
             raise BirnnError("the splits differ in features per step, or in labels per sample or per step")
         manifest = {
             "format": FORMAT,
@@ -536,7 +537,8 @@ def load_packed(
         )
         fields[f"{split}_y"], fields[f"{split}_lengths"] = y, lengths
     xs, ys = [fields[f"{s}_x"] for s in manifest["splits"]], [fields[f"{s}_y"] for s in manifest["splits"]]
-    if len({x.raw_shape[1:] for x in xs}) > 1 or len({y.ndim for y in ys}) > 1:
+    compared = 2 if characters else 1  # with characters, each split is as wide as its own longest word
+    if len({x.raw_shape[compared:] for x in xs}) > 1 or len({y.ndim for y in ys}) > 1:
         raise BirnnError(f"{where}: its splits differ in features per step, or in labels per sample or per step")
     vectors = None
     if manifest.get("vectors") is not None and fitted is None:  # a checkpoint's model holds its vectors already
