@@ -83,6 +83,18 @@ def test_a_bad_file_is_one_error_naming_file_and_line(tmp_path, content, message
         read_vectors(path)
 
 
+@pytest.mark.parametrize("header", [False, True])
+def test_a_word_listed_twice_keeps_its_first_vector(tmp_path, header):
+    """Published tables hold duplicates (GloVe 840B): gensim keeps a word's first vector; no row is left unnamed."""
+    again = np.full((1, 4), 9, dtype=np.float32)
+    lines = glove_lines(WORDS + ["jury"], np.concatenate([MATRIX, again]))
+    path = tmp_path / "v.txt"
+    path.write_text((f"{len(WORDS) + 1} 4\n" if header else "") + lines)
+    vectors = read_vectors(path)
+    assert vectors.words == WORDS
+    np.testing.assert_allclose(vectors.matrix, MATRIX, rtol=1e-6)
+
+
 def test_a_fifo_or_a_folder_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.txt"
     os.mkfifo(fifo)

@@ -131,15 +131,17 @@ def read_vectors(path: str | Path, format: str = "auto") -> Vectors:
     except Exception as e:  # gensim's ValueError/EOFError/UnicodeDecodeError for a malformed line
         bad = _first_bad_line(path, header) if kind != "word2vec_binary" else None
         raise BirnnError(bad or f"{path} is not a {kind} vectors file: {first_line(e)}") from None
-    matrix = np.asarray(kv.vectors, dtype=np.float32)
-    if len(kv.index_to_key) > MAX_WORDS or matrix.shape[1] > MAX_DIM:
+    # a word listed again keeps its first vector: gensim skips the later lines, leaving rows without a word at the end
+    words = [w for w in kv.index_to_key if w is not None]
+    matrix = np.asarray(kv.vectors[: len(words)], dtype=np.float32)
+    if len(words) > MAX_WORDS or matrix.shape[1] > MAX_DIM:
         raise BirnnError(f"{path} holds more than {MAX_WORDS} words or {MAX_DIM} dimensions: refused")
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if bad.size:
         where = f"line {bad[0] + 1 + header}" if kind != "word2vec_binary" else f"vector {bad[0] + 1}"
-        raise BirnnError(f"{path}, {where} ({kv.index_to_key[bad[0]]!r}): a value is NaN or infinite")
+        raise BirnnError(f"{path}, {where} ({words[bad[0]]!r}): a value is NaN or infinite")
     log.info("data.vectors: %d words of %d dimensions from %s (%s)", *matrix.shape, path, kind)
-    return Vectors(path, list(kv.index_to_key), matrix)
+    return Vectors(path, words, matrix)
 
 
 def _first_bad_line(path: Path, header: bool) -> str | None:
