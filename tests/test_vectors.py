@@ -95,6 +95,18 @@ def test_a_word_listed_twice_keeps_its_first_vector(tmp_path, header):
     np.testing.assert_allclose(vectors.matrix, MATRIX, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kept", [0.1, 0.9])
+def test_a_gzip_file_cut_short_is_one_error(tmp_path, kept):
+    """An interrupted download: cut in its first lines (format detection reads them) or near its end (gensim)."""
+    rows = np.random.default_rng(0).normal(size=(40_000, 4)).astype(np.float32)
+    whole = gzip.compress(glove_lines([f"w{i}" for i in range(len(rows))], rows).encode())
+    path = tmp_path / "glove.txt.gz"
+    path.write_bytes(whole[: int(len(whole) * kept)])
+    for read in (read_vectors, dimension) if kept < 0.5 else (read_vectors,):  # dimension reads line 1 alone
+        with pytest.raises(BirnnError, match="glove.txt.gz cannot be read: Compressed file ended"):
+            read(path)
+
+
 def test_a_fifo_or_a_folder_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.txt"
     os.mkfifo(fifo)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,14 +102,27 @@ def check_file(path: Path, what: str = "data.vectors") -> None:
         raise BirnnError(f"{what}={path} is {size} bytes (at most {MAX_BYTES}): refused")
 
 
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A file that fails while read inside (a gzip file cut short or corrupt) is one BirnnError naming it."""
+    try:
+        yield
+    except (EOFError, OSError, zlib.error) as e:
+        raise BirnnError(f"data.vectors={path} cannot be read: {first_line(e)}") from None
+
+
 def read_vectors(path: str | Path, format: str = "auto") -> Vectors:
     """The vectors in ``path`` (``format``: one of ``FORMATS``), checked: finite, at most ``MAX_WORDS`` words of at
     most ``MAX_DIM`` dimensions, every line of the file's one dimension."""
+    with _readable(Path(path)):
+        return _read(Path(path), format)
+
+
+def _read(path: Path, format: str) -> Vectors:
     try:
         from gensim.models import KeyedVectors
     except ImportError:
         raise BirnnError("data.vectors needs gensim: pip install 'birnn[text]'") from None
-    path = Path(path)
     if format not in FORMATS:
         raise BirnnError(f"data.vectors_format must be one of {', '.join(FORMATS)}; got {format!r}")
     check_file(path)
@@ -167,9 +182,10 @@ def dimension(path: str | Path, format: str = "auto") -> int:
     """The vectors' dimension from the file's first line alone (its header, or the numbers after the first word)."""
     path = Path(path)
     check_file(path)
-    kind = detect(path) if format == "auto" else format
-    with _opener(path)() as f:
-        fields = f.readline(1 << 20).split()
+    with _readable(path):
+        kind = detect(path) if format == "auto" else format
+        with _opener(path)() as f:
+            fields = f.readline(1 << 20).split()
     try:
         dim = int(fields[1]) if kind != "glove" else len(np.asarray(fields[1:], dtype=np.float32))
     except (IndexError, ValueError):
