@@ -107,6 +107,16 @@ def test_a_gzip_file_cut_short_is_one_error(tmp_path, kept):
             read(path)
 
 
+@pytest.mark.parametrize("header", ["", f"{len(WORDS)} 4\n"])
+def test_a_byte_order_mark_is_one_error(tmp_path, header):
+    """Else GloVe's first (commonest) word would be '\\ufeffthe', silently without its vector."""
+    path = tmp_path / "v.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + (header + glove_lines()).encode())
+    for read in (read_vectors, dimension):
+        with pytest.raises(BirnnError, match="v.txt starts with a UTF-8 byte-order mark"):
+            read(path)
+
+
 def test_a_fifo_or_a_folder_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.txt"
     os.mkfifo(fifo)

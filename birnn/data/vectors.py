@@ -102,6 +102,17 @@ def check_file(path: Path, what: str = "data.vectors") -> None:
         raise BirnnError(f"{what}={path} is {size} bytes (at most {MAX_BYTES}): refused")
 
 
+def _refuse_bom(path: Path) -> None:
+    """A UTF-8 byte-order mark would be read as part of the first word (GloVe: the commonest word loses its vector)
+    or break a word2vec header: one error line."""
+    with _opener(path)() as f:
+        if f.read(3) == b"\xef\xbb\xbf":
+            raise BirnnError(
+                f"data.vectors={path} starts with a UTF-8 byte-order mark, which gensim reads as part of its first "
+                "line: save the file without it"
+            )
+
+
 @contextmanager
 def _readable(path: Path) -> Iterator[None]:
     """A file that fails while read inside (a gzip file cut short or corrupt) is one BirnnError naming it."""
@@ -126,6 +137,7 @@ def _read(path: Path, format: str) -> Vectors:
     if format not in FORMATS:
         raise BirnnError(f"data.vectors_format must be one of {', '.join(FORMATS)}; got {format!r}")
     check_file(path)
+    _refuse_bom(path)
     kind = detect(path) if format == "auto" else format
     header = kind != "glove"
     if header:
@@ -183,6 +195,7 @@ def dimension(path: str | Path, format: str = "auto") -> int:
     path = Path(path)
     check_file(path)
     with _readable(path):
+        _refuse_bom(path)
         kind = detect(path) if format == "auto" else format
         with _opener(path)() as f:
             fields = f.readline(1 << 20).split()
