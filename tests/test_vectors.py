@@ -68,6 +68,9 @@ def test_lookup_as_written_then_lower_cased(files):
     "content, message",
     [
         (glove_lines() + "bad 0.1 0.2\n", "line 7: 2 values where the vectors have 4"),
+        # one value: gensim would spread it over the whole vector
+        (glove_lines() + "bad 0.1\n" + glove_lines(["more"]), "line 7: 1 values where the vectors have 4"),
+        (f"{len(WORDS)} 4\n" + glove_lines(WORDS[:-1]) + "Paris 0.5\n", "line 7: 1 values where the vectors have 4"),
         (glove_lines() + "bad 0.1 x 0.3 0.4\n", "line 7: not a word and its numbers"),
         (glove_lines() + "bad 0.1 nan 0.3 0.4\n", "line 7 ('bad'): a value is NaN or infinite"),
         ("7 4\n" + glove_lines(), "is not a word2vec vectors file"),  # the header counts more words than it holds

@@ -163,6 +163,10 @@ def _read(path: Path, format: str) -> Vectors:
     matrix = np.asarray(kv.vectors[: len(words)], dtype=np.float32)
     if len(words) > MAX_WORDS or matrix.shape[1] > MAX_DIM:
         raise BirnnError(f"{path} holds more than {MAX_WORDS} words or {MAX_DIM} dimensions: refused")
+    if kind != "word2vec_binary" and matrix.shape[1] > 1 and (matrix.max(1) == matrix.min(1)).any():
+        bad = _first_bad_line(path, header)  # gensim spreads a line's one value over the whole vector
+        if bad:
+            raise BirnnError(bad)
     bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
     if bad.size:
         where = f"line {bad[0] + 1 + header}" if kind != "word2vec_binary" else f"vector {bad[0] + 1}"
