@@ -284,3 +284,14 @@ def test_the_presets_read_glove_where_scripts_vectors_writes_it(tmp_path):
             assert restored.model.characters.width == 30
         else:
             assert restored.model.readout == "max"
+
+
+def test_an_empty_vectors_path_is_one_error_not_a_run_without_vectors(tmp_path, tagged):
+    """``data.vectors=$GLOVE`` with the variable unset: refused, as an empty data.path is."""
+    train_file, test_file, _ = tagged
+    args = ["data=tagged", f"data.path={train_file}", f"data.test_path={test_file}", "data.vectors=", "device=cpu"]
+    done = run_cli(*args, "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "error: data.vectors is empty: give a vectors file, or data.vectors=null for none" in done.stderr
+    packed = run_cli(str(tmp_path / "pack"), *args, cwd=tmp_path, module="birnn.pack")
+    assert packed.returncode != 0 and "data.vectors is empty" in packed.stderr, packed.stderr

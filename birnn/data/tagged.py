@@ -153,7 +153,7 @@ def load_tagged(
             f"{long.where}: a sentence of {len(long.tokens)} tokens, longer than data.max_length={max_length} "
             "(tagging never truncates: raise data.max_length or set it to null)"
         )
-    pretrained = read_vectors(vectors, vectors_format) if vectors and not fitted else None
+    pretrained = read_vectors(vectors, vectors_format) if vectors is not None and not fitted else None
     tok = (
         tokenize.from_json(fitted)
         if fitted

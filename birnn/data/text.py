@@ -264,7 +264,7 @@ def load_text(
         texts, labels = [texts[i] for i in train], [labels[i] for i in train]
     if max_length is not None and max_length < 1:
         raise BirnnError(f"data.max_length must be a positive number of tokens or null, got {max_length}")
-    pretrained = read_vectors(vectors, vectors_format) if vectors and not fitted else None
+    pretrained = read_vectors(vectors, vectors_format) if vectors is not None and not fitted else None
     tok = (
         tokenize.from_json(fitted)
         if fitted

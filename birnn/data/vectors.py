@@ -125,8 +125,17 @@ def _readable(path: Path) -> Iterator[None]:
 def read_vectors(path: str | Path, format: str = "auto") -> Vectors:
     """The vectors in ``path`` (``format``: one of ``FORMATS``), checked: finite, at most ``MAX_WORDS`` words of at
     most ``MAX_DIM`` dimensions, every line of the file's one dimension."""
-    with _readable(Path(path)):
-        return _read(Path(path), format)
+    path = _named(path)
+    with _readable(path):
+        return _read(path, format)
+
+
+def _named(path: str | Path) -> Path:
+    """``data.vectors`` as a path; an empty one (``data.vectors=``, an unset shell variable) is one error line, not
+    a run without the vectors."""
+    if str(path) == "":
+        raise BirnnError("data.vectors is empty: give a vectors file, or data.vectors=null for none")
+    return Path(path)
 
 
 def _read(path: Path, format: str) -> Vectors:
@@ -196,7 +205,7 @@ def _first_bad_line(path: Path, header: bool) -> str | None:
 
 def dimension(path: str | Path, format: str = "auto") -> int:
     """The vectors' dimension from the file's first line alone (its header, or the numbers after the first word)."""
-    path = Path(path)
+    path = _named(path)
     check_file(path)
     with _readable(path):
         _refuse_bom(path)
@@ -216,7 +225,7 @@ def _data_vectors(data: DictConfig) -> tuple[str, int] | None:
     """The pretrained vectors the data brings, as ``(what, dimension)``: ``data.vectors``' file, or the vectors a
     pack holds (``data=packed``, packed with ``data.vectors``); None without any."""
     path = data.get("vectors")
-    if path:
+    if path is not None:
         return f"data.vectors={path}", dimension(path, data.get("vectors_format", "auto"))
     if data.get("_target_") == "birnn.data.load_packed" and data.get("path"):
         dim = vectors_dimension(Path(data.path))
