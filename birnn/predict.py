@@ -60,6 +60,7 @@ from birnn.system.files import lines as text_lines
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy",)
 SERIES_SUFFIXES = (".ts",)
+CONLL_SUFFIXES = (".conll", ".conllu", ".conllx")  # --out: such a file is CoNLL whatever the tagger was trained on
 INPUT_SUFFIXES = IMAGE_SUFFIXES + ARRAY_SUFFIXES + SERIES_SUFFIXES
 MAX_STEPS = 10_000_000  # a variable-length .npy beyond this is refused before loading
 FAR = 10.0  # standard deviations from the training mean beyond which an input gets a warning
@@ -331,8 +332,9 @@ def tag_file(
     unverified: bool = False,
 ) -> tuple[TagFile, list[list[str]]]:
     """Tag every sentence of the CoNLL or slash file ``path`` (``fmt`` and ``token_column``: the checkpoint's
-    ``data.format`` and ``data.token_column`` unless given) and write it to ``out`` (``-``: standard output) with
-    the predicted tags (``birnn.data.tagfile``); the file read and each sentence's tags."""
+    ``data.format`` and ``data.token_column`` unless given; a ``.conll``/``.conllu``/``.conllx`` file is CoNLL) and
+    write it to ``out`` (``-``: standard output) with the predicted tags (``birnn.data.tagfile``); the file read and
+    each sentence's tags."""
     check_out(out, path)
     restored = text_model(checkpoint, allow, unverified)
     tok, kind = tokenize.from_json(restored.tokenizer), restored.target
@@ -340,7 +342,7 @@ def tag_file(
         what = "classifies whole texts" if not kind.per_step else f"reads {tok.kind} tokens"
         raise BirnnError(f"--out writes a tag per token of a file: {checkpoint} {what} (a tagger of data=tagged does)")
     data = restored.cfg.data
-    fmt = fmt or data.get("format", "conll")
+    fmt = fmt or ("conll" if path.suffix.lower() in CONLL_SUFFIXES else data.get("format", "conll"))
     column = data.get("token_column", 0) if token_column is None else token_column
     tag_file = read_tag_file(path, fmt, column, data.get("max_length"))
     target = setup_device(OmegaConf.structured(DeviceConfig(type=device)))
@@ -441,7 +443,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "column, slash word/TAG tokens; - writes to standard output; an existing file is replaced",
     )
     tagging.add_argument(
-        "--format", choices=("conll", "slash"), help="the file's format (default: the model's data.format)"
+        "--format",
+        choices=("conll", "slash"),
+        help="the file's format (default: conll for a .conll, .conllu or .conllx file, else the model's data.format)",
     )
     tagging.add_argument(
         "--token-column", type=int, metavar="N", help="CoNLL: the token's column, 0-based (default: data.token_column)"

@@ -91,6 +91,19 @@ def test_a_conll_file_gets_a_last_column_of_the_tags_predict_gives(tagger, tmp_p
     assert predicted == [t for s in tags for t in s]
 
 
+def test_a_conll_file_is_conll_to_a_tagger_trained_on_slash_files(tmp_path):
+    """README's `birnn-predict CKPT test.conll --out tagged.conll` with experiment=brown_pos's tagger (slash files):
+    the .conll file is read as CoNLL, not as word/TAG tokens."""
+    (tmp_path / "train.txt").write_text("the/X good/ADJ movie/X\na/X superb/ADJ film/X\n" * 10)
+    options = ["data.format=slash", "model.hidden_size=8", "trainer.max_steps=2", "tracker=none", "hydra.run.dir=run"]
+    trained = run_cli("data=tagged", "data.path=train.txt", *options, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "test.conll").write_text("the\tDT\tX\ngood\tJJ\tADJ\n\n")
+    done = run_cli("run/checkpoints/last.pt", "test.conll", "--out", "out.conll", cwd=tmp_path, module="birnn.predict")
+    assert done.returncode == 0 and done.stdout.strip().endswith("2 tokens tagged (conll)"), done.stderr
+    assert [len(line.split("\t")) for line in (tmp_path / "out.conll").read_text().splitlines()] == [4, 4, 1]
+
+
 @pytest.mark.parametrize("gold", [True, False], ids=["word/tag", "words"])
 def test_a_slash_file_gets_word_slash_tag_tokens(tagger, tmp_path, capsys, gold):
     sentences = [["the", "good", "and/or", "plot"], ["superb", "1/2"]]
