@@ -100,11 +100,13 @@ def test_ts_files_with_inf_or_no_values(tmp_path):
 def test_evaluate_refuses_overrides_that_change_the_model(series_run, tmp_path):
     run_dir, _ = series_run
     ckpt = run_dir / "checkpoints" / "last.pt"
-    for override in ("model.readout=mean", "data.normalize=false"):
+    for override in ("model.readout=mean", "data.normalize=false", "data.vectors=glove.txt"):
         proc = run_cli(str(ckpt), override, cwd=tmp_path, module="birnn.evaluate")
         assert proc.returncode == 2 and "would change the model or its inputs" in proc.stderr, proc.stderr
     with pytest.raises(BirnnError, match="model.hidden_size would change"):
         restore(ckpt, ["model.hidden_size=3"])
+    with pytest.raises(BirnnError, match="data.min_freq, data.lowercase would change"):  # the stored tokenizer's
+        restore(ckpt, ["data.min_freq=1", "data.lowercase=false", "data.eval_batch_size=8"])
 
 
 def test_resume_on_changed_data_is_refused(series_run, tmp_path):

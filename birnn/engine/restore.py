@@ -143,6 +143,11 @@ def trusted(overrides: Sequence[str], allow: Sequence[str]) -> tuple[str, ...]:
     return (*allow, *named)
 
 
+# what the stored tokenizer fixes (token data): given to evaluate they would be silently ignored, so they are refused
+VOCABULARY_KEYS = ("tokenizer", "vocab_size", "min_freq", "lowercase", "unknown", "vectors", "vectors_format")
+FIXED_DATA = (*(f"data.{key}=" for key in (*VOCABULARY_KEYS, "max_word_length")), "data.normalize=")
+
+
 def check_overrides(overrides: Sequence[str]) -> None:
     """Refuse overrides that would make the restored model or its inputs differ from the trained ones, and any of
     the task (``task=``, ``task.*``): what the model learned to output is fixed when it is trained."""
@@ -155,9 +160,9 @@ def check_overrides(overrides: Sequence[str]) -> None:
     changed = [
         o.partition("=")[0]
         for o in overrides
-        if o.startswith(("model.", "model=", "data.normalize=", "data.normalize_series=", "data.patch=", "seed="))
-        and not o.startswith("model.backward_shortcut=")
-    ]  # the shortcut computes the same outputs
+        if o.startswith(("model.", "model=", "data.normalize_series=", "data.patch=", "seed=", *FIXED_DATA))
+        and not o.startswith("model.backward_shortcut=")  # the shortcut computes the same outputs
+    ]
     if changed:
         raise BirnnError(
             f"{', '.join(changed)} would change the model or its inputs, and the result would not "
