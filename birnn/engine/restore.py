@@ -143,9 +143,9 @@ def trusted(overrides: Sequence[str], allow: Sequence[str]) -> tuple[str, ...]:
     return (*allow, *named)
 
 
-# what the stored tokenizer fixes (token data): given to evaluate they would be silently ignored, so they are refused
-VOCABULARY_KEYS = ("tokenizer", "vocab_size", "min_freq", "lowercase", "unknown", "vectors", "vectors_format")
-FIXED_DATA = (*(f"data.{key}=" for key in (*VOCABULARY_KEYS, "max_word_length")), "data.normalize=")
+# data.normalize, and what a stored vocabulary fixes (given to evaluate it would be silently ignored)
+FIXED_KEYS = "normalize tokenizer vocab_size min_freq lowercase unknown vectors vectors_format max_word_length"
+FIXED_DATA = tuple(f"data.{key}=" for key in FIXED_KEYS.split())
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
