@@ -287,9 +287,8 @@ def load_source(
     (``classification``, ``regression``) reaches a loader that takes ``task`` (it then reads classes or values).
     A loader that takes ``normalize_series`` is told whether the series will be z-normalized one by one
     (``series``, a checkpoint's; None: ``data.normalize_series``): ``data=uea`` then fills a missing value with its
-    series' own mean.
-    where the loader takes them (it then need not read a training file to know them). ``characters``
-    (``model.char_encoder``): the loader gives each token's characters too, fitting their vocabulary.
+    series' own mean. ``characters`` (``model.char_encoder``): the loader gives each token's characters too,
+    fitting their vocabulary.
     """
     kwargs = {
         k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in COMMON_KEYS and k != "_target_"
@@ -319,10 +318,13 @@ def load_source(
             "data=text with data.tokenizer=word, or a pack birnn-pack wrote with model.char_encoder set)"
         )
     check_class_names(splits.classes, cfg._target_)
-    dims = 3 if splits.vocab_size is None or splits.characters is not None else 2
+    if splits.vocab_size is None:
+        dims, shape = 3, "inputs shaped (N, steps, features)"
+    elif splits.characters is None:
+        dims, shape = 2, "token IDs (N, steps)"
+    else:
+        dims, shape = 3, "token and character IDs (N, steps, 1 + chars)"
     if splits.train_x.ndim != dims or splits.test_x.ndim != dims:
-        shape = {2: "token IDs (N, steps)", 3: "inputs shaped (N, steps, features)"}[dims]
-        shape = shape if splits.vocab_size is None or dims == 2 else "token and character IDs (N, steps, 1 + chars)"
         raise BirnnError(f"{cfg._target_} must return {shape}; got {tuple(splits.train_x.shape)}")
     if splits.vocab_size is not None and (
         cfg.get("normalize", False) or cfg.get("normalize_series", False) or cfg.get("patch", 1) != 1
